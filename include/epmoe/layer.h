@@ -1,0 +1,75 @@
+/* epmoe/layer.h — one MoE layer's weights in host memory, ModelOpt NVFP4 form.
+ *
+ * Canonical form, as in a ModelOpt checkpoint (no shuffling, no interleave):
+ * per expert, gate_proj and up_proj [I, H] and down_proj [H, I], each as
+ * packed E2M1 [rows, cols/2] + linear E4M3 block scales [rows, cols/16] + one
+ * fp32 weight_scale_2 (decode scale; gate and up share one). Backends repack
+ * from this form at load time.
+ *
+ * A rank holds a contiguous slice [expert_offset, expert_offset + count) of
+ * the E routed experts, the whole router, and the shared expert (if any).
+ * The generator makes expert e's weights depend only on (seed, layer, e), so
+ * the slices of EP ranks are exactly the slices of the full model.
+ */
+#ifndef EPMOE_LAYER_H
+#define EPMOE_LAYER_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/model.h"
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+  int64_t count;        /* experts in this bank */
+  int64_t hidden;       /* H */
+  int64_t intermediate; /* I */
+  uint8_t *gate_w;      /* [count, I, H/2]  */
+  uint8_t *gate_sf;     /* [count, I, H/16] */
+  uint8_t *up_w;        /* [count, I, H/2]  */
+  uint8_t *up_sf;       /* [count, I, H/16] */
+  uint8_t *down_w;      /* [count, H, I/2]  */
+  uint8_t *down_sf;     /* [count, H, I/16] */
+  float *gate_up_scale_2; /* [count] decode scale shared by gate and up */
+  float *down_scale_2;    /* [count] */
+} epm_expert_bank_t;
+
+typedef struct {
+  epm_model_dims_t dims;
+  int64_t layer_index;
+  int64_t expert_offset;      /* first global expert id held in `experts` */
+  epm_expert_bank_t experts;  /* local routed experts */
+  epm_expert_bank_t shared;   /* count 0 when the model has no shared expert */
+  float input_scale;          /* decode scale of the layer input: max over ALL E experts */
+  float down_input_scale;     /* decode scale of the intermediate (GEMM2 input), max over all E */
+  float shared_input_scale;   /* the shared expert's own input and down input scales */
+  float shared_down_input_scale;
+  float *router_w;            /* [E, H] fp32 (bf16-exact in checkpoints) */
+  float *router_bias;         /* [E] e_score_correction_bias, NULL when unused */
+} epm_layer_t;
+
+/* Allocate zeroed storage for a layer holding experts [offset, offset+count)
+ * (and the shared expert / router per dims). Sizes overflow-checked. */
+epm_status_t epm_layer_alloc(const epm_model_dims_t *dims, int64_t expert_offset, int64_t count,
+                             epm_layer_t *out);
+void epm_layer_free(epm_layer_t *l); /* accepts a zeroed struct; idempotent */
+
+/* Bytes held by one bank (all six tensors + scales). */
+size_t epm_expert_bank_bytes(const epm_expert_bank_t *b);
+
+/* Seeded random layer quantized with the real ModelOpt formulas from Gaussian
+ * fp32 weights: weight_scale_2 = amax/(6*448), block scale = e4m3(block_amax /
+ * (6*weight_scale_2)) with zero blocks stored as 1.0, codes by exact division.
+ * input_scale / down_input_scale are set as calibrated amax/(6*448) of typical
+ * activations. Expert e depends only on (seed, layer_index, e). */
+epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
+                                int64_t expert_offset, int64_t count, epm_layer_t *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPMOE_LAYER_H */

@@ -1,0 +1,1 @@
+epm_add_test(test_status SOURCES unit/test_status.c LABELS cpu)
