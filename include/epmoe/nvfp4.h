@@ -35,14 +35,19 @@ typedef uint16_t epm_bf16_t; /* raw bfloat16 bits: the upper half of a binary32 
 epm_bf16_t epm_bf16_from_f32(float x);
 float epm_bf16_to_f32(epm_bf16_t b);
 
-/* E2M1: round to nearest even, saturating to +-6. -0 and values that round to
- * zero give code 0x0 (never 0x8). NaN gives 0x0 (documented choice; NVIDIA's
- * __nv_cvt_float2_to_fp4x2 gives 0x7 = +6 for NaN). */
+/* E2M1: round to nearest even, saturating to +-6 (+-Inf -> 0x7/0xF). Equal to
+ * __nv_cvt_float2_to_fp4x2(..., __NV_E2M1, cudaRoundNearest) on every float
+ * except two documented choices (asserted exactly by test_nvfp4_nvidia):
+ *   -0 and negatives that round to zero, [-0.25, -0]: 0x0 here, NVIDIA 0x8;
+ *   NaN: 0x0 here (contributes nothing), NVIDIA 0x7 (= +6).
+ * Both are equal to FlashInfer's reference (which compares decoded values). */
 uint8_t epm_e2m1_from_f32(float x);
 float epm_e2m1_to_f32(uint8_t code); /* low 4 bits used; 0x8 decodes to -0 */
 
-/* E4M3 (fn): round to nearest even, saturating to +-448; NaN -> 0x7F; a finite
- * input never gives NaN. Identical to __nv_cvt_float_to_fp8(x, __NV_SATFINITE, __NV_E4M3). */
+/* E4M3 (fn): round to nearest even, saturating to +-448 (+-Inf -> 0x7E/0xFE);
+ * NaN of either sign -> 0x7F; a finite input never gives NaN; the sign of zero
+ * is kept (-0 -> 0x80). Identical to __nv_cvt_float_to_fp8(x, __NV_SATFINITE,
+ * __NV_E4M3) on all 2^32 floats. Decode: 0x7F/0xFF -> NaN, subnormals m*2^-9. */
 uint8_t epm_e4m3_from_f32(float x);
 float epm_e4m3_to_f32(uint8_t b);
 
