@@ -1,0 +1,12 @@
+# Daemon, protocol and client tests (issue F).
+#   test_protocol   codec round-trips and malformed input (cpu)
+if(TARGET epmoe_client)
+  epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client TIMEOUT 60)
+endif()
+# The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a file replayer
+# so it keeps compiling; see the file for the libFuzzer command line.
+if(TARGET epmoe_client)
+  add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
+  target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
+  target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client)
+endif()
