@@ -1,0 +1,15 @@
+# Comm layer: bootstrap launch checks (cpu), MPI backend (mpi, NP 1..8),
+# NCCL vs MPI (gpu; exits 77 on every rank without GPUs).
+epm_add_test(test_bootstrap SOURCES unit/test_bootstrap.c LABELS cpu)
+
+add_executable(test_comm_mpi mpi/test_comm_mpi.c)
+target_link_libraries(test_comm_mpi PRIVATE epmoe)
+foreach(np 1 2 3 4 8)
+  epm_add_mpi_test(comm_mpi_np${np} NP ${np} COMMAND test_comm_mpi LABELS mpi TIMEOUT 240)
+endforeach()
+
+add_executable(test_bootstrap_mpi mpi/test_bootstrap_mpi.c)
+target_link_libraries(test_bootstrap_mpi PRIVATE epmoe)
+foreach(np 1 2)
+  epm_add_mpi_test(bootstrap_mpi_np${np} NP ${np} COMMAND test_bootstrap_mpi LABELS mpi TIMEOUT 120)
+endforeach()

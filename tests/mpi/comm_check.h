@@ -1,0 +1,73 @@
+/* comm_check.h — shared helpers of the comm tests: per-rank data that any
+ * rank can regenerate, and the expected results written naively (one loop,
+ * no messaging), independent of the backend code under test. */
+#ifndef EPMOE_TEST_COMM_CHECK_H
+#define EPMOE_TEST_COMM_CHECK_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mpi.h>
+
+#define CHECK(cond, ...)                                                     \
+  do {                                                                       \
+    if (!(cond)) {                                                           \
+      int r_;                                                                \
+      MPI_Comm_rank(MPI_COMM_WORLD, &r_);                                    \
+      fprintf(stderr, "rank %d: %s:%d: check failed: %s: ", r_, __FILE__,    \
+              __LINE__, #cond);                                              \
+      fprintf(stderr, __VA_ARGS__);                                          \
+      fprintf(stderr, "\n");                                                 \
+      MPI_Abort(MPI_COMM_WORLD, 1);                                          \
+    }                                                                        \
+  } while (0)
+
+#define CHECK_OK(expr)                                                       \
+  do {                                                                       \
+    epm_status_t st_ = (expr);                                               \
+    CHECK(st_ == EPM_OK, "%s: %s", epm_status_name(st_), epm_last_error());  \
+  } while (0)
+
+static inline uint64_t cc_mix(uint64_t x) { /* splitmix64 finaliser */
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+/* Byte i of buffer `tag` contributed by `rank`. */
+static inline uint8_t cc_byte(int rank, int tag, int64_t i) {
+  return (uint8_t)cc_mix(((uint64_t)rank << 48) ^ ((uint64_t)tag << 40) ^ (uint64_t)i);
+}
+
+/* fp32 element i of rank's reduce input: mixed signs and exponents 2^-12..2^12,
+ * so the order of additions changes the rounded sum. */
+static inline float cc_f32(int rank, int tag, int64_t i) {
+  uint64_t h = cc_mix(((uint64_t)rank << 48) ^ ((uint64_t)tag << 40) ^ (uint64_t)i ^ 0x5eedull);
+  uint32_t mant = (uint32_t)(h & 0x7fffffu);
+  uint32_t exp = (uint32_t)(127 - 12 + (int)((h >> 23) % 25));
+  uint32_t sign = (uint32_t)((h >> 40) & 1u) << 31;
+  uint32_t bits = sign | (exp << 23) | mant;
+  float f;
+  memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+/* bf16 helpers written for the tests (round to nearest even via the
+ * textbook "add half minus one plus lsb" on the upper half). */
+static inline float cc_bf16_to_f32(uint16_t b) {
+  uint32_t u = (uint32_t)b << 16;
+  float f;
+  memcpy(&f, &u, sizeof f);
+  return f;
+}
+static inline uint16_t cc_f32_to_bf16(float f) {
+  uint32_t u;
+  memcpy(&u, &f, sizeof u);
+  uint32_t lsb = (u >> 16) & 1u;
+  return (uint16_t)((u + 0x7fffu + lsb) >> 16); /* inputs here are finite */
+}
+
+#endif

@@ -1,0 +1,209 @@
+/* test_comm_mpi.c — the MPI comm backend against naive expectations.
+ *
+ * Run under mpirun with any P. Every rank builds its inputs from (rank, tag,
+ * index), so the expected gathered array and the expected rank-order fp32
+ * sums are recomputed here without any communication. The chunk limit is
+ * lowered (epm_comm_mpi_set_max_count) to drive the >INT_MAX code paths with
+ * small buffers; results must be identical to the unchunked ones.
+ */
+#include <limits.h>
+#include <math.h>
+
+#include "comm_check.h"
+#include "epmoe/comm.h"
+
+static int P, me;
+
+typedef struct {
+  const char *name;
+  int64_t (*count)(int r, int p);
+} pattern_t;
+
+static int64_t pat_unequal(int r, int p) { return (r * 7 + 3) % 11; }
+static int64_t pat_some_zero(int r, int p) { return r % 2 ? 0 : r + 5; }
+static int64_t pat_all_zero(int r, int p) { return 0; }
+static int64_t pat_last_all(int r, int p) { return r == p - 1 ? 37 : 0; }
+static int64_t pat_first_all(int r, int p) { return r == 0 ? 29 : 0; }
+static int64_t pat_equal(int r, int p) { return 6; }
+
+static const pattern_t patterns[] = {
+    {"unequal", pat_unequal},     {"some-zero", pat_some_zero}, {"all-zero", pat_all_zero},
+    {"last-holds-all", pat_last_all}, {"first-holds-all", pat_first_all}, {"equal", pat_equal},
+};
+enum { NPAT = sizeof patterns / sizeof patterns[0] };
+
+static void fill_counts(const pattern_t *pt, int64_t *counts, int64_t *total, int64_t *my_off) {
+  *total = 0;
+  for (int r = 0; r < P; r++) {
+    counts[r] = pt->count(r, P);
+    if (r == me) *my_off = *total;
+    *total += counts[r];
+  }
+}
+
+/* ---- allgather-v ---- */
+
+static void check_gather(const pattern_t *pt, const size_t *esz, int nbufs, epm_comm_t *c,
+                         int64_t limit) {
+  int64_t counts[64], total, my_off = 0;
+  fill_counts(pt, counts, &total, &my_off);
+  epm_comm_gather_buf_t bufs[4];
+  for (int b = 0; b < nbufs; b++) {
+    size_t sn = (size_t)counts[me] * esz[b], rn = (size_t)total * esz[b];
+    uint8_t *s = sn ? malloc(sn) : NULL, *rv = rn ? malloc(rn) : NULL;
+    for (size_t i = 0; i < sn; i++) s[i] = cc_byte(me, b, (int64_t)i);
+    if (rn) memset(rv, 0xA5, rn); /* poison: every byte must be written */
+    bufs[b] = (epm_comm_gather_buf_t){.send = s, .recv = rv, .elem_size = esz[b]};
+  }
+  if (nbufs == 1)
+    CHECK_OK(epm_comm_allgatherv(c, bufs[0].send, bufs[0].recv, counts, esz[0]));
+  else
+    CHECK_OK(epm_comm_allgatherv_multi(c, bufs, nbufs, counts));
+  for (int b = 0; b < nbufs; b++) {
+    const uint8_t *rv = bufs[b].recv;
+    size_t pos = 0;
+    for (int r = 0; r < P; r++)
+      for (size_t i = 0; i < (size_t)counts[r] * esz[b]; i++, pos++)
+        CHECK(rv[pos] == cc_byte(r, b, (int64_t)i),
+              "%s limit %lld buf %d elem %zu: byte %zu (rank %d's byte %zu) is %u, want %u", pt->name,
+              (long long)limit, b, esz[b], pos, r, i, rv[pos], cc_byte(r, b, (int64_t)i));
+    free((void *)bufs[b].send);
+    free(bufs[b].recv);
+  }
+}
+
+/* ---- reduce-scatter-v ---- */
+
+static void check_reduce(const pattern_t *pt, int64_t row_elems, epm_red_dtype_t dt, epm_comm_t *c,
+                         int64_t limit) {
+  int64_t counts[64], total, my_off = 0;
+  fill_counts(pt, counts, &total, &my_off);
+  const int64_t ne = total * row_elems, mine = counts[me] * row_elems;
+  const size_t esz = dt == EPM_RED_F32 ? 4 : 2;
+  const int tag = 7 + (int)dt;
+  char *send = ne ? malloc((size_t)ne * esz) : NULL;
+  char *out = mine ? malloc((size_t)mine * esz) : NULL, *out2 = mine ? malloc((size_t)mine * esz) : NULL;
+  for (int64_t i = 0; i < ne; i++) {
+    float v = cc_f32(me, tag, i);
+    if (dt == EPM_RED_F32) ((float *)send)[i] = v;
+    else ((uint16_t *)send)[i] = cc_f32_to_bf16(v);
+  }
+  if (mine) memset(out, 0xA5, (size_t)mine * esz);
+  CHECK_OK(epm_comm_reduce_scatterv(c, send, out, counts, row_elems, dt));
+  /* Run twice: bit-identical results. */
+  CHECK_OK(epm_comm_reduce_scatterv(c, send, out2, counts, row_elems, dt));
+  if (mine) CHECK(memcmp(out, out2, (size_t)mine * esz) == 0, "%s: repeat differs", pt->name);
+  for (int64_t j = 0; j < mine; j++) {
+    int64_t g = my_off * row_elems + j; /* global element index */
+    float acc = 0.0f;
+    for (int r = 0; r < P; r++) {
+      float x = dt == EPM_RED_F32 ? cc_f32(r, tag, g) : cc_bf16_to_f32(cc_f32_to_bf16(cc_f32(r, tag, g)));
+      acc = r == 0 ? x : acc + x;
+    }
+    if (dt == EPM_RED_F32) {
+      float got = ((float *)out)[j];
+      CHECK(memcmp(&got, &acc, 4) == 0, "%s f32 limit %lld row %lld: element %lld = %.9g, rank-order sum %.9g",
+            pt->name, (long long)limit, (long long)row_elems, (long long)j, got, acc);
+    } else {
+      uint16_t got = ((uint16_t *)out)[j], want = cc_f32_to_bf16(acc);
+      CHECK(got == want, "%s bf16 limit %lld: element %lld = 0x%04x, want 0x%04x", pt->name,
+            (long long)limit, (long long)j, got, want);
+    }
+  }
+  free(send);
+  free(out);
+  free(out2);
+}
+
+/* The inputs must make order visible, or the bit check above proves little:
+ * with 3+ ranks some element's reverse-order sum must differ. */
+static void check_order_matters(void) {
+  if (P < 3) return;
+  int differs = 0;
+  for (int64_t g = 0; g < 4096 && !differs; g++) {
+    float fw = 0, bw = 0;
+    for (int r = 0; r < P; r++) fw = r == 0 ? cc_f32(r, 7, g) : fw + cc_f32(r, 7, g);
+    for (int r = P - 1; r >= 0; r--) bw = r == P - 1 ? cc_f32(r, 7, g) : bw + cc_f32(r, 7, g);
+    differs = memcmp(&fw, &bw, 4) != 0;
+  }
+  CHECK(differs, "test data too tame: forward and reverse sums agree everywhere");
+}
+
+static void check_sizes_max_barrier(epm_comm_t *c) {
+  int64_t all[64];
+  int64_t mine = ((int64_t)me << 33) + 7 * me + 1; /* above 2^32: 64-bit path */
+  CHECK_OK(epm_comm_exchange_sizes(c, mine, all));
+  for (int r = 0; r < P; r++)
+    CHECK(all[r] == ((int64_t)r << 33) + 7 * r + 1, "sizes[%d] = %lld", r, (long long)all[r]);
+
+  float v[5], want[5];
+  for (int i = 0; i < 5; i++) {
+    v[i] = cc_f32(me, 11, i);
+    want[i] = -INFINITY;
+    for (int r = 0; r < P; r++) want[i] = fmaxf(want[i], cc_f32(r, 11, i));
+  }
+  CHECK_OK(epm_comm_allreduce_max_f32(c, v, 5));
+  for (int i = 0; i < 5; i++) CHECK(v[i] == want[i], "max[%d] = %g want %g", i, v[i], want[i]);
+  CHECK_OK(epm_comm_barrier(c));
+  CHECK_OK(epm_comm_wait(c, 0));
+  CHECK_OK(epm_comm_check_async(c));
+}
+
+static void check_bad_args(epm_comm_t *c) {
+  int64_t counts[64];
+  for (int r = 0; r < P; r++) counts[r] = 1;
+  counts[P - 1] = -1;
+  char b[64];
+  CHECK(epm_comm_allgatherv(c, b, b + 8, counts, 1) == EPM_ERR_INVALID_ARG, "negative count accepted");
+  CHECK(strstr(epm_last_error(), "< 0") != NULL, "message: %s", epm_last_error());
+  counts[P - 1] = 1;
+  CHECK(epm_comm_reduce_scatterv(c, b, b, counts, 0, EPM_RED_F32) == EPM_ERR_INVALID_ARG,
+        "row_elems 0 accepted");
+  CHECK(epm_comm_allgatherv(c, NULL, b, counts, 4) == EPM_ERR_INVALID_ARG, "NULL send accepted");
+  CHECK(epm_comm_exchange_sizes(c, -3, counts) == EPM_ERR_INVALID_ARG, "negative size accepted");
+}
+
+int main(int argc, char **argv) {
+  epm_bootstrap_t boot;
+  epm_bootstrap_opts_t bo = {.gpu_mode = EPM_GPU_OFF};
+  CHECK_OK(epm_bootstrap_init(&argc, &argv, &bo, &boot));
+  P = boot.ep_size;
+  me = boot.ep_rank;
+  CHECK(P <= 64, "test supports up to 64 ranks");
+  epm_comm_t *c;
+  epm_comm_opts_t co = {.backend = EPM_COMM_MPI};
+  CHECK_OK(epm_comm_create(&boot, &co, &c));
+  CHECK(epm_comm_rank(c) == me && epm_comm_size(c) == P, "rank/size");
+  CHECK(epm_comm_mem_kind(c) == EPM_MEM_HOST, "mpi comm must use host memory");
+  CHECK(strcmp(epm_comm_backend_name(c), "mpi") == 0, "name");
+
+  check_order_matters();
+  check_sizes_max_barrier(c);
+  check_bad_args(c);
+
+  /* Default limit, then limits that split rows, counts and displacements. */
+  const int64_t limits[] = {0, 64, 7, 1};
+  const size_t esz_all[] = {1, 3, 7, 16, 33};
+  const size_t multi[] = {8, 1, 32, 16}; /* fp4 row, scale, 8 ids, 8 weights (tiny H) */
+  for (size_t li = 0; li < sizeof limits / sizeof limits[0]; li++) {
+    int64_t lim = limits[li];
+    epm_comm_mpi_set_max_count(lim);
+    for (int p = 0; p < NPAT; p++) {
+      int n_esz = lim == 1 ? 2 : 5; /* 1-byte pieces: a few sizes are enough */
+      for (int e = 0; e < n_esz; e++) check_gather(&patterns[p], &esz_all[e], 1, c, lim);
+      check_gather(&patterns[p], multi, 4, c, lim);
+      const int64_t rows[] = {1, 3, 8};
+      for (int k = 0; k < 3; k++) {
+        check_reduce(&patterns[p], rows[k], EPM_RED_F32, c, lim);
+        check_reduce(&patterns[p], rows[k], EPM_RED_BF16, c, lim);
+      }
+    }
+    check_sizes_max_barrier(c);
+  }
+  epm_comm_mpi_set_max_count(0);
+
+  epm_comm_destroy(c);
+  if (me == 0) printf("comm mpi: P=%d ok\n", P);
+  epm_bootstrap_finalize(&boot);
+  return 0;
+}
