@@ -13,3 +13,6 @@ endif()
 
 # FlashInfer reference vectors (tests/data): quantize, dequantize, layouts.
 epm_add_test(test_nvfp4_flashinfer SOURCES unit/test_nvfp4_flashinfer.c LABELS cpu LIBS epm_testutil)
+epm_add_test(test_nvfp4_quant SOURCES unit/test_nvfp4_quant.c LABELS cpu LIBS epm_testutil)
+epm_add_test(test_nvfp4_layout SOURCES unit/test_nvfp4_layout.c LABELS cpu LIBS epm_testutil)
+epm_add_test(test_nvfp4_scalar SOURCES unit/test_nvfp4_scalar.c LABELS cpu)

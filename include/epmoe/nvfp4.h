@@ -70,8 +70,14 @@ epm_status_t epm_nvfp4_packed_bytes(int64_t rows, int64_t cols, size_t *out);
 epm_status_t epm_nvfp4_sf_bytes(int64_t rows, int64_t cols, epm_sf_layout_t layout, size_t *out);
 
 /* ---- matrices --------------------------------------------------------- */
-/* Quantize x [rows, cols] (cols % 16 == 0) with encode scale G into packed
- * [rows, cols/2] and sf (layout as given; swizzled padding written as 0). */
+/* Quantize x [rows, cols] (cols % 16 == 0) with encode scale G (finite, > 0)
+ * into packed [rows, cols/2] and sf (layout as given; swizzled padding written
+ * as 0). Per block of 16: vmax = max|x|; sf = e4m3(G * fp32(vmax * fp32(1/6)));
+ * s = sf ? 1/(sf * fp32(1/G)) : 0; code = e2m1(x * s). A block whose scale
+ * underflows to 0 has an all-zero payload. NaN elements are ignored for vmax
+ * and encode as 0x0; +-Inf makes vmax Inf, so the block scale saturates to 448
+ * (0x7E), Inf encodes as +-6 and the block's finite values mostly to 0.
+ * Rows run in parallel with OpenMP when it is built in. */
 epm_status_t epm_nvfp4_quantize_bf16(const epm_bf16_t *x, int64_t rows, int64_t cols,
                                      float global_scale, epm_sf_layout_t layout,
                                      uint8_t *packed, uint8_t *sf);
