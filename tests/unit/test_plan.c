@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "epmoe/nvfp4.h"
 #include "epmoe/plan.h"
 
 static epm_plan_config_t preset_cfg(const char *preset, int64_t ep, int64_t tokens) {
@@ -430,6 +431,56 @@ static void test_buffer_iteration(void **state) {
   assert_string_equal(epm_plan_group_name(EPM_PLAN_GROUP_EXPERT), "expert");
 }
 
+/* The NVFP4 codec (runtime/nvfp4_matrix.c, written separately) sizes packed
+ * codes and both scale layouts; the plan's buffers must agree with it. */
+static size_t codec_bytes(int64_t rows, int64_t cols, int layout) {
+  size_t n = 0;
+  epm_status_t st = layout < 0 ? epm_nvfp4_packed_bytes(rows, cols, &n)
+                               : epm_nvfp4_sf_bytes(rows, cols, (epm_sf_layout_t)layout, &n);
+  if (st != EPM_OK) fail_msg("codec size of [%lld, %lld]: %s", (long long)rows, (long long)cols,
+                             epm_last_error());
+  return n;
+}
+
+static void test_agrees_with_codec(void **state) {
+  (void)state;
+  const struct {
+    const char *preset;
+    int64_t ep, tokens, tile, inter;
+  } cases[] = {
+      {"deepseek-r1", 32, 10240, 128, 0}, {"tiny", 2, 5, 8, 144},  {"qwen3-235b", 8, 1, 16, 0},
+      {"llama4-maverick", 128, 333, 64, 0}, {"tiny", 4, 0, 128, 0}, {"deepseek-r1", 1, 130, 3, 0},
+  };
+  const int P = -1, LIN = EPM_SF_LINEAR, SWZ = EPM_SF_SWIZZLED_128X4;
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    epm_plan_config_t c = preset_cfg(cases[i].preset, cases[i].ep, cases[i].tokens);
+    c.tile = cases[i].tile;
+    if (cases[i].inter) c.dims.intermediate = cases[i].inter;
+    epm_plan_t p = plan_ok(&c);
+    const int64_t H = c.dims.hidden, I = c.dims.intermediate, Is = c.dims.shared_intermediate;
+    const int64_t mr = p.tokens_local, M = p.tokens_gathered, R = p.permuted_rows_max;
+    const int64_t el = p.local_experts, S = c.dims.shared_experts;
+    assert_int_equal(p.xq_local.bytes, codec_bytes(mr, H, P));
+    assert_int_equal(p.xsf_local.bytes, codec_bytes(mr, H, LIN));
+    assert_int_equal(p.xsf_local_swz.bytes, codec_bytes(mr, H, SWZ));
+    assert_int_equal(p.xq_gathered.bytes, codec_bytes(M, H, P));
+    assert_int_equal(p.xsf_gathered.bytes, codec_bytes(M, H, LIN));
+    assert_int_equal(p.xsf_gathered_swz.bytes, codec_bytes(M, H, SWZ));
+    assert_int_equal(p.inter_q.bytes, codec_bytes(R, I, P));
+    assert_int_equal(p.inter_sf.bytes, codec_bytes(R, I, SWZ));
+    assert_int_equal(p.w13_q.bytes, (size_t)el * codec_bytes(2 * I, H, P));
+    assert_int_equal(p.w13_sf.bytes, (size_t)el * codec_bytes(2 * I, H, SWZ));
+    assert_int_equal(p.w2_q.bytes, (size_t)el * codec_bytes(H, I, P));
+    assert_int_equal(p.w2_sf.bytes, (size_t)el * codec_bytes(H, I, SWZ));
+    if (S) {
+      assert_int_equal(p.shared_inter_q.bytes, codec_bytes(mr, Is, P));
+      assert_int_equal(p.shared_inter_sf.bytes, codec_bytes(mr, Is, SWZ));
+      assert_int_equal(p.shared_w13_sf.bytes, codec_bytes(2 * Is, H, SWZ));
+      assert_int_equal(p.shared_w2_sf.bytes, codec_bytes(H, Is, SWZ));
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_seed_boundary_table),
@@ -443,6 +494,7 @@ int main(void) {
       cmocka_unit_test(test_grid_y_chunking),
       cmocka_unit_test(test_grid_x_chunking),
       cmocka_unit_test(test_buffer_iteration),
+      cmocka_unit_test(test_agrees_with_codec),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
