@@ -212,14 +212,23 @@ static void print_text(const epm_plan_t *p) {
   printf("\nCUDA launch limits (assumed kernel configurations, see include/epmoe/plan.h):\n");
   for (size_t i = 0; i < p->n_limits; i++) {
     const epm_plan_limit_t *l = &p->limits[i];
-    printf("  %-14s %s = %lld %s: %s %lld%s\n", l->kernel, l->dim, (long long)l->value, l->what,
-           l->chunks == 1 ? "<=" : ">", (long long)l->limit,
-           l->chunks == 1 ? "" : (l->chunks == 0 ? "  VIOLATED, no chunking fits" : "  VIOLATED"));
+    printf("  %-14s %s = %lld %s: %s %lld", l->kernel, l->dim, (long long)l->value, l->what,
+           l->chunks == 1 ? "<=" : ">", (long long)l->limit);
+    if (l->chunks == 0)
+      printf("  VIOLATED, no chunking fits\n");
+    else if (l->chunks > 1)
+      printf("  VIOLATED: needs %lld chunks of <= %lld tokens\n", (long long)l->chunks,
+             (long long)l->max_tokens);
+    else
+      printf("\n");
   }
   if (p->violations == 0)
     printf("no violation: every grid fits without chunking\n");
   else if (p->chunks == 0)
     printf("%zu violation(s): not even one token fits; no chunking helps\n", p->violations);
+  else if (p->chunks == 1)
+    printf("%zu violation(s) in the local kernels: chunk this rank's tokens (see above)\n",
+           p->violations);
   else
     printf("%zu violation(s): run the expert stage in %lld chunks of at most %lld gathered tokens\n",
            p->violations, (long long)p->chunks, (long long)p->max_tokens_per_chunk);

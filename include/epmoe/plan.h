@@ -182,7 +182,9 @@ typedef struct {
   epm_plan_limit_t limits[EPM_PLAN_MAX_LIMITS];
   size_t n_limits;
   size_t violations;                   /* limits with chunks != 1 */
-  int64_t max_tokens_per_chunk;        /* min over limits (capped at M; >= 1 unless impossible) */
+  int64_t max_tokens_per_chunk;        /* most gathered tokens per expert-stage chunk: min of
+                                          the expert-stage limits' max_tokens, capped at M
+                                          (0 when M is 0 or when nothing fits) */
   int64_t chunks;                      /* ceil(M / max_tokens_per_chunk); 1 = no chunking;
                                           0 = impossible (a single token does not fit) */
 } epm_plan_t;
