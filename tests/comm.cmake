@@ -13,3 +13,10 @@ target_link_libraries(test_bootstrap_mpi PRIVATE epmoe)
 foreach(np 1 2)
   epm_add_mpi_test(bootstrap_mpi_np${np} NP ${np} COMMAND test_bootstrap_mpi LABELS mpi TIMEOUT 120)
 endforeach()
+
+# NCCL vs MPI on one GPU per rank (gpu label; every rank exits 77 without GPUs).
+if(EPMOE_HAVE_CUDA)
+  add_executable(test_comm_nccl gpu/test_comm_nccl.c)
+  target_link_libraries(test_comm_nccl PRIVATE epmoe)
+  epm_add_mpi_test(comm_nccl_np2 NP 2 COMMAND test_comm_nccl LABELS gpu mpi TIMEOUT 300 GPU)
+endif()

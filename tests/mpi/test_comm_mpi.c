@@ -153,7 +153,7 @@ static void check_bad_args(epm_comm_t *c) {
   int64_t counts[64];
   for (int r = 0; r < P; r++) counts[r] = 1;
   counts[P - 1] = -1;
-  char b[64];
+  char b[64] = {0};
   CHECK(epm_comm_allgatherv(c, b, b + 8, counts, 1) == EPM_ERR_INVALID_ARG, "negative count accepted");
   CHECK(strstr(epm_last_error(), "< 0") != NULL, "message: %s", epm_last_error());
   counts[P - 1] = 1;
