@@ -1,0 +1,172 @@
+/* epmoe/kernels.h — the CUDA kernels of one MoE step, as plain-C launchers.
+ *
+ * Every launcher has two halves:
+ *   epm_<op>_plan()     pure C (kernels/<op>_plan.c, built and tested without
+ *                       CUDA): validates shapes, does all size math in
+ *                       int64_t/size_t with overflow checks, picks the grid
+ *                       (x <= 2^31-1, y <= 65535; large work is grid-strided)
+ *                       and reports every device buffer size.
+ *   epm_kernel_<op>()   thin launch (kernels/<op>.cu) that only reads the
+ *                       plan. Without CUDA they return EPM_ERR_NOT_SUPPORTED.
+ * `stream` is a cudaStream_t passed as void* (NULL = legacy default stream).
+ * All pointers named *_dev are device pointers. Launchers never synchronize
+ * and never read device memory on the host, so the whole step can be
+ * captured in a CUDA graph. Launch errors map to EPM_ERR_CUDA with the CUDA
+ * error string.
+ *
+ * Layouts (row-major, element counts int64):
+ *   bf16 activations  x [M, H]                     uint16 bf16 bits
+ *   NVFP4 tensor      packed [rows, cols/2] + sf, as include/epmoe/nvfp4.h
+ *                     (element 2j in the low nibble; E4M3 scales linear
+ *                     [rows, cols/16] or 128x4 swizzled)
+ *   routing           ids int32 [M, k], weights fp32 [M, k], in the order of
+ *                     the CPU reference (include/epmoe/routing.h)
+ *   expert weights    the canonical ModelOpt form of include/epmoe/layer.h,
+ *                     copied to the device unchanged: gate/up [E_l, I, H/2]
+ *                     + linear scales [E_l, I, H/16], down [E_l, H, I/2] +
+ *                     [E_l, H, I/16], decode scales [E_l] fp32 each.
+ */
+#ifndef EPMOE_KERNELS_H
+#define EPMOE_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/model.h"
+#include "epmoe/nvfp4.h"
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define EPM_CUDA_GRID_X_MAX 2147483647LL
+#define EPM_CUDA_GRID_YZ_MAX 65535LL
+
+/* ---- NVFP4 quantize: bf16 [rows, cols] -> packed + E4M3 scales ----------
+ * Bit-identical to epm_nvfp4_quantize_bf16 (exact division, RNE, -0 -> 0x0).
+ * One thread per 16-element block, grid-strided. The encode scale G is read
+ * from device memory (global_scale_dev, one float). For the 128x4 layout the
+ * launcher zeroes the padded scale buffer first. */
+typedef struct {
+  int64_t rows, cols;
+  epm_sf_layout_t layout;
+  int64_t blocks;        /* rows * cols / 16 */
+  size_t x_bytes;        /* rows * cols * 2 */
+  size_t packed_bytes;   /* rows * cols / 2 */
+  size_t sf_bytes;       /* linear rows*cols/16, swizzled pad128(rows)*pad4(cols/16) */
+  uint32_t grid, block;
+} epm_quantize_plan_t;
+
+epm_status_t epm_quantize_plan(int64_t rows, int64_t cols, epm_sf_layout_t layout,
+                               epm_quantize_plan_t *out);
+epm_status_t epm_kernel_quantize_bf16(const epm_quantize_plan_t *p, const void *x_dev,
+                                      const float *global_scale_dev, void *packed_dev,
+                                      void *sf_dev, void *stream);
+
+/* ---- Routing: logits fp32 [M, E] -> ids int32 [M, k] + weights fp32 -----
+ * One thread per token running the same per-token code as the CPU
+ * reference (kernels/routing_core.h); bias fp32 [E] or NULL. */
+typedef struct {
+  int64_t tokens, num_experts, top_k, n_group, topk_group;
+  float routed_scaling_factor;
+  epm_routing_method_t method;
+  size_t logits_bytes, ids_bytes, weights_bytes;
+  uint32_t grid, block;
+} epm_routing_plan_t;
+
+epm_status_t epm_routing_plan(const epm_model_dims_t *dims, int64_t tokens,
+                              epm_routing_plan_t *out);
+epm_status_t epm_kernel_routing(const epm_routing_plan_t *p, const float *logits_dev,
+                                const float *bias_dev, int32_t *ids_dev, float *weights_dev,
+                                void *stream);
+
+/* ---- MoE experts: permute -> GEMM1+SwiGLU+requant -> GEMM2 -> finalize ---
+ * Inputs: the gathered NVFP4 tokens (hidden_fp4 [M, H/2], linear scales
+ * [M, H/16], decode scale input_scale), ids/weights [M, k]. Only the local
+ * experts [expert_offset, expert_offset + E_l) contribute; a token whose
+ * experts are all non-local gets exact 0 (so EP partials sum).
+ *
+ * permute   per-local-expert histogram, prefix sum padded to EPM_MOE_TILE_M
+ *           (on the device; no host read of counts), pair -> row map
+ *           (-1 = non-local) and row -> token map (-1 = padding).
+ * gemm1     rows of expert e: a = dequant(hidden[token]) (E2M1 x E4M3 exact
+ *           in bf16), gate = (a . gate_e) * input_scale * gate_up_scale_2[e],
+ *           up likewise (tensor-core MMA, fp32 accumulate);
+ *           act = silu(gate) * up, rounded to bf16, then NVFP4-quantized
+ *           with encode scale 1/down_input_scale into the intermediate
+ *           [rows, I/2] + linear scales [rows, I/16].
+ * gemm2     y = (h . down_e) * down_input_scale * down_scale_2[e], stored
+ *           bf16 [rows, H].
+ * finalize  out[t, :] = sum over slots j = 0..k-1 in stored order with a
+ *           local expert of bf16(w[t, j]) * y[row(t, j), :], fp32
+ *           accumulate; out is bf16 or fp32 (EP partial for the reduce). */
+#define EPM_MOE_TILE_M 64
+
+typedef struct {
+  int64_t tokens, hidden, inter, top_k, num_experts, expert_offset, local_experts;
+  int64_t pairs;          /* tokens * top_k */
+  int64_t max_rows;       /* tokens * min(top_k, E_l) + E_l * (TILE_M - 1), rounded to TILE_M */
+  int64_t max_m_tiles;    /* max_rows / TILE_M */
+  int64_t n_tiles_gemm1;  /* ceil(I / 64) */
+  int64_t n_tiles_gemm2;  /* ceil(H / 128) */
+  /* workspace: one device allocation carved by epm_moe_workspace_carve */
+  size_t counts_bytes;    /* int32 [E_l] histogram + int32 [E_l] cursors */
+  size_t offsets_bytes;   /* int64 [E_l + 1] padded prefix sum (last = rows used) */
+  size_t pair_row_bytes;  /* int64 [pairs] */
+  size_t row_token_bytes; /* int64 [max_rows] */
+  size_t inter_packed_bytes, inter_sf_bytes; /* [max_rows, I/2], [max_rows, I/16] */
+  size_t y_bytes;         /* bf16 [max_rows, H] */
+  size_t workspace_bytes; /* all of the above, each 256-byte aligned */
+  size_t out_bf16_bytes, out_f32_bytes; /* [M, H] */
+  uint32_t grid_pairs, grid_tiles, grid_finalize, block;
+} epm_moe_plan_t;
+
+typedef struct {
+  int32_t *counts, *cursors;
+  int64_t *offsets, *pair_row, *row_token;
+  uint8_t *inter_packed, *inter_sf;
+  uint16_t *y;
+} epm_moe_workspace_t;
+
+typedef struct {
+  const uint8_t *gate_w, *gate_sf, *up_w, *up_sf, *down_w, *down_sf;
+  const float *gate_up_scale_2, *down_scale_2; /* [E_l] */
+  float input_scale;      /* decode scale of hidden_fp4 (layer input_scale) */
+  float down_input_scale; /* decode scale of the intermediate */
+} epm_moe_weights_dev_t;
+
+typedef struct {
+  const uint8_t *hidden_fp4, *hidden_sf; /* [M, H/2], linear [M, H/16] */
+  const int32_t *ids;                    /* [M, k] global expert ids */
+  const float *weights;                  /* [M, k] fp32 (rounded to bf16 in finalize) */
+} epm_moe_inputs_dev_t;
+
+/* Plan for M gathered tokens and the local slice [expert_offset, +E_l). */
+epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
+                          int64_t top_k, int64_t expert_offset, int64_t local_experts,
+                          epm_moe_plan_t *out);
+/* Point the workspace pieces into one device allocation of workspace_bytes. */
+epm_status_t epm_moe_workspace_carve(const epm_moe_plan_t *p, void *base_dev,
+                                     epm_moe_workspace_t *ws);
+
+epm_status_t epm_kernel_moe_permute(const epm_moe_plan_t *p, const epm_moe_inputs_dev_t *in,
+                                    const epm_moe_workspace_t *ws, void *stream);
+epm_status_t epm_kernel_moe_gemm1(const epm_moe_plan_t *p, const epm_moe_weights_dev_t *w,
+                                  const epm_moe_inputs_dev_t *in, const epm_moe_workspace_t *ws,
+                                  void *stream);
+epm_status_t epm_kernel_moe_gemm2(const epm_moe_plan_t *p, const epm_moe_weights_dev_t *w,
+                                  const epm_moe_workspace_t *ws, void *stream);
+/* out_f32 != 0: out_dev is fp32 [M, H], else bf16 [M, H]. */
+epm_status_t epm_kernel_moe_finalize(const epm_moe_plan_t *p, const epm_moe_inputs_dev_t *in,
+                                     const epm_moe_workspace_t *ws, int out_f32, void *out_dev,
+                                     void *stream);
+/* All four in order. */
+epm_status_t epm_kernel_moe_forward(const epm_moe_plan_t *p, const epm_moe_weights_dev_t *w,
+                                    const epm_moe_inputs_dev_t *in, const epm_moe_workspace_t *ws,
+                                    int out_f32, void *out_dev, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPMOE_KERNELS_H */

@@ -1,0 +1,77 @@
+/* kernels/moe_permute.cu — device-side permutation of (token, slot) pairs
+ * into per-local-expert row ranges, padded to EPM_MOE_TILE_M.
+ *
+ * Three small kernels, all on the stream, no host read of the counts:
+ *   histogram  atomic count per local expert over the M*k pairs
+ *   scan       one thread: padded exclusive prefix sum -> offsets[E_l + 1]
+ *   scatter    pair -> row (atomic cursor per expert), row -> token
+ * Rows within an expert come out in a nondeterministic order; every row is
+ * computed independently and finalize reads rows through pair_row, so the
+ * output does not depend on it.
+ */
+#include <stdint.h>
+
+#include "cuda_check.h"
+#include "epmoe/kernels.h"
+
+__global__ void epm__moe_hist_kernel(const int32_t *__restrict__ ids, int64_t pairs, int64_t off,
+                                     int64_t el, int32_t *__restrict__ counts) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += stride) {
+    int64_t e = (int64_t)ids[p] - off;
+    if (e >= 0 && e < el) atomicAdd(&counts[e], 1);
+  }
+}
+
+__global__ void epm__moe_scan_kernel(const int32_t *__restrict__ counts, int32_t *__restrict__ cursors,
+                                     int64_t *__restrict__ offsets, int64_t el) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  int64_t acc = 0;
+  for (int64_t e = 0; e < el; e++) {
+    offsets[e] = acc;
+    acc += ((int64_t)counts[e] + EPM_MOE_TILE_M - 1) / EPM_MOE_TILE_M * EPM_MOE_TILE_M;
+    cursors[e] = 0;
+  }
+  offsets[el] = acc;
+}
+
+__global__ void epm__moe_scatter_kernel(const int32_t *__restrict__ ids, int64_t pairs, int64_t k,
+                                        int64_t off, int64_t el, const int64_t *__restrict__ offsets,
+                                        int32_t *__restrict__ cursors, int64_t *__restrict__ pair_row,
+                                        int64_t *__restrict__ row_token) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t p = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; p < pairs; p += stride) {
+    int64_t e = (int64_t)ids[p] - off;
+    if (e >= 0 && e < el) {
+      int64_t row = offsets[e] + atomicAdd(&cursors[e], 1);
+      pair_row[p] = row;
+      row_token[row] = p / k;
+    } else {
+      pair_row[p] = -1;
+    }
+  }
+}
+
+extern "C" epm_status_t epm_kernel_moe_permute(const epm_moe_plan_t *p, const epm_moe_inputs_dev_t *in,
+                                               const epm_moe_workspace_t *ws, void *stream) {
+  if (!p || !in || !ws || !in->ids)
+    return epm_error(EPM_ERR_INVALID_ARG, "moe permute: NULL plan, inputs, workspace or ids");
+  cudaStream_t s = EPM_STREAM(stream);
+  EPM_CUDA_TRY(cudaMemsetAsync(ws->counts, 0, p->counts_bytes, s));
+  /* -1 everywhere: padding rows are recognised by a negative token. */
+  EPM_CUDA_TRY(cudaMemsetAsync(ws->row_token, 0xFF, p->row_token_bytes, s));
+  if (p->pairs > 0) {
+    epm__moe_hist_kernel<<<p->grid_pairs, p->block, 0, s>>>(in->ids, p->pairs, p->expert_offset,
+                                                             p->local_experts, ws->counts);
+    EPM_CUDA_LAUNCHED("epm__moe_hist_kernel");
+  }
+  epm__moe_scan_kernel<<<1, 1, 0, s>>>(ws->counts, ws->cursors, ws->offsets, p->local_experts);
+  EPM_CUDA_LAUNCHED("epm__moe_scan_kernel");
+  if (p->pairs > 0) {
+    epm__moe_scatter_kernel<<<p->grid_pairs, p->block, 0, s>>>(
+        in->ids, p->pairs, p->top_k, p->expert_offset, p->local_experts, ws->offsets, ws->cursors,
+        ws->pair_row, ws->row_token);
+    EPM_CUDA_LAUNCHED("epm__moe_scatter_kernel");
+  }
+  return EPM_OK;
+}
