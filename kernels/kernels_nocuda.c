@@ -1,5 +1,5 @@
 /* kernels/kernels_nocuda.c — the kernel launchers in a build without CUDA:
- * the plans still work (kernels/*_plan.c); launching says why it cannot. */
+ * the plans still work (kernels/<op>_plan.c); launching says why it cannot. */
 #include "epmoe/kernels.h"
 
 static epm_status_t no_cuda(const char *what) {

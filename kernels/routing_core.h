@@ -75,6 +75,7 @@ EPM_HD void epm_core_route_token(const epm_core_route_cfg_t *c, const float *l, 
   int64_t sel[EPM_CORE_ROUTE_MAX_K];
   float wv[EPM_CORE_ROUTE_MAX_K];
   int64_t n = 0;
+  sel[0] = 0; /* k >= 1 always fills it; keeps the compiler's flow analysis quiet */
   const int ds = c->method == EPM_CORE_ROUTE_DEEPSEEK_V3;
 
   /* ---- selection (best first by selection score) ---- */

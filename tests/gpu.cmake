@@ -1,0 +1,23 @@
+# GPU tests (issue D): label gpu, exit 77 (skipped) without a CUDA device;
+# `large` ones need the seed's sizes (~55 GB of GPU memory).
+if(EPMOE_HAVE_CUDA)
+  add_library(epm_gputest STATIC gpu/gpu_util.cu)
+  target_include_directories(epm_gputest PUBLIC ${CMAKE_CURRENT_SOURCE_DIR}/gpu ${PROJECT_SOURCE_DIR}/kernels)
+  target_link_libraries(epm_gputest PUBLIC epmoe epm_testutil)
+  target_compile_options(epm_gputest PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:${EPMOE_CUDA_ARCH_FLAGS}>")
+
+  foreach(t test_gpu_quantize test_gpu_routing test_gpu_moe)
+    epm_add_test(${t} SOURCES gpu/${t}.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
+  endforeach()
+  foreach(t test_gpu_seed test_gpu_quantize_4g)
+    epm_add_test(${t} SOURCES gpu/${t}.c LABELS gpu large LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 1200)
+  endforeach()
+  # Once under compute-sanitizer (memcheck) at the small sizes of test_gpu_moe.
+  find_program(EPMOE_COMPUTE_SANITIZER compute-sanitizer HINTS ${CUDAToolkit_BIN_DIR})
+  if(EPMOE_COMPUTE_SANITIZER)
+    add_test(NAME test_gpu_moe_memcheck
+             COMMAND ${EPMOE_COMPUTE_SANITIZER} --tool memcheck --error-exitcode 1 $<TARGET_FILE:test_gpu_moe>)
+    set_tests_properties(test_gpu_moe_memcheck PROPERTIES LABELS gpu TIMEOUT 1200 SKIP_RETURN_CODE 77
+                         RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
+  endif()
+endif()

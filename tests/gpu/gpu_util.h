@@ -1,0 +1,70 @@
+/* tests/gpu/gpu_util.h — helpers of the GPU tests: skip without a GPU,
+ * checked CUDA calls, poisoned device buffers, device-side fills. */
+#ifndef EPMOE_TESTS_GPU_UTIL_H
+#define EPMOE_TESTS_GPU_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include <cuda_runtime.h>
+
+#include "epmoe/kernels.h"
+#include "epmoe/layer.h"
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Exit 77 (ctest: skipped) when no CUDA device is usable; print the device. */
+void gpu_require_device(const char *test_name);
+
+#define GPU_CHECK(call)                                                                \
+  do {                                                                                 \
+    cudaError_t gpu__e = (call);                                                       \
+    if (gpu__e != cudaSuccess) {                                                       \
+      fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,                  \
+              cudaGetErrorString(gpu__e));                                             \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+#define EPM_CHECK(call)                                                                \
+  do {                                                                                 \
+    epm_status_t gpu__s = (call);                                                      \
+    if (gpu__s != EPM_OK) {                                                            \
+      fprintf(stderr, "%s:%d: %s -> %s: %s\n", __FILE__, __LINE__, #call,              \
+              epm_status_name(gpu__s), epm_last_error());                              \
+      exit(1);                                                                         \
+    }                                                                                  \
+  } while (0)
+
+/* cudaMalloc + fill every byte with `poison` (0xFF: NaN for bf16/fp32, -1
+ * for ints), so elements a kernel forgets to write are caught. */
+void *gpu_alloc_poisoned(size_t bytes, int poison);
+void *gpu_upload(const void *host, size_t bytes);
+void gpu_download(void *host, const void *dev, size_t bytes);
+
+/* Device fills by the functions of gpu_fill.h. */
+void gpu_fill_act_bf16(uint16_t *dev, int64_t rows, int64_t cols, uint64_t seed);
+void gpu_fill_logits(float *dev, int64_t rows, int64_t num_experts, uint64_t seed);
+
+/* Copy a layer's routed expert bank (canonical form) to the device; the
+ * layer's input/down-input decode scales go into w as well. */
+void gpu_upload_experts(const epm_layer_t *layer, epm_moe_weights_dev_t *w);
+void gpu_free_experts(epm_moe_weights_dev_t *w);
+
+/* Compare out [n] with ref [n] (fp32 values): rel-L2 error, max |diff| and
+ * max |ref|; prints one line. Returns the rel-L2 error. */
+typedef struct {
+  double rel_l2, max_abs, ref_absmax;
+  int64_t exact, n, nonfinite;
+} gpu_cmp_t;
+gpu_cmp_t gpu_compare(const char *what, const float *out, const float *ref, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
