@@ -21,6 +21,7 @@
 #include "epmoe/routing.h"
 #include "gpu_fill.h"
 #include "gpu_util.h"
+#include "testutil.h"
 
 #define NSAMPLE 24
 static const uint64_t SEED = 20261126;
