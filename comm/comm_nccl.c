@@ -142,9 +142,15 @@ static ncclResult_t agv_issue(epm_comm_t *c, const epm_comm_gather_buf_t *b, con
   return ncclSuccess;
 }
 
+/* NCCL documents at most 2048 operations between ncclGroupStart and End. */
+enum { NCCL_GROUP_MAX_OPS = 2048 };
+
 static epm_status_t nccl_allgatherv(epm_comm_t *c, const epm_comm_gather_buf_t *bufs, int nbufs,
                                     const int64_t *counts, int64_t total) {
   if (total == 0) return EPM_OK;
+  if ((int64_t)nbufs * c->size > NCCL_GROUP_MAX_OPS)
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "allgatherv: %d arrays x %d roots = %lld grouped NCCL calls > %d",
+                     nbufs, c->size, (long long)nbufs * c->size, NCCL_GROUP_MAX_OPS);
   ncclResult_t rc = ncclGroupStart();
   if (rc != ncclSuccess) return nccl_fail(c, rc, "allgatherv: ncclGroupStart");
   ncclResult_t first = ncclSuccess;

@@ -85,7 +85,8 @@ epm_status_t epm_comm_allgatherv(epm_comm_t *c, const void *send, void *recv,
 
 /* Several arrays with the same row counts (e.g. fp4 rows, scales, top-k ids,
  * top-k weights) in one call: as epm_comm_allgatherv for each buffer. NCCL
- * issues them as one fused group; MPI runs them one after another. */
+ * issues them as one fused group (at most 2048 calls: nbufs x P); MPI packs
+ * each rank's rows of all arrays into one block and runs one collective. */
 typedef struct {
   const void *send;
   void *recv;
