@@ -140,6 +140,9 @@ epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opt
     st = epm_error(EPM_ERR_ABORTED, "bootstrap: another rank failed its launch check (see its message)");
     goto fail;
   }
+  if (out->thread_level < MPI_THREAD_MULTIPLE && out->world_rank == 0)
+    EPM_LOG(EPM_LOG_INFO, "comm", "MPI provides thread level %d, not MPI_THREAD_MULTIPLE (%d): "
+            "one thread at a time may call MPI", out->thread_level, MPI_THREAD_MULTIPLE);
   EPM_LOG(EPM_LOG_DEBUG, "comm", "bootstrap: world %d/%d local %d/%d ep %d/%d gpu %d of %d thread level %d",
           out->world_rank, out->world_size, out->local_rank, out->local_size, out->ep_rank, out->ep_size,
           out->gpu, out->gpu_count, out->thread_level);

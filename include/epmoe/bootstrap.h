@@ -56,8 +56,9 @@ typedef struct {
   struct epm__boot_mpi *mpi;
 } epm_bootstrap_t;
 
-/* argc/argv may be NULL. On error nothing needs finalizing except MPI itself,
- * which is left initialised (callers exit after printing epm_last_error()). */
+/* argc/argv may be NULL. On error the communicators are already freed and
+ * MPI is left initialised: print epm_last_error(), then call
+ * epm_bootstrap_finalize(out) (it ends MPI when init started it) and exit. */
 epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opts_t *opts,
                                 epm_bootstrap_t *out);
 /* Frees the communicators; calls MPI_Finalize when init started MPI. */
