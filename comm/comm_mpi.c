@@ -98,7 +98,7 @@ static epm_status_t agv_chunked(epm_comm_t *c, const epm_comm_gather_buf_t *b,
     char *dst = recv + off;
     if (root == c->rank && nbytes > 0) memcpy(dst, b->send, nbytes);
     for (size_t done = 0; done < nbytes;) {
-      int len = epm__mpi_chunk_len((int64_t)(nbytes - done));
+      int len = epm__mpi_chunk_len((int64_t)(nbytes - done), 1);
       MPI_TRY(MPI_Bcast(dst + done, len, MPI_BYTE, root, comm), "allgatherv: MPI_Bcast");
       done += (size_t)len;
     }
@@ -203,10 +203,10 @@ static void accumulate(float *acc, const void *x, int64_t n, epm_red_dtype_t dt,
 
 /* Next piece this rank receives, in (source rank, offset) order, skipping
  * itself. *src = -1 before the first; returns 0 when there is none. */
-static int rs_next(int size, int me, int64_t n, int *src, int64_t *start) {
+static int rs_next(int size, int me, int64_t n, size_t esz, int *src, int64_t *start) {
   if (n == 0) return 0;
   if (*src >= 0) {
-    *start += epm__mpi_chunk_len(n - *start);
+    *start += epm__mpi_chunk_len(n - *start, esz);
     if (*start < n) return 1;
   }
   do (*src)++;
@@ -227,7 +227,7 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
   /* Sends: my rows of every other rank's segment, in pieces. */
   size_t nsend = 0;
   for (int d = 0; d < P; d++) {
-    int64_t n = counts[d] * row_elems, lim = epm__mpi_max_count();
+    int64_t n = counts[d] * row_elems, lim = epm__mpi_limit(esz);
     if (d != me) nsend += (size_t)((n + lim - 1) / lim);
   }
   EPM_TRY(grow_reqs(m, nsend + 2));
@@ -238,7 +238,7 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
     int64_t n = counts[d] * row_elems;
     if (d != me) {
       for (int64_t s = 0; s < n;) {
-        int len = epm__mpi_chunk_len(n - s);
+        int len = epm__mpi_chunk_len(n - s, esz);
         MPI_TRY(MPI_Isend(sbytes + (size_t)(off + s) * esz, len, type, d, RS_TAG, m->comm, &sreq[k++]),
                 "reduce_scatterv: MPI_Isend");
         s += len;
@@ -252,16 +252,16 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
   int64_t my_off = 0;
   for (int r = 0; r < me; r++) my_off += counts[r] * row_elems;
   if (n > 0) {
-    const int64_t piece = epm__mpi_chunk_len(n);
+    const int64_t piece = epm__mpi_chunk_len(n, esz);
     size_t buf_bytes = (size_t)piece * esz, acc_bytes = dt == EPM_RED_F32 ? 0 : (size_t)n * sizeof(float);
     EPM_TRY(grow_scratch(m, 2 * buf_bytes + acc_bytes + 64));
     char *buf[2] = {(char *)m->scratch, (char *)m->scratch + buf_bytes};
     float *acc = dt == EPM_RED_F32 ? (float *)recv : (float *)((char *)m->scratch + 2 * buf_bytes);
     int nsrc = -1, cur = 0;
     int64_t nstart = 0;
-    int have = rs_next(P, me, n, &nsrc, &nstart);
+    int have = rs_next(P, me, n, esz, &nsrc, &nstart);
     if (have)
-      MPI_TRY(MPI_Irecv(buf[0], epm__mpi_chunk_len(n - nstart), type, nsrc, RS_TAG, m->comm, &rreq[0]),
+      MPI_TRY(MPI_Irecv(buf[0], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm, &rreq[0]),
               "reduce_scatterv: MPI_Irecv");
     for (int s = 0; s < P; s++) {
       if (s == me) {
@@ -269,11 +269,11 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
         continue;
       }
       for (int64_t st = 0; st < n;) {
-        int len = epm__mpi_chunk_len(n - st);
+        int len = epm__mpi_chunk_len(n - st, esz);
         MPI_TRY(MPI_Wait(&rreq[cur], MPI_STATUS_IGNORE), "reduce_scatterv: MPI_Wait (receive)");
         /* Post the next piece before summing this one. */
-        if (rs_next(P, me, n, &nsrc, &nstart))
-          MPI_TRY(MPI_Irecv(buf[cur ^ 1], epm__mpi_chunk_len(n - nstart), type, nsrc, RS_TAG, m->comm,
+        if (rs_next(P, me, n, esz, &nsrc, &nstart))
+          MPI_TRY(MPI_Irecv(buf[cur ^ 1], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm,
                             &rreq[cur ^ 1]),
                   "reduce_scatterv: MPI_Irecv");
         accumulate(acc + st, buf[cur], len, dt, s == 0);
@@ -294,7 +294,7 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
 
 static epm_status_t mpi_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n) {
   for (int64_t s = 0; s < n;) {
-    int len = epm__mpi_chunk_len(n - s);
+    int len = epm__mpi_chunk_len(n - s, sizeof(float));
     MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf + s, len, MPI_FLOAT, MPI_MAX, impl_of(c)->comm),
             "allreduce_max: MPI_Allreduce");
     s += len;

@@ -16,16 +16,23 @@ void epm_comm_mpi_set_max_count(int64_t n) {
   atomic_store(&g_max_count, (n <= 0 || n > INT_MAX) ? (int64_t)INT_MAX : n);
 }
 
-int64_t epm__mpi_max_count(void) { return atomic_load(&g_max_count); }
+enum { MAX_MSG_SHIFT = 30 }; /* 1 GiB per MPI message */
 
-int epm__mpi_chunk_len(int64_t left) {
-  int64_t lim = epm__mpi_max_count();
+int64_t epm__mpi_limit(size_t elem_size) {
+  int64_t lim = atomic_load(&g_max_count);
+  int64_t by_bytes = elem_size == 0 ? lim : (int64_t)(((size_t)1 << MAX_MSG_SHIFT) / elem_size);
+  if (by_bytes < 1) by_bytes = 1;
+  return lim < by_bytes ? lim : by_bytes;
+}
+
+int epm__mpi_chunk_len(int64_t left, size_t elem_size) {
+  int64_t lim = epm__mpi_limit(elem_size);
   return (int)(left < lim ? left : lim);
 }
 
 int epm__mpi_agv_plan(const int64_t *counts, int nranks, size_t elem_size,
                       epm__agv_path_t *path, int *bytes_each, int *displs) {
-  int64_t lim = epm__mpi_max_count();
+  int64_t lim = epm__mpi_limit(1); /* the plan counts bytes */
   if (elem_size > (size_t)INT64_MAX) return 1;
   int64_t esz = (int64_t)elem_size;
   int64_t total = 0;

@@ -10,11 +10,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The largest count (or displacement) one MPI call may take now. */
-int64_t epm__mpi_max_count(void);
+/* The largest count (or displacement) of elem_size-byte elements one MPI
+ * call may take now: the test-hook/INT_MAX count limit, and at most 1 GiB
+ * per message (some transports compute message bytes as int, so count x
+ * type size has to stay below 2^31 as well). */
+int64_t epm__mpi_limit(size_t elem_size);
 
-/* min(left, limit) as an int (left >= 0). */
-int epm__mpi_chunk_len(int64_t left);
+/* min(left, epm__mpi_limit(elem_size)) as an int (left >= 0). */
+int epm__mpi_chunk_len(int64_t left, size_t elem_size);
 
 /* How one allgather-v of byte rows goes over MPI. */
 typedef enum {

@@ -20,3 +20,8 @@ if(EPMOE_HAVE_CUDA)
   target_link_libraries(test_comm_nccl PRIVATE epmoe)
   epm_add_mpi_test(comm_nccl_np2 NP 2 COMMAND test_comm_nccl LABELS gpu mpi TIMEOUT 300 GPU)
 endif()
+
+# A real allgather-v past INT_MAX bytes (no chunk hook): ~6.5 GB in all.
+add_executable(test_comm_large mpi/test_comm_large.c)
+target_link_libraries(test_comm_large PRIVATE epmoe)
+epm_add_mpi_test(comm_large_np2 NP 2 COMMAND test_comm_large LABELS mpi large TIMEOUT 600)

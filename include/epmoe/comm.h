@@ -133,9 +133,10 @@ epm_status_t epm_comm_check_async(epm_comm_t *c);
 void epm_comm_abort(epm_comm_t *c);
 
 /* Test hook, MPI backend: the largest count passed to one MPI call (default
- * INT_MAX). Setting e.g. 7 makes every transfer above 7 bytes or elements
- * take the chunked paths, so tests exercise them without 8 GB buffers.
- * Process-wide; n <= 0 restores the default. Must be the same on all ranks. */
+ * INT_MAX; independently every message stays <= 1 GiB). Setting e.g. 7 makes
+ * every transfer above 7 bytes or elements take the chunked paths, so tests
+ * exercise them without 8 GB buffers. Process-wide; n <= 0 restores the
+ * default. Must be the same on all ranks. */
 void epm_comm_mpi_set_max_count(int64_t n);
 
 #ifdef __cplusplus
