@@ -25,3 +25,10 @@ if(EPMOE_HAVE_CUDA)
                          RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
   endif()
 endif()
+
+# Kernel benchmark (not a test): per-stage times and a cuBLAS bf16 baseline
+# measured in the same run. See BENCHMARKS.md.
+if(EPMOE_HAVE_CUDA AND TARGET CUDA::cublas)
+  add_executable(bench_moe bench/bench_moe.c)
+  target_link_libraries(bench_moe PRIVATE epm_gputest CUDA::cublas)
+endif()

@@ -44,6 +44,18 @@ __global__ void fill_logits_kernel(float *x, int64_t rows, int64_t e, uint64_t s
     x[i] = epm_fill_logit(seed, i / e, i % e, e);
 }
 
+__global__ void fill_bytes_kernel(uint8_t *x, int64_t n, uint64_t seed, unsigned mask, unsigned orr) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+    x[i] = (uint8_t)((epm_fill_mix(seed ^ (uint64_t)i) & mask) | orr);
+}
+
+extern "C" void gpu_fill_bytes(uint8_t *dev, int64_t n, uint64_t seed, unsigned mask, unsigned orr) {
+  fill_bytes_kernel<<<4096, 256>>>(dev, n, seed, mask, orr);
+  GPU_CHECK(cudaGetLastError());
+  GPU_CHECK(cudaDeviceSynchronize());
+}
+
 extern "C" void gpu_fill_act_bf16(uint16_t *dev, int64_t rows, int64_t cols, uint64_t seed) {
   fill_act_kernel<<<4096, 256>>>(dev, rows, cols, seed);
   GPU_CHECK(cudaGetLastError());

@@ -50,6 +50,9 @@ void gpu_download(void *host, const void *dev, size_t bytes);
 /* Device fills by the functions of gpu_fill.h. */
 void gpu_fill_act_bf16(uint16_t *dev, int64_t rows, int64_t cols, uint64_t seed);
 void gpu_fill_logits(float *dev, int64_t rows, int64_t num_experts, uint64_t seed);
+/* Random bytes (hash & mask) | orr: E2M1 codes with mask 0xFF, sane E4M3
+ * scales with e.g. mask 0x0F | 0x30. */
+void gpu_fill_bytes(uint8_t *dev, int64_t n, uint64_t seed, unsigned mask, unsigned orr);
 
 /* Copy a layer's routed expert bank (canonical form) to the device; the
  * layer's input/down-input decode scales go into w as well. */

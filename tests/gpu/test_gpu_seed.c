@@ -118,9 +118,22 @@ int main(int argc, char **argv) {
   }
 
   /* sampled rows */
+  /* first, middle and last rows, then random rows that have a local expert
+   * (with 8 of 256 experts most tokens have none) */
   int64_t rows[NSAMPLE] = {0, 1, M / 2, M - 2, M - 1};
-  epm_test_rng_t rng = {SEED};
-  for (int i = 5; i < NSAMPLE; i++) rows[i] = (int64_t)(epm_test_rng_u64(&rng) % (uint64_t)M);
+  {
+    int32_t *all_ids = malloc(rp.ids_bytes);
+    gpu_download(all_ids, dids, rp.ids_bytes);
+    epm_test_rng_t rng = {SEED};
+    int n = 5;
+    for (int tries = 0; n < NSAMPLE && tries < 1000000; tries++) {
+      int64_t r = (int64_t)(epm_test_rng_u64(&rng) % (uint64_t)M);
+      int local = 0;
+      for (int64_t j = 0; j < k; j++) local |= all_ids[r * k + j] >= off && all_ids[r * k + j] < off + el;
+      if (local) rows[n++] = r;
+    }
+    free(all_ids);
+  }
   epm_bf16_t *hx = malloc((size_t)(NSAMPLE * H) * 2);
   float *hl = malloc((size_t)(NSAMPLE * E) * 4);
   uint8_t *hq = malloc((size_t)(NSAMPLE * H / 2)), *hsf = malloc((size_t)(NSAMPLE * H / 16));
