@@ -2,14 +2,15 @@
  * kernels (permute, GEMM1, GEMM2, finalize).
  *
  * Counts per expert are only known on the device, so every buffer indexed by
- * permuted row is sized for the worst case: all M*min(k, E_l) local pairs
- * plus a partial tile per expert. The GEMMs run a persistent grid that reads
+ * permuted row is sized for the worst case of epm_plan_local_rows_bound():
+ * all M*min(k, E_l) local pairs, each expert padded to the tile. The GEMMs run a persistent grid that reads
  * the real tile count from device memory.
  */
 #include <string.h>
 
 #include "epmoe/checked.h"
 #include "epmoe/kernels.h"
+#include "epmoe/plan.h"
 #include "plan_util.h"
 
 #define EPM__WS_ALIGN 256
@@ -53,13 +54,12 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
     return epm_error(EPM_ERR_INVALID_ARG, "moe plan: num_experts = %lld exceeds int32 ids",
                      (long long)num_experts);
 
-  int64_t pairs = 0, local_pairs = 0, pad = 0, rows = 0, tmp = 0;
-  int64_t kl = top_k < local_experts ? top_k : local_experts;
+  int64_t pairs = 0, local_pairs = 0, m_tiles = 0, rows = 0;
   if (epm_mul_i64(tokens, top_k, &pairs)) return too_big("tokens x top_k", tokens, top_k);
-  if (epm_mul_i64(tokens, kl, &local_pairs)) return too_big("tokens x local slots", tokens, kl);
-  if (epm_mul_i64(local_experts, EPM_MOE_TILE_M - 1, &pad) || epm_add_i64(local_pairs, pad, &tmp) ||
-      epm_round_up_i64(tmp, EPM_MOE_TILE_M, &rows))
-    return too_big("padded permuted rows", local_pairs, local_experts);
+  /* The step plan's worst case (include/epmoe/plan.h), so the buffers it
+   * sizes are exactly what these kernels need. */
+  EPM_TRY(epm_plan_local_rows_bound(tokens, top_k, local_experts, EPM_MOE_TILE_M, &local_pairs,
+                                    &m_tiles, &rows));
 
   out->tokens = tokens;
   out->hidden = hidden;
@@ -70,7 +70,7 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
   out->local_experts = local_experts;
   out->pairs = pairs;
   out->max_rows = rows;
-  out->max_m_tiles = rows / EPM_MOE_TILE_M;
+  out->max_m_tiles = m_tiles;
   out->n_tiles_gemm1 = epm_ceil_div_i64(inter, 64);
   out->n_tiles_gemm2 = epm_ceil_div_i64(hidden, 128);
 

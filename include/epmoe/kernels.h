@@ -34,14 +34,13 @@
 
 #include "epmoe/model.h"
 #include "epmoe/nvfp4.h"
+#include "epmoe/plan.h" /* EPM_CUDA_GRID_*_MAX, epm_plan_local_rows_bound */
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-#define EPM_CUDA_GRID_X_MAX 2147483647LL
-#define EPM_CUDA_GRID_YZ_MAX 65535LL
 
 /* ---- NVFP4 quantize: bf16 [rows, cols] -> packed + E4M3 scales ----------
  * Bit-identical to epm_nvfp4_quantize_bf16 (exact division, RNE, -0 -> 0x0).
@@ -106,7 +105,7 @@ epm_status_t epm_kernel_routing(const epm_routing_plan_t *p, const float *logits
 typedef struct {
   int64_t tokens, hidden, inter, top_k, num_experts, expert_offset, local_experts;
   int64_t pairs;          /* tokens * top_k */
-  int64_t max_rows;       /* tokens * min(top_k, E_l) + E_l * (TILE_M - 1), rounded to TILE_M */
+  int64_t max_rows;       /* worst case padded rows = epm_plan_t.permuted_rows_max at tile TILE_M */
   int64_t max_m_tiles;    /* max_rows / TILE_M */
   int64_t n_tiles_gemm1;  /* ceil(I / 64) */
   int64_t n_tiles_gemm2;  /* ceil(H / 128) */

@@ -67,14 +67,15 @@ static void test_moe_seed_size(void **state) {
   /* EP32 share of DeepSeek-R1: experts [0, 8) of 256, top-8 */
   assert_int_equal(epm_moe_plan(327680, 7168, 2048, 256, 8, 0, 8, &p), EPM_OK);
   assert_int_equal(p.pairs, 2621440LL);
-  /* 2,621,440 + 8*63 = 2,621,944 -> next multiple of 64 = 2,621,952 */
-  assert_int_equal(p.max_rows, 2621952LL);
-  assert_int_equal(p.max_m_tiles, 40968LL);
+  /* 2,621,440 local pairs: 8 experts with one row each + 2,621,432 / 64 full
+   * tiles = 40,967 tiles = 2,621,888 rows */
+  assert_int_equal(p.max_rows, 2621888LL);
+  assert_int_equal(p.max_m_tiles, 40967LL);
   assert_int_equal(p.n_tiles_gemm1, 32);
   assert_int_equal(p.n_tiles_gemm2, 56);
-  assert_int_equal(p.y_bytes, (size_t)37588303872ULL);          /* rows x 7168 x 2 */
-  assert_int_equal(p.inter_packed_bytes, (size_t)2684878848ULL); /* rows x 1024 */
-  assert_int_equal(p.inter_sf_bytes, (size_t)335609856ULL);      /* rows x 128 */
+  assert_int_equal(p.y_bytes, (size_t)37587386368ULL);          /* rows x 7168 x 2 */
+  assert_int_equal(p.inter_packed_bytes, (size_t)2684813312ULL); /* rows x 1024 */
+  assert_int_equal(p.inter_sf_bytes, (size_t)335601664ULL);      /* rows x 128 */
   assert_int_equal(p.pair_row_bytes, (size_t)20971520ULL);
   assert_int_equal(p.out_bf16_bytes, (size_t)4697620480ULL);
   assert_int_equal(p.out_f32_bytes, (size_t)9395240960ULL);
@@ -100,14 +101,14 @@ static void test_moe_small_and_edges(void **state) {
   epm_moe_plan_t p;
   /* E_l larger than k: worst case is k slots per token */
   assert_int_equal(epm_moe_plan(48, 256, 128, 8, 2, 0, 8, &p), EPM_OK);
-  assert_int_equal(p.max_rows, 640); /* 96 + 504 = 600 -> 640 */
+  assert_int_equal(p.max_rows, 576); /* 96 pairs: 8 single rows + 88/64 -> 9 tiles */
   /* E_l at the top end of the range, k = 1 */
   assert_int_equal(epm_moe_plan(10, 256, 128, 16, 1, 12, 4, &p), EPM_OK);
-  assert_int_equal(p.max_rows, 320); /* 10 + 252 = 262 -> 320 */
+  assert_int_equal(p.max_rows, 256); /* 10 pairs: 4 tiles */
   /* zero tokens is legal */
   assert_int_equal(epm_moe_plan(0, 7168, 2048, 256, 8, 248, 8, &p), EPM_OK);
   assert_int_equal(p.pairs, 0);
-  assert_int_equal(p.max_rows, 512);
+  assert_int_equal(p.max_rows, 0);
   /* past 2^32 elements of the output: 700,000 x 7168 */
   assert_int_equal(epm_moe_plan(700000, 7168, 2048, 256, 8, 0, 8, &p), EPM_OK);
   assert_int_equal(p.out_bf16_bytes, (size_t)10035200000ULL);
