@@ -46,11 +46,23 @@ epm_comm_backend_t epm_comm_backend(const epm_comm_t *c) { return c->backend; }
 const char *epm_comm_backend_name(const epm_comm_t *c) { return c->ops->name; }
 epm_mem_kind_t epm_comm_mem_kind(const epm_comm_t *c) { return c->ops->mem_kind; }
 
-static epm_status_t comm_live(const epm_comm_t *c, const char *what) {
-  if (!c) return epm_error(EPM_ERR_INVALID_ARG, "%s: comm is NULL", what);
-  if (c->aborted)
+epm_status_t epm__comm_abort_point(epm_comm_t *c, const char *what) {
+  if (atomic_load(&c->abort_requested) && !atomic_load(&c->aborted)) {
+    if (c->ops->abort_is_local) c->ops->abort(c);
+    atomic_store(&c->aborted, 1);
+  }
+  if (atomic_load(&c->aborted))
     return epm_error(EPM_ERR_ABORTED, "%s: %s comm was aborted; destroy it", what, c->ops->name);
   return EPM_OK;
+}
+
+static epm_status_t comm_live(epm_comm_t *c, const char *what) {
+  if (!c) return epm_error(EPM_ERR_INVALID_ARG, "%s: comm is NULL", what);
+  return epm__comm_abort_point(c, what);
+}
+
+void epm_comm_request_abort(epm_comm_t *c) {
+  if (c) atomic_store(&c->abort_requested, 1);
 }
 
 epm_status_t epm_comm_alloc(epm_comm_t *c, size_t bytes, void **out) {
@@ -163,8 +175,12 @@ epm_status_t epm_comm_wait(epm_comm_t *c, double timeout_s) {
   return c->ops->wait(c, timeout_s);
 }
 
+/* Runs on a watchdog thread: reads state only, never acts on an abort
+ * request (that is the calling thread's job, see epm__comm_abort_point). */
 epm_status_t epm_comm_check_async(epm_comm_t *c) {
-  EPM_TRY(comm_live(c, "check_async"));
+  if (!c) return epm_error(EPM_ERR_INVALID_ARG, "check_async: comm is NULL");
+  if (atomic_load(&c->aborted))
+    return epm_error(EPM_ERR_ABORTED, "check_async: %s comm was aborted", c->ops->name);
   return c->ops->check_async(c);
 }
 

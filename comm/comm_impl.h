@@ -28,6 +28,9 @@ typedef struct epm_comm_ops {
   epm_status_t (*wait)(epm_comm_t *c, double timeout_s);
   epm_status_t (*check_async)(epm_comm_t *c);
   void (*abort)(epm_comm_t *c);
+  /* 1 when abort only affects this process (ncclCommAbort), so a requested
+   * abort may run it at a call boundary; 0 for MPI_Abort (ends the job). */
+  int abort_is_local;
   void (*destroy)(epm_comm_t *c); /* frees backend state, not the epm_comm_t */
 } epm_comm_ops_t;
 
@@ -35,9 +38,14 @@ struct epm_comm {
   const epm_comm_ops_t *ops;
   epm_comm_backend_t backend;
   int rank, size;
-  atomic_int aborted; /* set by abort or a fatal backend error; read by a watchdog thread */
+  atomic_int aborted;         /* set by abort or a fatal backend error; read by a watchdog thread */
+  atomic_int abort_requested; /* set by epm_comm_request_abort from any thread */
   void *impl;  /* backend state */
 };
+
+/* Honour a requested abort (call at every poll and call boundary): returns
+ * EPM_ERR_ABORTED once the comm is aborted, else EPM_OK. */
+epm_status_t epm__comm_abort_point(epm_comm_t *c, const char *what);
 
 /* Backend constructors (fill c->ops, c->impl, rank, size). */
 epm_status_t epm__comm_mpi_open(epm_comm_t *c, const epm_bootstrap_t *boot);

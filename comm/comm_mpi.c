@@ -341,6 +341,7 @@ static const epm_comm_ops_t mpi_ops = {
     .check_async = mpi_check_async,
     .abort = mpi_abort,
     .destroy = mpi_destroy,
+    .abort_is_local = 0,
 };
 
 epm_status_t epm__comm_mpi_open(epm_comm_t *c, const epm_bootstrap_t *boot) {

@@ -76,6 +76,7 @@ static epm_status_t settle(epm_comm_t *c, ncclResult_t rc, const char *what) {
     if (q != ncclSuccess) return nccl_fail(c, q, what);
     if (state == ncclSuccess) return EPM_OK;
     if (state != ncclInProgress) return nccl_fail(c, state, what);
+    EPM_TRY(epm__comm_abort_point(c, what));
     if (now_s() - t0 > n->timeout_s) {
       nccl_abort_now(c);
       return epm_error(EPM_ERR_TIMEOUT, "%s: still in progress after %.1f s; communicator aborted", what,
@@ -213,6 +214,7 @@ static epm_status_t nccl_wait(epm_comm_t *c, double timeout_s) {
     ncclResult_t q = ncclCommGetAsyncError(n->nc, &state);
     if (q != ncclSuccess) return nccl_fail(c, q, "comm wait: ncclCommGetAsyncError");
     if (state != ncclSuccess && state != ncclInProgress) return nccl_fail(c, state, "comm wait: async error");
+    EPM_TRY(epm__comm_abort_point(c, "comm wait"));
     if (now_s() - t0 > timeout_s) {
       nccl_abort_now(c);
       return epm_error(EPM_ERR_TIMEOUT, "comm wait: stream not done after %.1f s; communicator aborted", timeout_s);
@@ -273,6 +275,7 @@ static const epm_comm_ops_t nccl_ops = {
     .check_async = nccl_check_async,
     .abort = nccl_abort,
     .destroy = nccl_destroy,
+    .abort_is_local = 1,
 };
 
 epm_status_t epm__comm_nccl_open(epm_comm_t *c, const epm_bootstrap_t *boot,

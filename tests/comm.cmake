@@ -19,6 +19,10 @@ if(EPMOE_HAVE_CUDA)
   add_executable(test_comm_nccl gpu/test_comm_nccl.c)
   target_link_libraries(test_comm_nccl PRIVATE epmoe)
   epm_add_mpi_test(comm_nccl_np2 NP 2 COMMAND test_comm_nccl LABELS gpu mpi TIMEOUT 300 GPU)
+  # A peer that never joins: timeout + abort instead of a hang; requested abort.
+  add_executable(test_comm_nccl_abort gpu/test_comm_nccl_abort.c)
+  target_link_libraries(test_comm_nccl_abort PRIVATE epmoe)
+  epm_add_mpi_test(comm_nccl_abort_np2 NP 2 COMMAND test_comm_nccl_abort LABELS gpu mpi TIMEOUT 120 GPU)
 endif()
 
 # A real allgather-v past INT_MAX bytes (no chunk hook): ~6.5 GB in all.

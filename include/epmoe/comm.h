@@ -124,13 +124,22 @@ epm_status_t epm_comm_wait(epm_comm_t *c, double timeout_s);
  * aborted. */
 epm_status_t epm_comm_check_async(epm_comm_t *c);
 
-/* Make operations fail instead of hang. NCCL: ncclCommAbort (safe from a
- * watchdog thread only while no other thread is inside an NCCL call of this
- * comm); peers must abort their comms too. MPI: without ULFM a blocked
+/* Make operations fail instead of hang. NCCL: ncclCommAbort now (from a
+ * watchdog thread only while no other thread is inside a call of this comm;
+ * otherwise use epm_comm_request_abort); peers must abort their comms too. MPI: without ULFM a blocked
  * collective cannot be cancelled, so this calls MPI_Abort on the EP group,
  * which ends the job's processes: the one place the library ends a process,
  * and only when asked to. */
 void epm_comm_abort(epm_comm_t *c);
+
+/* Watchdog-safe abort request: only sets a flag, so it is safe from any
+ * thread at any time. The thread inside (or next entering) a comm call acts
+ * on it: NCCL polls the flag while it waits (epm_comm_wait and every
+ * enqueue), runs ncclCommAbort itself and returns EPM_ERR_ABORTED within
+ * about 50 us. MPI marks the comm aborted at the next call boundary without
+ * ending the job; a peer blocked inside an MPI collective stays blocked
+ * (use epm_comm_abort to end the job). */
+void epm_comm_request_abort(epm_comm_t *c);
 
 /* Test hook, MPI backend: the largest count passed to one MPI call (default
  * INT_MAX; independently every message stays <= 1 GiB). Setting e.g. 7 makes

@@ -153,14 +153,7 @@ int main(int argc, char **argv) {
   MPI_Init(&argc, &argv);
   MPI_Comm_rank(MPI_COMM_WORLD, &me);
   MPI_Comm_size(MPI_COMM_WORLD, &P);
-  int ngpu = 0, min_gpu = 0;
-  CHECK_OK(epm_gpu_count(&ngpu));
-  MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (min_gpu == 0) {
-    if (me == 0) printf("no GPU on some rank: skipping\n");
-    MPI_Finalize();
-    return 77;
-  }
+  cc_skip_without_gpu();
   CHECK(P <= 64, "up to 64 ranks");
   epm_bootstrap_t boot;
   epm_bootstrap_opts_t bo = {.gpu_mode = EPM_GPU_REQUIRE};

@@ -11,6 +11,8 @@
 
 #include <mpi.h>
 
+#include "epmoe/bootstrap.h"
+
 #define CHECK(cond, ...)                                                     \
   do {                                                                       \
     if (!(cond)) {                                                           \
@@ -68,6 +70,19 @@ static inline uint16_t cc_f32_to_bf16(float f) {
   memcpy(&u, &f, sizeof u);
   uint32_t lsb = (u >> 16) & 1u;
   return (uint16_t)((u + 0x7fffu + lsb) >> 16); /* inputs here are finite */
+}
+
+/* GPU tests: every rank exits 77 together unless all ranks see a GPU
+ * (decided by one all-reduce so no rank is left waiting). Call after MPI_Init. */
+static inline void cc_skip_without_gpu(void) {
+  int ngpu = 0, min_gpu = 0, r = 0;
+  CHECK_OK(epm_gpu_count(&ngpu));
+  MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
+  if (min_gpu > 0) return;
+  MPI_Comm_rank(MPI_COMM_WORLD, &r);
+  if (r == 0) printf("no GPU on some rank: skipping\n");
+  MPI_Finalize();
+  exit(77);
 }
 
 #endif

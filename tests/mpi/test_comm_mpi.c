@@ -163,6 +163,25 @@ static void check_bad_args(epm_comm_t *c) {
   CHECK(epm_comm_exchange_sizes(c, -3, counts) == EPM_ERR_INVALID_ARG, "negative size accepted");
 }
 
+/* A requested abort (as a watchdog thread would) turns the next call into
+ * EPM_ERR_ABORTED on this rank without ending the job. */
+static void check_request_abort(const epm_bootstrap_t *boot) {
+  epm_comm_t *c;
+  CHECK_OK(epm_comm_create(boot, NULL, &c));
+  int64_t counts[64];
+  CHECK_OK(epm_comm_exchange_sizes(c, 1, counts));
+  CHECK_OK(epm_comm_check_async(c));
+  epm_comm_request_abort(c);
+  CHECK_OK(epm_comm_check_async(c)); /* a request alone is not acted on by the watchdog's poll */
+  char b[64] = {0};
+  CHECK(epm_comm_allgatherv(c, b, b + 32, counts, 1) == EPM_ERR_ABORTED, "call after request: %s",
+        epm_last_error());
+  CHECK(strstr(epm_last_error(), "aborted") != NULL, "message: %s", epm_last_error());
+  CHECK(epm_comm_check_async(c) == EPM_ERR_ABORTED, "check_async after abort");
+  CHECK(epm_comm_barrier(c) == EPM_ERR_ABORTED, "barrier after abort");
+  epm_comm_destroy(c);
+}
+
 int main(int argc, char **argv) {
   epm_bootstrap_t boot;
   epm_bootstrap_opts_t bo = {.gpu_mode = EPM_GPU_OFF};
@@ -203,6 +222,7 @@ int main(int argc, char **argv) {
   epm_comm_mpi_set_max_count(0);
 
   epm_comm_destroy(c);
+  check_request_abort(&boot);
   if (me == 0) printf("comm mpi: P=%d ok\n", P);
   epm_bootstrap_finalize(&boot);
   return 0;
