@@ -161,7 +161,7 @@ static uint64_t stream_key(uint64_t seed, int64_t layer, int64_t expert, int ten
   return splitmix64(&s);
 }
 
-enum { T_GATE = 1, T_UP = 2, T_DOWN = 3, T_ROUTER = 4, T_BIAS = 5 };
+enum { T_GATE = 1, T_UP = 2, T_DOWN = 3, T_ROUTER = 4, T_BIAS = 5, T_HIDDEN = 6 };
 #define SHARED_EXPERT_ID (-1) /* the shared expert's stream id, apart from 0..E-1 */
 
 /* n (even) Gaussian samples of std sigma, rounded to bf16; Box-Muller on
@@ -178,7 +178,9 @@ static float gauss_row(uint64_t key, float sigma, int64_t n, float *out) {
     float v1 = epm_bf16_to_f32(epm_bf16_from_f32(rad * sinf(6.2831853f * u2)));
     out[i] = v0;
     out[i + 1] = v1;
-    amax = fmaxf(amax, fmaxf(fabsf(v0), fabsf(v1)));
+    const float a0 = fabsf(v0), a1 = fabsf(v1); /* not fmaxf: a libm call here */
+    amax = a0 > amax ? a0 : amax;
+    amax = a1 > amax ? a1 : amax;
   }
   return amax;
 }
@@ -189,7 +191,7 @@ static void modelopt_quantize_row(const float *w, int64_t cols, float ws2, uint8
   for (int64_t b = 0; b < cols / 16; b++) {
     const float *x = w + b * 16;
     float bmax = 0.0f;
-    for (int j = 0; j < 16; j++) bmax = fmaxf(bmax, fabsf(x[j]));
+    for (int j = 0; j < 16; j++) bmax = fabsf(x[j]) > bmax ? fabsf(x[j]) : bmax;
     float scale = bmax / (6.0f * ws2);
     if (scale == 0.0f) scale = 1.0f;
     uint8_t s8 = epm_e4m3_from_f32(scale);
@@ -220,7 +222,7 @@ static epm_status_t gen_quantized(uint64_t seed, int64_t layer, int64_t expert, 
   for (int64_t r = 0; r < nrow; r++) {
     const int64_t t = r / rows, i = r % rows;
     float a = gauss_row(stream_key(seed, layer, expert, tensors[t], i), sigma, cols, buf + r * cols);
-    amax = fmaxf(amax, a);
+    amax = a > amax ? a : amax;
   }
   const float ws2 = amax > 0.0f ? amax / (6.0f * 448.0f) : 1.0f;
 #pragma omp parallel for schedule(static) num_threads(nt)
@@ -280,4 +282,32 @@ epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_inde
 fail:
   epm_layer_free(&l);
   return st;
+}
+
+epm_status_t epm_layer_random_hidden(int64_t hidden, uint64_t seed, int64_t first_token, int64_t m,
+                                     epm_bf16_t *out) {
+  if (hidden <= 0 || hidden % 16 != 0 || m < 0 || first_token < 0)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "random hidden: hidden %lld (positive multiple of 16), first_token %lld and m %lld (>= 0)",
+                     (long long)hidden, (long long)first_token, (long long)m);
+  if (m == 0) return EPM_OK;
+  if (!out) return epm_error(EPM_ERR_INVALID_ARG, "random hidden: out is NULL for %lld tokens", (long long)m);
+  const int nt = epm_moe_ref_threads(0);
+  int failed = 0;
+#pragma omp parallel num_threads(nt)
+  {
+    float *row = malloc((size_t)hidden * sizeof(float));
+    if (!row) {
+#pragma omp atomic write
+      failed = 1;
+    }
+#pragma omp for schedule(static)
+    for (int64_t t = 0; t < m; t++) {
+      if (!row) continue;
+      gauss_row(stream_key(seed, 0, first_token + t, T_HIDDEN, 0), 1.0f, hidden, row);
+      for (int64_t h = 0; h < hidden; h++) out[t * hidden + h] = epm_bf16_from_f32(row[h]);
+    }
+    free(row);
+  }
+  return failed ? epm_error(EPM_ERR_NOMEM, "random hidden row of %lld floats", (long long)hidden) : EPM_OK;
 }

@@ -18,6 +18,7 @@
 #include <stdint.h>
 
 #include "epmoe/model.h"
+#include "epmoe/nvfp4.h"
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -68,6 +69,13 @@ size_t epm_expert_bank_bytes(const epm_expert_bank_t *b);
  * activations. Expert e depends only on (seed, layer_index, e). */
 epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
                                 int64_t expert_offset, int64_t count, epm_layer_t *out);
+
+/* Seeded hidden states [m, hidden] bf16 with N(0, 1) entries: the unit-RMS
+ * activations the generator's input_scale is calibrated for. Row t is global
+ * token first_token + t and depends only on (seed, first_token + t), so EP
+ * ranks can each make their rows of one global batch. */
+epm_status_t epm_layer_random_hidden(int64_t hidden, uint64_t seed, int64_t first_token, int64_t m,
+                                     epm_bf16_t *out);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,205 @@
+/* ctl_ref.c — `epmoectl ref`: one MoE layer on the CPU reference with a
+ * seeded random layer and seeded tokens; prints a checksum of the bf16 output
+ * and the time of each stage, so machines and backends can be compared.
+ * Exit: 0 done, 1 the reference failed (message printed), 2 usage error. */
+#include <inttypes.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ctl.h"
+#include "epmoe/layer.h"
+#include "epmoe/model.h"
+#include "epmoe/moe_ref.h"
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: epmoectl ref --preset NAME --tokens N --seed S [options]\n"
+          "\n"
+          "Generate one MoE layer (NVFP4 weights quantized from Gaussians with ModelOpt's\n"
+          "formulas) and N unit-RMS bf16 tokens from the seed, run router, routing, NVFP4\n"
+          "input quantization, the local experts and (unless --no-shared) the shared expert\n"
+          "on the CPU reference, and print a checksum of the bf16 output:\n"
+          "  fnv1a64 of the output's little-endian bf16 bytes, the fp64 sum and max |value|.\n"
+          "With --local-experts below the expert count the output is this slice's EP partial.\n"
+          "\n"
+          "  --preset NAME          deepseek-r1, qwen3-235b, llama4-maverick, tiny\n"
+          "  --tokens N             tokens (>= 0)\n"
+          "  --seed S               seed of the layer and the tokens (>= 0)\n"
+          "  --local-experts E_l    experts held (default: all); a slice [offset, offset+E_l)\n"
+          "  --expert-offset O      first local expert (default 0)\n"
+          "  --layer L              layer index fed to the generator (default 0)\n"
+          "  --threads T            CPU threads (default $EPMOE_THREADS, else all cores)\n"
+          "  --no-shared            leave out the shared expert\n"
+          "  --json                 one JSON object instead of text\n"
+          "  -h, --help             this text\n"
+          "\n"
+          "Counts accept K/M/G suffixes (x1024). Exit: 0 ok, 1 failure, 2 usage error.\n");
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+typedef struct {
+  const char *preset;
+  long long tokens, seed, local, offset, layer, threads;
+  int json, no_shared;
+} opts_t;
+
+/* 0 ok, 2 usage error (printed), -1 help printed. */
+static int parse(int argc, char **argv, opts_t *o) {
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i], *val = NULL;
+    char flag[64];
+    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
+      usage(stdout);
+      return -1;
+    }
+    if (strcmp(a, "--json") == 0 || strcmp(a, "--no-shared") == 0) {
+      *(a[2] == 'j' ? &o->json : &o->no_shared) = 1;
+      continue;
+    }
+    const char *eq = strchr(a, '=');
+    size_t len = eq ? (size_t)(eq - a) : strlen(a);
+    if (strncmp(a, "--", 2) != 0 || len >= sizeof flag) {
+      fprintf(stderr, "epmoectl ref: unexpected argument '%s' (see epmoectl ref --help)\n", a);
+      return 2;
+    }
+    memcpy(flag, a, len);
+    flag[len] = '\0';
+    if (eq) {
+      val = eq + 1;
+    } else if (i + 1 < argc) {
+      val = argv[++i];
+    } else {
+      fprintf(stderr, "epmoectl ref: %s needs a value\n", flag);
+      return 2;
+    }
+    int rc;
+    if (strcmp(flag, "--preset") == 0) {
+      o->preset = val;
+      rc = 0;
+    } else if (strcmp(flag, "--tokens") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->tokens);
+    } else if (strcmp(flag, "--seed") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 0, INT64_MAX, &o->seed);
+    } else if (strcmp(flag, "--local-experts") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->local);
+    } else if (strcmp(flag, "--expert-offset") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->offset);
+    } else if (strcmp(flag, "--layer") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->layer);
+    } else if (strcmp(flag, "--threads") == 0) {
+      rc = epm_ctl_parse_i64(flag, val, 1, 4096, &o->threads);
+    } else {
+      fprintf(stderr, "epmoectl ref: unknown flag %s (see epmoectl ref --help)\n", flag);
+      return 2;
+    }
+    if (rc) return 2;
+  }
+  if (!o->preset || o->tokens < 0 || o->seed < 0) {
+    fprintf(stderr, "epmoectl ref: --preset, --tokens and --seed are required\n");
+    return 2;
+  }
+  return 0;
+}
+
+static void print_text(const opts_t *o, const epm_layer_t *l, int threads, int64_t local_slots, double gen_s,
+                       const epm_moe_ref_timing_t *t, const epm_moe_checksum_t *c) {
+  const epm_model_dims_t *d = &l->dims;
+  printf("preset %s: H %lld, I %lld, E %lld, top_k %lld, routing %s, shared %lld\n", d->name,
+         (long long)d->hidden, (long long)d->intermediate, (long long)d->num_experts, (long long)d->top_k,
+         epm_routing_method_name(d->routing), (long long)l->shared.count);
+  printf("tokens %lld, seed %lld, layer %lld, local experts [%lld, %lld), local slots %lld, threads %d\n",
+         o->tokens, o->seed, o->layer, (long long)l->expert_offset,
+         (long long)(l->expert_offset + l->experts.count), (long long)local_slots, threads);
+  printf("checksum fnv1a64 %016" PRIx64 " sum %.9g absmax %.9g\n", c->fnv1a64, c->sum, c->absmax);
+  printf("time (s): generate %.3f | router %.3f route %.3f quantize %.3f gather %.3f gemm1 %.3f "
+         "requant %.3f gemm2 %.3f finalize %.3f shared %.3f | layer total %.3f\n",
+         gen_s, t->router_s, t->route_s, t->quantize_s, t->gather_s, t->gemm1_s, t->requant_s, t->gemm2_s,
+         t->finalize_s, t->shared_s, t->total_s);
+}
+
+static void print_json(const opts_t *o, const epm_layer_t *l, int threads, int64_t local_slots, double gen_s,
+                       const epm_moe_ref_timing_t *t, const epm_moe_checksum_t *c) {
+  const epm_model_dims_t *d = &l->dims;
+  printf("{\"preset\":\"%s\",\"hidden\":%lld,\"intermediate\":%lld,\"num_experts\":%lld,\"top_k\":%lld,"
+         "\"routing\":\"%s\",\"shared_experts\":%lld,\"tokens\":%lld,\"seed\":%lld,\"layer\":%lld,"
+         "\"expert_offset\":%lld,\"local_experts\":%lld,\"local_slots\":%lld,\"threads\":%d,"
+         "\"checksum\":{\"fnv1a64\":\"%016" PRIx64 "\",\"sum\":%.17g,\"absmax\":%.17g},"
+         "\"time_s\":{\"generate\":%.6f,\"router\":%.6f,\"route\":%.6f,\"quantize\":%.6f,\"gather\":%.6f,"
+         "\"gemm1\":%.6f,\"requant\":%.6f,\"gemm2\":%.6f,\"finalize\":%.6f,\"shared\":%.6f,\"total\":%.6f}}\n",
+         d->name, (long long)d->hidden, (long long)d->intermediate, (long long)d->num_experts,
+         (long long)d->top_k, epm_routing_method_name(d->routing), (long long)l->shared.count, o->tokens, o->seed,
+         o->layer, (long long)l->expert_offset, (long long)l->experts.count, (long long)local_slots, threads,
+         c->fnv1a64, c->sum, c->absmax, gen_s, t->router_s, t->route_s, t->quantize_s, t->gather_s,
+         t->gemm1_s, t->requant_s, t->gemm2_s, t->finalize_s, t->shared_s, t->total_s);
+}
+
+int epm_ctl_ref(int argc, char **argv) {
+  opts_t o = {NULL, -1, -1, -1, 0, 0, 0, 0, 0};
+  int rc = parse(argc, argv, &o);
+  if (rc) return rc < 0 ? 0 : rc;
+  epm_model_dims_t d;
+  if (epm_model_preset(o.preset, &d) != EPM_OK) {
+    fprintf(stderr, "epmoectl ref: %s\n", epm_last_error());
+    return 2;
+  }
+  if (o.local < 0) o.local = d.num_experts - o.offset;
+  if (o.offset + o.local > d.num_experts || o.local < 0) {
+    fprintf(stderr, "epmoectl ref: --expert-offset %lld + --local-experts %lld exceeds the %lld experts of %s\n",
+            o.offset, o.local, (long long)d.num_experts, d.name);
+    return 2;
+  }
+  const int64_t m = o.tokens, H = d.hidden, k = d.top_k;
+  epm_layer_t l;
+  epm_bf16_t *x = NULL, *out = NULL;
+  int32_t *ids = NULL;
+  int ret = 1;
+  double g0 = now_s();
+  if (epm_layer_generate(&d, o.layer, (uint64_t)o.seed, o.offset, o.local, &l) != EPM_OK) {
+    fprintf(stderr, "epmoectl ref: generating the layer: %s\n", epm_last_error());
+    return 1;
+  }
+  double gen_s = now_s() - g0;
+  x = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
+  out = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
+  ids = malloc((size_t)(m > 0 ? m : 1) * (size_t)k * sizeof(int32_t));
+  if (!x || !out || !ids) {
+    fprintf(stderr, "epmoectl ref: out of memory for %lld tokens x hidden %lld\n", (long long)m, (long long)H);
+    goto done;
+  }
+  if (epm_layer_random_hidden(H, (uint64_t)o.seed, 0, m, x) != EPM_OK) {
+    fprintf(stderr, "epmoectl ref: tokens: %s\n", epm_last_error());
+    goto done;
+  }
+  epm_moe_ref_opts_t opts = EPM_MOE_REF_OPTS_INIT;
+  opts.threads = (int)o.threads;
+  opts.include_shared = !o.no_shared;
+  epm_moe_ref_timing_t t;
+  memset(&t, 0, sizeof t);
+  if (epm_moe_ref_layer(&l, x, NULL, m, &opts, ids, NULL, NULL, out, &t) != EPM_OK) {
+    fprintf(stderr, "epmoectl ref: %s\n", epm_last_error());
+    goto done;
+  }
+  int64_t slots = 0;
+  for (int64_t i = 0; i < m * k; i++) slots += ids[i] >= o.offset && ids[i] < o.offset + o.local;
+  epm_moe_checksum_t c;
+  epm_moe_checksum_bf16(out, m * H, &c);
+  if (o.json)
+    print_json(&o, &l, epm_moe_ref_threads(opts.threads), slots, gen_s, &t, &c);
+  else
+    print_text(&o, &l, epm_moe_ref_threads(opts.threads), slots, gen_s, &t, &c);
+  ret = 0;
+done:
+  free(x);
+  free(out);
+  free(ids);
+  epm_layer_free(&l);
+  return ret;
+}
