@@ -79,7 +79,9 @@ void epm_comm_free(epm_comm_t *c, void *p) {
 epm_status_t epm_comm_exchange_sizes(epm_comm_t *c, int64_t mine, int64_t *all) {
   EPM_TRY(comm_live(c, "exchange_sizes"));
   if (!all) return epm_error(EPM_ERR_INVALID_ARG, "exchange_sizes: all[] is NULL");
-  if (mine < 0) return epm_error(EPM_ERR_INVALID_ARG, "exchange_sizes: rank %d value %lld < 0", c->rank, (long long)mine);
+  /* Any value travels (no local check that could make one rank skip the
+   * collective): callers use it as an agreement channel, e.g. a sentinel
+   * for "this rank failed", and validate what they receive. */
   return c->ops->exchange_sizes(c, mine, all);
 }
 

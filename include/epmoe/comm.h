@@ -72,9 +72,11 @@ epm_mem_kind_t epm_comm_mem_kind(const epm_comm_t *c);
 epm_status_t epm_comm_alloc(epm_comm_t *c, size_t bytes, void **out);
 void epm_comm_free(epm_comm_t *c, void *p);
 
-/* Sizes exchange: every rank contributes `mine` (>= 0); all[P] (host) gets
- * every rank's value in rank order. Always completes before return (host
- * result), for both backends. */
+/* Sizes exchange: every rank contributes `mine`; all[P] (host) gets every
+ * rank's value in rank order. Any int64 is carried unchecked, so a rank can
+ * send a sentinel (e.g. "I failed") and every rank learns it in the same
+ * step; the receiver validates. Always completes before return (host result),
+ * for both backends. */
 epm_status_t epm_comm_exchange_sizes(epm_comm_t *c, int64_t mine, int64_t *all);
 
 /* Allgather-v: rank r contributes counts[r] rows of elem_size bytes from send;
