@@ -1,0 +1,262 @@
+/* weights_load.c — one MoE layer's EP slice from a ModelOpt NVFP4
+ * checkpoint into an epm_layer_t (host memory), every tensor checked. */
+#define _GNU_SOURCE
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "epmoe/checked.h"
+#include "epmoe/log.h"
+#include "epmoe/weights.h"
+
+static const char *const proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
+static const char *const field_names[4] = {"weight", "weight_scale", "weight_scale_2", "input_scale"};
+
+static int prefix(epm_model_family_t fam, int64_t layer, char *buf, size_t len) {
+  int n = fam == EPM_FAMILY_LLAMA4
+              ? snprintf(buf, len, "language_model.model.layers.%lld.feed_forward", (long long)layer)
+              : snprintf(buf, len, "model.layers.%lld.mlp", (long long)layer);
+  return n < 0 || (size_t)n >= len;
+}
+
+int epm_weight_name(epm_model_family_t fam, int64_t layer, int64_t expert, epm_proj_t proj,
+                    epm_field_t field, char *buf, size_t len) {
+  char p[128];
+  int n;
+  if (prefix(fam, layer, p, sizeof p) || (int)proj < 0 || proj > EPM_PROJ_DOWN || (int)field < 0 ||
+      field > EPM_FIELD_INPUT_SCALE)
+    return 1;
+  if (expert == EPM_EXPERT_SHARED)
+    n = snprintf(buf, len, "%s.%s.%s.%s", p, fam == EPM_FAMILY_LLAMA4 ? "shared_expert" : "shared_experts",
+                 proj_names[proj], field_names[field]);
+  else
+    n = snprintf(buf, len, "%s.experts.%lld.%s.%s", p, (long long)expert, proj_names[proj], field_names[field]);
+  return n < 0 || (size_t)n >= len;
+}
+
+int epm_router_name(epm_model_family_t fam, int64_t layer, int bias, char *buf, size_t len) {
+  char p[128];
+  if (prefix(fam, layer, p, sizeof p)) return 1;
+  int n = bias ? snprintf(buf, len, "%s.gate.e_score_correction_bias", p)
+               : snprintf(buf, len, "%s.%s.weight", p, fam == EPM_FAMILY_LLAMA4 ? "router" : "gate");
+  return n < 0 || (size_t)n >= len;
+}
+
+/* ---- progress ---- */
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+void epm_load_progress_begin(epm_load_progress_t *p, size_t total_bytes, int quiet) {
+  memset(p, 0, sizeof *p);
+  p->total = total_bytes;
+  p->t0 = p->last_print = now_s();
+  p->quiet = quiet;
+  p->live = !quiet && isatty(STDERR_FILENO);
+}
+
+void epm_load_progress_add(epm_load_progress_t *p, size_t bytes) {
+  p->done += bytes;
+  if (!p->live) return;
+  double t = now_s();
+  if (t - p->last_print < 0.25 && p->done < p->total) return;
+  p->last_print = t;
+  double el = t - p->t0, mbs = el > 0 ? (double)p->done / 1e6 / el : 0.0;
+  double eta = mbs > 0 ? (double)(p->total - p->done) / 1e6 / mbs : 0.0;
+  fprintf(stderr, "\r  %.2f / %.2f GB  %.0f MB/s  ETA %.0f s   ", (double)p->done / 1e9,
+          (double)p->total / 1e9, mbs, eta);
+  fflush(stderr);
+}
+
+double epm_load_progress_end(epm_load_progress_t *p, const char *what) {
+  double el = now_s() - p->t0;
+  if (p->live) fputc('\n', stderr);
+  if (!p->quiet)
+    fprintf(stderr, "%s: %.3f GB in %.2f s, %.0f MB/s\n", what, (double)p->done / 1e9, el,
+            el > 0 ? (double)p->done / 1e6 / el : 0.0);
+  return el;
+}
+
+/* ---- loading ---- */
+typedef struct {
+  epm_model_dir_t *md;
+  epm_model_family_t fam;
+  int64_t layer;
+  epm_load_progress_t *prog;
+  int warned;
+} ctx_t;
+
+static epm_status_t scalar_f32(ctx_t *c, int64_t expert, epm_proj_t proj, epm_field_t field, float *out) {
+  char name[256];
+  const epm_st_tensor_t *t;
+  const epm_st_file_t *f;
+  epm_weight_name(c->fam, c->layer, expert, proj, field, name, sizeof name);
+  EPM_TRY(epm_model_dir_tensor(c->md, name, &t, &f));
+  int scalar = t->ndim == 0 || (t->ndim == 1 && t->shape[0] == 1);
+  if (t->dtype != EPM_ST_F32 || !scalar) {
+    char s[64];
+    return epm_error(EPM_ERR_FORMAT, "%s: tensor '%s' is %s %s, expected F32 [] (a scalar)", epm_st_path(f), name,
+                     epm_st_dtype_name(t->dtype), epm_st_shape_str(t->ndim, t->shape, s, sizeof s));
+  }
+  memcpy(out, t->data, sizeof *out);
+  if (!isfinite(*out) || *out <= 0.0f)
+    return epm_error(EPM_ERR_FORMAT, "%s: tensor '%s' = %g; a decode scale must be finite and > 0",
+                     epm_st_path(f), name, (double)*out);
+  return EPM_OK;
+}
+
+/* weight U8 [rows, cols/2] and weight_scale E4M3 [rows, cols/16] into dst. */
+static epm_status_t copy_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t rows, int64_t cols,
+                              uint8_t *w_dst, uint8_t *sf_dst) {
+  char name[256];
+  const epm_st_tensor_t *t;
+  int64_t shape[2] = {rows, cols / 2};
+  epm_weight_name(c->fam, c->layer, expert, proj, EPM_FIELD_WEIGHT, name, sizeof name);
+  EPM_TRY(epm_model_dir_expect(c->md, name, EPM_ST_U8, 2, shape, &t));
+  memcpy(w_dst, t->data, t->nbytes);
+  if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
+  shape[1] = cols / 16;
+  epm_weight_name(c->fam, c->layer, expert, proj, EPM_FIELD_WEIGHT_SCALE, name, sizeof name);
+  EPM_TRY(epm_model_dir_expect(c->md, name, EPM_ST_F8_E4M3, 2, shape, &t));
+  memcpy(sf_dst, t->data, t->nbytes);
+  if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
+  return EPM_OK;
+}
+
+/* Expert `expert` (global id, or shared) into slot `slot` of bank b. */
+static epm_status_t load_expert(ctx_t *c, int64_t expert, epm_expert_bank_t *b, int64_t slot) {
+  const int64_t H = b->hidden, I = b->intermediate;
+  const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16), s = (size_t)slot;
+  EPM_TRY(copy_proj(c, expert, EPM_PROJ_GATE, I, H, b->gate_w + s * wi, b->gate_sf + s * si));
+  EPM_TRY(copy_proj(c, expert, EPM_PROJ_UP, I, H, b->up_w + s * wi, b->up_sf + s * si));
+  EPM_TRY(copy_proj(c, expert, EPM_PROJ_DOWN, H, I, b->down_w + s * wi, b->down_sf + s * si));
+  float g2, u2;
+  EPM_TRY(scalar_f32(c, expert, EPM_PROJ_GATE, EPM_FIELD_WEIGHT_SCALE_2, &g2));
+  EPM_TRY(scalar_f32(c, expert, EPM_PROJ_UP, EPM_FIELD_WEIGHT_SCALE_2, &u2));
+  EPM_TRY(scalar_f32(c, expert, EPM_PROJ_DOWN, EPM_FIELD_WEIGHT_SCALE_2, &b->down_scale_2[slot]));
+  if (g2 != u2) {
+    /* Log a few per layer, not thousands. */
+    if (c->warned++ < 4)
+      EPM_LOG(EPM_LOG_WARN, "weights",
+              "layer %lld expert %lld: gate weight_scale_2 %.9g != up weight_scale_2 %.9g; using the "
+              "larger (accuracy of the other projection may suffer)",
+              (long long)c->layer, (long long)expert, (double)g2, (double)u2);
+  }
+  b->gate_up_scale_2[slot] = g2 > u2 ? g2 : u2;
+  return EPM_OK;
+}
+
+/* Max over all E experts (not only ours) so every rank quantizes the layer
+ * input with the same global scale. */
+static epm_status_t global_input_scales(ctx_t *c, int64_t E, float *in, float *down) {
+  *in = *down = 0.0f;
+  for (int64_t e = 0; e < E; e++) {
+    float g, u, d;
+    EPM_TRY(scalar_f32(c, e, EPM_PROJ_GATE, EPM_FIELD_INPUT_SCALE, &g));
+    EPM_TRY(scalar_f32(c, e, EPM_PROJ_UP, EPM_FIELD_INPUT_SCALE, &u));
+    EPM_TRY(scalar_f32(c, e, EPM_PROJ_DOWN, EPM_FIELD_INPUT_SCALE, &d));
+    *in = fmaxf(*in, fmaxf(g, u));
+    *down = fmaxf(*down, d);
+  }
+  return EPM_OK;
+}
+
+/* Router weight [E, H] and bias [E]: BF16 or F32 in the file, fp32 in memory. */
+static epm_status_t load_router_tensor(ctx_t *c, int bias, int64_t E, int64_t H, float *dst) {
+  char name[256];
+  const epm_st_tensor_t *t;
+  const epm_st_file_t *f;
+  epm_router_name(c->fam, c->layer, bias, name, sizeof name);
+  EPM_TRY(epm_model_dir_tensor(c->md, name, &t, &f));
+  int ok = (t->dtype == EPM_ST_BF16 || t->dtype == EPM_ST_F32) &&
+           (bias ? (t->ndim == 1 && t->shape[0] == E) : (t->ndim == 2 && t->shape[0] == E && t->shape[1] == H));
+  if (!ok) {
+    char s[64], x[64];
+    const int64_t want[2] = {E, H};
+    return epm_error(EPM_ERR_FORMAT, "%s: tensor '%s' is %s %s, expected BF16 or F32 %s", epm_st_path(f), name,
+                     epm_st_dtype_name(t->dtype), epm_st_shape_str(t->ndim, t->shape, s, sizeof s),
+                     epm_st_shape_str(bias ? 1 : 2, want, x, sizeof x));
+  }
+  const size_t n = (size_t)t->numel;
+  if (t->dtype == EPM_ST_F32) {
+    memcpy(dst, t->data, n * sizeof(float));
+  } else {
+    for (size_t i = 0; i < n; i++) {
+      uint32_t u = (uint32_t)(t->data[2 * i] | (t->data[2 * i + 1] << 8)) << 16;
+      memcpy(&dst[i], &u, sizeof u);
+    }
+  }
+  if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
+  return EPM_OK;
+}
+
+/* Six tensors of one expert: 3 x (packed [I, H/2] + scales [I, H/16]). */
+static int expert_bytes(int64_t H, int64_t I, int64_t *out) {
+  int64_t ih;
+  return epm_mul_i64(I, H, &ih) || epm_mul_i64(ih / 16, 27, out); /* 3 x (8 + 1) sixteenths */
+}
+
+epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, size_t *out) {
+  if (ep_size < 1 || d->num_experts % ep_size != 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "num_experts %lld is not divisible by EP size %d",
+                     (long long)d->num_experts, ep_size);
+  int64_t per, shared = 0, local, router, total;
+  if (expert_bytes(d->hidden, d->intermediate, &per) ||
+      (d->shared_experts && expert_bytes(d->hidden, d->shared_intermediate, &shared)) ||
+      epm_mul_i64(per, d->num_experts / ep_size, &local) ||
+      epm_mul3_i64(d->num_experts, d->hidden, 2, &router) || epm_add_i64(local, shared, &total) ||
+      epm_add_i64(total, router, &total))
+    return epm_error(EPM_ERR_OVERFLOW, "layer bytes of E=%lld H=%lld I=%lld overflow 64 bits",
+                     (long long)d->num_experts, (long long)d->hidden, (long long)d->intermediate);
+  *out = (size_t)total;
+  return EPM_OK;
+}
+
+epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_rank, int ep_size,
+                                    epm_layer_t *out, epm_load_progress_t *progress) {
+  const epm_model_dims_t *d = epm_model_dir_dims(md);
+  const int64_t E = d->num_experts;
+  memset(out, 0, sizeof *out);
+  if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size)
+    return epm_error(EPM_ERR_INVALID_ARG, "EP rank %d of %d is invalid", ep_rank, ep_size);
+  if (E % ep_size != 0)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "%s: %lld experts cannot be split evenly over EP size %d (E %% EP = %lld)",
+                     epm_model_dir_path(md), (long long)E, ep_size, (long long)(E % ep_size));
+  if (!epm_model_dir_is_moe_layer(md, layer))
+    return epm_error(EPM_ERR_INVALID_ARG, "%s: layer %lld is not a MoE layer of this %lld-layer model",
+                     epm_model_dir_path(md), (long long)layer, (long long)d->num_layers);
+  const int64_t count = E / ep_size, off = (int64_t)ep_rank * count;
+  ctx_t c = {md, epm_model_dir_family(md), layer, progress, 0};
+  epm_status_t st;
+  EPM_TRY(epm_layer_alloc(d, off, count, out));
+  out->layer_index = layer;
+  out->expert_offset = off;
+  EPM_TRY_GOTO(global_input_scales(&c, E, &out->input_scale, &out->down_input_scale), st, fail);
+  for (int64_t i = 0; i < count; i++) EPM_TRY_GOTO(load_expert(&c, off + i, &out->experts, i), st, fail);
+  if (d->shared_experts) {
+    float g, u;
+    EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, &out->shared, 0), st, fail);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_GATE, EPM_FIELD_INPUT_SCALE, &g), st, fail);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_UP, EPM_FIELD_INPUT_SCALE, &u), st, fail);
+    out->shared_input_scale = fmaxf(g, u);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_DOWN, EPM_FIELD_INPUT_SCALE,
+                            &out->shared_down_input_scale), st, fail);
+  }
+  EPM_TRY_GOTO(load_router_tensor(&c, 0, E, d->hidden, out->router_w), st, fail);
+  if (out->router_bias) EPM_TRY_GOTO(load_router_tensor(&c, 1, E, 0, out->router_bias), st, fail);
+  if (c.warned > 4)
+    EPM_LOG(EPM_LOG_WARN, "weights", "layer %lld: %d experts in all had gate != up weight_scale_2",
+            (long long)layer, c.warned);
+  return EPM_OK;
+fail:
+  epm_error_wrap(st, "loading layer %lld experts [%lld, %lld) (EP rank %d of %d)", (long long)layer,
+                 (long long)off, (long long)(off + count), ep_rank, ep_size);
+  epm_layer_free(out);
+  return st;
+}
