@@ -29,3 +29,8 @@ endif()
 add_executable(test_comm_large mpi/test_comm_large.c)
 target_link_libraries(test_comm_large PRIVATE epmoe)
 epm_add_mpi_test(comm_large_np2 NP 2 COMMAND test_comm_large LABELS mpi large TIMEOUT 600)
+
+# Collective timings (MPI backend); the registered run is a tiny smoke test.
+add_executable(bench_comm mpi/bench_comm.c)
+target_link_libraries(bench_comm PRIVATE epmoe)
+epm_add_mpi_test(bench_comm_np3 NP 3 COMMAND bench_comm 5 64 4 2 LABELS mpi TIMEOUT 60)
