@@ -1,0 +1,555 @@
+/* ctl_step.c — `epmoectl step`: one EP step across the ranks of an mpirun
+ * job, in-process (no daemon), with the EP=1 reference check.
+ *
+ * The seed defines the GLOBAL token set (epmoe/tokens.h): rank r takes rows
+ * [m_0 + ... + m_{r-1}, + m_r), so any split of the same total is the same
+ * problem. Each rank generates only its expert slice of the seeded layer
+ * (expert e depends only on (seed, layer, e)); with --check rank 0 also
+ * generates the whole layer and recomputes the step with the reference
+ * full-layer function (EP = 1).
+ *
+ * Error measure of --check (see docs/ARCHITECTURE.md "Engine"):
+ *   max_err = max_i |y_i - ref_i| / max_j |ref_j|
+ * EP=N differs from EP=1 only in the fp32 summation order of the partials
+ * (and, with bf16 partials, their rounding), which can flip the bf16
+ * rounding of the routed sum and then of the output: at most about two bf16
+ * ulps at the output's scale, 2^-6. Default tolerance 2^-6 = 0.015625;
+ * EP=1 is bit-identical to the reference (use --tolerance 0 to demand it).
+ *
+ * Exit: 0 ok, 1 step failed / check above tolerance / repeats differ, 2 usage.
+ */
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ctl.h"
+#include "epmoe/backend.h"
+#include "epmoe/bootstrap.h"
+#include "epmoe/comm.h"
+#include "epmoe/engine.h"
+#include "epmoe/layer.h"
+#include "epmoe/log.h"
+#include "epmoe/moe_ref.h"
+#include "epmoe/tokens.h"
+
+#define MAX_RANKS 4096
+#define DEFAULT_TOL 0.015625
+
+typedef struct {
+  const char *preset;
+  long long *tokens; /* per rank, from --tokens-per-rank */
+  int ntokens;
+  long long seed, weights_seed, layer, repeat, experts, threads;
+  int weights_seed_set;
+  epm_backend_kind_t backend;
+  epm_scale_mode_t scale;
+  epm_dtype_t partial;
+  int shared, check, json;
+  double tol;
+} step_opts_t;
+
+static void usage(FILE *f) {
+  fprintf(f,
+          "usage: mpirun -np P epmoectl step --preset NAME --tokens-per-rank a,b,... --seed S [options]\n"
+          "\n"
+          "Run one MoE layer step across the P ranks of the job (expert parallel, in-process):\n"
+          "route -> quantize -> allgather-v -> local experts -> reduce-scatter-v -> + shared expert.\n"
+          "The seed defines the global token set; rank r takes the r-th slice of it.\n"
+          "\n"
+          "  --preset NAME          model dims: deepseek-r1, qwen3-235b, llama4-maverick, tiny\n"
+          "  --tokens-per-rank LIST one count per rank (P values, each >= 0), e.g. 4,0,7,1\n"
+          "  --seed S               token set seed (x and router logits), >= 0\n"
+          "  --weights-seed W       layer weights seed (default: S)\n"
+          "  --layer L              layer index (default 0)\n"
+          "  --experts E            override the preset's routed expert count (E %% P must be 0)\n"
+          "  --backend cpu|cuda     where the stages run (default cpu; cuda uses the nccl comm)\n"
+          "  --scale static|dynamic global scale: the layer's input_scale (default), or the\n"
+          "                         all-reduced amax of this step\n"
+          "  --no-shared            leave out the shared expert\n"
+          "  --partial f32|bf16     reduce-scatter dtype (default f32)\n"
+          "  --threads T            reference threads per rank (default: cores / ranks on the node)\n"
+          "  --repeat N             run the step N times; the output must be bit-identical (default 1)\n"
+          "  --check                rank 0 recomputes the EP=1 result with the reference and\n"
+          "                         prints max_err = max|y-ref| / max|ref|; exit 1 above tolerance\n"
+          "  --tolerance X          check tolerance (default 0.015625 = 2^-6; 0 = bit-identical)\n"
+          "  --json                 one JSON object on stdout (rank 0)\n"
+          "  --help                 this text\n"
+          "\n"
+          "Prints per-rank stage timings (mean over the repeats) and the checksum of the global\n"
+          "output (gathered to rank 0 in rank order): fnv1a64 of the bf16 bytes, sum, max |y|.\n");
+}
+
+/* Usage errors happen before MPI is up; print them once per job. */
+static int launcher_rank0(void) {
+  const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+  for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+    const char *v = getenv(vars[i]);
+    if (v) return strcmp(v, "0") == 0;
+  }
+  return 1;
+}
+
+static int usage_error(const char *fmt, const char *a, const char *b) {
+  if (launcher_rank0()) {
+    fprintf(stderr, "epmoectl step: ");
+    fprintf(stderr, fmt, a, b);
+    fprintf(stderr, " (see epmoectl step --help)\n");
+  }
+  return 2;
+}
+
+static int parse_list(const char *s, step_opts_t *o) {
+  const char *p = s;
+  int n = 1;
+  for (const char *q = s; *q; q++) n += *q == ',';
+  if (n > MAX_RANKS) return usage_error("--tokens-per-rank has more than %s values%s", "4096", "");
+  o->tokens = calloc((size_t)n, sizeof *o->tokens);
+  if (!o->tokens) return usage_error("out of memory%s%s", "", "");
+  for (int i = 0; i < n; i++) {
+    char buf[32];
+    const char *comma = strchr(p, ',');
+    size_t len = comma ? (size_t)(comma - p) : strlen(p);
+    if (len == 0 || len >= sizeof buf) return usage_error("bad value for --tokens-per-rank: '%s'%s", s, "");
+    memcpy(buf, p, len);
+    buf[len] = '\0';
+    if (!launcher_rank0()) {
+      /* Parse silently off rank 0: the message is printed once. */
+      char *end;
+      errno = 0;
+      long long v = strtoll(buf, &end, 10);
+      if (errno || *end || v < 0 || v > (1LL << 40)) return 2;
+      o->tokens[i] = v;
+    } else if (epm_ctl_parse_i64("--tokens-per-rank", buf, 0, 1LL << 40, &o->tokens[i])) {
+      return 2;
+    }
+    p = comma ? comma + 1 : p + len;
+  }
+  o->ntokens = n;
+  return 0;
+}
+
+static int parse_num(const char *flag, const char *v, long long lo, long long hi, long long *out) {
+  if (!launcher_rank0()) {
+    char *end;
+    errno = 0;
+    long long x = v ? strtoll(v, &end, 10) : 0;
+    if (!v || errno || *end || x < lo || x > hi) return 2;
+    *out = x;
+    return 0;
+  }
+  return epm_ctl_parse_i64(flag, v, lo, hi, out);
+}
+
+static int parse_args(int argc, char **argv, step_opts_t *o) {
+  memset(o, 0, sizeof *o);
+  o->seed = -1;
+  o->repeat = 1;
+  o->shared = 1;
+  o->tol = DEFAULT_TOL;
+  o->backend = EPM_BACKEND_CPU;
+  o->partial = EPM_DTYPE_F32;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+    int takes = 1, rc = 0;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      usage(stdout);
+      return -1;
+    } else if (!strcmp(a, "--preset")) {
+      if (!v) return usage_error("%s needs a value%s", a, "");
+      o->preset = v;
+    } else if (!strcmp(a, "--tokens-per-rank")) {
+      if (!v) return usage_error("%s needs a value%s", a, "");
+      rc = parse_list(v, o);
+    } else if (!strcmp(a, "--seed")) {
+      rc = parse_num(a, v, 0, (1LL << 62), &o->seed);
+    } else if (!strcmp(a, "--weights-seed")) {
+      rc = parse_num(a, v, 0, (1LL << 62), &o->weights_seed);
+      o->weights_seed_set = 1;
+    } else if (!strcmp(a, "--layer")) {
+      rc = parse_num(a, v, 0, 1 << 20, &o->layer);
+    } else if (!strcmp(a, "--experts")) {
+      rc = parse_num(a, v, 1, 1 << 16, &o->experts);
+    } else if (!strcmp(a, "--repeat")) {
+      rc = parse_num(a, v, 1, 1 << 20, &o->repeat);
+    } else if (!strcmp(a, "--threads")) {
+      rc = parse_num(a, v, 1, 1024, &o->threads);
+    } else if (!strcmp(a, "--backend")) {
+      if (!v || epm_backend_kind_parse(v, &o->backend) != EPM_OK)
+        return usage_error("bad value for --backend: '%s' (cpu or cuda)%s", v ? v : "", "");
+    } else if (!strcmp(a, "--scale")) {
+      if (v && !strcmp(v, "static")) o->scale = EPM_SCALE_STATIC;
+      else if (v && !strcmp(v, "dynamic")) o->scale = EPM_SCALE_DYNAMIC;
+      else return usage_error("bad value for --scale: '%s' (static or dynamic)%s", v ? v : "", "");
+    } else if (!strcmp(a, "--partial")) {
+      if (v && !strcmp(v, "f32")) o->partial = EPM_DTYPE_F32;
+      else if (v && !strcmp(v, "bf16")) o->partial = EPM_DTYPE_BF16;
+      else return usage_error("bad value for --partial: '%s' (f32 or bf16)%s", v ? v : "", "");
+    } else if (!strcmp(a, "--tolerance")) {
+      char *end;
+      double t = v ? strtod(v, &end) : -1.0;
+      if (!v || *end || !(t >= 0.0) || t > 1e30) return usage_error("bad value for --tolerance: '%s'%s", v ? v : "", "");
+      o->tol = t;
+    } else {
+      takes = 0;
+      if (!strcmp(a, "--check")) o->check = 1;
+      else if (!strcmp(a, "--json")) o->json = 1;
+      else if (!strcmp(a, "--no-shared")) o->shared = 0;
+      else return usage_error("unknown option '%s'%s", a, "");
+    }
+    if (rc) return rc;
+    i += takes;
+  }
+  if (!o->preset) return usage_error("--preset is required%s%s", "", "");
+  if (!o->tokens) return usage_error("--tokens-per-rank is required%s%s", "", "");
+  if (o->seed < 0) return usage_error("--seed is required%s%s", "", "");
+  if (!o->weights_seed_set) o->weights_seed = o->seed;
+  return 0;
+}
+
+/* Everything one rank holds; freed by step_free. */
+typedef struct {
+  step_opts_t o;
+  epm_bootstrap_t boot;
+  int booted, rank, P;
+  epm_model_dims_t dims;
+  epm_comm_t *comm;
+  epm_backend_t *be;
+  epm_layer_t layer;
+  epm_engine_t *eng;
+  int64_t off, m, M, max_m;
+  epm_bf16_t *x, *y, *y_all; /* y_all: rank 0 */
+  float *logits;
+} step_t;
+
+static void step_free(step_t *s) {
+  epm_engine_destroy(s->eng);
+  epm_layer_free(&s->layer);
+  epm_backend_destroy(s->be);
+  epm_comm_destroy(s->comm);
+  free(s->x);
+  free(s->y);
+  free(s->y_all);
+  free(s->logits);
+  free(s->o.tokens);
+  if (s->booted) epm_bootstrap_finalize(&s->boot);
+}
+
+/* Gather every rank's y rows to rank 0, in rank order (rows of H bf16). */
+static epm_status_t gather_output(step_t *s) {
+  MPI_Datatype row;
+  int rc = MPI_Type_contiguous((int)s->dims.hidden * 2, MPI_BYTE, &row);
+  if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&row);
+  if (rc != MPI_SUCCESS) return epm_error(EPM_ERR_MPI, "row datatype of %lld bf16", (long long)s->dims.hidden);
+  int *counts = NULL, *displs = NULL;
+  if (s->rank == 0) {
+    counts = calloc((size_t)s->P, sizeof *counts);
+    displs = calloc((size_t)s->P, sizeof *displs);
+    int64_t off = 0;
+    for (int r = 0; counts && displs && r < s->P; r++) {
+      counts[r] = (int)s->o.tokens[r];
+      displs[r] = (int)off;
+      off += s->o.tokens[r];
+    }
+  }
+  rc = MPI_Gatherv(s->y, (int)s->m, row, s->y_all, counts, displs, row, 0, MPI_COMM_WORLD);
+  free(counts);
+  free(displs);
+  MPI_Type_free(&row);
+  return rc == MPI_SUCCESS ? EPM_OK : epm_error(EPM_ERR_MPI, "MPI_Gatherv of the output failed (%d)", rc);
+}
+
+static epm_status_t setup(step_t *s) {
+  step_opts_t *o = &s->o;
+  EPM_TRY(epm_model_preset(o->preset, &s->dims));
+  if (o->experts) s->dims.num_experts = o->experts;
+  EPM_TRY(epm_model_dims_validate(&s->dims));
+  if (s->dims.num_experts % s->P)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "%lld experts do not split over %d ranks; pass --experts N with N %% %d == 0",
+                     (long long)s->dims.num_experts, s->P, s->P);
+  s->M = 0;
+  s->max_m = 1;
+  for (int r = 0; r < s->P; r++) {
+    if (r == s->rank) s->off = s->M;
+    s->M += o->tokens[r];
+    if (o->tokens[r] > s->max_m) s->max_m = o->tokens[r];
+  }
+  s->m = o->tokens[s->rank];
+  const int64_t H = s->dims.hidden, E = s->dims.num_experts, El = E / s->P;
+
+  epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;
+  bc.kind = o->backend;
+  bc.device = s->boot.gpu < 0 ? 0 : s->boot.gpu;
+  bc.threads = (int)o->threads;
+  if (!bc.threads) {
+    int cores = epm_moe_ref_threads(0), local = s->boot.local_size > 0 ? s->boot.local_size : 1;
+    bc.threads = cores / local > 0 ? cores / local : 1;
+  }
+  EPM_TRY(epm_backend_create(&bc, &s->be));
+  /* NCCL collectives go on the backend's stream, ordered with its kernels. */
+  epm_comm_opts_t co = {.backend = o->backend == EPM_BACKEND_CUDA ? EPM_COMM_NCCL : EPM_COMM_MPI,
+                        .stream = epm_backend_stream(s->be)};
+  EPM_TRY(epm_comm_create(&s->boot, &co, &s->comm));
+  EPM_TRY(epm_layer_generate(&s->dims, o->layer, (uint64_t)o->weights_seed, s->rank * El, El, &s->layer));
+
+  size_t nx = (size_t)(s->m * H), nl = (size_t)(s->m * E);
+  s->x = malloc((nx ? nx : 1) * sizeof *s->x);
+  s->y = malloc((nx ? nx : 1) * sizeof *s->y);
+  s->logits = malloc((nl ? nl : 1) * sizeof *s->logits);
+  if (s->rank == 0) s->y_all = malloc((size_t)(s->M * H > 0 ? s->M * H : 1) * sizeof *s->y_all);
+  if (!s->x || !s->y || !s->logits || (s->rank == 0 && !s->y_all))
+    return epm_error(EPM_ERR_NOMEM, "token buffers for %lld tokens x H %lld", (long long)s->m, (long long)H);
+  EPM_TRY(epm_tokens_generate(&s->dims, (uint64_t)o->seed, s->off, s->m, s->x, s->logits));
+
+  epm_engine_config_t ec = EPM_ENGINE_CONFIG_INIT;
+  ec.max_tokens_per_rank = s->max_m;
+  ec.scale_mode = o->scale;
+  ec.shared_expert = o->shared;
+  ec.partial_dtype = o->partial;
+  return epm_engine_create(&ec, &s->layer, s->comm, s->be, &s->eng);
+}
+
+typedef struct {
+  int done;
+  double max_err, rel_l2, seconds;
+  int64_t mismatches;
+  epm_moe_checksum_t ref_sum;
+} check_result_t;
+
+/* Rank 0: the EP=1 reference for the global token set. */
+static epm_status_t run_check(step_t *s, float input_scale, check_result_t *cr) {
+  const int64_t H = s->dims.hidden, E = s->dims.num_experts, n = s->M * H;
+  epm_layer_t full = {0};
+  epm_bf16_t *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x), *ref = malloc((size_t)(n > 0 ? n : 1) * sizeof *ref);
+  float *logits = malloc((size_t)(s->M * E > 0 ? s->M * E : 1) * sizeof *logits);
+  epm_status_t st = EPM_OK;
+  double t0 = MPI_Wtime();
+  if (!x || !ref || !logits) {
+    st = epm_error(EPM_ERR_NOMEM, "check buffers for %lld tokens", (long long)s->M);
+    goto out;
+  }
+  EPM_TRY_GOTO(epm_tokens_generate(&s->dims, (uint64_t)s->o.seed, 0, s->M, x, logits), st, out);
+  EPM_TRY_GOTO(epm_layer_generate(&s->dims, s->o.layer, (uint64_t)s->o.weights_seed, 0, E, &full), st, out);
+  full.input_scale = input_scale; /* the dynamic scale, when used; else unchanged */
+  epm_moe_ref_opts_t ro = EPM_MOE_REF_OPTS_INIT;
+  ro.include_shared = s->o.shared;
+  ro.threads = epm_moe_ref_threads(0);
+  EPM_TRY_GOTO(epm_moe_ref_layer(&full, x, logits, s->M, &ro, NULL, NULL, NULL, ref, NULL), st, out);
+  double refmax = 0.0, dmax = 0.0, d2 = 0.0, r2 = 0.0;
+  cr->mismatches = 0;
+  for (int64_t i = 0; i < n; i++) {
+    double a = epm_bf16_to_f32(s->y_all[i]), b = epm_bf16_to_f32(ref[i]);
+    double d = fabs(a - b);
+    if (!(d <= dmax)) dmax = isnan(d) ? INFINITY : d > dmax ? d : dmax;
+    if (fabs(b) > refmax) refmax = fabs(b);
+    cr->mismatches += s->y_all[i] != ref[i];
+    d2 += d * d;
+    r2 += b * b;
+  }
+  cr->max_err = dmax == 0.0 ? 0.0 : refmax > 0.0 ? dmax / refmax : INFINITY;
+  cr->rel_l2 = d2 == 0.0 ? 0.0 : r2 > 0.0 ? sqrt(d2 / r2) : INFINITY;
+  epm_moe_checksum_bf16(ref, n, &cr->ref_sum);
+  cr->done = 1;
+out:
+  cr->seconds = MPI_Wtime() - t0;
+  epm_layer_free(&full);
+  free(x);
+  free(ref);
+  free(logits);
+  return st;
+}
+
+/* Per-rank stage means (ms) gathered to rank 0: [P][STAGE_COUNT]. */
+static double *gather_stages(step_t *s) {
+  epm_engine_stats_t st;
+  double mine[EPM_STAGE_COUNT], *all = NULL;
+  epm_engine_stats(s->eng, &st);
+  for (int i = 0; i < EPM_STAGE_COUNT; i++) mine[i] = st.steps ? 1e3 * st.sum_s[i] / (double)st.steps : 0.0;
+  if (s->rank == 0) all = calloc((size_t)s->P * EPM_STAGE_COUNT, sizeof *all);
+  MPI_Gather(mine, EPM_STAGE_COUNT, MPI_DOUBLE, all, EPM_STAGE_COUNT, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  return all;
+}
+
+static const char *scale_name(epm_scale_mode_t m) { return m == EPM_SCALE_STATIC ? "static" : "dynamic"; }
+
+static void print_text(step_t *s, const double *stages, const epm_moe_checksum_t *cs, int identical,
+                       const check_result_t *cr, float input_scale) {
+  const step_opts_t *o = &s->o;
+  printf("step: preset %s (H %lld, I %lld, E %lld, top-%lld, %s%s), EP %d, M %lld tokens, seed %lld, layer %lld\n",
+         o->preset, (long long)s->dims.hidden, (long long)s->dims.intermediate, (long long)s->dims.num_experts,
+         (long long)s->dims.top_k, epm_routing_method_name(s->dims.routing),
+         s->dims.shared_experts && o->shared ? ", shared expert" : "", s->P, (long long)s->M, o->seed, o->layer);
+  printf("      backend %s, comm %s, scale %s (input_scale %g), partials %s, repeat %lld\n",
+         epm_backend_name(s->be), epm_comm_backend_name(s->comm), scale_name(o->scale), (double)input_scale,
+         o->partial == EPM_DTYPE_F32 ? "f32" : "bf16", o->repeat);
+  printf("stage times, ms (mean of %lld step%s)\n%4s %8s", o->repeat, o->repeat > 1 ? "s" : "", "rank", "tokens");
+  for (int i = 0; i < EPM_STAGE_COUNT; i++) printf(" %14s", epm_engine_stage_name((epm_engine_stage_t)i));
+  printf("\n");
+  for (int r = 0; r < s->P; r++) {
+    printf("%4d %8lld", r, o->tokens[r]);
+    for (int i = 0; i < EPM_STAGE_COUNT; i++) printf(" %14.3f", stages[r * EPM_STAGE_COUNT + i]);
+    printf("\n");
+  }
+  printf("checksum fnv1a64 %016llx sum %.9g absmax %.9g%s\n", (unsigned long long)cs->fnv1a64, cs->sum, cs->absmax,
+         o->repeat > 1 ? (identical ? " (bit-identical across repeats)" : " (REPEATS DIFFER)") : "");
+  if (cr->done)
+    printf("check vs EP=1 reference: max_err %.3g (max|y-ref|/max|ref|), rel_l2 %.3g, %lld of %lld elements differ, "
+           "tolerance %g: %s (reference %.2f s)\n",
+           cr->max_err, cr->rel_l2, (long long)cr->mismatches, (long long)(s->M * s->dims.hidden), o->tol,
+           cr->max_err <= o->tol ? "PASS" : "FAIL", cr->seconds);
+}
+
+static void print_json(step_t *s, const double *stages, const epm_moe_checksum_t *cs, int identical,
+                       const check_result_t *cr, float input_scale) {
+  const step_opts_t *o = &s->o;
+  char hex[20];
+  json_t *root = json_object(), *toks = json_array(), *ranks = json_array();
+  for (int r = 0; r < s->P; r++) {
+    json_t *rk = json_object(), *ms = json_object();
+    json_array_append_new(toks, json_integer(o->tokens[r]));
+    json_object_set_new(rk, "rank", json_integer(r));
+    json_object_set_new(rk, "tokens", json_integer(o->tokens[r]));
+    for (int i = 0; i < EPM_STAGE_COUNT; i++)
+      json_object_set_new(ms, epm_engine_stage_name((epm_engine_stage_t)i), json_real(stages[r * EPM_STAGE_COUNT + i]));
+    json_object_set_new(rk, "stage_ms", ms);
+    json_array_append_new(ranks, rk);
+  }
+  json_object_set_new(root, "preset", json_string(o->preset));
+  json_object_set_new(root, "hidden", json_integer(s->dims.hidden));
+  json_object_set_new(root, "intermediate", json_integer(s->dims.intermediate));
+  json_object_set_new(root, "experts", json_integer(s->dims.num_experts));
+  json_object_set_new(root, "top_k", json_integer(s->dims.top_k));
+  json_object_set_new(root, "ep", json_integer(s->P));
+  json_object_set_new(root, "tokens_per_rank", toks);
+  json_object_set_new(root, "tokens", json_integer(s->M));
+  json_object_set_new(root, "seed", json_integer(o->seed));
+  json_object_set_new(root, "weights_seed", json_integer(o->weights_seed));
+  json_object_set_new(root, "layer", json_integer(o->layer));
+  json_object_set_new(root, "backend", json_string(epm_backend_name(s->be)));
+  json_object_set_new(root, "comm", json_string(epm_comm_backend_name(s->comm)));
+  json_object_set_new(root, "scale", json_string(scale_name(o->scale)));
+  json_object_set_new(root, "input_scale", json_real(input_scale));
+  json_object_set_new(root, "shared", json_boolean(o->shared && s->dims.shared_experts));
+  json_object_set_new(root, "partial", json_string(o->partial == EPM_DTYPE_F32 ? "f32" : "bf16"));
+  json_object_set_new(root, "repeat", json_integer(o->repeat));
+  json_object_set_new(root, "ranks", ranks);
+  snprintf(hex, sizeof hex, "%016llx", (unsigned long long)cs->fnv1a64);
+  json_t *sum = json_object();
+  json_object_set_new(sum, "fnv1a64", json_string(hex));
+  json_object_set_new(sum, "sum", json_real(cs->sum));
+  json_object_set_new(sum, "absmax", json_real(cs->absmax));
+  json_object_set_new(root, "checksum", sum);
+  json_object_set_new(root, "repeats_identical", json_boolean(identical));
+  if (cr->done) {
+    json_t *c = json_object();
+    json_object_set_new(c, "max_err", json_real(cr->max_err));
+    json_object_set_new(c, "rel_l2", json_real(cr->rel_l2));
+    json_object_set_new(c, "mismatches", json_integer(cr->mismatches));
+    json_object_set_new(c, "tolerance", json_real(o->tol));
+    json_object_set_new(c, "pass", json_boolean(cr->max_err <= o->tol));
+    json_object_set_new(c, "seconds", json_real(cr->seconds));
+    json_object_set_new(root, "check", c);
+  }
+  char *text = json_dumps(root, JSON_COMPACT);
+  if (text) printf("%s\n", text);
+  free(text);
+  json_decref(root);
+}
+
+int epm_ctl_step(int argc, char **argv) {
+  step_t s;
+  memset(&s, 0, sizeof s);
+  int rc = parse_args(argc, argv, &s.o);
+  if (rc) {
+    free(s.o.tokens);
+    return rc < 0 ? 0 : rc;
+  }
+  epm_bootstrap_opts_t bo = {.gpu_mode = s.o.backend == EPM_BACKEND_CUDA ? EPM_GPU_REQUIRE : EPM_GPU_OFF};
+  if (epm_bootstrap_init(&argc, &argv, &bo, &s.boot) != EPM_OK) {
+    fprintf(stderr, "epmoectl step: %s\n", epm_last_error());
+    free(s.o.tokens);
+    return 1;
+  }
+  s.booted = 1;
+  s.rank = s.boot.ep_rank;
+  s.P = s.boot.ep_size;
+  epm_log_set_rank(s.boot.world_rank, s.boot.world_size);
+  if (s.o.ntokens != s.P) {
+    if (s.rank == 0)
+      fprintf(stderr,
+              "epmoectl step: --tokens-per-rank has %d value%s but the job has %d rank%s; give one count per "
+              "rank (mpirun -np %d)\n",
+              s.o.ntokens, s.o.ntokens == 1 ? "" : "s", s.P, s.P == 1 ? "" : "s", s.o.ntokens);
+    step_free(&s);
+    return 2;
+  }
+  /* Setup failures are the same on every rank (same arguments) or local
+   * (memory); agree on the outcome before the first step. */
+  epm_status_t st = setup(&s);
+  int bad = st != EPM_OK, n_bad = 0;
+  MPI_Allreduce(&bad, &n_bad, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  /* Every rank failing means the arguments are wrong: say it once. */
+  if (bad && n_bad == s.P && s.rank == 0)
+    fprintf(stderr, "epmoectl step: %s\n", epm_last_error());
+  else if (bad && n_bad < s.P)
+    fprintf(stderr, "epmoectl step: rank %d: setup: %s\n", s.rank, epm_last_error());
+  if (n_bad) {
+    step_free(&s);
+    return st == EPM_ERR_INVALID_ARG ? 2 : 1;
+  }
+
+  const int64_t n_all = s.M * s.dims.hidden;
+  epm_moe_checksum_t cs = {0}, first = {0};
+  int identical = 1;
+  for (long long rep = 0; rep < s.o.repeat; rep++) {
+    st = epm_engine_step(s.eng, s.x, s.logits, s.m, s.y);
+    if (st != EPM_OK) {
+      fprintf(stderr, "epmoectl step: rank %d: step %lld: %s: %s\n", s.rank, rep, epm_status_name(st),
+              epm_last_error());
+      step_free(&s);
+      return 1;
+    }
+    if (gather_output(&s) != EPM_OK) {
+      fprintf(stderr, "epmoectl step: rank %d: %s\n", s.rank, epm_last_error());
+      step_free(&s);
+      return 1;
+    }
+    if (s.rank == 0) {
+      epm_moe_checksum_bf16(s.y_all, n_all, &cs);
+      if (rep == 0) first = cs;
+      identical &= cs.fnv1a64 == first.fnv1a64;
+    }
+  }
+  epm_engine_stats_t es;
+  epm_engine_stats(s.eng, &es);
+  const float input_scale = es.last_input_scale;
+  double *stages = gather_stages(&s);
+  check_result_t cr = {0};
+  int result = 0;
+  if (s.rank == 0) {
+    if (s.o.check && run_check(&s, input_scale, &cr) != EPM_OK) {
+      fprintf(stderr, "epmoectl step: check: %s\n", epm_last_error());
+      result = 1;
+    }
+    if (stages) {
+      if (s.o.json)
+        print_json(&s, stages, &cs, identical, &cr, input_scale);
+      else
+        print_text(&s, stages, &cs, identical, &cr, input_scale);
+    }
+    if (!identical) fprintf(stderr, "epmoectl step: the repeated steps gave different outputs\n");
+    if (cr.done && !(cr.max_err <= s.o.tol))
+      fprintf(stderr, "epmoectl step: check failed: max_err %.3g > tolerance %g\n", cr.max_err, s.o.tol);
+    if (!identical || (cr.done && !(cr.max_err <= s.o.tol))) result = 1;
+  }
+  free(stages);
+  MPI_Bcast(&result, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  fflush(stdout);
+  step_free(&s);
+  return result;
+}

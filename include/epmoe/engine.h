@@ -1,0 +1,115 @@
+/* epmoe/engine.h — the EP step engine: one MoE layer forward across the EP
+ * group, one object per layer per rank.
+ *
+ *   route -> quantize -> sizes exchange -> allgather-v (fp4 rows, scales,
+ *   top-k ids, top-k weights; rank order) -> local experts + finalize
+ *   (partial y over this rank's experts) -> reduce-scatter-v (sum, rank
+ *   order) -> + shared expert for own tokens -> bf16 y
+ *
+ * The engine owns no threads. All step buffers are allocated once at create
+ * time from max_tokens_per_rank x EP size; a step allocates nothing.
+ *
+ * Numerics: with the static global scale every rank quantizes with the
+ * layer's input_scale, so the gathered NVFP4 rows are exactly those an EP=1
+ * run would quantize. The only EP-dependent rounding is the order of the fp32
+ * partial-sum additions (within a rank, then across ranks in rank order) and
+ * the final bf16 rounding: see docs/ARCHITECTURE.md "Engine". Results are
+ * bit-identical across repeated runs with the same split.
+ */
+#ifndef EPMOE_ENGINE_H
+#define EPMOE_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/backend.h"
+#include "epmoe/comm.h"
+#include "epmoe/layer.h"
+#include "epmoe/nvfp4.h"
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct epm_engine epm_engine_t;
+
+typedef enum {
+  EPM_SCALE_STATIC = 0,  /* encode scale 1/input_scale of the layer (all ranks equal) */
+  EPM_SCALE_DYNAMIC = 1, /* all-reduce max of the step's amax, then 448*6/amax */
+} epm_scale_mode_t;
+
+typedef struct {
+  int64_t max_tokens_per_rank; /* capacity of one rank's step (> 0) */
+  epm_scale_mode_t scale_mode;
+  int shared_expert;           /* 1: add the layer's shared expert (when it has one) */
+  epm_dtype_t partial_dtype;   /* dtype of the reduce-scatter; the comm must support it */
+} epm_engine_config_t;
+
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+
+/* Stages timed per step (wall clock on the calling thread, seconds). */
+#define EPM_ENGINE_STAGES(X)                                             \
+  X(ROUTE, "route")                                                      \
+  X(QUANTIZE, "quantize")                                                \
+  X(SIZES, "sizes")            /* sizes exchange (+ amax all-reduce) */  \
+  X(ALLGATHER, "allgather")                                              \
+  X(EXPERTS, "experts")        /* local experts + finalize */            \
+  X(REDUCE_SCATTER, "reduce_scatter")                                    \
+  X(SHARED, "shared")          /* shared expert + bf16 output */         \
+  X(TOTAL, "total")
+
+typedef enum {
+#define EPM__STAGE_ENUM(id, name) EPM_STAGE_##id,
+  EPM_ENGINE_STAGES(EPM__STAGE_ENUM)
+#undef EPM__STAGE_ENUM
+  EPM_STAGE_COUNT
+} epm_engine_stage_t;
+
+const char *epm_engine_stage_name(epm_engine_stage_t s); /* "route", ... */
+
+typedef struct {
+  uint64_t steps;           /* successful steps */
+  uint64_t failed_steps;
+  uint64_t tokens_local;    /* sum of m_r over successful steps */
+  uint64_t tokens_gathered; /* sum of M */
+  int64_t last_m;           /* this rank's tokens in the last step */
+  int64_t last_M;           /* gathered tokens in the last step */
+  float last_input_scale;   /* decode scale a1 of the last step's activations (G = 1/a1) */
+  double last_s[EPM_STAGE_COUNT]; /* last successful step */
+  double sum_s[EPM_STAGE_COUNT];  /* over successful steps */
+  double max_s[EPM_STAGE_COUNT];
+} epm_engine_stats_t;
+
+/* Create the engine of one layer on this rank. Not collective (no
+ * communication), but every rank of the comm must create its engine with the
+ * same config and dims. The layer must hold exactly this rank's contiguous
+ * slice [rank*E/P, (rank+1)*E/P) (E % P == 0).
+ * [in] layer, comm, be: caller-owned, must outlive the engine.
+ * [out] *out: destroy with epm_engine_destroy. */
+epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t *layer,
+                               epm_comm_t *comm, epm_backend_t *be, epm_engine_t **out);
+void epm_engine_destroy(epm_engine_t *eng); /* NULL ok */
+
+/* One step. COLLECTIVE over the comm: every rank calls it, with any m_r in
+ * [0, max_tokens_per_rank] (0 is legal and still joins every collective).
+ * [in]  x_local  bf16 [m_r, H], logits fp32 [m_r, E]: host memory, caller-owned.
+ * [out] y_local  bf16 [m_r, H], host memory.
+ * Errors: a bad argument or a failure before the dispatch is reported to all
+ * ranks through the sizes exchange (every rank returns an error, none hangs);
+ * a failure after it aborts the comm (EPM_ERR_ABORTED on the others). */
+epm_status_t epm_engine_step(epm_engine_t *eng, const epm_bf16_t *x_local, const float *logits,
+                             int64_t m_r, epm_bf16_t *y_local);
+
+/* Snapshot of the counters and timings; safe to call from another thread
+ * while a step runs. */
+void epm_engine_stats(const epm_engine_t *eng, epm_engine_stats_t *out);
+void epm_engine_stats_reset(epm_engine_t *eng);
+
+/* Bytes of step buffers the engine allocated (backend memory). */
+size_t epm_engine_buffer_bytes(const epm_engine_t *eng);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPMOE_ENGINE_H */

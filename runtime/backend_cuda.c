@@ -1,0 +1,378 @@
+/* backend_cuda.c — the `cuda` backend: device memory on one GPU, every op
+ * ordered on the backend's one stream (epm_backend_stream), which the NCCL
+ * comm of the same step must also use. CUDA errors map to EPM_ERR_CUDA with
+ * the CUDA error string.
+ *
+ * Stage ops run the kernels of include/epmoe/kernels.h:
+ *   route     epm_kernel_routing (router bias uploaded at load)
+ *   quantize  epm_kernel_quantize_bf16, linear scales; the encode scale goes
+ *             through a one-float device slot of the backend
+ *   experts   epm_kernel_moe_forward over a workspace sized once for the
+ *             gathered capacity (plan of max_gathered rows; a smaller M uses
+ *             a prefix of every piece)
+ *   shared    the same kernels on a one-expert view (top-1, weight 1)
+ * The elementwise tail on the rank's own rows (bf16 <-> fp32, the shared
+ * combine) and the dynamic-scale amax have no kernels yet: they stage through
+ * pinned host buffers sized at load (small: m_r x H), which costs a sync.
+ * Dynamic scale (amax) is not supported on this backend yet. */
+#include <cuda_runtime_api.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend_impl.h"
+#include "epmoe/checked.h"
+#include "epmoe/kernels.h"
+
+typedef struct {
+  int device;
+  cudaStream_t stream;
+  float *scale_dev; /* [1] encode scale read by the quantize kernel */
+  /* Pinned staging for the host-side elementwise ops, grown at load only. */
+  float *host_f32;
+  epm_bf16_t *host_bf16;
+  int64_t host_elems;
+} cuda_ctx_t;
+
+typedef struct {
+  uint8_t *gate_w, *gate_sf, *up_w, *up_sf, *down_w, *down_sf;
+  float *gate_up_scale_2, *down_scale_2;
+} dev_bank_t;
+
+typedef struct {
+  struct epm_backend_weights hdr; /* first: backend.c reads it */
+  dev_bank_t routed, shared;
+  float *bias_dev;       /* [E] or NULL */
+  void *ws_dev;          /* routed expert workspace, capacity max_gathered */
+  void *sh_ws_dev;       /* shared expert workspace, capacity max_local */
+  uint8_t *sh_packed, *sh_sf;
+  int32_t *sh_ids;       /* zeros */
+  float *sh_w;           /* ones */
+  epm_bf16_t *sh_out;    /* [max_local, H] */
+  int has_shared;
+} cuda_weights_t;
+
+static epm_status_t cuda_fail(cudaError_t e, const char *call) {
+  (void)cudaGetLastError(); /* clear a non-sticky error so the next call is not blamed */
+  return epm_error(e == cudaErrorMemoryAllocation ? EPM_ERR_NOMEM : EPM_ERR_CUDA, "%s: %s (%s)", call,
+                   cudaGetErrorString(e), cudaGetErrorName(e));
+}
+#define CUDA_TRY(call)                                            \
+  do {                                                            \
+    cudaError_t epm__e = (call);                                  \
+    if (epm__e != cudaSuccess) return cuda_fail(epm__e, #call);   \
+  } while (0)
+
+static cuda_ctx_t *ctx_of(const epm_backend_t *be) { return (cuda_ctx_t *)be->ctx; }
+
+static void cuda_destroy(epm_backend_t *be) {
+  cuda_ctx_t *c = ctx_of(be);
+  if (!c) return;
+  if (c->stream) {
+    cudaStreamSynchronize(c->stream);
+    cudaStreamDestroy(c->stream);
+  }
+  cudaFree(c->scale_dev);
+  cudaFreeHost(c->host_f32);
+  cudaFreeHost(c->host_bf16);
+  free(c);
+  be->ctx = NULL;
+}
+
+static epm_status_t cuda_alloc(epm_backend_t *be, size_t bytes, void **out) {
+  void *p = NULL;
+  (void)be;
+  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return epm_error(e == cudaErrorMemoryAllocation ? EPM_ERR_NOMEM : EPM_ERR_CUDA, "cudaMalloc(%zu bytes): %s",
+                     bytes, cudaGetErrorString(e));
+  }
+  *out = p;
+  return EPM_OK;
+}
+
+static void cuda_free(epm_backend_t *be, void *p) {
+  (void)be;
+  cudaFree(p);
+}
+
+static epm_status_t cuda_h2d(epm_backend_t *be, void *dst, const void *src, size_t bytes) {
+  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+/* Host results are read right after, so this one waits. */
+static epm_status_t cuda_d2h(epm_backend_t *be, void *dst, const void *src, size_t bytes) {
+  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_of(be)->stream));
+  CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_sync(epm_backend_t *be) {
+  CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+/* ---- weights ----------------------------------------------------------- */
+
+static epm_status_t upload(const void *src, size_t bytes, void **dst) {
+  CUDA_TRY(cudaMalloc(dst, bytes ? bytes : 256));
+  if (bytes) CUDA_TRY(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice));
+  return EPM_OK;
+}
+
+static void free_bank(dev_bank_t *d) {
+  void *p[] = {d->gate_w, d->gate_sf, d->up_w, d->up_sf, d->down_w, d->down_sf, d->gate_up_scale_2, d->down_scale_2};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+  memset(d, 0, sizeof *d);
+}
+
+/* The canonical ModelOpt form goes to the device unchanged (kernels.h). */
+static epm_status_t upload_bank(const epm_expert_bank_t *b, dev_bank_t *d) {
+  size_t gw, gsf, dw, dsf, s2;
+  const int64_t n = b->count, H = b->hidden, I = b->intermediate;
+  if (epm_mul_size((size_t)(n * I), (size_t)(H / 2), &gw) || epm_mul_size((size_t)(n * I), (size_t)(H / 16), &gsf) ||
+      epm_mul_size((size_t)(n * H), (size_t)(I / 2), &dw) || epm_mul_size((size_t)(n * H), (size_t)(I / 16), &dsf) ||
+      epm_mul_size((size_t)n, sizeof(float), &s2))
+    return epm_error(EPM_ERR_OVERFLOW, "expert bank of %lld x [H %lld, I %lld] overflows", (long long)n,
+                     (long long)H, (long long)I);
+  EPM_TRY(upload(b->gate_w, gw, (void **)&d->gate_w));
+  EPM_TRY(upload(b->gate_sf, gsf, (void **)&d->gate_sf));
+  EPM_TRY(upload(b->up_w, gw, (void **)&d->up_w));
+  EPM_TRY(upload(b->up_sf, gsf, (void **)&d->up_sf));
+  EPM_TRY(upload(b->down_w, dw, (void **)&d->down_w));
+  EPM_TRY(upload(b->down_sf, dsf, (void **)&d->down_sf));
+  EPM_TRY(upload(b->gate_up_scale_2, s2, (void **)&d->gate_up_scale_2));
+  EPM_TRY(upload(b->down_scale_2, s2, (void **)&d->down_scale_2));
+  return EPM_OK;
+}
+
+static void cuda_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
+  cuda_weights_t *w = (cuda_weights_t *)hw;
+  (void)be;
+  free_bank(&w->routed);
+  free_bank(&w->shared);
+  void *p[] = {w->bias_dev, w->ws_dev, w->sh_ws_dev, w->sh_packed, w->sh_sf, w->sh_ids, w->sh_w, w->sh_out};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+  free(w);
+}
+
+/* Pinned host staging for max_local x H elements (the rank's own rows). */
+static epm_status_t grow_host(cuda_ctx_t *c, int64_t elems) {
+  if (elems <= c->host_elems) return EPM_OK;
+  cudaFreeHost(c->host_f32);
+  cudaFreeHost(c->host_bf16);
+  c->host_f32 = NULL;
+  c->host_bf16 = NULL;
+  c->host_elems = 0;
+  CUDA_TRY(cudaMallocHost((void **)&c->host_f32, (size_t)elems * sizeof(float)));
+  CUDA_TRY(cudaMallocHost((void **)&c->host_bf16, (size_t)elems * sizeof(epm_bf16_t)));
+  c->host_elems = elems;
+  return EPM_OK;
+}
+
+static epm_status_t load_shared(cuda_weights_t *w, const epm_layer_t *l, int64_t max_local) {
+  const int64_t H = l->dims.hidden, Is = l->dims.shared_intermediate, rows = max_local > 0 ? max_local : 1;
+  epm_moe_plan_t p;
+  EPM_TRY(upload_bank(&l->shared, &w->shared));
+  EPM_TRY(epm_moe_plan(rows, H, Is, 1, 1, 0, 1, &p));
+  CUDA_TRY(cudaMalloc(&w->sh_ws_dev, p.workspace_bytes));
+  CUDA_TRY(cudaMalloc((void **)&w->sh_packed, (size_t)(rows * H / 2)));
+  CUDA_TRY(cudaMalloc((void **)&w->sh_sf, (size_t)(rows * H / EPM_NVFP4_BLOCK)));
+  CUDA_TRY(cudaMalloc((void **)&w->sh_out, (size_t)(rows * H) * sizeof(epm_bf16_t)));
+  CUDA_TRY(cudaMalloc((void **)&w->sh_ids, (size_t)rows * sizeof(int32_t)));
+  CUDA_TRY(cudaMalloc((void **)&w->sh_w, (size_t)rows * sizeof(float)));
+  CUDA_TRY(cudaMemset(w->sh_ids, 0, (size_t)rows * sizeof(int32_t)));
+  float *ones = malloc((size_t)rows * sizeof *ones);
+  if (!ones) return epm_error(EPM_ERR_NOMEM, "shared expert weights of %lld rows", (long long)rows);
+  for (int64_t i = 0; i < rows; i++) ones[i] = 1.0f;
+  cudaError_t e = cudaMemcpy(w->sh_w, ones, (size_t)rows * sizeof *ones, cudaMemcpyHostToDevice);
+  free(ones);
+  if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpy(shared weights)");
+  return EPM_OK;
+}
+
+static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, int64_t max_local,
+                                      int64_t max_gathered, epm_backend_weights_t **out) {
+  cuda_ctx_t *c = ctx_of(be);
+  const epm_model_dims_t *d = &l->dims;
+  cuda_weights_t *w = calloc(1, sizeof *w);
+  if (!w) return epm_error(EPM_ERR_NOMEM, "cuda weights handle");
+  epm_status_t st;
+  epm_moe_plan_t p;
+  if (cudaSetDevice(c->device) != cudaSuccess) {
+    st = cuda_fail(cudaGetLastError(), "cudaSetDevice");
+    goto fail;
+  }
+  EPM_TRY_GOTO(upload_bank(&l->experts, &w->routed), st, fail);
+  if (l->router_bias)
+    EPM_TRY_GOTO(upload(l->router_bias, (size_t)d->num_experts * sizeof(float), (void **)&w->bias_dev), st, fail);
+  EPM_TRY_GOTO(epm_moe_plan(max_gathered > 0 ? max_gathered : 1, d->hidden, d->intermediate, d->num_experts,
+                            d->top_k, l->expert_offset, l->experts.count, &p),
+               st, fail);
+  if (cudaMalloc(&w->ws_dev, p.workspace_bytes) != cudaSuccess) {
+    st = cuda_fail(cudaErrorMemoryAllocation, "cudaMalloc(expert workspace)");
+    goto fail;
+  }
+  w->has_shared = d->shared_experts > 0 && l->shared.count > 0;
+  if (w->has_shared) EPM_TRY_GOTO(load_shared(w, l, max_local), st, fail);
+  EPM_TRY_GOTO(grow_host(c, (max_local > 0 ? max_local : 1) * d->hidden), st, fail);
+  *out = &w->hdr;
+  return EPM_OK;
+fail:
+  cuda_weights_free(be, &w->hdr);
+  return st;
+}
+
+/* ---- stage ops --------------------------------------------------------- */
+
+static epm_status_t cuda_route(epm_backend_t *be, const epm_backend_weights_t *hw, const float *logits, int64_t m,
+                               int32_t *ids, float *weights) {
+  const cuda_weights_t *w = (const cuda_weights_t *)hw;
+  epm_routing_plan_t p;
+  EPM_TRY(epm_routing_plan(&hw->layer->dims, m, &p));
+  return epm_kernel_routing(&p, logits, w->bias_dev, ids, weights, ctx_of(be)->stream);
+}
+
+static epm_status_t quantize_on(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden, float G,
+                                uint8_t *packed, uint8_t *sf) {
+  cuda_ctx_t *c = ctx_of(be);
+  epm_quantize_plan_t p;
+  EPM_TRY(epm_quantize_plan(m, hidden, EPM_SF_LINEAR, &p));
+  /* Pageable source: the copy is staged before cudaMemcpyAsync returns. */
+  CUDA_TRY(cudaMemcpyAsync(c->scale_dev, &G, sizeof G, cudaMemcpyHostToDevice, c->stream));
+  return epm_kernel_quantize_bf16(&p, x, c->scale_dev, packed, sf, c->stream);
+}
+
+static epm_status_t cuda_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden, float G,
+                                  uint8_t *packed, uint8_t *sf) {
+  return quantize_on(be, x, m, hidden, G, packed, sf);
+}
+
+static epm_status_t run_moe(epm_backend_t *be, const epm_layer_t *l, const dev_bank_t *bank, const epm_moe_plan_t *p,
+                            void *ws_dev, float a1, float down_input_scale, const uint8_t *packed,
+                            const uint8_t *sf, const int32_t *ids, const float *weights, int out_f32, void *out) {
+  epm_moe_workspace_t ws;
+  (void)l;
+  EPM_TRY(epm_moe_workspace_carve(p, ws_dev, &ws));
+  const epm_moe_weights_dev_t wd = {
+      .gate_w = bank->gate_w, .gate_sf = bank->gate_sf, .up_w = bank->up_w, .up_sf = bank->up_sf,
+      .down_w = bank->down_w, .down_sf = bank->down_sf, .gate_up_scale_2 = bank->gate_up_scale_2,
+      .down_scale_2 = bank->down_scale_2, .input_scale = a1, .down_input_scale = down_input_scale};
+  const epm_moe_inputs_dev_t in = {.hidden_fp4 = packed, .hidden_sf = sf, .ids = ids, .weights = weights};
+  return epm_kernel_moe_forward(p, &wd, &in, &ws, out_f32, out, ctx_of(be)->stream);
+}
+
+static epm_status_t cuda_experts(epm_backend_t *be, const epm_backend_weights_t *hw, const uint8_t *packed,
+                                 const uint8_t *sf, float a1, const int32_t *ids, const float *weights, int64_t M,
+                                 epm_dtype_t dtype, void *partial) {
+  const cuda_weights_t *w = (const cuda_weights_t *)hw;
+  const epm_layer_t *l = hw->layer;
+  epm_moe_plan_t p;
+  EPM_TRY(epm_moe_plan(M, l->dims.hidden, l->dims.intermediate, l->dims.num_experts, l->dims.top_k,
+                       l->expert_offset, l->experts.count, &p));
+  return run_moe(be, l, &w->routed, &p, w->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
+                 dtype == EPM_DTYPE_F32, partial);
+}
+
+/* y (device fp32 [m, H]) = float(bf16(y)) + float(shared(x)), on the host. */
+static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights_t *hw, const epm_bf16_t *x,
+                                    int64_t m, float *y) {
+  const cuda_weights_t *w = (const cuda_weights_t *)hw;
+  const epm_layer_t *l = hw->layer;
+  cuda_ctx_t *c = ctx_of(be);
+  const int64_t H = l->dims.hidden, n = m * H;
+  epm_moe_plan_t p;
+  if (!w->has_shared) return EPM_OK;
+  EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, w->sh_packed, w->sh_sf));
+  EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
+  EPM_TRY(run_moe(be, l, &w->shared, &p, w->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
+                  w->sh_packed, w->sh_sf, w->sh_ids, w->sh_w, 0, w->sh_out));
+  CUDA_TRY(cudaMemcpyAsync(c->host_f32, y, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, w->sh_out, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost,
+                           c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  for (int64_t i = 0; i < n; i++)
+    c->host_f32[i] = epm_bf16_to_f32(epm_bf16_from_f32(c->host_f32[i])) + epm_bf16_to_f32(c->host_bf16[i]);
+  CUDA_TRY(cudaMemcpyAsync(y, c->host_f32, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream)); /* the pinned buffer is reused by the next op */
+  return EPM_OK;
+}
+
+static epm_status_t need_host(const cuda_ctx_t *c, int64_t n, const char *op) {
+  if (n > c->host_elems)
+    return epm_error(EPM_ERR_INVALID_ARG, "cuda %s of %lld values; staging holds %lld (rows x H of the load)", op,
+                     (long long)n, (long long)c->host_elems);
+  return EPM_OK;
+}
+
+static epm_status_t cuda_f32_to_bf16(epm_backend_t *be, const float *src, int64_t n, epm_bf16_t *dst) {
+  cuda_ctx_t *c = ctx_of(be);
+  EPM_TRY(need_host(c, n, "f32_to_bf16"));
+  CUDA_TRY(cudaMemcpyAsync(c->host_f32, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  for (int64_t i = 0; i < n; i++) c->host_bf16[i] = epm_bf16_from_f32(c->host_f32[i]);
+  CUDA_TRY(cudaMemcpyAsync(dst, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, int64_t n, float *dst) {
+  cuda_ctx_t *c = ctx_of(be);
+  EPM_TRY(need_host(c, n, "bf16_to_f32"));
+  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, src, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  for (int64_t i = 0; i < n; i++) c->host_f32[i] = epm_bf16_to_f32(c->host_bf16[i]);
+  CUDA_TRY(cudaMemcpyAsync(dst, c->host_f32, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  return EPM_OK;
+}
+
+static void *cuda_stream(const epm_backend_t *be) { return ctx_of(be)->stream; }
+
+static const epm__backend_ops_t cuda_ops = {
+    .name = "cuda",
+    .is_device = 1,
+    .stream = cuda_stream,
+    .destroy = cuda_destroy,
+    .alloc = cuda_alloc,
+    .free = cuda_free,
+    .copy_h2d = cuda_h2d,
+    .copy_d2h = cuda_d2h,
+    .sync = cuda_sync,
+    .weights_load = cuda_weights_load,
+    .weights_free = cuda_weights_free,
+    .route = cuda_route,
+    .amax = NULL, /* dynamic scale: not on this backend yet */
+    .quantize = cuda_quantize,
+    .experts = cuda_experts,
+    .shared_add = cuda_shared_add,
+    .f32_to_bf16 = cuda_f32_to_bf16,
+    .bf16_to_f32 = cuda_bf16_to_f32,
+};
+
+epm_status_t epm__backend_cuda_init(epm_backend_t *be) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess || n == 0) {
+    (void)cudaGetLastError();
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "backend 'cuda': no CUDA device visible (%s)",
+                     e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+  }
+  if (be->cfg.device < 0 || be->cfg.device >= n)
+    return epm_error(EPM_ERR_INVALID_ARG, "backend 'cuda': device %d is outside [0, %d)", be->cfg.device, n);
+  CUDA_TRY(cudaSetDevice(be->cfg.device));
+  cuda_ctx_t *c = calloc(1, sizeof *c);
+  if (!c) return epm_error(EPM_ERR_NOMEM, "cuda backend context");
+  c->device = be->cfg.device;
+  be->ops = &cuda_ops;
+  be->ctx = c;
+  e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
+  if (e == cudaSuccess) e = cudaMalloc((void **)&c->scale_dev, sizeof(float));
+  if (e != cudaSuccess) {
+    epm_status_t st = cuda_fail(e, "cuda backend init (stream, scale slot)");
+    cuda_destroy(be);
+    return st;
+  }
+  return EPM_OK;
+}

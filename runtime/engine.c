@@ -1,0 +1,413 @@
+/* engine.c — the EP step (epmoe/engine.h): stages on the backend, collectives
+ * on the comm, all buffers allocated once at create time.
+ *
+ * Failure agreement: the sizes exchange is the first collective of a step.
+ * A rank whose arguments or local stages (route, quantize) failed sends
+ * STEP_FAILED instead of its token count, so every rank learns of it in the
+ * same collective and returns an error; nobody is left waiting in the
+ * allgather. A failure after the dispatch (the experts, a collective) cannot
+ * be agreed on without another collective per step, so it aborts the comm. */
+#include "epmoe/engine.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "epmoe/checked.h"
+#include "epmoe/log.h"
+#include "epmoe/plan.h"
+
+/* Sent in the sizes exchange by a rank that cannot take part in this step;
+ * far above any capacity, so it also fails every receiver's bound check. */
+#define STEP_FAILED (INT64_C(1) << 62)
+
+struct epm_engine {
+  epm_engine_config_t cfg;
+  const epm_layer_t *layer;
+  epm_comm_t *comm;
+  epm_backend_t *be;
+  epm_backend_weights_t *w;
+  int rank, size, device;
+  int64_t H, E, k, max_m, max_M;
+  int use_shared;
+  size_t partial_elem; /* bytes per element of the reduce-scatter */
+
+  /* Backend memory. The _loc buffers hold this rank's rows, the _all ones the
+   * gathered rows; x/logits/y staging exists only on a device backend. */
+  epm_bf16_t *x_dev;
+  float *logits_dev;
+  epm_bf16_t *y_dev;
+  int32_t *ids_loc, *ids_all;
+  float *wts_loc, *wts_all;
+  uint8_t *packed_loc, *packed_all, *sf_loc, *sf_all;
+  void *partial_all; /* [max_M, H] partial_dtype */
+  void *y_red;       /* [max_m, H] partial_dtype: the reduce-scatter output */
+  float *y32;        /* [max_m, H] fp32 (aliases y_red when partials are fp32) */
+  float *amax_buf;   /* [1] for the dynamic scale's all-reduce */
+  size_t buffer_bytes;
+
+  int64_t *counts; /* [size] host: the sizes exchange */
+
+  pthread_mutex_t stats_mu;
+  epm_engine_stats_t stats;
+};
+
+static const char *const stage_names[EPM_STAGE_COUNT] = {
+#define EPM__STAGE_NAME(id, name) [EPM_STAGE_##id] = name,
+    EPM_ENGINE_STAGES(EPM__STAGE_NAME)
+#undef EPM__STAGE_NAME
+};
+
+const char *epm_engine_stage_name(epm_engine_stage_t s) {
+  if ((int)s < 0 || s >= EPM_STAGE_COUNT) return "invalid";
+  return stage_names[s];
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* One buffer of the plan (capacity case), as `elem`-byte elements: the plan
+ * did the overflow-checked size math; partials may be wider than its bf16. */
+static epm_status_t alloc_buf(epm_engine_t *e, const epm_plan_buf_t *b, size_t elem, const char *what,
+                              void **out) {
+  size_t bytes = 0;
+  if (epm_mul_size((size_t)b->elements, elem, &bytes))
+    return epm_error(EPM_ERR_OVERFLOW, "engine buffer %s: %lld elements x %zu bytes overflows", what,
+                     (long long)b->elements, elem);
+  epm_status_t st = epm_backend_alloc(e->be, bytes, out);
+  if (st != EPM_OK) return epm_error_wrap(st, "engine buffer %s (%zu bytes)", what, bytes);
+  e->buffer_bytes += bytes;
+  return EPM_OK;
+}
+
+static void free_buffers(epm_engine_t *e) {
+  void *bufs[] = {e->x_dev,   e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
+                  e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
+                  e->y_red,   e->amax_buf};
+  for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) epm_backend_free(e->be, bufs[i]);
+  if (e->y32 != e->y_red) epm_backend_free(e->be, e->y32);
+}
+
+/* All step buffers, once, for max_tokens_per_rank on every rank. */
+static epm_status_t alloc_buffers(epm_engine_t *e) {
+  epm_plan_t *p = malloc(sizeof *p);
+  if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
+  epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
+                          .tokens_per_rank = NULL, .max_tokens_per_rank = e->max_m};
+  epm_status_t st = epm_plan_compute(&pc, p);
+  if (st != EPM_OK) {
+    free(p);
+    return st;
+  }
+  const epm_plan_buf_t one = {1, 1, 1, sizeof(float)};
+  if (epm_backend_is_device(e->be)) {
+    EPM_TRY_GOTO(alloc_buf(e, &p->x_local, sizeof(epm_bf16_t), "x", (void **)&e->x_dev), st, out);
+    EPM_TRY_GOTO(alloc_buf(e, &p->logits_local, sizeof(float), "logits", (void **)&e->logits_dev), st, out);
+    EPM_TRY_GOTO(alloc_buf(e, &p->y_local, sizeof(epm_bf16_t), "y", (void **)&e->y_dev), st, out);
+  }
+  EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_local, sizeof(int32_t), "topk_ids", (void **)&e->ids_loc), st, out);
+  EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_gathered, sizeof(int32_t), "gathered topk_ids", (void **)&e->ids_all), st, out);
+  EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_local, sizeof(float), "topk_weights", (void **)&e->wts_loc), st, out);
+  EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_gathered, sizeof(float), "gathered topk_weights", (void **)&e->wts_all), st, out);
+  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xq_local.bytes, (void **)&e->packed_loc), st, out);
+  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xq_gathered.bytes, (void **)&e->packed_all), st, out);
+  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_local.bytes, (void **)&e->sf_loc), st, out);
+  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_gathered.bytes, (void **)&e->sf_all), st, out);
+  e->buffer_bytes += p->xq_local.bytes + p->xq_gathered.bytes + p->xsf_local.bytes + p->xsf_gathered.bytes;
+  EPM_TRY_GOTO(alloc_buf(e, &p->partial_y, e->partial_elem, "partial y", &e->partial_all), st, out);
+  EPM_TRY_GOTO(alloc_buf(e, &p->y_local, e->partial_elem, "reduced y", &e->y_red), st, out);
+  if (e->cfg.partial_dtype == EPM_DTYPE_F32)
+    e->y32 = e->y_red;
+  else
+    EPM_TRY_GOTO(alloc_buf(e, &p->y_local, sizeof(float), "y fp32", (void **)&e->y32), st, out);
+  EPM_TRY_GOTO(alloc_buf(e, &one, sizeof(float), "amax", (void **)&e->amax_buf), st, out);
+out:
+  free(p);
+  return st;
+}
+
+static epm_status_t check_slice(const epm_layer_t *l, int rank, int size) {
+  const int64_t E = l->dims.num_experts;
+  if (E % size != 0)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "%lld experts do not split evenly over EP size %d (E %% EP = %lld); "
+                     "choose an EP size dividing E",
+                     (long long)E, size, (long long)(E % size));
+  const int64_t El = E / size;
+  if (l->expert_offset != (int64_t)rank * El || l->experts.count != El)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "rank %d of %d must hold experts [%lld, %lld); the layer holds [%lld, %lld)", rank,
+                     size, (long long)(rank * El), (long long)((rank + 1) * El),
+                     (long long)l->expert_offset, (long long)(l->expert_offset + l->experts.count));
+  return EPM_OK;
+}
+
+epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t *layer, epm_comm_t *comm,
+                               epm_backend_t *be, epm_engine_t **out) {
+  if (!cfg || !layer || !comm || !be || !out)
+    return epm_error(EPM_ERR_INVALID_ARG, "engine_create: NULL argument");
+  if (cfg->max_tokens_per_rank <= 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "max_tokens_per_rank = %lld must be > 0",
+                     (long long)cfg->max_tokens_per_rank);
+  if (cfg->scale_mode != EPM_SCALE_STATIC && cfg->scale_mode != EPM_SCALE_DYNAMIC)
+    return epm_error(EPM_ERR_INVALID_ARG, "scale mode %d is not static (0) or dynamic (1)",
+                     (int)cfg->scale_mode);
+  if (cfg->partial_dtype != EPM_DTYPE_F32 && cfg->partial_dtype != EPM_DTYPE_BF16)
+    return epm_error(EPM_ERR_INVALID_ARG, "partial dtype %d is not f32 (0) or bf16 (1)",
+                     (int)cfg->partial_dtype);
+  EPM_TRY(epm_model_dims_validate(&layer->dims));
+  const int rank = epm_comm_rank(comm), size = epm_comm_size(comm);
+  EPM_TRY(check_slice(layer, rank, size));
+  const int dev_be = epm_backend_is_device(be), dev_comm = epm_comm_mem_kind(comm) == EPM_MEM_DEVICE;
+  if (dev_be != dev_comm)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "backend '%s' keeps buffers in %s memory but comm '%s' moves %s memory",
+                     epm_backend_name(be), dev_be ? "device" : "host", epm_comm_backend_name(comm),
+                     dev_comm ? "device" : "host");
+  if (cfg->scale_mode == EPM_SCALE_STATIC && !(layer->input_scale > 0.0f))
+    return epm_error(EPM_ERR_INVALID_ARG, "static global scale needs input_scale > 0; layer %lld has %g",
+                     (long long)layer->layer_index, (double)layer->input_scale);
+
+  epm_engine_t *e = calloc(1, sizeof *e);
+  if (!e) return epm_error(EPM_ERR_NOMEM, "engine object (%zu bytes)", sizeof *e);
+  epm_status_t st = EPM_OK;
+  e->cfg = *cfg;
+  e->layer = layer;
+  e->comm = comm;
+  e->be = be;
+  e->rank = rank;
+  e->size = size;
+  e->H = layer->dims.hidden;
+  e->E = layer->dims.num_experts;
+  e->k = layer->dims.top_k;
+  e->max_m = cfg->max_tokens_per_rank;
+  e->use_shared = cfg->shared_expert && layer->dims.shared_experts > 0 && layer->shared.count > 0;
+  e->partial_elem = cfg->partial_dtype == EPM_DTYPE_F32 ? sizeof(float) : sizeof(epm_bf16_t);
+  pthread_mutex_init(&e->stats_mu, NULL);
+  if (epm_mul_i64(e->max_m, size, &e->max_M)) {
+    st = epm_error(EPM_ERR_OVERFLOW, "max tokens %lld x EP %d overflows", (long long)e->max_m, size);
+    goto fail;
+  }
+  e->counts = calloc((size_t)size, sizeof *e->counts);
+  if (!e->counts) {
+    st = epm_error(EPM_ERR_NOMEM, "sizes array for %d ranks", size);
+    goto fail;
+  }
+  EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
+  EPM_TRY_GOTO(alloc_buffers(e), st, fail);
+  EPM_LOG(EPM_LOG_INFO, "engine",
+          "layer %lld: experts [%lld, %lld) of %lld, max %lld tokens/rank (%lld gathered), "
+          "%s scale, shared %s, %s partials, %zu buffer bytes on %s",
+          (long long)layer->layer_index, (long long)layer->expert_offset,
+          (long long)(layer->expert_offset + layer->experts.count), (long long)e->E,
+          (long long)e->max_m, (long long)e->max_M,
+          cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic", e->use_shared ? "on" : "off",
+          cfg->partial_dtype == EPM_DTYPE_F32 ? "fp32" : "bf16", e->buffer_bytes, epm_backend_name(be));
+  *out = e;
+  return EPM_OK;
+fail:
+  epm_engine_destroy(e);
+  return st;
+}
+
+void epm_engine_destroy(epm_engine_t *e) {
+  if (!e) return;
+  free_buffers(e);
+  epm_backend_weights_free(e->be, e->w);
+  free(e->counts);
+  pthread_mutex_destroy(&e->stats_mu);
+  free(e);
+}
+
+size_t epm_engine_buffer_bytes(const epm_engine_t *e) { return e ? e->buffer_bytes : 0; }
+
+void epm_engine_stats(const epm_engine_t *e, epm_engine_stats_t *out) {
+  pthread_mutex_lock((pthread_mutex_t *)&e->stats_mu);
+  *out = e->stats;
+  pthread_mutex_unlock((pthread_mutex_t *)&e->stats_mu);
+}
+
+void epm_engine_stats_reset(epm_engine_t *e) {
+  pthread_mutex_lock(&e->stats_mu);
+  memset(&e->stats, 0, sizeof e->stats);
+  pthread_mutex_unlock(&e->stats_mu);
+}
+
+/* Stage timing: on a device backend the stage's work is queued, so wait for
+ * it before reading the clock (otherwise the time lands on a later stage). */
+typedef struct {
+  epm_engine_t *e;
+  double t, s[EPM_STAGE_COUNT];
+} step_timer_t;
+
+static epm_status_t stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
+  if (epm_backend_is_device(tm->e->be)) EPM_TRY(epm_backend_sync(tm->e->be));
+  double t = now_s();
+  tm->s[stage] += t - tm->t;
+  tm->t = t;
+  return EPM_OK;
+}
+
+static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, int64_t M, float a1, int ok) {
+  pthread_mutex_lock(&e->stats_mu);
+  epm_engine_stats_t *s = &e->stats;
+  if (ok) {
+    s->steps++;
+    s->tokens_local += (uint64_t)m;
+    s->tokens_gathered += (uint64_t)M;
+    s->last_m = m;
+    s->last_M = M;
+    s->last_input_scale = a1;
+    for (int i = 0; i < EPM_STAGE_COUNT; i++) {
+      s->last_s[i] = tm->s[i];
+      s->sum_s[i] += tm->s[i];
+      if (tm->s[i] > s->max_s[i]) s->max_s[i] = tm->s[i];
+    }
+  } else {
+    s->failed_steps++;
+  }
+  pthread_mutex_unlock(&e->stats_mu);
+}
+
+/* Local part before the dispatch: inputs in, route, and (static scale)
+ * quantize. Any error here is reported to the peers by the sizes exchange. */
+static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x, const float *logits,
+                                 int64_t m, float G, const epm_bf16_t **x_be, float *amax) {
+  if (m < 0 || m > e->max_m)
+    return epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens is outside [0, %lld] (max_tokens_per_rank)",
+                     e->rank, (long long)m, (long long)e->max_m);
+  if (m > 0 && (!x || !logits))
+    return epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but x or logits is NULL", e->rank, (long long)m);
+  const float *logits_be = logits;
+  *x_be = x;
+  if (epm_backend_is_device(e->be)) {
+    EPM_TRY(epm_backend_copy_h2d(e->be, e->x_dev, x, (size_t)(m * e->H) * sizeof *x));
+    EPM_TRY(epm_backend_copy_h2d(e->be, e->logits_dev, logits, (size_t)(m * e->E) * sizeof *logits));
+    *x_be = e->x_dev;
+    logits_be = e->logits_dev;
+  }
+  EPM_TRY(epm_backend_route(e->be, e->w, logits_be, m, e->ids_loc, e->wts_loc));
+  EPM_TRY(stage_end(tm, EPM_STAGE_ROUTE));
+  if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
+    EPM_TRY(epm_backend_amax(e->be, *x_be, m, e->H, amax));
+  } else {
+    EPM_TRY(epm_backend_quantize(e->be, *x_be, m, e->H, G, e->packed_loc, e->sf_loc));
+  }
+  return stage_end(tm, EPM_STAGE_QUANTIZE);
+}
+
+/* After the sizes exchange: validate every rank's count, total M. */
+static epm_status_t check_counts(epm_engine_t *e, int64_t *M) {
+  int64_t total = 0;
+  for (int r = 0; r < e->size; r++) {
+    if (e->counts[r] == STEP_FAILED)
+      return epm_error(EPM_ERR_ABORTED, "step abandoned: rank %d failed before the dispatch (see its log)", r);
+    if (e->counts[r] < 0 || e->counts[r] > e->max_m)
+      return epm_error(EPM_ERR_INVALID_ARG, "rank %d sent %lld tokens; capacity is [0, %lld] per rank", r,
+                       (long long)e->counts[r], (long long)e->max_m);
+    total += e->counts[r];
+  }
+  *M = total;
+  return EPM_OK;
+}
+
+/* The dynamic scale: the group's amax, then the decode scale a1 = amax/(6*448)
+ * as ModelOpt calibrates input_scale, and G = fp32(1/a1) exactly as for a
+ * static input_scale (same on all ranks). */
+static epm_status_t dynamic_scale(epm_engine_t *e, float amax, float *a1) {
+  if (epm_backend_is_device(e->be)) {
+    EPM_TRY(epm_backend_copy_h2d(e->be, e->amax_buf, &amax, sizeof amax));
+    EPM_TRY(epm_comm_allreduce_max_f32(e->comm, e->amax_buf, 1));
+    EPM_TRY(epm_comm_wait(e->comm, 0));
+    EPM_TRY(epm_backend_copy_d2h(e->be, &amax, e->amax_buf, sizeof amax));
+  } else {
+    *e->amax_buf = amax;
+    EPM_TRY(epm_comm_allreduce_max_f32(e->comm, e->amax_buf, 1));
+    amax = *e->amax_buf;
+  }
+  *a1 = (amax > 0.0f && amax <= 3.0e38f) ? amax / (EPM_E2M1_MAX * EPM_E4M3_MAX) : 1.0f;
+  if (!(*a1 > 0.0f)) *a1 = 1.0f; /* amax so small that amax/2688 underflows */
+  return EPM_OK;
+}
+
+/* Everything from the allgather on. Any error here leaves peers inside a
+ * collective, so the caller aborts the comm. */
+static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x_be, int64_t m,
+                                     int64_t M, float a1, epm_bf16_t *y_local) {
+  const float G = 1.0f / a1;
+  const int64_t H = e->H, k = e->k;
+  if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
+    EPM_TRY(epm_backend_quantize(e->be, x_be, m, H, G, e->packed_loc, e->sf_loc));
+    EPM_TRY(stage_end(tm, EPM_STAGE_QUANTIZE));
+  }
+  const epm_comm_gather_buf_t bufs[4] = {
+      {e->packed_loc, e->packed_all, (size_t)(H / 2)},
+      {e->sf_loc, e->sf_all, (size_t)(H / EPM_NVFP4_BLOCK)},
+      {e->ids_loc, e->ids_all, (size_t)k * sizeof(int32_t)},
+      {e->wts_loc, e->wts_all, (size_t)k * sizeof(float)},
+  };
+  EPM_TRY(epm_comm_allgatherv_multi(e->comm, bufs, 4, e->counts));
+  EPM_TRY(epm_comm_wait(e->comm, 0));
+  EPM_TRY(stage_end(tm, EPM_STAGE_ALLGATHER));
+
+  EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_all, e->sf_all, a1, e->ids_all, e->wts_all, M,
+                              e->cfg.partial_dtype, e->partial_all));
+  EPM_TRY(stage_end(tm, EPM_STAGE_EXPERTS));
+
+  const epm_red_dtype_t rd = e->cfg.partial_dtype == EPM_DTYPE_F32 ? EPM_RED_F32 : EPM_RED_BF16;
+  EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, rd));
+  EPM_TRY(epm_comm_wait(e->comm, 0));
+  EPM_TRY(stage_end(tm, EPM_STAGE_REDUCE_SCATTER));
+
+  /* Own tokens only from here: y = bf16(routed sum + shared(x)). */
+  const int64_t n = m * H;
+  if (e->cfg.partial_dtype == EPM_DTYPE_BF16) EPM_TRY(epm_backend_bf16_to_f32(e->be, e->y_red, n, e->y32));
+  if (e->use_shared) EPM_TRY(epm_backend_shared_add(e->be, e->w, x_be, m, e->y32));
+  if (epm_backend_is_device(e->be)) {
+    EPM_TRY(epm_backend_f32_to_bf16(e->be, e->y32, n, e->y_dev));
+    EPM_TRY(epm_backend_copy_d2h(e->be, y_local, e->y_dev, (size_t)n * sizeof *y_local));
+  } else {
+    EPM_TRY(epm_backend_f32_to_bf16(e->be, e->y32, n, y_local));
+  }
+  return stage_end(tm, EPM_STAGE_SHARED);
+}
+
+epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,
+                             epm_bf16_t *y_local) {
+  if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_step: NULL engine");
+  step_timer_t tm = {.e = e, .t = now_s()};
+  const double t0 = tm.t;
+  /* Decode scale a1 of the gathered activations; encode scale G = fp32(1/a1). */
+  float a1 = e->layer->input_scale, amax = 0.0f;
+  const epm_bf16_t *x_be = NULL;
+  int64_t M = 0;
+
+  epm_status_t local = local_stages(e, &tm, x_local, logits, m_r, 1.0f / a1, &x_be, &amax);
+  if (local == EPM_OK && m_r > 0 && !y_local)
+    local = epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but y is NULL", e->rank, (long long)m_r);
+  epm_status_t st = epm_comm_exchange_sizes(e->comm, local == EPM_OK ? m_r : STEP_FAILED, e->counts);
+  if (st == EPM_OK && local != EPM_OK) st = local; /* keep this rank's own message */
+  if (st == EPM_OK) st = check_counts(e, &M);
+  if (st == EPM_OK && e->cfg.scale_mode == EPM_SCALE_DYNAMIC) st = dynamic_scale(e, amax, &a1);
+  if (st == EPM_OK) st = stage_end(&tm, EPM_STAGE_SIZES);
+  if (st != EPM_OK) {
+    record(e, &tm, m_r, 0, a1, 0);
+    return st;
+  }
+
+  st = dispatch_combine(e, &tm, x_be, m_r, M, a1, y_local);
+  if (st != EPM_OK) {
+    EPM_LOG(EPM_LOG_ERROR, "engine", "step failed after the dispatch (%s: %s); aborting the comm",
+            epm_status_name(st), epm_last_error());
+    epm_comm_abort(e->comm);
+    record(e, &tm, m_r, M, a1, 0);
+    return st;
+  }
+  tm.s[EPM_STAGE_TOTAL] = now_s() - t0;
+  record(e, &tm, m_r, M, a1, 1);
+  return EPM_OK;
+}

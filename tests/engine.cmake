@@ -1,0 +1,36 @@
+# Step engine: `epmoectl step` under mpirun against the EP=1 reference
+# (--check, tolerance 2^-6 = max|y-ref|/max|ref|, see docs/ARCHITECTURE.md
+# "Engine"), bit-identical repeats (--repeat inside a job; step_runs.sh across
+# jobs and across splits of one token set), unequal / zero / all-zero token
+# counts, usage errors. tiny: H 256, I 128, E 16, top-4, deepseek-v3 groups,
+# shared expert. EP 3 needs E % 3 == 0: --experts 24.
+add_executable(test_engine_mpi mpi/test_engine_mpi.c)
+target_link_libraries(test_engine_mpi PRIVATE epmoe)
+foreach(np 1 2 4)
+  epm_add_mpi_test(engine_mpi_np${np} NP ${np} COMMAND test_engine_mpi LABELS mpi TIMEOUT 180)
+endforeach()
+
+set(_step epmoectl step --preset tiny --seed 7 --check)
+epm_add_mpi_test(step_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --repeat 2 --tolerance 0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_np3 NP 3 COMMAND ${_step} --experts 24 --tokens-per-rank 4,0,6 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_np4 NP 4 COMMAND ${_step} --tokens-per-rank 3,5,0,8 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_np8 NP 8 COMMAND ${_step} --tokens-per-rank 2,0,1,5,0,3,0,4 --repeat 2 LABELS mpi TIMEOUT 180)
+epm_add_mpi_test(step_all_zero NP 4 COMMAND ${_step} --tokens-per-rank 0,0,0,0 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_one_rank_all NP 4 COMMAND ${_step} --tokens-per-rank 0,0,13,0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_dynamic_np4 NP 4 COMMAND ${_step} --tokens-per-rank 2,6,1,3 --scale dynamic LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_bf16_np2 NP 2 COMMAND ${_step} --tokens-per-rank 6,2 --partial bf16 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_no_shared_np2 NP 2 COMMAND ${_step} --tokens-per-rank 1,7 --no-shared LABELS mpi TIMEOUT 120)
+# DeepSeek-R1 dims (H 7168, I 2048, top-8, groups 8/4, shared expert) at EP 4
+# with 32 experts, i.e. 8 per rank as in EP 32: the full 256 would make rank 0
+# hold 6.3 GB of weights for the check.
+epm_add_mpi_test(step_deepseek_ep4 NP 4
+                 COMMAND epmoectl step --preset deepseek-r1 --experts 16 --seed 3 --tokens-per-rank 4,2,0,3 --check
+                 LABELS mpi large TIMEOUT 900)
+
+foreach(c repeat split badlen badexp)
+  add_test(NAME step_runs_${c}
+           COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh ${c} ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
+  set_tests_properties(step_runs_${c} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
+                       ENVIRONMENT "${EPMOE_MPI_ENV}")
+endforeach()

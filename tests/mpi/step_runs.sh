@@ -1,0 +1,53 @@
+#!/bin/sh
+# step_runs.sh — checks of `epmoectl step` that need more than one mpirun or
+# an exit-code/message check. Usage: step_runs.sh CASE MPIEXEC EPMOECTL
+#   repeat   two separate jobs of the same problem print the same checksum
+#   split    EP=4: the splits 3,5,0,8 / 4,4,4,4 / 0,0,16,0 of the same 16
+#            tokens give bit-identical global outputs (each row's partials
+#            are summed over the same ranks in the same order wherever the
+#            row lives), and so does a second job
+#   badlen   a list of 3 counts in a job of 2 ranks -> exit 2 with a message
+#   badexp   E = 16 over 3 ranks without --experts -> exit 2 naming the fix
+set -u
+case_="$1" mpiexec="$2" ctl="$3"
+run() { # NP ARGS... -> stdout of the job; exit status in $rc
+  np="$1"; shift
+  out=$("$mpiexec" -np "$np" --oversubscribe "$ctl" step "$@" 2>"$tmp.err"); rc=$?
+}
+fnv() { printf '%s\n' "$out" | sed -n 's/^checksum fnv1a64 \([0-9a-f]*\).*/\1/p'; }
+fail() { echo "FAIL: $*"; cat "$tmp.err" 2>/dev/null; exit 1; }
+tmp=$(mktemp); trap 'rm -f "$tmp" "$tmp.err"' EXIT
+common="--preset tiny --seed 11"
+
+case "$case_" in
+  repeat)
+    run 4 $common --tokens-per-rank 3,5,0,8; [ $rc = 0 ] || fail "first job rc $rc"; a=$(fnv)
+    run 4 $common --tokens-per-rank 3,5,0,8; [ $rc = 0 ] || fail "second job rc $rc"; b=$(fnv)
+    echo "job 1 $a, job 2 $b"
+    [ -n "$a" ] && [ "$a" = "$b" ] || fail "checksums differ across jobs: $a vs $b"
+    ;;
+  split)
+    sums=""
+    for split in 3,5,0,8 4,4,4,4 0,0,16,0 3,5,0,8; do
+      run 4 $common --tokens-per-rank $split; [ $rc = 0 ] || fail "split $split rc $rc"
+      s=$(fnv); echo "split $split: $s"; [ -n "$s" ] || fail "no checksum for $split"
+      sums="$sums $s"
+    done
+    [ "$(printf '%s\n' $sums | sort -u | wc -l)" = 1 ] || fail "splits of one token set differ:$sums"
+    ;;
+  badlen)
+    run 2 $common --tokens-per-rank 1,2,3
+    cat "$tmp.err"
+    [ $rc = 2 ] || fail "expected exit 2, got $rc"
+    grep -q "has 3 values but the job has 2 ranks" "$tmp.err" || fail "message missing"
+    [ "$(grep -c 'has 3 values' "$tmp.err")" = 1 ] || fail "message printed more than once"
+    ;;
+  badexp)
+    run 3 $common --tokens-per-rank 1,2,3
+    cat "$tmp.err"
+    [ $rc = 2 ] || fail "expected exit 2, got $rc"
+    grep -q "16 experts do not split over 3 ranks; pass --experts" "$tmp.err" || fail "message missing"
+    ;;
+  *) echo "unknown case $case_"; exit 2 ;;
+esac
+echo PASS
