@@ -72,15 +72,21 @@ static inline uint16_t cc_f32_to_bf16(float f) {
   return (uint16_t)((u + 0x7fffu + lsb) >> 16); /* inputs here are finite */
 }
 
-/* GPU tests: every rank exits 77 together unless all ranks see a GPU
- * (decided by one all-reduce so no rank is left waiting). Call after MPI_Init. */
+/* GPU tests: every rank exits 77 together unless every rank can have a GPU
+ * of its own (ranks on its node <= GPUs it sees); decided by one all-reduce
+ * so no rank is left waiting. Call after MPI_Init. */
 static inline void cc_skip_without_gpu(void) {
-  int ngpu = 0, min_gpu = 0, r = 0;
+  int ngpu = 0, short_any = 0, r = 0, local = 1;
   CHECK_OK(epm_gpu_count(&ngpu));
-  MPI_Allreduce(&ngpu, &min_gpu, 1, MPI_INT, MPI_MIN, MPI_COMM_WORLD);
-  if (min_gpu > 0) return;
+  MPI_Comm node;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+  MPI_Comm_size(node, &local);
+  MPI_Comm_free(&node);
+  int short_me = ngpu == 0 || ngpu < local;
+  MPI_Allreduce(&short_me, &short_any, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
+  if (!short_any) return;
   MPI_Comm_rank(MPI_COMM_WORLD, &r);
-  if (r == 0) printf("no GPU on some rank: skipping\n");
+  if (r == 0) printf("not one GPU per rank (this rank sees %d for %d local ranks): skipping\n", ngpu, local);
   MPI_Finalize();
   exit(77);
 }
