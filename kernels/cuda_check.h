@@ -3,6 +3,7 @@
 #define EPMOE_KERNELS_CUDA_CHECK_H
 
 #include <cuda_runtime.h>
+#include <stdint.h>
 
 #include "epmoe/status.h"
 
@@ -25,5 +26,13 @@
   } while (0)
 
 #define EPM_STREAM(s) ((cudaStream_t)(s))
+
+/* Vector loads/stores need aligned device pointers; say which one is not. */
+#define EPM_CHECK_ALIGNED(ptr, bytes)                                                 \
+  do {                                                                                \
+    if ((ptr) && ((uintptr_t)(const void *)(ptr) % (bytes)) != 0)                     \
+      return epm_error(EPM_ERR_INVALID_ARG, "%s: device pointer %s = %p is not %d-byte aligned", \
+                       __func__, #ptr, (const void *)(ptr), (int)(bytes));            \
+  } while (0)
 
 #endif

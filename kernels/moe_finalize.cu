@@ -55,6 +55,8 @@ extern "C" epm_status_t epm_kernel_moe_finalize(const epm_moe_plan_t *p, const e
                                                 void *out_dev, void *stream) {
   if (!p || !in || !ws || !out_dev || !in->weights)
     return epm_error(EPM_ERR_INVALID_ARG, "moe finalize: NULL plan, inputs, workspace or output");
+  EPM_CHECK_ALIGNED(out_dev, 16);
+  EPM_CHECK_ALIGNED(ws->y, 16);
   if (p->tokens == 0) return EPM_OK;
   epm__moe_finalize_kernel<<<p->grid_finalize, p->block, 0, EPM_STREAM(stream)>>>(
       ws->y, ws->pair_row, in->weights, p->tokens, p->hidden, p->top_k, out_f32, out_dev);

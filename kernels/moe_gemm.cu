@@ -51,27 +51,48 @@ struct RowRef {
   const uint8_t *sf;
 };
 
-/* Dequantize k-block kb (16 elements) of a row into dst[16] (16-byte aligned). */
-__device__ __forceinline__ void dequant16(RowRef r, int64_t kb, bool valid, __nv_bfloat16 *dst) {
-  uint4 out[2] = {make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
+/* The raw bytes of one 16-element k-block: 8 packed bytes and the scale
+ * (0 for a zero row or a block past K, which dequantizes to zeros). Loaded a
+ * k-step ahead so the global latency hides behind the MMAs. */
+struct RawBlock {
+  uint2 q;
+  float s;
+};
+
+__device__ __forceinline__ RawBlock load_block(RowRef r, int64_t kb, bool valid) {
+  RawBlock b = {make_uint2(0, 0), 0.0f};
   if (valid && r.packed) {
-    uint2 q = *reinterpret_cast<const uint2 *>(r.packed + kb * 8);
-    float s = epm_core_e4m3_to_f32(r.sf[kb]);
-    uint32_t words[2] = {q.x, q.y};
-    uint32_t *o = reinterpret_cast<uint32_t *>(out);
-#pragma unroll
-    for (int w = 0; w < 2; w++) {
-#pragma unroll
-      for (int j = 0; j < 4; j++) {
-        uint32_t byte = (words[w] >> (8 * j)) & 0xFFu;
-        __nv_bfloat16 lo = __float2bfloat16_rn(epm_core_e2m1_to_f32(byte & 0xFu) * s);
-        __nv_bfloat16 hi = __float2bfloat16_rn(epm_core_e2m1_to_f32(byte >> 4) * s);
-        o[w * 4 + j] = (uint32_t)__bfloat16_as_ushort(lo) | ((uint32_t)__bfloat16_as_ushort(hi) << 16);
-      }
-    }
+    b.q = *reinterpret_cast<const uint2 *>(r.packed + kb * 8);
+    b.s = epm_core_e4m3_to_f32(r.sf[kb]);
   }
-  reinterpret_cast<uint4 *>(dst)[0] = out[0];
-  reinterpret_cast<uint4 *>(dst)[1] = out[1];
+  return b;
+}
+
+/* Two E2M1 codes (one byte, element 0 in the low nibble) times the block
+ * scale, as bf16x2. The code's exponent/mantissa bits are placed straight
+ * into an fp32 (exponent field e = 0..3, so the value is e2m1 * 2^-126, the
+ * 0.5 code landing on an fp32 subnormal); two exact multiplies give
+ * e2m1 * scale, which has at most 6 significant bits, so its bf16 is just the
+ * upper half of the fp32 bits (one byte-permute packs both): no int->float
+ * conversion, no rounding. */
+__device__ __forceinline__ uint32_t dequant_pair(uint32_t byte, float s) {
+  const uint32_t lo = ((byte & 7u) << 22) | ((byte & 8u) << 28);
+  const uint32_t hi = ((byte & 0x70u) << 18) | ((byte & 0x80u) << 24);
+  const float flo = (__uint_as_float(lo) * 0x1p126f) * s;
+  const float fhi = (__uint_as_float(hi) * 0x1p126f) * s;
+  return __byte_perm(__float_as_uint(flo), __float_as_uint(fhi), 0x7632);
+}
+
+/* Dequantize a raw block into dst[16] (16-byte aligned shared memory). */
+__device__ __forceinline__ void store_block(const RawBlock &b, __nv_bfloat16 *dst) {
+  uint32_t o[8];
+  const uint32_t w[2] = {b.q.x, b.q.y};
+#pragma unroll
+  for (int i = 0; i < 2; i++)
+#pragma unroll
+    for (int j = 0; j < 4; j++) o[i * 4 + j] = dequant_pair((w[i] >> (8 * j)) & 0xFFu, b.s);
+  reinterpret_cast<uint4 *>(dst)[0] = make_uint4(o[0], o[1], o[2], o[3]);
+  reinterpret_cast<uint4 *>(dst)[1] = make_uint4(o[4], o[5], o[6], o[7]);
 }
 
 /* Expert of the tile starting at permuted row m0: the largest e with
@@ -97,18 +118,24 @@ __device__ void tile_mma(TileSmem &sm, const RowRef *arow, const RowRef *brow, i
 #pragma unroll
     for (int j = 0; j < 2; j++) wmma::fill_fragment(acc[i][j], 0.0f);
 
+  /* This thread's blocks: A (row tid/4, k-block tid%4), B rows idx/4 for
+   * idx = tid and tid + 256. Prefetched one k-step ahead. */
+  const int ra_r = tid / 4, q = tid % 4;
+  RawBlock ra = load_block(arow[ra_r], q, q < k_blocks);
+  RawBlock rb0 = load_block(brow[ra_r], q, q < k_blocks);
+  RawBlock rb1 = load_block(brow[ra_r + BM], q, q < k_blocks);
   for (int64_t kb0 = 0; kb0 < k_blocks; kb0 += BK / 16) {
     __syncthreads(); /* previous step's fragments are loaded */
-    {
-      int r = tid / 4, q = tid % 4;
-      dequant16(arow[r], kb0 + q, kb0 + q < k_blocks, &sm.ab.a[r][q * 16]);
-    }
-#pragma unroll
-    for (int i = 0; i < 2; i++) {
-      int idx = tid + i * THREADS, r = idx / 4, q = idx % 4;
-      dequant16(brow[r], kb0 + q, kb0 + q < k_blocks, &sm.ab.b[r][q * 16]);
-    }
+    store_block(ra, &sm.ab.a[ra_r][q * 16]);
+    store_block(rb0, &sm.ab.b[ra_r][q * 16]);
+    store_block(rb1, &sm.ab.b[ra_r + BM][q * 16]);
     __syncthreads();
+    const int64_t nk = kb0 + BK / 16 + q;
+    if (kb0 + BK / 16 < k_blocks) {
+      ra = load_block(arow[ra_r], nk, nk < k_blocks);
+      rb0 = load_block(brow[ra_r], nk, nk < k_blocks);
+      rb1 = load_block(brow[ra_r + BM], nk, nk < k_blocks);
+    }
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
       wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa[2];
@@ -252,6 +279,10 @@ extern "C" epm_status_t epm_kernel_moe_gemm1(const epm_moe_plan_t *p, const epm_
   if (!(w->down_input_scale > 0.0f))
     return epm_error(EPM_ERR_INVALID_ARG, "moe gemm1: down_input_scale = %g must be > 0",
                      (double)w->down_input_scale);
+  EPM_CHECK_ALIGNED(in->hidden_fp4, 8);
+  EPM_CHECK_ALIGNED(w->gate_w, 8);
+  EPM_CHECK_ALIGNED(w->up_w, 8);
+  EPM_CHECK_ALIGNED(ws->inter_packed, 8);
   Gemm1Args a;
   a.hidden = in->hidden_fp4;
   a.hidden_sf = in->hidden_sf;
@@ -279,6 +310,8 @@ extern "C" epm_status_t epm_kernel_moe_gemm2(const epm_moe_plan_t *p, const epm_
                                              const epm_moe_workspace_t *ws, void *stream) {
   if (!p || !w || !ws || !w->down_w || !w->down_sf)
     return epm_error(EPM_ERR_INVALID_ARG, "moe gemm2: NULL plan, weights or workspace");
+  EPM_CHECK_ALIGNED(w->down_w, 8);
+  EPM_CHECK_ALIGNED(ws->y, 16);
   Gemm2Args a;
   a.inter = ws->inter_packed;
   a.inter_sf = ws->inter_sf;

@@ -118,6 +118,9 @@ epm_status_t epm_moe_workspace_carve(const epm_moe_plan_t *p, void *base_dev,
                                      epm_moe_workspace_t *ws) {
   if (!p || !ws || !base_dev)
     return epm_error(EPM_ERR_INVALID_ARG, "moe workspace: NULL plan, base or output");
+  if ((uintptr_t)base_dev % EPM__WS_ALIGN != 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "moe workspace: base %p is not %d-byte aligned", base_dev,
+                     EPM__WS_ALIGN);
   uint8_t *b = (uint8_t *)base_dev;
   size_t off = 0;
 #define EPM__TAKE(field, type, bytes)          \

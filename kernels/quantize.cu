@@ -42,6 +42,8 @@ extern "C" epm_status_t epm_kernel_quantize_bf16(const epm_quantize_plan_t *p, c
                                                  void *sf_dev, void *stream) {
   if (!p || !x_dev || !global_scale_dev || !packed_dev || !sf_dev)
     return epm_error(EPM_ERR_INVALID_ARG, "quantize: NULL plan or device pointer");
+  EPM_CHECK_ALIGNED(x_dev, 16);
+  EPM_CHECK_ALIGNED(packed_dev, 8);
   if (p->blocks == 0) return EPM_OK;
   int swz = p->layout == EPM_SF_SWIZZLED_128X4;
   if (swz) EPM_CUDA_TRY(cudaMemsetAsync(sf_dev, 0, p->sf_bytes, EPM_STREAM(stream)));

@@ -14,6 +14,12 @@
  * captured in a CUDA graph. Launch errors map to EPM_ERR_CUDA with the CUDA
  * error string.
  *
+ * Alignment (checked; EPM_ERR_INVALID_ARG names the pointer): bf16 inputs
+ * and outputs and the MoE output 16 bytes, packed NVFP4 8 bytes, the MoE
+ * workspace 256 bytes. cudaMalloc'ed buffers satisfy all of these; so does
+ * a row offset into them when the row size is a multiple of the alignment
+ * (true for any H, I multiple of 16).
+ *
  * Layouts (row-major, element counts int64):
  *   bf16 activations  x [M, H]                     uint16 bf16 bits
  *   NVFP4 tensor      packed [rows, cols/2] + sf, as include/epmoe/nvfp4.h

@@ -4,8 +4,9 @@
  * layers, local slices at both ends of the expert range and the full range,
  * k = 1, an expert with no tokens, tokens whose experts are all non-local
  * (must be exactly 0), zero tokens, dims that are not multiples of the tile,
- * bf16 output and the fp32 EP-partial output. Outputs are poisoned (NaN)
- * before each run. Also FlashInfer's MoE vectors (full layer and the upper
+ * bf16 output and the fp32 EP-partial output, and the step captured in a
+ * CUDA graph (bit-identical replay). Outputs are poisoned (NaN) before each
+ * run. Also FlashInfer's MoE vectors (full layer and the upper
  * EP half). Prints the max error per case. */
 #include <math.h>
 #include <stdio.h>
@@ -44,6 +45,33 @@ static void gpu_moe(const epm_moe_weights_dev_t *w, int64_t m, int64_t H, int64_
   GPU_CHECK(cudaDeviceSynchronize());
   uint16_t *hb = malloc(p.out_bf16_bytes + 2);
   gpu_download(hb, ob, p.out_bf16_bytes);
+  /* The whole step captured in a CUDA graph (no host reads inside) and
+   * replayed twice into a fresh poisoned output: identical bits. */
+  {
+    cudaStream_t st;
+    cudaGraph_t graph;
+    cudaGraphExec_t exec;
+    void *og = gpu_alloc_poisoned(p.out_bf16_bytes, 0xFF);
+    GPU_CHECK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    GPU_CHECK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    EPM_CHECK(epm_kernel_moe_forward(&p, w, &in, &ws, 0, og, st));
+    GPU_CHECK(cudaStreamEndCapture(st, &graph));
+    GPU_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    GPU_CHECK(cudaGraphLaunch(exec, st));
+    GPU_CHECK(cudaGraphLaunch(exec, st));
+    GPU_CHECK(cudaStreamSynchronize(st));
+    uint16_t *hg = malloc(p.out_bf16_bytes + 2);
+    gpu_download(hg, og, p.out_bf16_bytes);
+    if (memcmp(hg, hb, p.out_bf16_bytes) != 0) {
+      fprintf(stderr, "FAIL: CUDA-graph replay differs from the direct launch (m=%lld)\n", (long long)m);
+      failures++;
+    }
+    free(hg);
+    GPU_CHECK(cudaGraphExecDestroy(exec));
+    GPU_CHECK(cudaGraphDestroy(graph));
+    GPU_CHECK(cudaStreamDestroy(st));
+    GPU_CHECK(cudaFree(og));
+  }
   gpu_download(out_f32, of, p.out_f32_bytes);
   for (int64_t i = 0; i < m * H; i++) out_bf16_as_f32[i] = epm_bf16_to_f32(hb[i]);
   free(hb);

@@ -136,6 +136,18 @@ int main(void) {
   random_case(77, 64, 4, 1); /* G = 1: small blocks underflow to scale 0 */
   random_case(1, 16, 5, 0);
   flashinfer_case();
+  { /* a misaligned input is refused with the pointer named, nothing launched */
+    epm_quantize_plan_t p;
+    EPM_CHECK(epm_quantize_plan(1, 16, EPM_SF_LINEAR, &p));
+    uint8_t *buf = gpu_alloc_poisoned(64, 0);
+    float *dg = gpu_alloc_poisoned(4, 0);
+    epm_status_t st = epm_kernel_quantize_bf16(&p, buf + 2, dg, buf + 32, buf + 48, NULL);
+    printf("misaligned x: %s: %s\n", epm_status_name(st), epm_last_error());
+    expect(st == EPM_ERR_INVALID_ARG && strstr(epm_last_error(), "x_dev") != NULL,
+           "%s: misaligned input not refused (%lld)", "quantize", (long long)st);
+    GPU_CHECK(cudaFree(buf));
+    GPU_CHECK(cudaFree(dg));
+  }
   if (failures) {
     fprintf(stderr, "test_gpu_quantize: %d failures\n", failures);
     return 1;

@@ -86,8 +86,10 @@ static void test_moe_seed_size(void **state) {
   check_grid(p.grid_finalize, p.block);
 
   /* carve: pieces in order, 256-aligned, inside the allocation */
-  static uint8_t fake[1]; /* only addresses are computed */
+  static _Alignas(256) uint8_t fake[512]; /* only addresses are computed */
   epm_moe_workspace_t ws;
+  assert_int_equal(epm_moe_workspace_carve(&p, fake + 8, &ws), EPM_ERR_INVALID_ARG);
+  assert_non_null(strstr(epm_last_error(), "256-byte aligned"));
   assert_int_equal(epm_moe_workspace_carve(&p, fake, &ws), EPM_OK);
   uintptr_t b = (uintptr_t)fake;
   assert_int_equal(((uintptr_t)ws.y - b) % 256, 0);
