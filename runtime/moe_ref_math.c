@@ -46,6 +46,15 @@ void epm__nvfp4_decode_exact(const uint8_t *packed, const uint8_t *sf, int64_t r
   }
 }
 
+/* x86-64 builds carry an AVX2 clone of the dot kernels picked at load time
+ * (ifunc); AVX2 without FMA, and the products are exact anyway, so every
+ * clone gives the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
+#define EPM__SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define EPM__SIMD_CLONES
+#endif
+
 /* Eight fp32 lanes; on SSE2 the compiler uses two registers, with AVX one. */
 typedef float v8f __attribute__((vector_size(32)));
 
@@ -58,7 +67,7 @@ static inline float reduce8(const v8f *v) {
   return ((p[0] + p[4]) + (p[2] + p[6])) + ((p[1] + p[5]) + (p[3] + p[7]));
 }
 
-static void dot4(const float *a, const float *w, int64_t ld, int64_t n, float *out) {
+EPM__SIMD_CLONES static void dot4(const float *a, const float *w, int64_t ld, int64_t n, float *out) {
   v8f c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0};
   const float *w0 = w, *w1 = w + ld, *w2 = w + 2 * ld, *w3 = w + 3 * ld;
   for (int64_t h = 0; h < n; h += 8) {
@@ -79,7 +88,7 @@ static void dot4(const float *a, const float *w, int64_t ld, int64_t n, float *o
   out[3] = reduce8(&c3);
 }
 
-static float dot1(const float *a, const float *w, int64_t n) {
+EPM__SIMD_CLONES static float dot1(const float *a, const float *w, int64_t n) {
   v8f c = {0};
   for (int64_t h = 0; h < n; h += 8) {
     v8f x, y;

@@ -554,6 +554,61 @@ static void test_layer_function(void **state) {
   epm_layer_free(&l);
 }
 
+/* llama4: the routing weight scales the bf16 input (vLLM
+ * apply_router_weight_on_input), the finalize uses weight 1. */
+static void test_llama4_weight_on_input(void **state) {
+  (void)state;
+  epm_model_dims_t d = {"l4", 256, 128, 8, 1, 1, 1, 1.0f, EPM_ROUTING_LLAMA4, 1, 128, 1};
+  const int64_t H = d.hidden, m = 16;
+  epm_layer_t l;
+  assert_int_equal(epm_layer_generate(&d, 0, 8, 0, d.num_experts, &l), EPM_OK);
+  batch_t b;
+  batch_make(&d, m, 12, l.input_scale, -1, &b);
+  float *r0 = malloc((size_t)(m * H) * 4), *r1 = malloc((size_t)(m * H) * 4);
+  epm_bf16_t *hw = malloc((size_t)(m * H) * 2);
+  epm_moe_ref_opts_t o = EPM_MOE_REF_OPTS_INIT;
+  o.include_shared = 0;
+  assert_int_equal(epm_moe_ref_layer(&l, b.x, NULL, m, &o, b.ids, b.w, r0, NULL, NULL), EPM_OK);
+  for (int64_t t = 0; t < m; t++) {
+    const float wt = epm_bf16_to_f32(epm_bf16_from_f32(b.w[t]));
+    assert_true(wt > 0.0f && wt < 1.0f); /* sigmoid */
+    for (int64_t h = 0; h < H; h++) hw[t * H + h] = epm_bf16_from_f32(epm_bf16_to_f32(b.x[t * H + h]) * wt);
+    b.w[t] = 1.0f;
+  }
+  assert_int_equal(epm_nvfp4_quantize_bf16(hw, m, H, 1.0f / l.input_scale, EPM_SF_LINEAR, b.xq, b.xs), EPM_OK);
+  experts(&l, &b, NULL, r1, NULL);
+  assert_memory_equal(r0, r1, (size_t)(m * H) * 4);
+  /* weights in the finalize instead: a different result */
+  o.weight_on_input = 0;
+  assert_int_equal(epm_moe_ref_layer(&l, b.x, NULL, m, &o, NULL, NULL, r1, NULL, NULL), EPM_OK);
+  assert_memory_not_equal(r0, r1, (size_t)(m * H) * 4);
+  /* top_k > 1 cannot take the weight on the input */
+  epm_layer_t t4;
+  epm_model_dims_t td = tiny();
+  assert_int_equal(epm_layer_generate(&td, 0, 8, 0, 2, &t4), EPM_OK);
+  o.weight_on_input = 1;
+  assert_int_equal(epm_moe_ref_layer(&t4, b.x, NULL, m, &o, NULL, NULL, r1, NULL, NULL), EPM_ERR_INVALID_ARG);
+  assert_non_null(strstr(epm_last_error(), "top_k 4"));
+  epm_layer_free(&t4);
+  free(r0);
+  free(r1);
+  free(hw);
+  batch_free(&b);
+  epm_layer_free(&l);
+}
+
+static void test_thread_count(void **state) {
+  (void)state;
+  assert_int_equal(epm_moe_ref_threads(5), 5);
+  setenv("EPMOE_THREADS", "3", 1);
+  assert_int_equal(epm_moe_ref_threads(0), 3);
+  assert_int_equal(epm_moe_ref_threads(2), 2);
+  setenv("EPMOE_THREADS", "3x", 1); /* ignored with a warning */
+  assert_true(epm_moe_ref_threads(0) >= 1);
+  unsetenv("EPMOE_THREADS");
+  assert_true(epm_moe_ref_threads(0) >= 1);
+}
+
 static void test_checksum(void **state) {
   (void)state;
   const epm_bf16_t x[2] = {0x3F80, 0xC000}; /* 1.0, -2.0 */
@@ -573,6 +628,7 @@ int main(void) {
       cmocka_unit_test(test_vs_naive_float64),     cmocka_unit_test(test_invariants),
       cmocka_unit_test(test_errors),               cmocka_unit_test(test_generator),
       cmocka_unit_test(test_layer_function),       cmocka_unit_test(test_checksum),
+      cmocka_unit_test(test_llama4_weight_on_input), cmocka_unit_test(test_thread_count),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
