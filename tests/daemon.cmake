@@ -10,3 +10,15 @@ if(TARGET epmoe_client)
   target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
   target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client)
 endif()
+
+# Integration (label mpi): NP daemons on the CPU under mpirun, driven by
+# epmoectl from a bash script (tests/daemon/daemon_it.sh).
+if(TARGET epmoed)
+  foreach(np 2 4)
+    add_test(NAME daemon_it_np${np}
+             COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_it.sh ${MPIEXEC_EXECUTABLE} ${np}
+                     $<TARGET_FILE_DIR:epmoed>)
+    set_tests_properties(daemon_it_np${np} PROPERTIES LABELS mpi TIMEOUT 180 PROCESSORS 2
+                         ENVIRONMENT "${EPMOE_MPI_ENV}")
+  endforeach()
+endif()

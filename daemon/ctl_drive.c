@@ -1,0 +1,170 @@
+/* ctl_drive.c — see ctl_drive.h. */
+#include "ctl_drive.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mixstep.h"
+
+int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
+                   const char *cmd) {
+  memset(d, 0, sizeof *d);
+  int ns = ctl_find_sockets(o, &d->socks);
+  if (ns < 0) return 1;
+  d->nranks = ns;
+  if (n != ns) {
+    fprintf(stderr, "epmoectl %s: --tokens-per-rank has %d values but %d daemon sockets were found in %s\n", cmd, n, ns,
+            o->socket_dir);
+    return 1;
+  }
+  d->cl = calloc((size_t)ns, sizeof *d->cl);
+  d->m = calloc((size_t)ns, sizeof *d->m);
+  d->off = calloc((size_t)ns, sizeof *d->off);
+  d->step_ns = calloc((size_t)ns, sizeof *d->step_ns);
+  d->err = calloc((size_t)ns, sizeof *d->err);
+  d->st = calloc((size_t)ns, sizeof *d->st);
+  d->region = calloc((size_t)ns, sizeof *d->region);
+  if (!d->cl || !d->m || !d->off || !d->step_ns || !d->err || !d->st || !d->region) return 1;
+  d->shm = shm;
+  for (int r = 0; r < ns; r++) {
+    epm_client_info_t info;
+    if (epm_client_connect(d->socks[r].path, o->timeout_ms, &d->cl[r]) != EPM_OK ||
+        epm_client_hello(d->cl[r], "epmoectl", &info) != EPM_OK) {
+      fprintf(stderr, "epmoectl %s: rank %d: %s\n", cmd, d->socks[r].rank, epm_last_error());
+      return 1;
+    }
+    if (info.rank != d->socks[r].rank || (o->rank < 0 && info.world_size != ns)) {
+      fprintf(stderr, "epmoectl %s: %s answers as rank %d of %d; expected rank %d of %d\n", cmd, d->socks[r].path,
+              info.rank, info.world_size, d->socks[r].rank, ns);
+      return 1;
+    }
+    if (r == 0) d->info = info;
+    else if (info.hidden != d->info.hidden || info.num_experts != d->info.num_experts) {
+      fprintf(stderr, "epmoectl %s: ranks disagree on the model shape\n", cmd);
+      return 1;
+    }
+    if (counts[r] > info.max_tokens_per_rank) {
+      fprintf(stderr, "epmoectl %s: rank %d: %lld tokens exceed its --max-tokens-per-rank %lld\n", cmd, r,
+              (long long)counts[r], (long long)info.max_tokens_per_rank);
+      return 1;
+    }
+    d->m[r] = counts[r];
+    d->off[r] = d->total;
+    d->total += counts[r];
+  }
+  size_t H = (size_t)d->info.hidden, E = (size_t)d->info.num_experts, M = (size_t)d->total;
+  d->x = calloc(M * H + 1, 2);
+  d->y = calloc(M * H + 1, 2);
+  d->logits = calloc(M * E + 1, 4);
+  if (!d->x || !d->y || !d->logits) {
+    fprintf(stderr, "epmoectl %s: no memory for %zu tokens\n", cmd, M);
+    return 1;
+  }
+  if (shm) {
+    for (int r = 0; r < ns; r++) {
+      size_t bytes = (size_t)d->m[r] * (H * 2 * 2 + E * 4) + 64;
+      if (epm_client_shm_create(d->cl[r], bytes, &d->region[r]) != EPM_OK) {
+        fprintf(stderr, "epmoectl %s: rank %d: %s\n", cmd, r, epm_last_error());
+        return 1;
+      }
+    }
+  }
+  return 0;
+}
+
+int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const char *cmd) {
+  int64_t H = d->info.hidden, E = d->info.num_experts, M = d->total;
+  if (input_file) {
+    FILE *f = fopen(input_file, "rb");
+    size_t xb = (size_t)(M * H) * 2, lb = (size_t)(M * E) * 4;
+    if (!f || fread(d->x, 1, xb, f) != xb || fread(d->logits, 1, lb, f) != lb) {
+      fprintf(stderr, "epmoectl %s: %s must hold bf16 x [%lld, %lld] then fp32 logits [%lld, %lld] (%zu bytes)\n", cmd,
+              input_file, (long long)M, (long long)H, (long long)M, (long long)E, xb + lb);
+      if (f) fclose(f);
+      return 1;
+    }
+    fclose(f);
+    return 0;
+  }
+  for (int64_t t = 0; t < M; t++) {
+    for (int64_t j = 0; j < H; j++) d->x[t * H + j] = ctl_rand_x(seed, t, j);
+    for (int64_t e = 0; e < E; e++) d->logits[t * E + e] = ctl_rand_logit(seed, t, e);
+  }
+  return 0;
+}
+
+typedef struct {
+  ctl_drive_t *d;
+  int r;
+  uint32_t layer;
+  uint64_t step_id;
+} job_t;
+
+static void *rank_thread(void *arg) {
+  job_t *j = arg;
+  ctl_drive_t *d = j->d;
+  int r = j->r;
+  int64_t H = d->info.hidden, E = d->info.num_experts, m = d->m[r], o = d->off[r];
+  epm_status_t st;
+  if (d->shm) {
+    uint8_t *base = d->region[r];
+    size_t xb = (size_t)(m * H) * 2, lb = (size_t)(m * E) * 4;
+    memcpy(base, d->x + o * H, xb);
+    memcpy(base + xb, d->logits + o * E, lb);
+    st = epm_client_forward_shm(d->cl[r], j->layer, j->step_id, m, 0, xb, xb + lb, &d->step_ns[r]);
+    if (st == EPM_OK) memcpy(d->y + o * H, base + xb + lb, xb);
+  } else {
+    st = epm_client_forward(d->cl[r], j->layer, j->step_id, d->x + o * H, d->logits + o * E, m, d->y + o * H,
+                            &d->step_ns[r]);
+  }
+  d->st[r] = st;
+  free(d->err[r]);
+  d->err[r] = st == EPM_OK ? NULL : strdup(epm_last_error());
+  return NULL;
+}
+
+int ctl_drive_step(ctl_drive_t *d, uint32_t layer, uint64_t step_id) {
+  int n = d->nranks, failed = 0;
+  pthread_t *th = calloc((size_t)n, sizeof *th);
+  job_t *jobs = calloc((size_t)n, sizeof *jobs);
+  if (!th || !jobs) {
+    free(th);
+    free(jobs);
+    return n;
+  }
+  for (int r = 0; r < n; r++) {
+    jobs[r] = (job_t){d, r, layer, step_id};
+    pthread_create(&th[r], NULL, rank_thread, &jobs[r]);
+  }
+  for (int r = 0; r < n; r++) {
+    pthread_join(th[r], NULL);
+    failed += d->st[r] != EPM_OK;
+  }
+  free(th);
+  free(jobs);
+  return failed;
+}
+
+void ctl_drive_close(ctl_drive_t *d) {
+  for (int r = 0; d->cl && r < d->nranks; r++) {
+    epm_client_close(d->cl[r]);
+    if (d->err) free(d->err[r]);
+  }
+  free(d->cl), free(d->m), free(d->off), free(d->step_ns), free(d->err), free(d->st), free(d->region);
+  free(d->x), free(d->y), free(d->logits), free(d->socks);
+  memset(d, 0, sizeof *d);
+}
+
+int ctl_reference(const ctl_drive_t *d, uint16_t *y_ref, char *why, size_t n) {
+  if (strcmp(d->info.model, "mix") == 0) {
+    double *sum = calloc((size_t)d->info.hidden, sizeof(double));
+    if (!sum) return -1;
+    epm_mix_colsum(d->x, d->total, d->info.hidden, sum);
+    epm_mix_apply(d->x, d->logits, d->total, d->info.hidden, d->info.num_experts, sum, d->total, y_ref);
+    free(sum);
+    return 0;
+  }
+  snprintf(why, n, "no CPU reference for model '%s' in this build", d->info.model);
+  return -1;
+}

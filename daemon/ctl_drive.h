@@ -1,0 +1,47 @@
+/* ctl_drive.h — driving collective steps through every rank's socket at once
+ * (epmoectl forward and bench): one client connection and one thread per
+ * rank, the global token set split over the ranks in rank order. */
+#ifndef EPMOE_CTL_DRIVE_H
+#define EPMOE_CTL_DRIVE_H
+
+#include <pthread.h>
+#include <stdint.h>
+
+#include "ctl_common.h"
+
+typedef struct {
+  int nranks;
+  ctl_sock_t *socks;
+  epm_client_t **cl;
+  epm_client_info_t info;
+  int64_t *m;     /* tokens per rank */
+  int64_t *off;   /* first global token of each rank */
+  int64_t total;  /* M */
+  int shm;        /* 1: data through a memfd region per connection */
+  uint16_t *x;    /* global bf16 [M, H] */
+  float *logits;  /* global fp32 [M, E] */
+  uint16_t *y;    /* global bf16 [M, H] results */
+  void **region;  /* shm: per rank base; layout x | logits | y */
+  uint64_t *step_ns; /* per rank, last step */
+  char **err;     /* per rank, last error (malloc'd) */
+  epm_status_t *st;
+} ctl_drive_t;
+
+/* Connect + HELLO every rank, check they agree, allocate the global set.
+ * counts: n values, n must equal the number of sockets. Returns 0 or prints
+ * and returns 1. */
+int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
+                   const char *cmd);
+/* Fill x/logits from seed (random) or from a file (x then logits). */
+int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const char *cmd);
+/* One collective step: every rank's thread sends its share at once. Returns
+ * the number of ranks that failed (messages in d->err). */
+int ctl_drive_step(ctl_drive_t *d, uint32_t layer, uint64_t step_id);
+void ctl_drive_close(ctl_drive_t *d);
+
+/* Reference output for the global set, when this build knows the model's
+ * reference (the "mix" stand-in; the MoE layer when the engine is built).
+ * Returns 0, or -1 with a reason in why. */
+int ctl_reference(const ctl_drive_t *d, uint16_t *y_ref, char *why, size_t n);
+
+#endif

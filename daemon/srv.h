@@ -1,0 +1,165 @@
+/* srv.h — epmoed internals shared by epmoed.c and daemon/srv_*.c.
+ *
+ * Threads: the main thread runs the libuv loop (sockets, signals, timers,
+ * metrics HTTP); one worker thread owns every MPI call after MPI_Init and runs
+ * the collective steps (srv_step.c). They meet in two places only:
+ *  - the request queue (srv_worker_submit, mutex) main -> worker, and
+ *  - the completion queue + uv_async_t worker -> main.
+ * Counters in srv_stats_t are updated under their own mutex, so STATUS and
+ * STATS answer from the loop while a step runs.
+ */
+#ifndef EPMOE_SRV_H
+#define EPMOE_SRV_H
+
+#include <pthread.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "epmoe/protocol.h"
+#include "epmoe/status.h"
+
+/* ---- configuration (srv_config.c): one declarative table ---------------- */
+typedef struct {
+  char model[512];      /* checkpoint directory ("" = use preset) */
+  char preset[32];
+  int64_t seed;
+  char backend[8];      /* cpu | cuda | auto */
+  char socket_dir[256];
+  int64_t max_tokens_per_rank;
+  char log_level[8];
+  int64_t step_timeout_s;
+  int64_t metrics_port; /* 0 = off */
+  int64_t max_frame;    /* bytes of one frame's payload */
+  char allowed_group[64]; /* extra group (name or gid) allowed to connect */
+  int64_t max_connections;
+  int64_t warmup_tokens;
+  int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
+  uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
+} srv_config_t;
+
+/* Fill defaults, then EPMOE_* env, then flags (flag wins). Returns 0 ok,
+ * 1 after printing --help (exit 0), 2 on a bad flag/value (one line printed). */
+int srv_config_load(srv_config_t *c, int argc, char **argv);
+/* "name:value (source)" lines, Redis INFO style (\r\n), appended to b. */
+void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json);
+
+/* ---- stats (srv_stats.c) ------------------------------------------------ */
+#define SRV_HIST_BUCKETS 16
+typedef struct {
+  uint64_t count;
+  double sum;
+  uint64_t bucket[SRV_HIST_BUCKETS]; /* cumulative at render time, raw here */
+} srv_hist_t;
+
+typedef enum { SRV_H_WAIT = 0, SRV_H_STEP, SRV_H_REQUEST, SRV_H_COUNT } srv_hist_id_t;
+
+typedef struct {
+  pthread_mutex_t mu;
+  uint64_t steps_total, steps_failed, tokens_total, forwards_total;
+  uint64_t requests_total[EPM_MSG_TYPE_MAX + 1];
+  uint64_t errors_total[EPM_STATUS_COUNT];
+  uint64_t bytes_in, bytes_out, bytes_shm;
+  uint64_t connections_total, connections_refused;
+  int64_t connections_open;
+  srv_hist_t hist[SRV_H_COUNT];
+  /* engine stage timings of the last step and their sums (seconds) */
+  int nstages;
+  const char *stage_name[16];
+  double stage_sum[16], stage_last[16];
+} srv_stats_t;
+
+void srv_stats_init(srv_stats_t *s);
+void srv_hist_add(srv_stats_t *s, srv_hist_id_t h, double seconds);
+void srv_stats_error(srv_stats_t *s, epm_status_t st);
+
+/* ---- the step backend seen by the worker (srv_step.c) ------------------- */
+typedef struct {
+  int64_t hidden, num_experts, top_k;
+  char model[64];
+  char backend[16];
+} srv_model_info_t;
+
+/* ---- the whole daemon --------------------------------------------------- */
+typedef enum { SRV_ST_STARTING = 0, SRV_ST_READY, SRV_ST_DRAINING, SRV_ST_FAILED } srv_state_t;
+
+typedef struct srv_conn srv_conn_t;
+typedef struct srv_req srv_req_t;
+typedef struct srv_worker srv_worker_t;
+
+typedef struct srv {
+  srv_config_t cfg;
+  int rank, size;
+  uv_loop_t *loop;
+  uv_signal_t sigterm, sigint;
+  uv_timer_t watchdog;
+  uv_async_t wake; /* worker -> loop: completions, state changes */
+  int listen_fd;
+  uv_poll_t listen_poll;
+  char sock_path[300];
+  uv_tcp_t metrics;
+  int metrics_on;
+  srv_conn_t *conns; /* intrusive list */
+  int64_t nconns;
+  srv_worker_t *worker;
+  srv_model_info_t info; /* under state_mu; info_ready once set */
+  int info_ready;
+  srv_stats_t stats;
+  uint64_t start_ns;
+  pthread_mutex_t state_mu;
+  srv_state_t state;
+  char state_reason[256];
+  int closing;  /* loop handles are being closed */
+  int exit_code;
+} srv_t;
+
+uint64_t srv_now_ns(void);
+void srv_set_state(srv_t *s, srv_state_t st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+srv_state_t srv_get_state(srv_t *s, char *reason, size_t n);
+/* The model info is written once by the worker; readers get 0 before that. */
+void srv_set_info(srv_t *s, const srv_model_info_t *info);
+int srv_get_info(srv_t *s, srv_model_info_t *out);
+
+/* ---- requests handed to the worker -------------------------------------- */
+struct srv_req {
+  srv_req_t *next;
+  srv_conn_t *conn;   /* holds a reference; NULL after the client left */
+  uint64_t rid;
+  uint32_t layer;
+  uint64_t step_id;
+  int64_t m;
+  uint32_t data_mode;
+  const uint16_t *x;  /* bf16 [m, H]: into `frame` (inline) or the conn's shm */
+  const float *logits;
+  uint16_t *y;        /* bf16 [m, H]: malloc (inline) or the conn's shm */
+  uint8_t *frame;     /* owned frame bytes (inline) */
+  uint64_t t_recv_ns, t_go_ns, t_done_ns;
+  epm_status_t st;
+  char err[384];
+};
+
+/* srv_step.c */
+epm_status_t srv_worker_start(srv_t *s);
+void srv_worker_submit(srv_t *s, srv_req_t *r);
+/* Completed requests, in completion order (caller frees via srv_req_free). */
+srv_req_t *srv_worker_take_done(srv_t *s);
+/* Ask the group to drain: local queue fails, peers are told. */
+void srv_worker_request_shutdown(srv_t *s, const char *why);
+int srv_worker_finished(srv_t *s); /* the worker left its loop (MPI finalized) */
+void srv_worker_join(srv_t *s);
+/* > 0: ns the worker has been inside the current collective; 0 if none. */
+uint64_t srv_worker_in_step_ns(srv_t *s, uint64_t *step_id, uint32_t *layer);
+void srv_req_free(srv_req_t *r);
+
+/* srv_net.c */
+epm_status_t srv_net_listen(srv_t *s);
+void srv_net_deliver(srv_t *s, srv_req_t *r); /* answer a completed FORWARD */
+void srv_net_stop_accepting(srv_t *s);
+void srv_net_close_all(srv_t *s);
+
+/* srv_stats.c */
+void srv_render_status(srv_t *s, epm_buf_t *b, int json);
+void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt);
+epm_status_t srv_metrics_listen(srv_t *s);
+void srv_metrics_close(srv_t *s);
+
+#endif

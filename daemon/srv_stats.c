@@ -1,0 +1,338 @@
+/* srv_stats.c — counters and what the daemon says about itself: STATUS
+ * (Redis-INFO-style "# Section\r\nkey:value\r\n" text, or JSON), STATS (INFO
+ * text, JSON, or Prometheus text exposition 0.0.4), and the optional
+ * loopback HTTP listener (--metrics-port) serving /metrics, /health, /ready.
+ * Everything renders on the loop thread from counters guarded by stats.mu, so
+ * it answers while the worker is inside a step. */
+#include <jansson.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "epmoe/log.h"
+#include "srv.h"
+
+static const double bucket_le[SRV_HIST_BUCKETS] = {1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
+                                                   0.05, 0.1,    0.25,   0.5,  1,    2.5,    5,    10};
+static const char *const hist_name[SRV_H_COUNT] = {"step_wait_seconds", "step_seconds", "request_seconds"};
+static const char *const hist_help[SRV_H_COUNT] = {
+    "time a FORWARD waited for every rank to join its step",
+    "time of the collective step itself (GO to done)",
+    "time from FORWARD received to result ready"};
+static const char *const state_name[] = {"starting", "ready", "draining", "failed"};
+
+void srv_stats_init(srv_stats_t *s) {
+  memset(s, 0, sizeof *s);
+  pthread_mutex_init(&s->mu, NULL);
+}
+
+void srv_hist_add(srv_stats_t *s, srv_hist_id_t h, double seconds) {
+  pthread_mutex_lock(&s->mu);
+  s->hist[h].count++;
+  s->hist[h].sum += seconds;
+  for (int i = 0; i < SRV_HIST_BUCKETS; i++)
+    if (seconds <= bucket_le[i]) {
+      s->hist[h].bucket[i]++;
+      break;
+    }
+  pthread_mutex_unlock(&s->mu);
+}
+
+void srv_stats_error(srv_stats_t *s, epm_status_t st) {
+  pthread_mutex_lock(&s->mu);
+  if ((int)st >= 0 && st < EPM_STATUS_COUNT) s->errors_total[st]++;
+  pthread_mutex_unlock(&s->mu);
+}
+
+static void putf(epm_buf_t *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void putf(epm_buf_t *b, const char *fmt, ...) {
+  char tmp[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n > 0) epm_buf_put(b, tmp, (size_t)n < sizeof tmp ? (size_t)n : sizeof tmp - 1);
+}
+
+/* Quantile estimate from the histogram (upper bucket bound), seconds. */
+static double hist_quantile(const srv_hist_t *h, double q) {
+  uint64_t need = (uint64_t)((double)h->count * q + 0.999999), acc = 0;
+  if (!h->count) return 0;
+  for (int i = 0; i < SRV_HIST_BUCKETS; i++) {
+    acc += h->bucket[i];
+    if (acc >= need) return bucket_le[i];
+  }
+  return 1.0 / 0.0;
+}
+
+void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
+  char reason[256];
+  srv_model_info_t info;
+  srv_state_t st = srv_get_state(s, reason, sizeof reason);
+  int have = srv_get_info(s, &info);
+  uint64_t step_id = 0;
+  uint32_t layer = 0;
+  uint64_t in_ns = s->worker ? srv_worker_in_step_ns(s, &step_id, &layer) : 0;
+  double up = (double)(srv_now_ns() - s->start_ns) * 1e-9;
+  srv_stats_t c;
+  pthread_mutex_lock(&s->stats.mu);
+  c = s->stats;
+  pthread_mutex_unlock(&s->stats.mu);
+  if (!have) memset(&info, 0, sizeof info);
+  if (json) {
+    epm_buf_t cfg = {0};
+    json_t *o = json_object(), *cj;
+    json_error_t jerr;
+    epm_buf_put(&cfg, "{", 1);
+    srv_config_dump(&s->cfg, &cfg, 1);
+    epm_buf_put(&cfg, "}", 2);
+    cj = json_loads((const char *)cfg.data, 0, &jerr);
+    epm_buf_free(&cfg);
+    json_object_set_new(o, "schema", json_integer(1));
+    json_object_set_new(o, "version", json_string(EPMOE_VERSION_STRING));
+    json_object_set_new(o, "rank", json_integer(s->rank));
+    json_object_set_new(o, "world_size", json_integer(s->size));
+    json_object_set_new(o, "pid", json_integer(getpid()));
+    json_object_set_new(o, "uptime_seconds", json_real(up));
+    json_object_set_new(o, "socket", json_string(s->sock_path));
+    json_object_set_new(o, "state", json_string(state_name[st]));
+    json_object_set_new(o, "state_reason", json_string(reason));
+    json_object_set_new(o, "model", json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "name", info.model, "backend", info.backend,
+                                              "hidden", (json_int_t)info.hidden, "experts", (json_int_t)info.num_experts,
+                                              "top_k", (json_int_t)info.top_k, "max_tokens_per_rank",
+                                              (json_int_t)s->cfg.max_tokens_per_rank));
+    json_object_set_new(o, "step", json_pack("{s:b,s:I,s:I,s:f,s:I,s:I,s:I}", "in_step", in_ns > 0, "layer",
+                                             (json_int_t)layer, "step_id", (json_int_t)step_id, "in_step_seconds",
+                                             (double)in_ns * 1e-9, "steps_total", (json_int_t)c.steps_total,
+                                             "steps_failed", (json_int_t)c.steps_failed, "tokens_total",
+                                             (json_int_t)c.tokens_total));
+    json_object_set_new(o, "clients", json_pack("{s:I,s:I,s:I}", "open", (json_int_t)c.connections_open, "total",
+                                                (json_int_t)c.connections_total, "refused",
+                                                (json_int_t)c.connections_refused));
+    json_object_set_new(o, "config", cj ? cj : json_null());
+    char *txt = json_dumps(o, JSON_COMPACT);
+    if (txt) epm_buf_put(b, txt, strlen(txt));
+    free(txt);
+    json_decref(o);
+    return;
+  }
+  putf(b, "# Server\r\nversion:%s\r\nrank:%d\r\nworld_size:%d\r\npid:%d\r\nuptime_seconds:%.1f\r\nsocket:%s\r\n",
+       EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), up, s->sock_path);
+  putf(b, "state:%s\r\nstate_reason:%s\r\n", state_name[st], reason);
+  putf(b, "\r\n# Model\r\nmodel:%s\r\nbackend:%s\r\nhidden:%lld\r\nexperts:%lld\r\ntop_k:%lld\r\nmax_tokens_per_rank:%lld\r\n",
+       info.model, info.backend, (long long)info.hidden, (long long)info.num_experts, (long long)info.top_k,
+       (long long)s->cfg.max_tokens_per_rank);
+  putf(b, "\r\n# Step\r\nin_step:%d\r\nin_step_layer:%u\r\nin_step_id:%llu\r\nin_step_seconds:%.3f\r\n", in_ns > 0,
+       layer, (unsigned long long)step_id, (double)in_ns * 1e-9);
+  putf(b, "steps_total:%llu\r\nsteps_failed:%llu\r\ntokens_total:%llu\r\n", (unsigned long long)c.steps_total,
+       (unsigned long long)c.steps_failed, (unsigned long long)c.tokens_total);
+  putf(b, "\r\n# Clients\r\nconnections_open:%lld\r\nconnections_total:%llu\r\nconnections_refused:%llu\r\n",
+       (long long)c.connections_open, (unsigned long long)c.connections_total,
+       (unsigned long long)c.connections_refused);
+  putf(b, "\r\n# Config\r\n");
+  srv_config_dump(&s->cfg, b, 0);
+}
+
+static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
+  putf(b, "# Stats\r\nrank:%d\r\nsteps_total:%llu\r\nsteps_failed:%llu\r\ntokens_total:%llu\r\nforwards_total:%llu\r\n",
+       s->rank, (unsigned long long)c->steps_total, (unsigned long long)c->steps_failed,
+       (unsigned long long)c->tokens_total, (unsigned long long)c->forwards_total);
+  putf(b, "bytes_received:%llu\r\nbytes_sent:%llu\r\nbytes_shm:%llu\r\n", (unsigned long long)c->bytes_in,
+       (unsigned long long)c->bytes_out, (unsigned long long)c->bytes_shm);
+  putf(b, "\r\n# Latency\r\n");
+  for (int h = 0; h < SRV_H_COUNT; h++)
+    putf(b, "%s:count=%llu,avg=%.6f,p50<=%.4g,p99<=%.4g\r\n", hist_name[h], (unsigned long long)c->hist[h].count,
+         c->hist[h].count ? c->hist[h].sum / (double)c->hist[h].count : 0.0, hist_quantile(&c->hist[h], 0.5),
+         hist_quantile(&c->hist[h], 0.99));
+  putf(b, "\r\n# Stages\r\n");
+  for (int i = 0; i < c->nstages; i++)
+    putf(b, "stage_%s:last=%.6f,sum=%.6f\r\n", c->stage_name[i], c->stage_last[i], c->stage_sum[i]);
+  putf(b, "\r\n# Errors\r\n");
+  for (int e = 1; e < EPM_STATUS_COUNT; e++)
+    if (c->errors_total[e]) putf(b, "errors_%s:%llu\r\n", epm_status_name((epm_status_t)e), (unsigned long long)c->errors_total[e]);
+}
+
+static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
+  const int r = s->rank;
+  srv_state_t st = srv_get_state(s, NULL, 0);
+#define COUNTER(name, help, val)                                                              \
+  putf(b, "# HELP epmoe_" name " " help "\n# TYPE epmoe_" name " counter\nepmoe_" name "{rank=\"%d\"} %llu\n", r, \
+       (unsigned long long)(val))
+  putf(b, "# HELP epmoe_build_info epmoe build\n# TYPE epmoe_build_info gauge\nepmoe_build_info{version=\"%s\",rank=\"%d\"} 1\n",
+       EPMOE_VERSION_STRING, r);
+  putf(b, "# HELP epmoe_ready 1 when the daemon serves FORWARDs\n# TYPE epmoe_ready gauge\nepmoe_ready{rank=\"%d\"} %d\n", r,
+       st == SRV_ST_READY);
+  COUNTER("steps_total", "collective steps completed on this rank", c->steps_total);
+  COUNTER("steps_failed_total", "FORWARDs whose step failed (timeout, shutdown, engine error)", c->steps_failed);
+  COUNTER("tokens_total", "tokens of this rank processed in completed steps", c->tokens_total);
+  COUNTER("received_bytes_total", "bytes read from client sockets", c->bytes_in);
+  COUNTER("sent_bytes_total", "bytes written to client sockets", c->bytes_out);
+  COUNTER("shm_bytes_total", "bytes read and written through shared-memory regions", c->bytes_shm);
+  COUNTER("connections_total", "client connections accepted", c->connections_total);
+  COUNTER("connections_refused_total", "connections refused by the peer credential check", c->connections_refused);
+  putf(b, "# HELP epmoe_connections_open client connections open\n# TYPE epmoe_connections_open gauge\n"
+          "epmoe_connections_open{rank=\"%d\"} %lld\n", r, (long long)c->connections_open);
+  putf(b, "# HELP epmoe_requests_total requests by frame type\n# TYPE epmoe_requests_total counter\n");
+  for (int t = 1; t <= EPM_MSG_TYPE_MAX; t++)
+    putf(b, "epmoe_requests_total{rank=\"%d\",type=\"%s\"} %llu\n", r, epm_msg_type_name((uint16_t)t),
+         (unsigned long long)c->requests_total[t]);
+  putf(b, "# HELP epmoe_errors_total error responses by status\n# TYPE epmoe_errors_total counter\n");
+  for (int e = 1; e < EPM_STATUS_COUNT; e++)
+    putf(b, "epmoe_errors_total{rank=\"%d\",status=\"%s\"} %llu\n", r, epm_status_name((epm_status_t)e),
+         (unsigned long long)c->errors_total[e]);
+  for (int h = 0; h < SRV_H_COUNT; h++) {
+    uint64_t acc = 0;
+    putf(b, "# HELP epmoe_%s %s\n# TYPE epmoe_%s histogram\n", hist_name[h], hist_help[h], hist_name[h]);
+    for (int i = 0; i < SRV_HIST_BUCKETS; i++) {
+      acc += c->hist[h].bucket[i];
+      putf(b, "epmoe_%s_bucket{rank=\"%d\",le=\"%g\"} %llu\n", hist_name[h], r, bucket_le[i], (unsigned long long)acc);
+    }
+    putf(b, "epmoe_%s_bucket{rank=\"%d\",le=\"+Inf\"} %llu\nepmoe_%s_sum{rank=\"%d\"} %.9f\nepmoe_%s_count{rank=\"%d\"} %llu\n",
+         hist_name[h], r, (unsigned long long)c->hist[h].count, hist_name[h], r, c->hist[h].sum, hist_name[h], r,
+         (unsigned long long)c->hist[h].count);
+  }
+  putf(b, "# HELP epmoe_stage_seconds_total time spent per engine stage\n# TYPE epmoe_stage_seconds_total counter\n");
+  for (int i = 0; i < c->nstages; i++)
+    putf(b, "epmoe_stage_seconds_total{rank=\"%d\",stage=\"%s\"} %.9f\n", r, c->stage_name[i], c->stage_sum[i]);
+#undef COUNTER
+}
+
+void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt) {
+  srv_stats_t c;
+  pthread_mutex_lock(&s->stats.mu);
+  c = s->stats;
+  pthread_mutex_unlock(&s->stats.mu);
+  if (fmt == EPM_FMT_PROMETHEUS) {
+    render_prom(s, &c, b);
+  } else if (fmt == EPM_FMT_JSON) {
+    json_t *o = json_object(), *lat = json_object(), *stg = json_object(), *err = json_object();
+    json_object_set_new(o, "schema", json_integer(1));
+    json_object_set_new(o, "rank", json_integer(s->rank));
+    json_object_set_new(o, "steps_total", json_integer((json_int_t)c.steps_total));
+    json_object_set_new(o, "steps_failed", json_integer((json_int_t)c.steps_failed));
+    json_object_set_new(o, "tokens_total", json_integer((json_int_t)c.tokens_total));
+    json_object_set_new(o, "forwards_total", json_integer((json_int_t)c.forwards_total));
+    json_object_set_new(o, "bytes_received", json_integer((json_int_t)c.bytes_in));
+    json_object_set_new(o, "bytes_sent", json_integer((json_int_t)c.bytes_out));
+    json_object_set_new(o, "bytes_shm", json_integer((json_int_t)c.bytes_shm));
+    for (int h = 0; h < SRV_H_COUNT; h++)
+      json_object_set_new(lat, hist_name[h],
+                          json_pack("{s:I,s:f,s:f,s:f}", "count", (json_int_t)c.hist[h].count, "sum", c.hist[h].sum,
+                                    "p50_le", hist_quantile(&c.hist[h], 0.5), "p99_le", hist_quantile(&c.hist[h], 0.99)));
+    for (int i = 0; i < c.nstages; i++)
+      json_object_set_new(stg, c.stage_name[i], json_pack("{s:f,s:f}", "last", c.stage_last[i], "sum", c.stage_sum[i]));
+    for (int e = 1; e < EPM_STATUS_COUNT; e++)
+      if (c.errors_total[e]) json_object_set_new(err, epm_status_name((epm_status_t)e), json_integer((json_int_t)c.errors_total[e]));
+    json_object_set_new(o, "latency", lat);
+    json_object_set_new(o, "stages", stg);
+    json_object_set_new(o, "errors", err);
+    char *txt = json_dumps(o, JSON_COMPACT);
+    if (txt) epm_buf_put(b, txt, strlen(txt));
+    free(txt);
+    json_decref(o);
+  } else {
+    render_info(s, &c, b);
+  }
+}
+
+/* ---- loopback HTTP: GET /metrics | /health | /ready ------------------------- */
+
+typedef struct {
+  uv_tcp_t tcp;
+  uv_write_t wr;
+  srv_t *s;
+  char req[1024];
+  size_t len;
+  epm_buf_t out;
+} http_conn_t;
+
+static void http_closed(uv_handle_t *h) {
+  http_conn_t *hc = h->data;
+  epm_buf_free(&hc->out);
+  free(hc);
+}
+
+static void http_written(uv_write_t *w, int status) {
+  http_conn_t *hc = w->data;
+  (void)status;
+  uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+static void http_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
+  http_conn_t *hc = h->data;
+  (void)hint;
+  *buf = uv_buf_init(hc->req + hc->len, (unsigned)(sizeof hc->req - 1 - hc->len));
+}
+
+static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
+  http_conn_t *hc = st->data;
+  (void)buf;
+  if (n == 0) return; /* EAGAIN */
+  if (n < 0) {        /* UV_EOF or an error: nothing to answer */
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+    return;
+  }
+  hc->len += (size_t)n;
+  hc->req[hc->len] = '\0';
+  if (!strstr(hc->req, "\r\n\r\n") && !strstr(hc->req, "\n\n") && hc->len < sizeof hc->req - 1) return;
+  uv_read_stop(st);
+  epm_buf_t body = {0};
+  const char *code = "200 OK";
+  srv_state_t state = srv_get_state(hc->s, NULL, 0);
+  if (strncmp(hc->req, "GET /metrics", 12) == 0) {
+    srv_render_stats(hc->s, &body, EPM_FMT_PROMETHEUS);
+  } else if (strncmp(hc->req, "GET /health", 11) == 0 || strncmp(hc->req, "GET /ready", 10) == 0) {
+    int live = strncmp(hc->req, "GET /health", 11) == 0;
+    int ok = live ? state != SRV_ST_FAILED : state == SRV_ST_READY;
+    code = ok ? "200 OK" : "503 Service Unavailable";
+    putf(&body, "%s\n", state_name[state]);
+  } else {
+    code = "404 Not Found";
+    putf(&body, "GET /metrics, /health (liveness) or /ready (readiness)\n");
+  }
+  putf(&hc->out, "HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: %zu\r\n"
+                 "Connection: close\r\n\r\n", code, body.len);
+  epm_buf_put(&hc->out, body.data, body.len);
+  epm_buf_free(&body);
+  uv_buf_t ub = uv_buf_init((char *)hc->out.data, (unsigned)hc->out.len);
+  hc->wr.data = hc;
+  if (uv_write(&hc->wr, st, &ub, 1, http_written) != 0) uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+static void http_accept(uv_stream_t *server, int status) {
+  srv_t *s = server->data;
+  http_conn_t *hc;
+  if (status < 0 || s->closing || !(hc = calloc(1, sizeof *hc))) return;
+  hc->s = s;
+  uv_tcp_init(s->loop, &hc->tcp);
+  hc->tcp.data = hc;
+  if (uv_accept(server, (uv_stream_t *)&hc->tcp) != 0 ||
+      uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
+    uv_close((uv_handle_t *)&hc->tcp, http_closed);
+}
+
+epm_status_t srv_metrics_listen(srv_t *s) {
+  struct sockaddr_in a;
+  int rc, port;
+  const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
+  if (!s->cfg.metrics_port) return EPM_OK;
+  if (!lr) lr = getenv("SLURM_LOCALID");
+  /* one port per rank on a node: --metrics-port + local rank */
+  port = (int)s->cfg.metrics_port + (lr ? atoi(lr) : s->rank);
+  if (port > 65535) return epm_error(EPM_ERR_INVALID_ARG, "metrics port %d (base + local rank) exceeds 65535", port);
+  uv_ip4_addr("127.0.0.1", port, &a);
+  uv_tcp_init(s->loop, &s->metrics);
+  s->metrics.data = s;
+  s->metrics_on = 1;
+  if ((rc = uv_tcp_bind(&s->metrics, (const struct sockaddr *)&a, 0)) != 0 ||
+      (rc = uv_listen((uv_stream_t *)&s->metrics, 16, http_accept)) != 0)
+    return epm_error(EPM_ERR_SYSTEM, "metrics listener on 127.0.0.1:%d: %s", port, uv_strerror(rc));
+  EPM_LOG(EPM_LOG_INFO, "stats", "metrics on http://127.0.0.1:%d/metrics", port);
+  return EPM_OK;
+}
+
+void srv_metrics_close(srv_t *s) {
+  if (s->metrics_on && !uv_is_closing((uv_handle_t *)&s->metrics)) uv_close((uv_handle_t *)&s->metrics, NULL);
+}

@@ -1,0 +1,123 @@
+#!/usr/bin/env bash
+# daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
+#   daemon_it.sh MPIEXEC NP BINDIR
+# Starts NP daemons under mpirun with a temporary socket dir and checks, in
+# order: readiness, socket/dir modes, a second daemon refusing the same
+# sockets, FORWARDs with unequal and zero token counts (inline and memfd)
+# against the reference (--check), STATUS answering during a step, a client
+# that disconnects mid-step not wedging the others, --step-timeout failing a
+# step on every joined rank with the missing ranks named, Prometheus stats,
+# a short bench, and SIGTERM draining to exit 0 with the sockets removed.
+# Every wait is bounded; the trap kills what this script started.
+set -u
+MPIEXEC=$1 NP=$2 BIN=$3
+CTL=$BIN/epmoectl EPMOED=$BIN/epmoed
+T=$(mktemp -d /tmp/epmoe-it.XXXXXX)
+S=$T/s
+MP=""
+fail() { echo "FAIL: $*"; echo "--- daemon log (tail)"; tail -40 "$T/log" 2>/dev/null; exit 1; }
+ok() { echo "ok: $*"; }
+cleanup() {
+  if [ -n "$MP" ] && kill -0 "$MP" 2>/dev/null; then kill -TERM "$MP" 2>/dev/null; sleep 1; kill -KILL "$MP" 2>/dev/null; fi
+  [ -n "${MP2:-}" ] && kill -KILL "$MP2" 2>/dev/null
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+counts() { # counts A B C D -> first NP of them, comma separated
+  local out="" i=0
+  for c in "$@"; do [ $i -lt "$NP" ] && out="$out${out:+,}$c"; i=$((i + 1)); done
+  echo "$out"
+}
+
+$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S" --step-timeout 3 \
+  --step-delay-ms 600 --warmup-tokens 2 >"$T/log" 2>&1 &
+MP=$!
+for _ in $(seq 1 150); do
+  "$CTL" health --socket-dir "$S" --quiet >/dev/null 2>&1 && break
+  kill -0 "$MP" 2>/dev/null || fail "daemons exited during start-up"
+  sleep 0.2
+done
+"$CTL" health --socket-dir "$S" || fail "daemons not healthy within 30 s"
+ok "all $NP daemons ready (health exit 0)"
+
+[ "$(stat -c %a "$S")" = 750 ] || fail "socket dir mode $(stat -c %a "$S") != 750"
+[ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode $(stat -c %a "$S/epmoe.0.sock") != 660"
+ok "dir 0750, sockets 0660"
+
+timeout 30 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S" >"$T/log2" 2>&1
+rc=$?
+[ $rc -ne 0 ] || fail "a second daemon group on the same sockets started (exit 0)"
+grep -q "another daemon answers" "$T/log2" || fail "second daemon did not say why it refused: $(tail -3 "$T/log2")"
+"$CTL" health --socket-dir "$S" --quiet || fail "first daemons unhealthy after the refused second start"
+ok "second daemon on the same socket path refused to start (exit $rc)"
+
+for c in "$(counts 64 0 0 0)" "$(counts 5 17 0 3)" "$(counts 0 0 9 1)" "$(counts 0 0 0 0)"; do
+  out=$("$CTL" forward --socket-dir "$S" --tokens-per-rank "$c" --random --seed 3 --check 2>&1) || fail "forward $c: $out"
+  echo "$out" | grep -q "PASS" || [ "$c" = "$(counts 0 0 0 0)" ] || fail "forward $c: no PASS: $out"
+  out=$("$CTL" forward --socket-dir "$S" --tokens-per-rank "$c" --shm --seed 4 --check 2>&1) || fail "forward --shm $c: $out"
+done
+ok "FORWARD inline and memfd, tokens per rank $(counts 64 0 0 0) / $(counts 5 17 0 3) / $(counts 0 0 9 1) / all 0: --check PASS"
+
+"$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 8 8 8 8)" >"$T/fwd_bg" 2>&1 &
+FWD=$!
+seen=0
+for _ in $(seq 1 40); do
+  st=$("$CTL" status --socket-dir "$S" --rank 0 --timeout 500 2>/dev/null) || fail "STATUS failed while a step runs"
+  echo "$st" | grep -q "^in_step:1" && { seen=1; break; }
+  sleep 0.05
+done
+wait $FWD || fail "background forward failed: $(cat "$T/fwd_bg")"
+[ $seen = 1 ] || fail "never saw in_step:1 in STATUS during a 600 ms step"
+ok "STATUS answers during a step (in_step:1)"
+
+# rank 0's client leaves after sending; the other ranks' step still completes
+"$CTL" forward --socket-dir "$S" --rank 0 --step-id 100 --tokens-per-rank 4 >/dev/null 2>&1 &
+LEAVER=$!
+sleep 0.3
+kill -KILL $LEAVER 2>/dev/null; wait $LEAVER 2>/dev/null
+if [ "$NP" -gt 1 ]; then
+  others=""
+  for r in $(seq 1 $((NP - 1))); do
+    "$CTL" forward --socket-dir "$S" --rank "$r" --step-id 100 --tokens-per-rank 3 >"$T/other.$r" 2>&1 &
+    others="$others $!"
+  done
+  for p in $others; do wait "$p" || fail "a rank's FORWARD failed after rank 0's client left: $(cat "$T"/other.*)"; done
+fi
+"$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 2 2 2 2)" --check >/dev/null 2>&1 || fail "daemons wedged after a client left mid-step"
+grep -q "client of connection .* left" "$T/log" || fail "rank 0 did not log the dropped result"
+ok "a client disconnecting mid-step does not wedge the others"
+
+t0=$(date +%s.%N)
+out=$("$CTL" forward --socket-dir "$S" --rank 0 --step-id 200 --tokens-per-rank 4 2>&1) && fail "a step with missing ranks succeeded"
+t1=$(date +%s.%N)
+if [ "$NP" -gt 1 ]; then
+  echo "$out" | grep -q "missing ranks 1" || fail "timeout error does not name the missing ranks: $out"
+  out=$("$CTL" forward --socket-dir "$S" --rank 1 --step-id 200 --tokens-per-rank 4 2>&1) && fail "a late join of an aborted step succeeded"
+  echo "$out" | grep -q "already aborted" || fail "late join error: $out"
+fi
+awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 8) }' || fail "timed-out step took $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') s (limit 3 s + slack)"
+"$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 1 2 3 4)" --check >/dev/null 2>&1 || fail "no recovery after a timed-out step"
+ok "--step-timeout: step fails on the joined ranks naming the missing ones; late join refused; next step fine"
+
+prom=$("$CTL" stats --socket-dir "$S" --prometheus) || fail "stats --prometheus"
+echo "$prom" | grep -q '^epmoe_steps_total{rank="0"} [1-9]' || fail "no epmoe_steps_total in: $(echo "$prom" | head -5)"
+echo "$prom" | grep -q 'epmoe_step_seconds_bucket{rank="0",le="+Inf"}' || fail "no step histogram"
+ok "Prometheus stats"
+
+out=$("$CTL" bench --socket-dir "$S" --tokens-per-rank "$(counts 16 0 16 0)" --duration 1 --warmup 1 2>&1) || fail "bench: $out"
+echo "$out" | grep -q "tokens/s" || fail "bench output: $out"
+ok "bench: $(echo "$out" | grep "steps in")"
+
+pids=$("$CTL" status --socket-dir "$S" --json | tr ',' '\n' | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+[ "$(echo "$pids" | wc -w)" = "$NP" ] || fail "could not read $NP pids from status --json: $pids"
+kill -TERM $pids
+for _ in $(seq 1 100); do kill -0 "$MP" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$MP" 2>/dev/null && fail "daemons still running 10 s after SIGTERM"
+wait "$MP"; rc=$?
+MP=""
+[ $rc = 0 ] || fail "mpirun exit $rc after SIGTERM (want 0)"
+[ "$(grep -c 'exit 0' "$T/log")" = "$NP" ] || fail "not every rank logged exit 0"
+ls "$S"/*.sock >/dev/null 2>&1 && fail "sockets left behind: $(ls "$S")"
+ok "SIGTERM drains: every rank exit 0, sockets removed"
+echo "PASS: daemon integration, $NP ranks"
