@@ -444,6 +444,19 @@ static void test_generator(void **state) {
   assert_int_equal(epm_layer_generate(&d, 2, 6, 0, d.num_experts, &l2), EPM_OK);
   const int64_t H = d.hidden, I = d.intermediate, E = d.num_experts;
   assert_memory_not_equal(l.experts.gate_w, l2.experts.gate_w, (size_t)(I * H / 2)); /* seed matters */
+  /* bank bytes: three [I, H] NVFP4 tensors (H*I/2 + H*I/16 each) + two fp32 scales, per expert */
+  assert_true(epm_expert_bank_bytes(&l.experts) == (size_t)(E * (3 * (H * I / 2 + H * I / 16) + 8)));
+  assert_true(epm_expert_bank_bytes(&l.shared) == (size_t)(3 * (H * d.shared_intermediate / 2 + H * d.shared_intermediate / 16) + 8));
+  /* seeded tokens: row t depends only on (seed, global token) */
+  epm_bf16_t *xa = malloc((size_t)(10 * H) * 2), *xb = malloc((size_t)(4 * H) * 2);
+  assert_int_equal(epm_layer_random_hidden(H, 77, 0, 10, xa), EPM_OK);
+  assert_int_equal(epm_layer_random_hidden(H, 77, 6, 4, xb), EPM_OK);
+  assert_memory_equal(xa + 6 * H, xb, (size_t)(4 * H) * 2);
+  double xs = 0;
+  for (int64_t i = 0; i < 10 * H; i++) xs += (double)epm_bf16_to_f32(xa[i]) * epm_bf16_to_f32(xa[i]);
+  assert_true(fabs(sqrt(xs / (double)(10 * H)) - 1.0) < 0.05); /* unit RMS */
+  free(xa);
+  free(xb);
   for (int64_t e = 0; e < E; e++) {
     /* weight_scale_2 = amax/2688, so the block holding amax (gate or up) has scale 448 */
     int max13 = 0, max2 = 0, zero = 0;
