@@ -5,7 +5,49 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <jansson.h>
+
+#include "epmoe/layer.h"
+#include "epmoe/model_dir.h"
+#include "epmoe/moe_ref.h"
+#include "epmoe/tokens.h"
+#include "epmoe/weights.h"
 #include "mixstep.h"
+
+/* config.<key>.value of rank 0's STATUS JSON, as a string (or NULL). */
+static const char *cfg_value(json_t *root, const char *key, char *buf, size_t n) {
+  json_t *v = json_object_get(json_object_get(json_object_get(root, "config"), key), "value");
+  if (json_is_string(v)) snprintf(buf, n, "%s", json_string_value(v));
+  else if (json_is_integer(v)) snprintf(buf, n, "%lld", (long long)json_integer_value(v));
+  else return NULL;
+  return buf;
+}
+
+static void learn_model(ctl_drive_t *d) {
+  char *text = NULL, buf[512];
+  json_error_t je;
+  json_t *root;
+  if (epm_client_status(d->cl[0], 1, &text) != EPM_OK) return;
+  root = json_loads(text, 0, &je);
+  free(text);
+  if (!root) return;
+  if (cfg_value(root, "preset", buf, sizeof buf)) snprintf(d->preset, sizeof d->preset, "%s", buf);
+  if (cfg_value(root, "model", buf, sizeof buf)) snprintf(d->model_dir, sizeof d->model_dir, "%s", buf);
+  if (cfg_value(root, "seed", buf, sizeof buf)) d->weight_seed = strtoull(buf, NULL, 10);
+  json_decref(root);
+  if (d->model_dir[0]) {
+    epm_model_dir_t *md = NULL;
+    if (epm_model_dir_open(d->model_dir, &md) == EPM_OK) {
+      d->dims = *epm_model_dir_dims(md);
+      d->have_dims = 1;
+    }
+    epm_model_dir_close(md);
+  } else if (strcmp(d->preset, "mix") != 0 && epm_model_preset(d->preset, &d->dims) == EPM_OK) {
+    d->have_dims = 1;
+  }
+  if (d->have_dims && (d->dims.hidden != d->info.hidden || d->dims.num_experts != d->info.num_experts))
+    d->have_dims = 0; /* not the model the daemons serve: no reference */
+}
 
 int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
                    const char *cmd) {
@@ -53,6 +95,7 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
     d->off[r] = d->total;
     d->total += counts[r];
   }
+  learn_model(d);
   size_t H = (size_t)d->info.hidden, E = (size_t)d->info.num_experts, M = (size_t)d->total;
   d->x = calloc(M * H + 1, 2);
   d->y = calloc(M * H + 1, 2);
@@ -86,6 +129,11 @@ int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const 
     }
     fclose(f);
     return 0;
+  }
+  if (d->have_dims) {
+    if (epm_tokens_generate(&d->dims, seed, 0, M, d->x, d->logits) == EPM_OK) return 0;
+    fprintf(stderr, "epmoectl %s: %s\n", cmd, epm_last_error());
+    return 1;
   }
   for (int64_t t = 0; t < M; t++) {
     for (int64_t j = 0; j < H; j++) d->x[t * H + j] = ctl_rand_x(seed, t, j);
@@ -156,7 +204,7 @@ void ctl_drive_close(ctl_drive_t *d) {
   memset(d, 0, sizeof *d);
 }
 
-int ctl_reference(const ctl_drive_t *d, uint16_t *y_ref, char *why, size_t n) {
+int ctl_reference(const ctl_drive_t *d, uint32_t layer, uint16_t *y_ref, char *why, size_t n) {
   if (strcmp(d->info.model, "mix") == 0) {
     double *sum = calloc((size_t)d->info.hidden, sizeof(double));
     if (!sum) return -1;
@@ -165,6 +213,30 @@ int ctl_reference(const ctl_drive_t *d, uint16_t *y_ref, char *why, size_t n) {
     free(sum);
     return 0;
   }
-  snprintf(why, n, "no CPU reference for model '%s' in this build", d->info.model);
-  return -1;
+  if (!d->have_dims) {
+    snprintf(why, n, "no CPU reference for model '%s' (preset or checkpoint not readable here)", d->info.model);
+    return -1;
+  }
+  epm_layer_t full = {0};
+  epm_status_t st;
+  if (d->model_dir[0]) {
+    epm_model_dir_t *md = NULL;
+    st = epm_model_dir_open(d->model_dir, &md);
+    if (st == EPM_OK) st = epm_weights_load_layer(md, layer, 0, 1, &full, NULL);
+    epm_model_dir_close(md);
+  } else {
+    st = epm_layer_generate(&d->dims, layer, d->weight_seed, 0, d->dims.num_experts, &full);
+  }
+  if (st == EPM_OK) {
+    epm_moe_ref_opts_t ro = EPM_MOE_REF_OPTS_INIT;
+    ro.include_shared = 1;
+    ro.threads = epm_moe_ref_threads(0);
+    st = epm_moe_ref_layer(&full, d->x, d->logits, d->total, &ro, NULL, NULL, NULL, y_ref, NULL);
+  }
+  epm_layer_free(&full);
+  if (st != EPM_OK) {
+    snprintf(why, n, "reference for layer %u: %s", layer, epm_last_error());
+    return -1;
+  }
+  return 0;
 }

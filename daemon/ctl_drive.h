@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "ctl_common.h"
+#include "epmoe/model.h"
 
 typedef struct {
   int nranks;
@@ -25,6 +26,11 @@ typedef struct {
   uint64_t *step_ns; /* per rank, last step */
   char **err;     /* per rank, last error (malloc'd) */
   epm_status_t *st;
+  /* what rank 0's STATUS says the model is (for inputs and --check) */
+  int have_dims;
+  epm_model_dims_t dims;
+  char preset[32], model_dir[512];
+  uint64_t weight_seed;
 } ctl_drive_t;
 
 /* Connect + HELLO every rank, check they agree, allocate the global set.
@@ -32,7 +38,9 @@ typedef struct {
  * and returns 1. */
 int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
                    const char *cmd);
-/* Fill x/logits from seed (random) or from a file (x then logits). */
+/* Fill x/logits from a file (x then logits), or the seeded global token set
+ * (epm_tokens_generate for a real model, so `epmoectl step --seed S` sends the
+ * same tokens; a simple generator for the mix stand-in). */
 int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const char *cmd);
 /* One collective step: every rank's thread sends its share at once. Returns
  * the number of ranks that failed (messages in d->err). */
@@ -42,6 +50,6 @@ void ctl_drive_close(ctl_drive_t *d);
 /* Reference output for the global set, when this build knows the model's
  * reference (the "mix" stand-in; the MoE layer when the engine is built).
  * Returns 0, or -1 with a reason in why. */
-int ctl_reference(const ctl_drive_t *d, uint16_t *y_ref, char *why, size_t n);
+int ctl_reference(const ctl_drive_t *d, uint32_t layer, uint16_t *y_ref, char *why, size_t n);
 
 #endif

@@ -33,6 +33,7 @@ typedef struct {
   char allowed_group[64]; /* extra group (name or gid) allowed to connect */
   int64_t max_connections;
   int64_t warmup_tokens;
+  int64_t layers;        /* MoE layers served (0 = all of a checkpoint) */
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
@@ -74,7 +75,7 @@ void srv_stats_error(srv_stats_t *s, epm_status_t st);
 
 /* ---- the step backend seen by the worker (srv_step.c) ------------------- */
 typedef struct {
-  int64_t hidden, num_experts, top_k;
+  int64_t hidden, num_experts, top_k, num_layers;
   char model[64];
   char backend[16];
 } srv_model_info_t;

@@ -2,7 +2,7 @@
  *
  * Two implementations:
  *  - srv_step_engine.c: the real step engine (include/epmoe/engine.h) over the
- *    comm layer, cpu or cuda backend; used whenever the engine is built.
+ *    comm layer, cpu or cuda backend; every preset and --model DIR.
  *  - srv_step_builtin.c: "mix", a small collective stand-in with a closed-form
  *    reference (daemon/mixstep.h), so the daemon, protocol and rendezvous are
  *    testable without the engine. Selected with --preset mix.
@@ -28,10 +28,12 @@ typedef struct {
   /* Optional: stage names and last-step seconds; returns the stage count. */
   int (*stages)(void *ctx, const char **names, double *last_s, int max);
   void (*destroy)(void *ctx);
+  /* Optional: 1 when `layer` is served. Checked before the rendezvous, so a
+   * FORWARD for an unknown layer fails alone instead of entering a step. */
+  int (*has_layer)(void *ctx, uint32_t layer);
 } srv_backend_ops_t;
 
 extern const srv_backend_ops_t srv_backend_builtin;
-/* NULL when the engine is not part of this build. */
 const srv_backend_ops_t *srv_backend_engine(void);
 
 #endif

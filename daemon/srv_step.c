@@ -54,6 +54,7 @@ struct srv_worker {
   srv_t *s;
   pthread_t thread;
   pthread_mutex_t mu;
+  pthread_cond_t wake; /* signalled on submit / shutdown so an idle worker reacts at once */
   srv_req_t *q_head, *q_tail;       /* submitted, not started */
   srv_req_t *d_head, *d_tail;       /* done, for the loop */
   int shutdown_asked;               /* set by the loop */
@@ -125,6 +126,7 @@ void srv_worker_submit(srv_t *s, srv_req_t *r) {
   if (w->q_tail) w->q_tail->next = r;
   else w->q_head = r;
   w->q_tail = r;
+  pthread_cond_signal(&w->wake);
   pthread_mutex_unlock(&w->mu);
 }
 
@@ -133,6 +135,7 @@ void srv_worker_request_shutdown(srv_t *s, const char *why) {
   pthread_mutex_lock(&w->mu);
   if (!w->shutdown_asked) snprintf(w->shutdown_why, sizeof w->shutdown_why, "%s", why);
   w->shutdown_asked = 1;
+  pthread_cond_signal(&w->wake);
   pthread_mutex_unlock(&w->mu);
 }
 
@@ -400,6 +403,11 @@ static void *worker_main(void *arg) {
       }
     } else if (!cur) {
       cur = pop_queue(w);
+      if (cur && w->ops->has_layer && !w->ops->has_layer(w->ctx, cur->layer)) {
+        fail_req(w, cur, EPM_ERR_INVALID_ARG, "layer %u is not served by this daemon (model %s, %lld layers)",
+                 cur->layer, s->info.model, (long long)s->info.num_layers);
+        cur = NULL;
+      }
     }
     if (cur && !joined) {
       int64_t j[3] = {cur->layer, (int64_t)cur->step_id, cur->m};
@@ -429,6 +437,11 @@ static void *worker_main(void *arg) {
         cur->t_done_ns = srv_now_ns();
         cur->st = st;
         if (st != EPM_OK) snprintf(cur->err, sizeof cur->err, "%s", epm_last_error());
+        if (st == EPM_ERR_ABORTED || st == EPM_ERR_MPI || st == EPM_ERR_NCCL || st == EPM_ERR_CUDA) {
+          /* The comm is gone: fail-stop (main exits non-zero; the launcher ends the group). */
+          srv_set_state(s, SRV_ST_FAILED, "step (layer %u, id %llu) broke the communicator: %s", cur->layer,
+                        (unsigned long long)cur->step_id, cur->err);
+        }
         push_done(w, cur);
         cur = NULL;
         joined = 0;
@@ -469,8 +482,13 @@ static void *worker_main(void *arg) {
        * joined step polls at <= 0.2 ms so GO is seen quickly. */
       long cap = joined || cur ? 200000 : 2000000;
       idle_ns = idle_ns * 2 > cap ? cap : idle_ns * 2;
-      struct timespec d = {0, idle_ns};
-      nanosleep(&d, NULL);
+      struct timespec until;
+      clock_gettime(CLOCK_MONOTONIC, &until);
+      until.tv_nsec += idle_ns;
+      if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
+      pthread_mutex_lock(&w->mu);
+      if (!w->q_head && !(w->shutdown_asked && !leave_sent)) pthread_cond_timedwait(&w->wake, &w->mu, &until);
+      pthread_mutex_unlock(&w->mu);
     }
   }
   EPM_LOG(EPM_LOG_INFO, "step", "worker drained; leaving");
@@ -495,13 +513,15 @@ epm_status_t srv_worker_start(srv_t *s) {
   if (!w) return epm_error(EPM_ERR_NOMEM, "worker state");
   w->s = s;
   pthread_mutex_init(&w->mu, NULL);
+  {
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&w->wake, &ca);
+    pthread_condattr_destroy(&ca);
+  }
   if (strcmp(s->cfg.preset, "mix") == 0 && s->cfg.model[0] == '\0') w->ops = &srv_backend_builtin;
   else w->ops = srv_backend_engine();
-  if (!w->ops) {
-    free(w);
-    return epm_error(EPM_ERR_NOT_SUPPORTED,
-                     "the step engine is not part of this build; only --preset mix (the stand-in step) is available");
-  }
   w->joins = calloc((size_t)s->size, sizeof *w->joins);
   w->ctrl_msg = calloc((size_t)s->size + 4, sizeof(int64_t));
   if (!w->joins || !w->ctrl_msg) return epm_error(EPM_ERR_NOMEM, "coordinator state for %d ranks", s->size);
@@ -523,6 +543,7 @@ void srv_worker_join(srv_t *s) {
   free(w->joins);
   free(w->ctrl_msg);
   pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->wake);
   free(w);
   s->worker = NULL;
 }

@@ -31,6 +31,7 @@ static epm_status_t mix_create(const srv_config_t *cfg, MPI_Comm comm, srv_model
   info->hidden = m->hidden;
   info->num_experts = m->experts;
   info->top_k = 1;
+  info->num_layers = 1;
   snprintf(info->model, sizeof info->model, "mix");
   snprintf(info->backend, sizeof info->backend, "builtin");
   *ctx = m;
@@ -68,4 +69,4 @@ static void mix_destroy(void *ctx) {
   free(m);
 }
 
-const srv_backend_ops_t srv_backend_builtin = {"mix", mix_create, mix_step, mix_stages, mix_destroy};
+const srv_backend_ops_t srv_backend_builtin = {"mix", mix_create, mix_step, mix_stages, mix_destroy, NULL};

@@ -12,13 +12,17 @@ if(TARGET epmoe_client)
 endif()
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
-# epmoectl from a bash script (tests/daemon/daemon_it.sh).
+# epmoectl from a bash script (tests/daemon/daemon_it.sh): the step engine
+# (preset tiny, --check vs the EP=1 CPU reference) on 2 and 4 ranks, and the
+# mix stand-in on 2 ranks.
 if(TARGET epmoed)
-  foreach(np 2 4)
-    add_test(NAME daemon_it_np${np}
+  foreach(cfg "2;tiny" "4;tiny" "2;mix")
+    list(GET cfg 0 np)
+    list(GET cfg 1 preset)
+    add_test(NAME daemon_it_np${np}_${preset}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_it.sh ${MPIEXEC_EXECUTABLE} ${np}
-                     $<TARGET_FILE_DIR:epmoed>)
-    set_tests_properties(daemon_it_np${np} PROPERTIES LABELS mpi TIMEOUT 180 PROCESSORS 2
+                     $<TARGET_FILE_DIR:epmoed> ${preset})
+    set_tests_properties(daemon_it_np${np}_${preset} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
                          ENVIRONMENT "${EPMOE_MPI_ENV}")
   endforeach()
 endif()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
-#   daemon_it.sh MPIEXEC NP BINDIR
+#   daemon_it.sh MPIEXEC NP BINDIR [PRESET]
+# PRESET: tiny (default; the step engine on the cpu backend, --check against
+# the EP=1 CPU reference) or mix (the stand-in step, daemon/mixstep.h).
 # Starts NP daemons under mpirun with a temporary socket dir and checks, in
 # order: readiness, socket/dir modes, a second daemon refusing the same
 # sockets, FORWARDs with unequal and zero token counts (inline and memfd)
@@ -10,7 +12,7 @@
 # a short bench, and SIGTERM draining to exit 0 with the sockets removed.
 # Every wait is bounded; the trap kills what this script started.
 set -u
-MPIEXEC=$1 NP=$2 BIN=$3
+MPIEXEC=$1 NP=$2 BIN=$3 PRESET=${4:-tiny}
 CTL=$BIN/epmoectl EPMOED=$BIN/epmoed
 T=$(mktemp -d /tmp/epmoe-it.XXXXXX)
 S=$T/s
@@ -30,7 +32,7 @@ counts() { # counts A B C D -> first NP of them, comma separated
   echo "$out"
 }
 
-$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S" --step-timeout 3 \
+$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" --step-timeout 3 \
   --step-delay-ms 600 --warmup-tokens 2 >"$T/log" 2>&1 &
 MP=$!
 for _ in $(seq 1 150); do
@@ -45,7 +47,7 @@ ok "all $NP daemons ready (health exit 0)"
 [ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode $(stat -c %a "$S/epmoe.0.sock") != 660"
 ok "dir 0750, sockets 0660"
 
-timeout 30 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S" >"$T/log2" 2>&1
+timeout 30 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" >"$T/log2" 2>&1
 rc=$?
 [ $rc -ne 0 ] || fail "a second daemon group on the same sockets started (exit 0)"
 grep -q "another daemon answers" "$T/log2" || fail "second daemon did not say why it refused: $(tail -3 "$T/log2")"
@@ -120,4 +122,4 @@ MP=""
 [ "$(grep -c 'exit 0' "$T/log")" = "$NP" ] || fail "not every rank logged exit 0"
 ls "$S"/*.sock >/dev/null 2>&1 && fail "sockets left behind: $(ls "$S")"
 ok "SIGTERM drains: every rank exit 0, sockets removed"
-echo "PASS: daemon integration, $NP ranks"
+echo "PASS: daemon integration, $NP ranks, preset $PRESET"
