@@ -135,18 +135,6 @@ static void on_watchdog(uv_timer_t *h) {
   }
 }
 
-static void log_config(const srv_config_t *c) {
-  epm_buf_t b = {0};
-  srv_config_dump(c, &b, 0);
-  epm_buf_put(&b, "", 1);
-  for (char *line = (char *)b.data, *nx; line && *line; line = nx) {
-    nx = strstr(line, "\r\n");
-    if (nx) *nx = '\0', nx += 2;
-    if (strstr(line, "# set by")) EPM_LOG(EPM_LOG_INFO, "config", "%s", line + 7);
-  }
-  epm_buf_free(&b);
-}
-
 int main(int argc, char **argv) {
   srv_t *s = &g_srv;
   int rc, provided = 0;
@@ -177,7 +165,7 @@ int main(int argc, char **argv) {
   EPM_LOG(EPM_LOG_INFO, "daemon", "epmoed %s starting: rank %d of %d, pid %d, preset %s, backend %s",
           EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), s->cfg.model[0] ? s->cfg.model : s->cfg.preset,
           s->cfg.backend);
-  log_config(&s->cfg);
+  srv_config_log(&s->cfg);
 
   s->loop = uv_default_loop();
   uv_async_init(s->loop, &s->wake, on_wake);

@@ -41,8 +41,11 @@ typedef struct {
 /* Fill defaults, then EPMOE_* env, then flags (flag wins). Returns 0 ok,
  * 1 after printing --help (exit 0), 2 on a bad flag/value (one line printed). */
 int srv_config_load(srv_config_t *c, int argc, char **argv);
-/* "name:value (source)" lines, Redis INFO style (\r\n), appended to b. */
+/* "config_name:value" lines, Redis INFO style (\r\n), or JSON members
+ * "name":{"value":..,"source":..}, appended to b. */
 void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json);
+/* One log line per value that differs from its default, naming its source. */
+void srv_config_log(const srv_config_t *c);
 
 /* ---- stats (srv_stats.c) ------------------------------------------------ */
 #define SRV_HIST_BUCKETS 16

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "epmoe/log.h"
 #include "srv.h"
 
 typedef enum { T_STR, T_I64, T_SIZE } ctype_t;
@@ -198,6 +199,25 @@ static void json_str(epm_buf_t *b, const char *s) {
   epm_buf_put(b, "\"", 1);
 }
 
+void srv_config_log(const srv_config_t *c) {
+  for (size_t i = 0; i < NOPTS; i++) {
+    const opt_t *o = &opts[i];
+    const char *base = (const char *)c + o->off;
+    int64_t v;
+    char env[64];
+    if (!c->src[i]) continue;
+    env_name(o, env, sizeof env);
+    if (o->type == T_STR) {
+      EPM_LOG(EPM_LOG_INFO, "config", "--%s=%s (set by %s%s%s)", o->name, base, src_name[c->src[i]],
+              c->src[i] == 1 ? " " : "", c->src[i] == 1 ? env : "");
+    } else {
+      memcpy(&v, base, sizeof v);
+      EPM_LOG(EPM_LOG_INFO, "config", "--%s=%lld (set by %s%s%s)", o->name, (long long)v, src_name[c->src[i]],
+              c->src[i] == 1 ? " " : "", c->src[i] == 1 ? env : "");
+    }
+  }
+}
+
 void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json) {
   char line[700];
   for (size_t i = 0; i < NOPTS; i++) {
@@ -217,8 +237,7 @@ void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json) {
       else epm_buf_put(b, val, strlen(val));
       snprintf(line, sizeof line, ",\"source\":\"%s\"}", src_name[c->src[i]]);
     } else {
-      snprintf(line, sizeof line, "config_%s:%s%s%s\r\n", o->name, val,
-               c->src[i] ? " # set by " : "", c->src[i] ? src_name[c->src[i]] : "");
+      snprintf(line, sizeof line, "config_%s:%s\r\n", o->name, val);
       for (char *p = line + 7; *p && *p != ':'; p++)
         if (*p == '-') *p = '_';
     }

@@ -16,12 +16,14 @@ endif()
 # (preset tiny, --check vs the EP=1 CPU reference) on 2 and 4 ranks, and the
 # mix stand-in on 2 ranks.
 if(TARGET epmoed)
+  add_executable(daemon_probe daemon/daemon_probe.c)
+  target_link_libraries(daemon_probe PRIVATE epmoe_client)
   foreach(cfg "2;tiny" "4;tiny" "2;mix")
     list(GET cfg 0 np)
     list(GET cfg 1 preset)
     add_test(NAME daemon_it_np${np}_${preset}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_it.sh ${MPIEXEC_EXECUTABLE} ${np}
-                     $<TARGET_FILE_DIR:epmoed> ${preset})
+                     $<TARGET_FILE_DIR:epmoed> ${preset} $<TARGET_FILE:daemon_probe>)
     set_tests_properties(daemon_it_np${np}_${preset} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
                          ENVIRONMENT "${EPMOE_MPI_ENV}")
   endforeach()

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
-#   daemon_it.sh MPIEXEC NP BINDIR [PRESET]
+#   daemon_it.sh MPIEXEC NP BINDIR [PRESET [PROBE]]
+# PROBE: tests/daemon/daemon_probe (hostile clients: garbage, oversize header,
+# half a frame held open, a foreign uid refused by SO_PEERCRED).
 # PRESET: tiny (default; the step engine on the cpu backend, --check against
 # the EP=1 CPU reference) or mix (the stand-in step, daemon/mixstep.h).
 # Starts NP daemons under mpirun with a temporary socket dir and checks, in
@@ -12,9 +14,10 @@
 # a short bench, and SIGTERM draining to exit 0 with the sockets removed.
 # Every wait is bounded; the trap kills what this script started.
 set -u
-MPIEXEC=$1 NP=$2 BIN=$3 PRESET=${4:-tiny}
+MPIEXEC=$1 NP=$2 BIN=$3 PRESET=${4:-tiny} PROBE=${5:-}
 CTL=$BIN/epmoectl EPMOED=$BIN/epmoed
 T=$(mktemp -d /tmp/epmoe-it.XXXXXX)
+chmod 755 "$T" # lets the peercred probe reach the 0750 socket dir once it opens it up
 S=$T/s
 MP=""
 fail() { echo "FAIL: $*"; echo "--- daemon log (tail)"; tail -40 "$T/log" 2>/dev/null; exit 1; }
@@ -32,8 +35,9 @@ counts() { # counts A B C D -> first NP of them, comma separated
   echo "$out"
 }
 
+MPORT=$((20000 + $$ % 20000))
 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" --step-timeout 3 \
-  --step-delay-ms 600 --warmup-tokens 2 >"$T/log" 2>&1 &
+  --step-delay-ms 600 --warmup-tokens 2 --metrics-port "$MPORT" >"$T/log" 2>&1 &
 MP=$!
 for _ in $(seq 1 150); do
   "$CTL" health --socket-dir "$S" --quiet >/dev/null 2>&1 && break
@@ -46,6 +50,17 @@ ok "all $NP daemons ready (health exit 0)"
 [ "$(stat -c %a "$S")" = 750 ] || fail "socket dir mode $(stat -c %a "$S") != 750"
 [ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode $(stat -c %a "$S/epmoe.0.sock") != 660"
 ok "dir 0750, sockets 0660"
+
+if [ -n "$PROBE" ]; then
+  for m in badmagic oversize partial peercred; do
+    out=$("$PROBE" "$S/epmoe.0.sock" $m 2>&1); rc=$?
+    [ $rc = 77 ] && { echo "skip: probe $m (needs root)"; continue; }
+    [ $rc = 0 ] || fail "probe $m: $out"
+    ok "probe $m: $out"
+  done
+  "$CTL" health --socket-dir "$S" --quiet || fail "daemons unhealthy after the probes"
+  [ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode not restored"
+fi
 
 timeout 30 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" >"$T/log2" 2>&1
 rc=$?
@@ -105,7 +120,17 @@ ok "--step-timeout: step fails on the joined ranks naming the missing ones; late
 prom=$("$CTL" stats --socket-dir "$S" --prometheus) || fail "stats --prometheus"
 echo "$prom" | grep -q '^epmoe_steps_total{rank="0"} [1-9]' || fail "no epmoe_steps_total in: $(echo "$prom" | head -5)"
 echo "$prom" | grep -q 'epmoe_step_seconds_bucket{rank="0",le="+Inf"}' || fail "no step histogram"
-ok "Prometheus stats"
+http_get() { # http_get PORT PATH -> response on stdout (bash /dev/tcp, no curl needed)
+  exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
+  printf 'GET %s HTTP/1.0\r\n\r\n' "$2" >&3
+  timeout 5 cat <&3
+  exec 3<&-
+}
+resp=$(http_get "$MPORT" /metrics) || fail "no metrics listener on 127.0.0.1:$MPORT"
+echo "$resp" | head -1 | grep -q "200 OK" || fail "GET /metrics: $(echo "$resp" | head -1)"
+echo "$resp" | grep -q '^epmoe_ready{rank="0"} 1' || fail "GET /metrics lacks epmoe_ready 1"
+http_get "$MPORT" /ready | head -1 | grep -q "200 OK" || fail "GET /ready not 200"
+ok "Prometheus stats (epmoectl stats --prometheus and http://127.0.0.1:$MPORT/metrics)"
 
 out=$("$CTL" bench --socket-dir "$S" --tokens-per-rank "$(counts 16 0 16 0)" --duration 1 --warmup 1 2>&1) || fail "bench: $out"
 echo "$out" | grep -q "tokens/s" || fail "bench output: $out"
