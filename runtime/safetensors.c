@@ -422,6 +422,20 @@ epm_status_t epm_st_expect(const epm_st_file_t *f, const char *name, epm_st_dtyp
   return EPM_OK;
 }
 
+epm_status_t epm_st_read(const epm_st_file_t *f, const epm_st_tensor_t *t, void *dst) {
+  size_t done = 0;
+  while (done < t->nbytes) {
+    ssize_t n = pread(f->fd, (char *)dst + done, t->nbytes - done, (off_t)(t->file_offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0)
+      return epm_error(EPM_ERR_IO, "%s: tensor '%s': read %zu of %zu bytes at offset %llu: %s", f->path, t->name,
+                       done, t->nbytes, (unsigned long long)(t->file_offset + done),
+                       n < 0 ? strerror(errno) : "file shrank since it was opened");
+    done += (size_t)n;
+  }
+  return EPM_OK;
+}
+
 const char *epm_st_metadata(const epm_st_file_t *f, const char *key) {
   for (size_t i = 0; i < f->nmeta; i++)
     if (strcmp(f->meta[2 * i], key) == 0) return f->meta[2 * i + 1];

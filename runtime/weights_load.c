@@ -3,12 +3,17 @@
 #define _GNU_SOURCE
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "epmoe/checked.h"
+
+/* Copy threads per load: enough to overlap page faults and storage queues;
+ * more only contends on a shared host. */
+#define EPM__LOAD_THREADS 4
 #include "epmoe/log.h"
 #include "epmoe/weights.h"
 
@@ -89,6 +94,8 @@ typedef struct {
   int64_t layer;
   epm_load_progress_t *prog;
   int warned;
+  struct job *jobs;
+  size_t njobs, capjobs;
 } ctx_t;
 
 static epm_status_t scalar_f32(ctx_t *c, int64_t expert, epm_proj_t proj, epm_field_t field, float *out) {
@@ -110,21 +117,61 @@ static epm_status_t scalar_f32(ctx_t *c, int64_t expert, epm_proj_t proj, epm_fi
   return EPM_OK;
 }
 
+/* A bulk copy planned during validation, run later in parallel. */
+typedef struct job {
+  const epm_st_file_t *f;
+  const epm_st_tensor_t *t;
+  void *dst;
+  epm_status_t st;
+} job_t;
+
+static epm_status_t add_job(ctx_t *c, const char *name, epm_st_dtype_t dt, const int64_t *shape, void *dst) {
+  const epm_st_tensor_t *t;
+  const epm_st_file_t *f;
+  EPM_TRY(epm_model_dir_tensor(c->md, name, &t, &f));
+  EPM_TRY(epm_st_expect(f, name, dt, 2, shape, &t));
+  if (c->njobs == c->capjobs) {
+    size_t cap = c->capjobs ? 2 * c->capjobs : 64;
+    job_t *j = realloc(c->jobs, cap * sizeof *j);
+    if (!j) return epm_error(EPM_ERR_NOMEM, "copy list of %zu", cap);
+    c->jobs = j;
+    c->capjobs = cap;
+  }
+  c->jobs[c->njobs++] = (job_t){f, t, dst, EPM_OK};
+  return EPM_OK;
+}
+
 /* weight U8 [rows, cols/2] and weight_scale E4M3 [rows, cols/16] into dst. */
-static epm_status_t copy_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t rows, int64_t cols,
+static epm_status_t plan_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t rows, int64_t cols,
                               uint8_t *w_dst, uint8_t *sf_dst) {
   char name[256];
-  const epm_st_tensor_t *t;
   int64_t shape[2] = {rows, cols / 2};
   epm_weight_name(c->fam, c->layer, expert, proj, EPM_FIELD_WEIGHT, name, sizeof name);
-  EPM_TRY(epm_model_dir_expect(c->md, name, EPM_ST_U8, 2, shape, &t));
-  memcpy(w_dst, t->data, t->nbytes);
-  if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
+  EPM_TRY(add_job(c, name, EPM_ST_U8, shape, w_dst));
   shape[1] = cols / 16;
   epm_weight_name(c->fam, c->layer, expert, proj, EPM_FIELD_WEIGHT_SCALE, name, sizeof name);
-  EPM_TRY(epm_model_dir_expect(c->md, name, EPM_ST_F8_E4M3, 2, shape, &t));
-  memcpy(sf_dst, t->data, t->nbytes);
-  if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
+  return add_job(c, name, EPM_ST_F8_E4M3, shape, sf_dst);
+}
+
+/* pread every planned tensor; threads overlap page faults and I/O. Errors
+ * are re-raised on the calling thread (the message is thread-local). */
+static epm_status_t run_jobs(ctx_t *c) {
+  const int64_t n = (int64_t)c->njobs;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(EPM__LOAD_THREADS)
+#endif
+  for (int64_t i = 0; i < n; i++) {
+    job_t *j = &c->jobs[i];
+    j->st = epm_st_read(j->f, j->t, j->dst);
+    if (c->prog) {
+#ifdef _OPENMP
+#pragma omp critical(epm_load_progress)
+#endif
+      epm_load_progress_add(c->prog, j->t->nbytes);
+    }
+  }
+  for (size_t i = 0; i < c->njobs; i++)
+    if (c->jobs[i].st != EPM_OK) return epm_st_read(c->jobs[i].f, c->jobs[i].t, c->jobs[i].dst);
   return EPM_OK;
 }
 
@@ -132,9 +179,9 @@ static epm_status_t copy_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t
 static epm_status_t load_expert(ctx_t *c, int64_t expert, epm_expert_bank_t *b, int64_t slot) {
   const int64_t H = b->hidden, I = b->intermediate;
   const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16), s = (size_t)slot;
-  EPM_TRY(copy_proj(c, expert, EPM_PROJ_GATE, I, H, b->gate_w + s * wi, b->gate_sf + s * si));
-  EPM_TRY(copy_proj(c, expert, EPM_PROJ_UP, I, H, b->up_w + s * wi, b->up_sf + s * si));
-  EPM_TRY(copy_proj(c, expert, EPM_PROJ_DOWN, H, I, b->down_w + s * wi, b->down_sf + s * si));
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_GATE, I, H, b->gate_w + s * wi, b->gate_sf + s * si));
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_UP, I, H, b->up_w + s * wi, b->up_sf + s * si));
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_DOWN, H, I, b->down_w + s * wi, b->down_sf + s * si));
   float g2, u2;
   EPM_TRY(scalar_f32(c, expert, EPM_PROJ_GATE, EPM_FIELD_WEIGHT_SCALE_2, &g2));
   EPM_TRY(scalar_f32(c, expert, EPM_PROJ_UP, EPM_FIELD_WEIGHT_SCALE_2, &u2));
@@ -232,7 +279,7 @@ epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_r
     return epm_error(EPM_ERR_INVALID_ARG, "%s: layer %lld is not a MoE layer of this %lld-layer model",
                      epm_model_dir_path(md), (long long)layer, (long long)d->num_layers);
   const int64_t count = E / ep_size, off = (int64_t)ep_rank * count;
-  ctx_t c = {md, epm_model_dir_family(md), layer, progress, 0};
+  ctx_t c = {md, epm_model_dir_family(md), layer, progress, 0, NULL, 0, 0};
   epm_status_t st;
   EPM_TRY(epm_layer_alloc(d, off, count, out));
   out->layer_index = layer;
@@ -248,13 +295,16 @@ epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_r
     EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_DOWN, EPM_FIELD_INPUT_SCALE,
                             &out->shared_down_input_scale), st, fail);
   }
+  EPM_TRY_GOTO(run_jobs(&c), st, fail);
   EPM_TRY_GOTO(load_router_tensor(&c, 0, E, d->hidden, out->router_w), st, fail);
   if (out->router_bias) EPM_TRY_GOTO(load_router_tensor(&c, 1, E, 0, out->router_bias), st, fail);
   if (c.warned > 4)
     EPM_LOG(EPM_LOG_WARN, "weights", "layer %lld: %d experts in all had gate != up weight_scale_2",
             (long long)layer, c.warned);
+  free(c.jobs);
   return EPM_OK;
 fail:
+  free(c.jobs);
   epm_error_wrap(st, "loading layer %lld experts [%lld, %lld) (EP rank %d of %d)", (long long)layer,
                  (long long)off, (long long)(off + count), ep_rank, ep_size);
   epm_layer_free(out);

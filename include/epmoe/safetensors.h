@@ -82,6 +82,10 @@ const epm_st_tensor_t *epm_st_find(const epm_st_file_t *f, const char *name);
  * EPM_ERR_FORMAT names the file, tensor, found and expected dtype/shape. */
 epm_status_t epm_st_expect(const epm_st_file_t *f, const char *name, epm_st_dtype_t dtype, int ndim,
                            const int64_t *shape, const epm_st_tensor_t **out);
+/* Copy a tensor's bytes into dst with pread(2) from the file rather than
+ * through the mapping: faster for large tensors (no page faults on the
+ * mapping) and a file truncated since open gives EPM_ERR_IO, not SIGBUS. */
+epm_status_t epm_st_read(const epm_st_file_t *f, const epm_st_tensor_t *t, void *dst);
 /* __metadata__ value or NULL. */
 const char *epm_st_metadata(const epm_st_file_t *f, const char *key);
 

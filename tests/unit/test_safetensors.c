@@ -119,6 +119,26 @@ static void test_writer_round_trip(void **state) {
   epm_st_close(f);
 }
 
+/* epm_st_read copies exactly the mapped bytes, and a file truncated after
+ * open gives EPM_ERR_IO instead of a SIGBUS. */
+static void test_read_and_shrink(void **state) {
+  (void)state;
+  const char *p = write_st("shrink.safetensors", "{\"a\":{\"dtype\":\"U8\",\"shape\":[64],\"data_offsets\":[0,64]},"
+                           "\"b\":{\"dtype\":\"U8\",\"shape\":[512],\"data_offsets\":[64,576]}}",
+                           blob, 576);
+  epm_st_file_t *f;
+  uint8_t dst[512];
+  assert_int_equal(epm_st_open(p, &f), EPM_OK);
+  const epm_st_tensor_t *b = epm_st_find(f, "b");
+  assert_int_equal(epm_st_read(f, b, dst), EPM_OK);
+  assert_memory_equal(dst, blob + 64, 512);
+  assert_int_equal(truncate(p, (off_t)(b->file_offset + 100)), 0);
+  assert_int_equal(epm_st_read(f, b, dst), EPM_ERR_IO);
+  assert_non_null(strstr(epm_last_error(), "tensor 'b': read 100 of 512 bytes"));
+  assert_non_null(strstr(epm_last_error(), "file shrank since it was opened"));
+  epm_st_close(f);
+}
+
 typedef struct {
   const char *what;
   const char *hdr;
@@ -265,6 +285,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_file),
       cmocka_unit_test(test_writer_round_trip),
+      cmocka_unit_test(test_read_and_shrink),
       cmocka_unit_test(test_attack_corpus),
       cmocka_unit_test(test_header_length_attacks),
       cmocka_unit_test(test_truncations_and_flips),
