@@ -72,7 +72,8 @@ void epm_load_progress_add(epm_load_progress_t *p, size_t bytes) {
   if (t - p->last_print < 0.25 && p->done < p->total) return;
   p->last_print = t;
   double el = t - p->t0, mbs = el > 0 ? (double)p->done / 1e6 / el : 0.0;
-  double eta = mbs > 0 ? (double)(p->total - p->done) / 1e6 / mbs : 0.0;
+  double left = p->done < p->total ? (double)(p->total - p->done) : 0.0;
+  double eta = mbs > 0 ? left / 1e6 / mbs : 0.0;
   fprintf(stderr, "\r  %.2f / %.2f GB  %.0f MB/s  ETA %.0f s   ", (double)p->done / 1e9,
           (double)p->total / 1e9, mbs, eta);
   fflush(stderr);
@@ -242,7 +243,8 @@ static epm_status_t load_router_tensor(ctx_t *c, int bias, int64_t E, int64_t H,
   return EPM_OK;
 }
 
-/* Six tensors of one expert: 3 x (packed [I, H/2] + scales [I, H/16]). */
+/* Router: bf16 [E, H] plus an fp32 bias [E] (E x (H + 2) x 2 bytes).
+ * Six tensors of one expert: 3 x (packed [I, H/2] + scales [I, H/16]). */
 static int expert_bytes(int64_t H, int64_t I, int64_t *out) {
   int64_t ih;
   return epm_mul_i64(I, H, &ih) || epm_mul_i64(ih / 16, 27, out); /* 3 x (8 + 1) sixteenths */
@@ -256,7 +258,7 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
   if (expert_bytes(d->hidden, d->intermediate, &per) ||
       (d->shared_experts && expert_bytes(d->hidden, d->shared_intermediate, &shared)) ||
       epm_mul_i64(per, d->num_experts / ep_size, &local) ||
-      epm_mul3_i64(d->num_experts, d->hidden, 2, &router) || epm_add_i64(local, shared, &total) ||
+      epm_mul3_i64(d->num_experts, d->hidden + 2, 2, &router) || epm_add_i64(local, shared, &total) ||
       epm_add_i64(total, router, &total))
     return epm_error(EPM_ERR_OVERFLOW, "layer bytes of E=%lld H=%lld I=%lld overflow 64 bits",
                      (long long)d->num_experts, (long long)d->hidden, (long long)d->intermediate);
