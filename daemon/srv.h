@@ -79,6 +79,8 @@ void srv_stats_error(srv_stats_t *s, epm_status_t st);
 /* ---- the step backend seen by the worker (srv_step.c) ------------------- */
 typedef struct {
   int64_t hidden, num_experts, top_k, num_layers;
+  uint64_t weight_bytes; /* this rank's expert slices + shared expert + router */
+  uint64_t buffer_bytes; /* step buffers of the engine(s), backend memory */
   char model[64];
   char backend[16];
 } srv_model_info_t;

@@ -99,10 +99,12 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
     json_object_set_new(o, "socket", json_string(s->sock_path));
     json_object_set_new(o, "state", json_string(state_name[st]));
     json_object_set_new(o, "state_reason", json_string(reason));
-    json_object_set_new(o, "model", json_pack("{s:s,s:s,s:I,s:I,s:I,s:I}", "name", info.model, "backend", info.backend,
-                                              "hidden", (json_int_t)info.hidden, "experts", (json_int_t)info.num_experts,
-                                              "top_k", (json_int_t)info.top_k, "max_tokens_per_rank",
-                                              (json_int_t)s->cfg.max_tokens_per_rank));
+    json_object_set_new(o, "model", json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", info.model, "backend",
+                                              info.backend, "hidden", (json_int_t)info.hidden, "experts",
+                                              (json_int_t)info.num_experts, "top_k", (json_int_t)info.top_k,
+                                              "max_tokens_per_rank", (json_int_t)s->cfg.max_tokens_per_rank,
+                                              "layers", (json_int_t)info.num_layers, "weight_bytes",
+                                              (json_int_t)info.weight_bytes, "buffer_bytes", (json_int_t)info.buffer_bytes));
     json_object_set_new(o, "step", json_pack("{s:b,s:I,s:I,s:f,s:I,s:I,s:I}", "in_step", in_ns > 0, "layer",
                                              (json_int_t)layer, "step_id", (json_int_t)step_id, "in_step_seconds",
                                              (double)in_ns * 1e-9, "steps_total", (json_int_t)c.steps_total,
@@ -124,6 +126,8 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
   putf(b, "\r\n# Model\r\nmodel:%s\r\nbackend:%s\r\nhidden:%lld\r\nexperts:%lld\r\ntop_k:%lld\r\nmax_tokens_per_rank:%lld\r\n",
        info.model, info.backend, (long long)info.hidden, (long long)info.num_experts, (long long)info.top_k,
        (long long)s->cfg.max_tokens_per_rank);
+  putf(b, "layers:%lld\r\nweight_bytes:%llu\r\nbuffer_bytes:%llu\r\n", (long long)info.num_layers,
+       (unsigned long long)info.weight_bytes, (unsigned long long)info.buffer_bytes);
   putf(b, "\r\n# Step\r\nin_step:%d\r\nin_step_layer:%u\r\nin_step_id:%llu\r\nin_step_seconds:%.3f\r\n", in_ns > 0,
        layer, (unsigned long long)step_id, (double)in_ns * 1e-9);
   putf(b, "steps_total:%llu\r\nsteps_failed:%llu\r\ntokens_total:%llu\r\n", (unsigned long long)c.steps_total,
@@ -164,6 +168,15 @@ static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
        EPMOE_VERSION_STRING, r);
   putf(b, "# HELP epmoe_ready 1 when the daemon serves FORWARDs\n# TYPE epmoe_ready gauge\nepmoe_ready{rank=\"%d\"} %d\n", r,
        st == SRV_ST_READY);
+  {
+    srv_model_info_t info;
+    if (srv_get_info(s, &info))
+      putf(b, "# HELP epmoe_memory_bytes memory held by this rank, by pool (host or GPU per backend)\n"
+              "# TYPE epmoe_memory_bytes gauge\nepmoe_memory_bytes{rank=\"%d\",pool=\"weights\",backend=\"%s\"} %llu\n"
+              "epmoe_memory_bytes{rank=\"%d\",pool=\"step_buffers\",backend=\"%s\"} %llu\n",
+           r, info.backend, (unsigned long long)info.weight_bytes, r, info.backend,
+           (unsigned long long)info.buffer_bytes);
+  }
   COUNTER("steps_total", "collective steps completed on this rank", c->steps_total);
   COUNTER("steps_failed_total", "FORWARDs whose step failed (timeout, shutdown, engine error)", c->steps_failed);
   COUNTER("tokens_total", "tokens of this rank processed in completed steps", c->tokens_total);

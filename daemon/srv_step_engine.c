@@ -123,6 +123,12 @@ static epm_status_t eng_create(const srv_config_t *cfg, MPI_Comm comm, srv_model
   info->num_experts = dims.num_experts;
   info->top_k = dims.top_k;
   info->num_layers = e->nlayers;
+  for (int64_t i = 0; i < e->nlayers; i++) {
+    const epm_layer_t *l = &e->layers[i];
+    info->weight_bytes += epm_expert_bank_bytes(&l->experts) + epm_expert_bank_bytes(&l->shared) +
+                          (uint64_t)(dims.num_experts * dims.hidden) * sizeof(float);
+    info->buffer_bytes += epm_engine_buffer_bytes(e->eng[i]);
+  }
   snprintf(info->model, sizeof info->model, "%s", cfg->model[0] ? dims.name : cfg->preset);
   snprintf(info->backend, sizeof info->backend, "%s", epm_backend_name(e->be));
   *ctx = e;

@@ -36,6 +36,11 @@ counts() { # counts A B C D -> first NP of them, comma separated
 }
 
 MPORT=$((20000 + $$ % 20000))
+"$EPMOED" --bogus-flag >/dev/null 2>&1; [ $? = 2 ] || fail "epmoed --bogus-flag did not exit 2"
+EPMOE_MAX_TOKENS_PER_RANK=abc "$EPMOED" >/dev/null 2>&1; [ $? = 2 ] || fail "a bad EPMOE_* value did not exit 2"
+"$CTL" forward --bogus >/dev/null 2>&1; [ $? = 2 ] || fail "epmoectl forward --bogus did not exit 2"
+# env is read, and the flag wins over it (checked in STATUS below)
+export EPMOE_MAX_CONNECTIONS=33 EPMOE_STEP_TIMEOUT=99
 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" --step-timeout 3 \
   --step-delay-ms 600 --warmup-tokens 2 --metrics-port "$MPORT" >"$T/log" 2>&1 &
 MP=$!
@@ -50,6 +55,13 @@ ok "all $NP daemons ready (health exit 0)"
 [ "$(stat -c %a "$S")" = 750 ] || fail "socket dir mode $(stat -c %a "$S") != 750"
 [ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode $(stat -c %a "$S/epmoe.0.sock") != 660"
 ok "dir 0750, sockets 0660"
+unset EPMOE_MAX_CONNECTIONS EPMOE_STEP_TIMEOUT
+st=$("$CTL" status --socket-dir "$S" --rank 0) || fail "status"
+echo "$st" | grep -q "^config_max_connections:33" || fail "EPMOE_MAX_CONNECTIONS not applied"
+echo "$st" | grep -q "^config_step_timeout:3" || fail "--step-timeout did not win over EPMOE_STEP_TIMEOUT"
+"$CTL" status --socket-dir "$S" --rank 0 --json | grep -q '"max-connections":{"value":33,"source":"environment"}' ||
+  fail "status --json does not name the environment as the source"
+ok "config: bad flag/env exit 2, env applied, flag wins over env"
 
 if [ -n "$PROBE" ]; then
   for m in badmagic oversize partial peercred; do
