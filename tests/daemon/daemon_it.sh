@@ -159,4 +159,31 @@ MP=""
 [ "$(grep -c 'exit 0' "$T/log")" = "$NP" ] || fail "not every rank logged exit 0"
 ls "$S"/*.sock >/dev/null 2>&1 && fail "sockets left behind: $(ls "$S")"
 ok "SIGTERM drains: every rank exit 0, sockets removed"
+# A rank that hangs inside a step (SIGSTOP, as Redis' tests do): the others
+# must not hang forever. Their watchdog fails the step after --step-timeout
+# and exits 3 (fail-stop), and mpirun ends the group.
+if [ "$PRESET" = mix ] && [ "$NP" -gt 1 ]; then
+  S2=$T/s2
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --step-timeout 2 \
+    --step-delay-ms 800 --warmup-tokens 1 >"$T/log3" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+  "$CTL" forward --socket-dir "$S2" --tokens-per-rank "$(counts 4 4 4 4)" >"$T/hung" 2>&1 &
+  FWD=$!
+  sleep 0.4
+  kill -STOP "$victim"
+  t0=$(date +%s)
+  for _ in $(seq 1 150); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
+  t1=$(date +%s)
+  kill -CONT "$victim" 2>/dev/null
+  alive=0; kill -0 "$MP2" 2>/dev/null && alive=1
+  wait "$FWD"; frc=$?
+  [ $alive = 0 ] || fail "group still running 15 s after rank 1 hung inside a step"
+  wait "$MP2"; rc=$?; MP2=""
+  [ $rc != 0 ] || fail "mpirun exit 0 after a hung rank (want non-zero)"
+  [ $frc != 0 ] || fail "the forward through a hung rank reported success"
+  grep -q "inside the collective for .* exiting 3" "$T/log3" || fail "no watchdog line: $(tail -5 "$T/log3")"
+  ok "rank 1 hung mid-step (SIGSTOP): watchdog failed the step after $((t1 - t0)) s, daemons exited non-zero ($rc), client got an error"
+fi
 echo "PASS: daemon integration, $NP ranks, preset $PRESET"
