@@ -11,6 +11,7 @@
 #include <sys/stat.h>
 
 #define MAX_JSON_FILE (256u << 20) /* the R1 index is ~10 MB; anything near this is hostile */
+#define MAX_LAYERS 100000          /* real models have < 200; bounds the layer scans */
 
 typedef struct {
   const char *name; /* owned by names storage */
@@ -216,6 +217,11 @@ static epm_status_t parse_config(epm_model_dir_t *md) {
   EPM_TRY_GOTO(get_i64(p, c, "hidden_size", 1, 0, &d->hidden), st, out);
   EPM_TRY_GOTO(get_i64(p, c, "num_experts_per_tok", 1, 0, &d->top_k), st, out);
   EPM_TRY_GOTO(get_i64(p, c, "num_hidden_layers", 1, 0, &d->num_layers), st, out);
+  if (d->num_layers > MAX_LAYERS) {
+    st = epm_error(EPM_ERR_FORMAT, "%s: num_hidden_layers = %lld exceeds the limit %d", p, (long long)d->num_layers,
+                   MAX_LAYERS);
+    goto out;
+  }
   if (fam == EPM_FAMILY_DEEPSEEK_V3) EPM_TRY_GOTO(parse_deepseek(p, c, md), st, out);
   if (fam == EPM_FAMILY_QWEN3_MOE) EPM_TRY_GOTO(parse_qwen3(p, c, md), st, out);
   if (fam == EPM_FAMILY_LLAMA4) EPM_TRY_GOTO(parse_llama4(p, c, md), st, out);

@@ -272,6 +272,10 @@ static void test_bad_checkpoints(void **state) {
   expect_load_fail(dir, 0, 1, EPM_ERR_NOT_SUPPORTED, "model_type \"mixtral\" is not supported");
   write_file(FRESH("cfgmissing"), "config.json", "{\"model_type\":\"qwen3_moe\",\"hidden_size\":64}");
   expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "required key \"num_experts_per_tok\" is missing");
+  write_file(FRESH("layers"), "config.json",
+             "{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_experts_per_tok\":2,"
+             "\"num_hidden_layers\":9000000000000,\"moe_intermediate_size\":32,\"num_experts\":8}");
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "num_hidden_layers = 9000000000000 exceeds the limit 100000");
   write_file(FRESH("idx"), "model.safetensors.index.json", "{\"weight_map\":{\"a\":\"../../etc/passwd\"}}");
   expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "weight_map file name \"../../etc/passwd\" is not a plain file name");
   write_file(FRESH("idx2"), "model.safetensors.index.json",
@@ -311,12 +315,60 @@ static void test_scale_2_mismatch_uses_max(void **state) {
   epm_model_dir_close(md);
 }
 
+/* Every single-byte corruption of config.json, hf_quant_config.json and the
+ * index either opens or fails cleanly (ASan watches); a load after a
+ * successful open must also finish one way or the other. */
+static void flip_each_byte(const char *dir, const char *file, size_t stride) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/%s", dir, file);
+  FILE *fp = fopen(p, "rb");
+  assert_non_null(fp);
+  char buf[1 << 16];
+  size_t n = fread(buf, 1, sizeof buf, fp);
+  fclose(fp);
+  assert_true(n > 0 && n < sizeof buf);
+  for (size_t i = 0; i < n; i += stride) {
+    char save = buf[i];
+    buf[i] = (char)(buf[i] ^ 0x21);
+    fp = fopen(p, "wb");
+    fwrite(buf, 1, n, fp);
+    fclose(fp);
+    epm_model_dir_t *md;
+    if (epm_model_dir_open(dir, &md) == EPM_OK) {
+      epm_layer_t l;
+      if (epm_model_dir_moe_layer_count(md) > 0 &&
+          epm_weights_load_layer(md, epm_model_dir_moe_layer(md, 0), 0, 1, &l, NULL) == EPM_OK)
+        epm_layer_free(&l);
+      epm_model_dir_close(md);
+    }
+    buf[i] = save;
+  }
+  fp = fopen(p, "wb");
+  fwrite(buf, 1, n, fp);
+  fclose(fp);
+}
+
+static void test_corrupt_json_files(void **state) {
+  (void)state;
+  epm_model_dims_t d = small;
+  const char *dir = make_ckpt("flips", &d, 1, 12 << 10);
+  char keep[600];
+  snprintf(keep, sizeof keep, "%s", dir);
+  flip_each_byte(keep, "config.json", 2);
+  flip_each_byte(keep, "hf_quant_config.json", 1);
+  flip_each_byte(keep, "model.safetensors.index.json", 17);
+  epm_model_dir_t *md;
+  assert_int_equal(epm_model_dir_open(keep, &md), EPM_OK); /* restored intact */
+  epm_model_dir_close(md);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tiny_multi_file),
       cmocka_unit_test(test_families),
       cmocka_unit_test(test_bad_checkpoints),
       cmocka_unit_test(test_scale_2_mismatch_uses_max),
+      cmocka_unit_test(test_corrupt_json_files),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
