@@ -55,6 +55,16 @@ int main(int argc, char **argv) {
          (long long)M, (long long)H, qp.x_bytes / 1e9, qp.packed_bytes / 1e9, mp.workspace_bytes / 1e9,
          (long long)mp.max_rows, mp.out_bf16_bytes / 1e9);
 
+  {
+    size_t free_b = 0, total_b = 0;
+    GPU_CHECK(cudaMemGetInfo(&free_b, &total_b));
+    const double need = (double)qp.x_bytes + qp.packed_bytes + qp.sf_bytes + rp.logits_bytes + 2.0 * rp.ids_bytes +
+                        mp.workspace_bytes + mp.out_bf16_bytes;
+    if ((double)free_b < need * 1.02) {
+      printf("test_gpu_seed: needs %.1f GB of GPU memory, %.1f GB free; skipping\n", need / 1e9, free_b / 1e9);
+      return 77;
+    }
+  }
   uint16_t *dx = gpu_alloc_poisoned(qp.x_bytes, 0);
   gpu_fill_act_bf16(dx, M, H, SEED);
   float *dl = gpu_alloc_poisoned(rp.logits_bytes, 0);
