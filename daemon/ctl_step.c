@@ -20,6 +20,7 @@
  */
 #include <errno.h>
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <mpi.h>
 #include <stdio.h>
@@ -43,7 +44,8 @@ typedef struct {
   const char *preset;
   long long *tokens; /* per rank, from --tokens-per-rank */
   int ntokens;
-  long long seed, weights_seed, layer, repeat, experts, threads;
+  long long seed, weights_seed, layer, repeat, experts, top_k, threads;
+  const char *routing; /* --routing override, NULL = the preset's */
   int weights_seed_set;
   epm_backend_kind_t backend;
   epm_scale_mode_t scale;
@@ -66,6 +68,10 @@ static void usage(FILE *f) {
           "  --weights-seed W       layer weights seed (default: S)\n"
           "  --layer L              layer index (default 0)\n"
           "  --experts E            override the preset's routed expert count (E %% P must be 0)\n"
+          "  --routing NAME         override the routing method (default, renormalize,\n"
+          "                         renormalize-naive, deepseek-v3, llama4, topk); methods other\n"
+          "                         than deepseek-v3 drop the expert groups, llama4 implies top-1\n"
+          "  --top-k K              override the preset's top-k\n"
           "  --backend cpu|cuda     where the stages run (default cpu; cuda uses the nccl comm)\n"
           "  --scale static|dynamic global scale: the layer's input_scale (default), or the\n"
           "                         all-reduced amax of this step\n"
@@ -174,6 +180,13 @@ static int parse_args(int argc, char **argv, step_opts_t *o) {
       rc = parse_num(a, v, 0, 1 << 20, &o->layer);
     } else if (!strcmp(a, "--experts")) {
       rc = parse_num(a, v, 1, 1 << 16, &o->experts);
+    } else if (!strcmp(a, "--top-k")) {
+      rc = parse_num(a, v, 1, 1 << 16, &o->top_k);
+    } else if (!strcmp(a, "--routing")) {
+      epm_routing_method_t m;
+      if (!v || epm_routing_method_parse(v, &m) != EPM_OK)
+        return usage_error("bad value for --routing: '%s' (%s)", v ? v : "", epm_last_error());
+      o->routing = v;
     } else if (!strcmp(a, "--repeat")) {
       rc = parse_num(a, v, 1, 1 << 20, &o->repeat);
     } else if (!strcmp(a, "--threads")) {
@@ -267,6 +280,15 @@ static epm_status_t setup(step_t *s) {
   step_opts_t *o = &s->o;
   EPM_TRY(epm_model_preset(o->preset, &s->dims));
   if (o->experts) s->dims.num_experts = o->experts;
+  if (o->routing) {
+    EPM_TRY(epm_routing_method_parse(o->routing, &s->dims.routing));
+    if (s->dims.routing != EPM_ROUTING_DEEPSEEK_V3) {
+      s->dims.n_group = s->dims.topk_group = 1;
+      s->dims.routed_scaling_factor = 1.0f;
+    }
+    if (s->dims.routing == EPM_ROUTING_LLAMA4) s->dims.top_k = 1;
+  }
+  if (o->top_k) s->dims.top_k = o->top_k;
   EPM_TRY(epm_model_dims_validate(&s->dims));
   if (s->dims.num_experts % s->P)
     return epm_error(EPM_ERR_INVALID_ARG,
@@ -280,6 +302,10 @@ static epm_status_t setup(step_t *s) {
     if (o->tokens[r] > s->max_m) s->max_m = o->tokens[r];
   }
   s->m = o->tokens[s->rank];
+  /* The output gather to rank 0 counts rows in MPI ints. */
+  if (s->M > INT_MAX)
+    return epm_error(EPM_ERR_INVALID_ARG, "%lld tokens in total; the output gather handles at most %d",
+                     (long long)s->M, INT_MAX);
   const int64_t H = s->dims.hidden, E = s->dims.num_experts, El = E / s->P;
 
   epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;

@@ -143,6 +143,18 @@ epm_status_t epm_backend_route(epm_backend_t *be, const epm_backend_weights_t *w
   return be->ops->route(be, w, logits, m, ids, weights);
 }
 
+epm_status_t epm_backend_weight_on_input(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                         float *weights, epm_bf16_t *x_out) {
+  if (!be) return epm_error(EPM_ERR_INVALID_ARG, "weight_on_input: NULL backend");
+  EPM_TRY(check_rows(m, "weight_on_input"));
+  if (hidden <= 0) return epm_error(EPM_ERR_INVALID_ARG, "weight_on_input: hidden %lld <= 0", (long long)hidden);
+  if (m == 0) return EPM_OK;
+  if (!x || !weights || !x_out)
+    return epm_error(EPM_ERR_INVALID_ARG, "weight_on_input of %lld rows: NULL buffer", (long long)m);
+  if (!be->ops->weight_on_input) return unsupported(be, "weight_on_input");
+  return be->ops->weight_on_input(be, x, m, hidden, weights, x_out);
+}
+
 epm_status_t epm_backend_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
                               float *amax) {
   int64_t n;

@@ -142,6 +142,18 @@ static epm_status_t cpu_route(epm_backend_t *be, const epm_backend_weights_t *hw
   return epm_route_f32(&w->routing, logits, hw->layer->router_bias, m, ids, weights, NULL);
 }
 
+static epm_status_t cpu_weight_on_input(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                        float *weights, epm_bf16_t *x_out) {
+  (void)be;
+  for (int64_t t = 0; t < m; t++) {
+    const float w = epm_bf16_to_f32(epm_bf16_from_f32(weights[t]));
+    for (int64_t h = 0; h < hidden; h++)
+      x_out[t * hidden + h] = epm_bf16_from_f32(epm_bf16_to_f32(x[t * hidden + h]) * w);
+    weights[t] = 1.0f;
+  }
+  return EPM_OK;
+}
+
 static epm_status_t cpu_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t n, float *amax) {
   (void)be;
   *amax = epm_amax_bf16(x, n);
@@ -204,6 +216,7 @@ static const epm__backend_ops_t cpu_ops = {
     .weights_load = cpu_weights_load,
     .weights_free = cpu_weights_free,
     .route = cpu_route,
+    .weight_on_input = cpu_weight_on_input,
     .amax = cpu_amax,
     .quantize = cpu_quantize,
     .experts = cpu_experts,

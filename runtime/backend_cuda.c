@@ -244,6 +244,29 @@ static epm_status_t quantize_on(epm_backend_t *be, const epm_bf16_t *x, int64_t 
   return epm_kernel_quantize_bf16(&p, x, c->scale_dev, packed, sf, c->stream);
 }
 
+/* On the host through the pinned staging (own rows only, small). */
+static epm_status_t cuda_weight_on_input(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                         float *weights, epm_bf16_t *x_out) {
+  cuda_ctx_t *c = ctx_of(be);
+  const int64_t n = m * hidden;
+  if (n > c->host_elems || m > c->host_elems)
+    return epm_error(EPM_ERR_INVALID_ARG, "cuda weight_on_input of %lld values; staging holds %lld", (long long)n,
+                     (long long)c->host_elems);
+  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaMemcpyAsync(c->host_f32, weights, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  for (int64_t t = 0; t < m; t++) {
+    const float w = epm_bf16_to_f32(epm_bf16_from_f32(c->host_f32[t]));
+    for (int64_t h = 0; h < hidden; h++)
+      c->host_bf16[t * hidden + h] = epm_bf16_from_f32(epm_bf16_to_f32(c->host_bf16[t * hidden + h]) * w);
+    c->host_f32[t] = 1.0f;
+  }
+  CUDA_TRY(cudaMemcpyAsync(x_out, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaMemcpyAsync(weights, c->host_f32, (size_t)m * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  return EPM_OK;
+}
+
 static epm_status_t cuda_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden, float G,
                                   uint8_t *packed, uint8_t *sf) {
   return quantize_on(be, x, m, hidden, G, packed, sf);
@@ -343,6 +366,7 @@ static const epm__backend_ops_t cuda_ops = {
     .weights_load = cuda_weights_load,
     .weights_free = cuda_weights_free,
     .route = cuda_route,
+    .weight_on_input = cuda_weight_on_input,
     .amax = NULL, /* dynamic scale: not on this backend yet */
     .quantize = cuda_quantize,
     .experts = cuda_experts,

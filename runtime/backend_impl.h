@@ -21,6 +21,8 @@ typedef struct {
   void (*weights_free)(epm_backend_t *be, epm_backend_weights_t *w);
   epm_status_t (*route)(epm_backend_t *be, const epm_backend_weights_t *w, const float *logits,
                         int64_t m, int32_t *ids, float *weights);
+  epm_status_t (*weight_on_input)(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                  float *weights, epm_bf16_t *x_out);
   epm_status_t (*amax)(epm_backend_t *be, const epm_bf16_t *x, int64_t n, float *amax);
   epm_status_t (*quantize)(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
                            float global_scale, uint8_t *packed, uint8_t *sf);

@@ -31,11 +31,13 @@ struct epm_engine {
   int rank, size, device;
   int64_t H, E, k, max_m, max_M;
   int use_shared;
+  int weight_on_input; /* llama4: router weight scales the input (top-1) */
   size_t partial_elem; /* bytes per element of the reduce-scatter */
 
   /* Backend memory. The _loc buffers hold this rank's rows, the _all ones the
    * gathered rows; x/logits/y staging exists only on a device backend. */
   epm_bf16_t *x_dev;
+  epm_bf16_t *x_woi; /* [max_m, H] weighted input (weight_on_input only) */
   float *logits_dev;
   epm_bf16_t *y_dev;
   int32_t *ids_loc, *ids_all;
@@ -85,7 +87,7 @@ static epm_status_t alloc_buf(epm_engine_t *e, const epm_plan_buf_t *b, size_t e
 }
 
 static void free_buffers(epm_engine_t *e) {
-  void *bufs[] = {e->x_dev,   e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
+  void *bufs[] = {e->x_dev,   e->x_woi, e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
                   e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
                   e->y_red,   e->amax_buf};
   for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) epm_backend_free(e->be, bufs[i]);
@@ -109,6 +111,8 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
     EPM_TRY_GOTO(alloc_buf(e, &p->logits_local, sizeof(float), "logits", (void **)&e->logits_dev), st, out);
     EPM_TRY_GOTO(alloc_buf(e, &p->y_local, sizeof(epm_bf16_t), "y", (void **)&e->y_dev), st, out);
   }
+  if (e->weight_on_input)
+    EPM_TRY_GOTO(alloc_buf(e, &p->x_local, sizeof(epm_bf16_t), "weighted x", (void **)&e->x_woi), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_local, sizeof(int32_t), "topk_ids", (void **)&e->ids_loc), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_gathered, sizeof(int32_t), "gathered topk_ids", (void **)&e->ids_all), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_local, sizeof(float), "topk_weights", (void **)&e->wts_loc), st, out);
@@ -186,6 +190,9 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   e->k = layer->dims.top_k;
   e->max_m = cfg->max_tokens_per_rank;
   e->use_shared = cfg->shared_expert && layer->dims.shared_experts > 0 && layer->shared.count > 0;
+  /* As the reference layer (and vLLM) does for llama4: the top-1 weight is
+   * applied to the input before quantization, the experts sum with weight 1. */
+  e->weight_on_input = layer->dims.routing == EPM_ROUTING_LLAMA4;
   e->partial_elem = cfg->partial_dtype == EPM_DTYPE_F32 ? sizeof(float) : sizeof(epm_bf16_t);
   pthread_mutex_init(&e->stats_mu, NULL);
   if (epm_mul_i64(e->max_m, size, &e->max_M)) {
@@ -276,7 +283,8 @@ static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, int64_t M
 /* Local part before the dispatch: inputs in, route, and (static scale)
  * quantize. Any error here is reported to the peers by the sizes exchange. */
 static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x, const float *logits,
-                                 int64_t m, float G, const epm_bf16_t **x_be, float *amax) {
+                                 int64_t m, float G, const epm_bf16_t **x_be, const epm_bf16_t **x_q,
+                                 float *amax) {
   if (m < 0 || m > e->max_m)
     return epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens is outside [0, %lld] (max_tokens_per_rank)",
                      e->rank, (long long)m, (long long)e->max_m);
@@ -292,10 +300,15 @@ static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf
   }
   EPM_TRY(epm_backend_route(e->be, e->w, logits_be, m, e->ids_loc, e->wts_loc));
   EPM_TRY(stage_end(tm, EPM_STAGE_ROUTE));
+  *x_q = *x_be; /* what the routed experts see; the shared expert reads x_be */
+  if (e->weight_on_input) {
+    EPM_TRY(epm_backend_weight_on_input(e->be, *x_be, m, e->H, e->wts_loc, e->x_woi));
+    *x_q = e->x_woi;
+  }
   if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
-    EPM_TRY(epm_backend_amax(e->be, *x_be, m, e->H, amax));
+    EPM_TRY(epm_backend_amax(e->be, *x_q, m, e->H, amax));
   } else {
-    EPM_TRY(epm_backend_quantize(e->be, *x_be, m, e->H, G, e->packed_loc, e->sf_loc));
+    EPM_TRY(epm_backend_quantize(e->be, *x_q, m, e->H, G, e->packed_loc, e->sf_loc));
   }
   return stage_end(tm, EPM_STAGE_QUANTIZE);
 }
@@ -336,12 +349,13 @@ static epm_status_t dynamic_scale(epm_engine_t *e, float amax, float *a1) {
 
 /* Everything from the allgather on. Any error here leaves peers inside a
  * collective, so the caller aborts the comm. */
-static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x_be, int64_t m,
+static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x_be,
+                                     const epm_bf16_t *x_q, int64_t m,
                                      int64_t M, float a1, epm_bf16_t *y_local) {
   const float G = 1.0f / a1;
   const int64_t H = e->H, k = e->k;
   if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
-    EPM_TRY(epm_backend_quantize(e->be, x_be, m, H, G, e->packed_loc, e->sf_loc));
+    EPM_TRY(epm_backend_quantize(e->be, x_q, m, H, G, e->packed_loc, e->sf_loc));
     EPM_TRY(stage_end(tm, EPM_STAGE_QUANTIZE));
   }
   const epm_comm_gather_buf_t bufs[4] = {
@@ -383,10 +397,10 @@ epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const f
   const double t0 = tm.t;
   /* Decode scale a1 of the gathered activations; encode scale G = fp32(1/a1). */
   float a1 = e->layer->input_scale, amax = 0.0f;
-  const epm_bf16_t *x_be = NULL;
+  const epm_bf16_t *x_be = NULL, *x_q = NULL;
   int64_t M = 0;
 
-  epm_status_t local = local_stages(e, &tm, x_local, logits, m_r, 1.0f / a1, &x_be, &amax);
+  epm_status_t local = local_stages(e, &tm, x_local, logits, m_r, 1.0f / a1, &x_be, &x_q, &amax);
   if (local == EPM_OK && m_r > 0 && !y_local)
     local = epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but y is NULL", e->rank, (long long)m_r);
   epm_status_t st = epm_comm_exchange_sizes(e->comm, local == EPM_OK ? m_r : STEP_FAILED, e->counts);
@@ -399,7 +413,7 @@ epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const f
     return st;
   }
 
-  st = dispatch_combine(e, &tm, x_be, m_r, M, a1, y_local);
+  st = dispatch_combine(e, &tm, x_be, x_q, m_r, M, a1, y_local);
   if (st != EPM_OK) {
     EPM_LOG(EPM_LOG_ERROR, "engine", "step failed after the dispatch (%s: %s); aborting the comm",
             epm_status_name(st), epm_last_error());

@@ -34,3 +34,7 @@ foreach(c repeat split badlen badexp)
   set_tests_properties(step_runs_${c} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
                        ENVIRONMENT "${EPMOE_MPI_ENV}")
 endforeach()
+# Other routing methods at tiny dims (--routing drops the groups; llama4 is
+# top-1 with the router weight applied to the input, as the reference does).
+epm_add_mpi_test(step_llama4_np4 NP 4 COMMAND ${_step} --routing llama4 --tokens-per-rank 3,0,5,2 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_renormalize_np2 NP 2 COMMAND ${_step} --routing renormalize --top-k 2 --tokens-per-rank 4,5 LABELS mpi TIMEOUT 120)

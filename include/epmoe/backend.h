@@ -98,6 +98,11 @@ void epm_backend_weights_free(epm_backend_t *be, epm_backend_weights_t *w); /* N
 /* 1 route: logits [m, E] -> ids [m, k], weights [m, k] per the layer's method. */
 epm_status_t epm_backend_route(epm_backend_t *be, const epm_backend_weights_t *w,
                                const float *logits, int64_t m, int32_t *ids, float *weights);
+/* Router weight on the input (llama4, vLLM apply_router_weight_on_input;
+ * top_k must be 1): x_out[t] = bf16(x[t] * bf16(weights[t])), then
+ * weights[t] = 1 so the experts sum with weight 1 (moe_ref.h layer step 3). */
+epm_status_t epm_backend_weight_on_input(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                         float *weights, epm_bf16_t *x_out);
 /* max |x| over x [m, H] into *amax (host); for the dynamic global scale. */
 epm_status_t epm_backend_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
                               float *amax);
