@@ -7,6 +7,65 @@
 #include "ctl.h"
 #include "ctl_common.h"
 
+/* Prometheus text allows one HELP/TYPE per family and wants a family's
+ * samples together, so the outputs of several ranks are merged family by
+ * family (families in the order rank 0 lists them) instead of concatenated. */
+typedef struct {
+  char name[128];
+  int have_help, have_type;
+  epm_buf_t head, samples;
+} family_t;
+
+static void merge_prom(char **texts, int n) {
+  family_t *fam = NULL;
+  int nf = 0, cap = 0;
+  for (int r = 0; r < n; r++) {
+    if (!texts[r]) continue;
+    for (char *line = texts[r], *nx; line && *line; line = nx) {
+      nx = strchr(line, '\n');
+      size_t len = nx ? (size_t)(nx - line) + 1 : strlen(line);
+      if (nx) nx++;
+      char name[128] = "";
+      if (!strncmp(line, "# HELP ", 7) || !strncmp(line, "# TYPE ", 7)) sscanf(line + 7, "%127s", name);
+      else if (line[0] != '#') sscanf(line, "%127[a-zA-Z0-9_:]", name);
+      if (!name[0]) continue;
+      /* a sample's family: the name, or the histogram's base without _bucket/_sum/_count */
+      int f = -1;
+      for (int i = 0; i < nf && f < 0; i++) {
+        size_t k = strlen(fam[i].name);
+        if (!strncmp(name, fam[i].name, k) &&
+            (!name[k] || !strcmp(name + k, "_bucket") || !strcmp(name + k, "_sum") || !strcmp(name + k, "_count")))
+          f = i;
+      }
+      if (f < 0) {
+        if (nf == cap) {
+          cap = cap ? 2 * cap : 64;
+          family_t *nfam = realloc(fam, sizeof *fam * (size_t)cap);
+          if (!nfam) break;
+          fam = nfam;
+        }
+        f = nf++;
+        memset(&fam[f], 0, sizeof fam[f]);
+        snprintf(fam[f].name, sizeof fam[f].name, "%s", name);
+      }
+      if (line[0] == '#') { /* HELP/TYPE once per family, from the first rank that has it */
+        int *have = line[2] == 'H' ? &fam[f].have_help : &fam[f].have_type;
+        if (!*have) epm_buf_put(&fam[f].head, line, len);
+        *have = 1;
+      } else {
+        epm_buf_put(&fam[f].samples, line, len);
+      }
+    }
+  }
+  for (int i = 0; i < nf; i++) {
+    fwrite(fam[i].head.data, 1, fam[i].head.len, stdout);
+    fwrite(fam[i].samples.data, 1, fam[i].samples.len, stdout);
+    epm_buf_free(&fam[i].head);
+    epm_buf_free(&fam[i].samples);
+  }
+  free(fam);
+}
+
 int epm_ctl_stats(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_sock_t *socks;
@@ -28,6 +87,23 @@ int epm_ctl_stats(int argc, char **argv) {
     }
   }
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
+  if (fmt == EPM_FMT_PROMETHEUS && n > 1) {
+    char **texts = calloc((size_t)n, sizeof *texts);
+    for (int i = 0; texts && i < n; i++) {
+      epm_client_t *c = NULL;
+      if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK ||
+          epm_client_stats(c, fmt, &texts[i]) != EPM_OK) {
+        fprintf(stderr, "epmoectl stats: rank %d: %s\n", socks[i].rank, epm_last_error());
+        rc = 1;
+      }
+      epm_client_close(c);
+    }
+    if (texts) merge_prom(texts, n);
+    for (int i = 0; texts && i < n; i++) free(texts[i]);
+    free(texts);
+    free(socks);
+    return rc;
+  }
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     char *text = NULL;

@@ -132,6 +132,9 @@ ok "--step-timeout: step fails on the joined ranks naming the missing ones; late
 prom=$("$CTL" stats --socket-dir "$S" --prometheus) || fail "stats --prometheus"
 echo "$prom" | grep -q '^epmoe_steps_total{rank="0"} [1-9]' || fail "no epmoe_steps_total in: $(echo "$prom" | head -5)"
 echo "$prom" | grep -q 'epmoe_step_seconds_bucket{rank="0",le="+Inf"}' || fail "no step histogram"
+dups=$(echo "$prom" | grep '^# TYPE' | sort | uniq -d)
+[ -z "$dups" ] || fail "families repeated in the merged exposition: $dups"
+[ "$(echo "$prom" | grep -c '^epmoe_steps_total{')" = "$NP" ] || fail "not one epmoe_steps_total per rank"
 http_get() { # http_get PORT PATH -> response on stdout (bash /dev/tcp, no curl needed)
   exec 3<>"/dev/tcp/127.0.0.1/$1" || return 1
   printf 'GET %s HTTP/1.0\r\n\r\n' "$2" >&3
