@@ -5,7 +5,9 @@
  *
  * The shared expert runs as a one-expert layer view (the shared bank, its own
  * input and intermediate scales, top-1 with weight 1), which is the reference
- * layer function's step 5. */
+ * layer function's step 5. Its scratch belongs to the backend (grown at load,
+ * shared by all layers loaded on it), so a model of many layers does not hold
+ * one copy per layer. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -16,17 +18,22 @@
 
 #define CPU_ALIGN 64
 
+/* Shared-expert scratch, one per backend (every layer loaded on it uses it;
+ * ops run one at a time), grown at load only. */
+typedef struct {
+  uint8_t *sh_packed, *sh_sf;
+  int32_t *sh_ids; /* zeros */
+  float *sh_w;     /* ones */
+  epm_bf16_t *sh_out;
+  int64_t rows, hidden;
+} cpu_ctx_t;
+
 typedef struct {
   struct epm_backend_weights hdr; /* first: backend.c reads it */
   epm_routing_config_t routing;
   epm_moe_ref_opts_t opts;
-  /* Shared expert: its layer view and scratch for max_local rows. */
   int has_shared;
-  epm_layer_t shared_view;
-  uint8_t *sh_packed, *sh_sf;
-  int32_t *sh_ids;
-  float *sh_w;
-  epm_bf16_t *sh_out;
+  epm_layer_t shared_view; /* the shared expert as a one-expert layer */
 } cpu_weights_t;
 
 static epm_status_t cpu_alloc(epm_backend_t *be, size_t bytes, void **out) {
@@ -55,15 +62,24 @@ static epm_status_t cpu_copy(epm_backend_t *be, void *dst, const void *src, size
   return EPM_OK;
 }
 
+static void free_scratch(cpu_ctx_t *c) {
+  free(c->sh_packed);
+  free(c->sh_sf);
+  free(c->sh_ids);
+  free(c->sh_w);
+  free(c->sh_out);
+  memset(c, 0, sizeof *c);
+}
+
+static void cpu_destroy(epm_backend_t *be) {
+  if (be->ctx) free_scratch(be->ctx);
+  free(be->ctx);
+  be->ctx = NULL;
+}
+
 static void cpu_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
-  cpu_weights_t *w = (cpu_weights_t *)hw;
   (void)be;
-  free(w->sh_packed);
-  free(w->sh_sf);
-  free(w->sh_ids);
-  free(w->sh_w);
-  free(w->sh_out);
-  free(w);
+  free(hw);
 }
 
 /* A view of the shared expert as a one-expert layer. */
@@ -88,6 +104,7 @@ static void shared_view(const epm_layer_t *l, epm_layer_t *v) {
 }
 
 static epm_status_t scratch(int64_t rows, int64_t cols, size_t elem, void **out) {
+  *out = NULL;
   int64_t n;
   size_t bytes;
   if (epm_mul_i64(rows > 0 ? rows : 1, cols, &n) || epm_mul_size((size_t)n, elem, &bytes))
@@ -96,6 +113,28 @@ static epm_status_t scratch(int64_t rows, int64_t cols, size_t elem, void **out)
   *out = malloc(bytes);
   if (!*out) return epm_error(EPM_ERR_NOMEM, "cpu scratch of %zu bytes", bytes);
   return EPM_OK;
+}
+
+static epm_status_t grow_scratch(cpu_ctx_t *c, int64_t rows, int64_t H) {
+  if (rows <= c->rows && H <= c->hidden) return EPM_OK;
+  const int64_t R = rows > c->rows ? rows : c->rows, HH = H > c->hidden ? H : c->hidden;
+  free_scratch(c);
+  epm_status_t st;
+  EPM_TRY_GOTO(scratch(R, HH / 2, 1, (void **)&c->sh_packed), st, fail);
+  EPM_TRY_GOTO(scratch(R, HH / EPM_NVFP4_BLOCK, 1, (void **)&c->sh_sf), st, fail);
+  EPM_TRY_GOTO(scratch(R, 1, sizeof(int32_t), (void **)&c->sh_ids), st, fail);
+  EPM_TRY_GOTO(scratch(R, 1, sizeof(float), (void **)&c->sh_w), st, fail);
+  EPM_TRY_GOTO(scratch(R, HH, sizeof(epm_bf16_t), (void **)&c->sh_out), st, fail);
+  for (int64_t i = 0; i < R; i++) {
+    c->sh_ids[i] = 0;
+    c->sh_w[i] = 1.0f;
+  }
+  c->rows = R;
+  c->hidden = HH;
+  return EPM_OK;
+fail:
+  free_scratch(c);
+  return st;
 }
 
 static epm_status_t cpu_weights_load(epm_backend_t *be, const epm_layer_t *l, int64_t max_local,
@@ -118,15 +157,7 @@ static epm_status_t cpu_weights_load(epm_backend_t *be, const epm_layer_t *l, in
       goto fail;
     }
     shared_view(l, &w->shared_view);
-    EPM_TRY_GOTO(scratch(max_local, H / 2, 1, (void **)&w->sh_packed), st, fail);
-    EPM_TRY_GOTO(scratch(max_local, H / EPM_NVFP4_BLOCK, 1, (void **)&w->sh_sf), st, fail);
-    EPM_TRY_GOTO(scratch(max_local, 1, sizeof(int32_t), (void **)&w->sh_ids), st, fail);
-    EPM_TRY_GOTO(scratch(max_local, 1, sizeof(float), (void **)&w->sh_w), st, fail);
-    EPM_TRY_GOTO(scratch(max_local, H, sizeof(epm_bf16_t), (void **)&w->sh_out), st, fail);
-    for (int64_t i = 0; i < max_local; i++) {
-      w->sh_ids[i] = 0;
-      w->sh_w[i] = 1.0f;
-    }
+    EPM_TRY_GOTO(grow_scratch(be->ctx, max_local, H), st, fail);
   }
   *out = &w->hdr;
   return EPM_OK;
@@ -179,16 +210,16 @@ static epm_status_t cpu_experts(epm_backend_t *be, const epm_backend_weights_t *
 static epm_status_t cpu_shared_add(epm_backend_t *be, const epm_backend_weights_t *hw, const epm_bf16_t *x,
                                    int64_t m, float *y) {
   const cpu_weights_t *w = (const cpu_weights_t *)hw;
+  const cpu_ctx_t *c = be->ctx;
   const epm_layer_t *v = &w->shared_view;
   const int64_t H = hw->layer->dims.hidden;
-  (void)be;
   if (!w->has_shared) return EPM_OK;
-  EPM_TRY(epm_nvfp4_quantize_bf16(x, m, H, 1.0f / v->input_scale, EPM_SF_LINEAR, w->sh_packed, w->sh_sf));
-  EPM_TRY(epm_moe_ref_experts(v, w->sh_packed, w->sh_sf, v->input_scale, m, 1, w->sh_ids, w->sh_w, &w->opts,
-                              NULL, w->sh_out, NULL));
+  EPM_TRY(epm_nvfp4_quantize_bf16(x, m, H, 1.0f / v->input_scale, EPM_SF_LINEAR, c->sh_packed, c->sh_sf));
+  EPM_TRY(epm_moe_ref_experts(v, c->sh_packed, c->sh_sf, v->input_scale, m, 1, c->sh_ids, c->sh_w, &w->opts,
+                              NULL, c->sh_out, NULL));
   const int64_t n = m * H;
   for (int64_t i = 0; i < n; i++)
-    y[i] = epm_bf16_to_f32(epm_bf16_from_f32(y[i])) + epm_bf16_to_f32(w->sh_out[i]);
+    y[i] = epm_bf16_to_f32(epm_bf16_from_f32(y[i])) + epm_bf16_to_f32(c->sh_out[i]);
   return EPM_OK;
 }
 
@@ -207,7 +238,7 @@ static epm_status_t cpu_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, in
 static const epm__backend_ops_t cpu_ops = {
     .name = "cpu",
     .is_device = 0,
-    .destroy = NULL,
+    .destroy = cpu_destroy,
     .alloc = cpu_alloc,
     .free = cpu_free,
     .copy_h2d = cpu_copy,
@@ -228,6 +259,8 @@ static const epm__backend_ops_t cpu_ops = {
 epm_status_t epm__backend_cpu_init(epm_backend_t *be) {
   if (be->cfg.threads < 0)
     return epm_error(EPM_ERR_INVALID_ARG, "cpu backend: threads = %d must be >= 0", be->cfg.threads);
+  be->ctx = calloc(1, sizeof(cpu_ctx_t));
+  if (!be->ctx) return epm_error(EPM_ERR_NOMEM, "cpu backend context");
   be->ops = &cpu_ops;
   return EPM_OK;
 }

@@ -7,9 +7,12 @@
  *   route     epm_kernel_routing (router bias uploaded at load)
  *   quantize  epm_kernel_quantize_bf16, linear scales; the encode scale goes
  *             through a one-float device slot of the backend
- *   experts   epm_kernel_moe_forward over a workspace sized once for the
+ *   experts   epm_kernel_moe_forward over a workspace sized for the
  *             gathered capacity (plan of max_gathered rows; a smaller M uses
- *             a prefix of every piece)
+ *             a prefix of every piece). The workspace and the shared-expert
+ *             scratch belong to the backend, grown at load, and are shared by
+ *             every layer loaded on it: per-layer copies would multiply the
+ *             largest buffers by the layer count.
  *   shared    the same kernels on a one-expert view (top-1, weight 1)
  * The elementwise tail on the rank's own rows (bf16 <-> fp32, the shared
  * combine) and the dynamic-scale amax have no kernels yet: they stage through
@@ -27,6 +30,17 @@ typedef struct {
   int device;
   cudaStream_t stream;
   float *scale_dev; /* [1] encode scale read by the quantize kernel */
+  /* Scratch of the expert stages, shared by every layer loaded on this
+   * backend (ops run one at a time on the one stream), grown at load only:
+   * routed workspace for the gathered capacity, shared-expert workspace and
+   * buffers for the local capacity. */
+  void *ws_dev, *sh_ws_dev;
+  size_t ws_cap, sh_ws_cap;
+  uint8_t *sh_packed, *sh_sf;
+  int32_t *sh_ids;    /* zeros */
+  float *sh_w;        /* ones */
+  epm_bf16_t *sh_out; /* [sh_rows, sh_H] */
+  int64_t sh_rows, sh_H;
   /* Pinned staging for the host-side elementwise ops, grown at load only. */
   float *host_f32;
   epm_bf16_t *host_bf16;
@@ -42,12 +56,6 @@ typedef struct {
   struct epm_backend_weights hdr; /* first: backend.c reads it */
   dev_bank_t routed, shared;
   float *bias_dev;       /* [E] or NULL */
-  void *ws_dev;          /* routed expert workspace, capacity max_gathered */
-  void *sh_ws_dev;       /* shared expert workspace, capacity max_local */
-  uint8_t *sh_packed, *sh_sf;
-  int32_t *sh_ids;       /* zeros */
-  float *sh_w;           /* ones */
-  epm_bf16_t *sh_out;    /* [max_local, H] */
   int has_shared;
 } cuda_weights_t;
 
@@ -72,6 +80,8 @@ static void cuda_destroy(epm_backend_t *be) {
     cudaStreamDestroy(c->stream);
   }
   cudaFree(c->scale_dev);
+  void *p[] = {c->ws_dev, c->sh_ws_dev, c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, c->sh_out};
+  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
   cudaFreeHost(c->host_f32);
   cudaFreeHost(c->host_bf16);
   free(c);
@@ -152,8 +162,7 @@ static void cuda_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
   (void)be;
   free_bank(&w->routed);
   free_bank(&w->shared);
-  void *p[] = {w->bias_dev, w->ws_dev, w->sh_ws_dev, w->sh_packed, w->sh_sf, w->sh_ids, w->sh_w, w->sh_out};
-  for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
+  cudaFree(w->bias_dev);
   free(w);
 }
 
@@ -171,24 +180,50 @@ static epm_status_t grow_host(cuda_ctx_t *c, int64_t elems) {
   return EPM_OK;
 }
 
-static epm_status_t load_shared(cuda_weights_t *w, const epm_layer_t *l, int64_t max_local) {
+/* Device scratch grows at load time only (never inside a step). */
+static epm_status_t grow_dev(cuda_ctx_t *c, void **p, size_t *cap, size_t need, const char *what) {
+  if (need <= *cap && *p) return EPM_OK;
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  cudaFree(*p);
+  *p = NULL;
+  *cap = 0;
+  cudaError_t e = cudaMalloc(p, need ? need : 256);
+  if (e != cudaSuccess) {
+    *p = NULL;
+    return epm_error_wrap(cuda_fail(e, "cudaMalloc"), "%s (%zu bytes)", what, need);
+  }
+  *cap = need;
+  return EPM_OK;
+}
+
+static epm_status_t load_shared(cuda_ctx_t *c, cuda_weights_t *w, const epm_layer_t *l, int64_t max_local) {
   const int64_t H = l->dims.hidden, Is = l->dims.shared_intermediate, rows = max_local > 0 ? max_local : 1;
   epm_moe_plan_t p;
   EPM_TRY(upload_bank(&l->shared, &w->shared));
   EPM_TRY(epm_moe_plan(rows, H, Is, 1, 1, 0, 1, &p));
-  CUDA_TRY(cudaMalloc(&w->sh_ws_dev, p.workspace_bytes));
-  CUDA_TRY(cudaMalloc((void **)&w->sh_packed, (size_t)(rows * H / 2)));
-  CUDA_TRY(cudaMalloc((void **)&w->sh_sf, (size_t)(rows * H / EPM_NVFP4_BLOCK)));
-  CUDA_TRY(cudaMalloc((void **)&w->sh_out, (size_t)(rows * H) * sizeof(epm_bf16_t)));
-  CUDA_TRY(cudaMalloc((void **)&w->sh_ids, (size_t)rows * sizeof(int32_t)));
-  CUDA_TRY(cudaMalloc((void **)&w->sh_w, (size_t)rows * sizeof(float)));
-  CUDA_TRY(cudaMemset(w->sh_ids, 0, (size_t)rows * sizeof(int32_t)));
-  float *ones = malloc((size_t)rows * sizeof *ones);
-  if (!ones) return epm_error(EPM_ERR_NOMEM, "shared expert weights of %lld rows", (long long)rows);
-  for (int64_t i = 0; i < rows; i++) ones[i] = 1.0f;
-  cudaError_t e = cudaMemcpy(w->sh_w, ones, (size_t)rows * sizeof *ones, cudaMemcpyHostToDevice);
+  EPM_TRY(grow_dev(c, &c->sh_ws_dev, &c->sh_ws_cap, p.workspace_bytes, "shared expert workspace"));
+  if (rows <= c->sh_rows && H <= c->sh_H) return EPM_OK;
+  const int64_t R = rows > c->sh_rows ? rows : c->sh_rows, HH = H > c->sh_H ? H : c->sh_H;
+  size_t cap = 0;
+  c->sh_rows = c->sh_H = 0;
+  EPM_TRY(grow_dev(c, (void **)&c->sh_packed, &cap, (size_t)(R * HH / 2), "shared expert input"));
+  cap = 0;
+  EPM_TRY(grow_dev(c, (void **)&c->sh_sf, &cap, (size_t)(R * HH / EPM_NVFP4_BLOCK), "shared expert scales"));
+  cap = 0;
+  EPM_TRY(grow_dev(c, (void **)&c->sh_out, &cap, (size_t)(R * HH) * sizeof(epm_bf16_t), "shared expert output"));
+  cap = 0;
+  EPM_TRY(grow_dev(c, (void **)&c->sh_ids, &cap, (size_t)R * sizeof(int32_t), "shared expert ids"));
+  cap = 0;
+  EPM_TRY(grow_dev(c, (void **)&c->sh_w, &cap, (size_t)R * sizeof(float), "shared expert weights"));
+  CUDA_TRY(cudaMemset(c->sh_ids, 0, (size_t)R * sizeof(int32_t)));
+  float *ones = malloc((size_t)R * sizeof *ones);
+  if (!ones) return epm_error(EPM_ERR_NOMEM, "shared expert weights of %lld rows", (long long)R);
+  for (int64_t i = 0; i < R; i++) ones[i] = 1.0f;
+  cudaError_t e = cudaMemcpy(c->sh_w, ones, (size_t)R * sizeof *ones, cudaMemcpyHostToDevice);
   free(ones);
   if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpy(shared weights)");
+  c->sh_rows = R;
+  c->sh_H = HH;
   return EPM_OK;
 }
 
@@ -210,12 +245,9 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
   EPM_TRY_GOTO(epm_moe_plan(max_gathered > 0 ? max_gathered : 1, d->hidden, d->intermediate, d->num_experts,
                             d->top_k, l->expert_offset, l->experts.count, &p),
                st, fail);
-  if (cudaMalloc(&w->ws_dev, p.workspace_bytes) != cudaSuccess) {
-    st = cuda_fail(cudaErrorMemoryAllocation, "cudaMalloc(expert workspace)");
-    goto fail;
-  }
+  EPM_TRY_GOTO(grow_dev(c, &c->ws_dev, &c->ws_cap, p.workspace_bytes, "expert workspace"), st, fail);
   w->has_shared = d->shared_experts > 0 && l->shared.count > 0;
-  if (w->has_shared) EPM_TRY_GOTO(load_shared(w, l, max_local), st, fail);
+  if (w->has_shared) EPM_TRY_GOTO(load_shared(c, w, l, max_local), st, fail);
   EPM_TRY_GOTO(grow_host(c, (max_local > 0 ? max_local : 1) * d->hidden), st, fail);
   *out = &w->hdr;
   return EPM_OK;
@@ -294,7 +326,7 @@ static epm_status_t cuda_experts(epm_backend_t *be, const epm_backend_weights_t 
   epm_moe_plan_t p;
   EPM_TRY(epm_moe_plan(M, l->dims.hidden, l->dims.intermediate, l->dims.num_experts, l->dims.top_k,
                        l->expert_offset, l->experts.count, &p));
-  return run_moe(be, l, &w->routed, &p, w->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
+  return run_moe(be, l, &w->routed, &p, ctx_of(be)->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
                  dtype == EPM_DTYPE_F32, partial);
 }
 
@@ -307,12 +339,12 @@ static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights
   const int64_t H = l->dims.hidden, n = m * H;
   epm_moe_plan_t p;
   if (!w->has_shared) return EPM_OK;
-  EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, w->sh_packed, w->sh_sf));
+  EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, c->sh_packed, c->sh_sf));
   EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
-  EPM_TRY(run_moe(be, l, &w->shared, &p, w->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
-                  w->sh_packed, w->sh_sf, w->sh_ids, w->sh_w, 0, w->sh_out));
+  EPM_TRY(run_moe(be, l, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
+                  c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0, c->sh_out));
   CUDA_TRY(cudaMemcpyAsync(c->host_f32, y, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, w->sh_out, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost,
+  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, c->sh_out, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost,
                            c->stream));
   CUDA_TRY(cudaStreamSynchronize(c->stream));
   for (int64_t i = 0; i < n; i++)

@@ -48,6 +48,7 @@ struct epm_engine {
   float *y32;        /* [max_m, H] fp32 (aliases y_red when partials are fp32) */
   float *amax_buf;   /* [1] for the dynamic scale's all-reduce */
   size_t buffer_bytes;
+  int owns_buffers; /* 0 when borrowed from cfg.share_buffers */
 
   int64_t *counts; /* [size] host: the sizes exchange */
 
@@ -87,6 +88,7 @@ static epm_status_t alloc_buf(epm_engine_t *e, const epm_plan_buf_t *b, size_t e
 }
 
 static void free_buffers(epm_engine_t *e) {
+  if (!e->owns_buffers) return;
   void *bufs[] = {e->x_dev,   e->x_woi, e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
                   e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
                   e->y_red,   e->amax_buf};
@@ -94,8 +96,54 @@ static void free_buffers(epm_engine_t *e) {
   if (e->y32 != e->y_red) epm_backend_free(e->be, e->y32);
 }
 
+/* The step buffers of another engine of the same shape (a model's layers
+ * step one after another). Everything checked names both values. */
+static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
+  const char *what = NULL;
+  long long mine = 0, theirs = 0;
+#define SAME(field, name)                        \
+  if (!what && (e->field) != (o->field)) {       \
+    what = name;                                 \
+    mine = (long long)(e->field);                \
+    theirs = (long long)(o->field);              \
+  }
+  SAME(H, "hidden")
+  SAME(E, "experts")
+  SAME(k, "top_k")
+  SAME(max_m, "max_tokens_per_rank")
+  SAME(cfg.partial_dtype, "partial dtype")
+  SAME(weight_on_input, "weight on input")
+  SAME(rank, "rank")
+  SAME(size, "EP size")
+#undef SAME
+  if (!what && (o->comm != e->comm || o->be != e->be)) return epm_error(EPM_ERR_INVALID_ARG,
+      "share_buffers: the other engine uses another comm or backend");
+  if (what)
+    return epm_error(EPM_ERR_INVALID_ARG, "share_buffers: %s is %lld here and %lld in the other engine", what, mine,
+                     theirs);
+  e->x_dev = o->x_dev;
+  e->x_woi = o->x_woi;
+  e->logits_dev = o->logits_dev;
+  e->y_dev = o->y_dev;
+  e->ids_loc = o->ids_loc;
+  e->ids_all = o->ids_all;
+  e->wts_loc = o->wts_loc;
+  e->wts_all = o->wts_all;
+  e->packed_loc = o->packed_loc;
+  e->packed_all = o->packed_all;
+  e->sf_loc = o->sf_loc;
+  e->sf_all = o->sf_all;
+  e->partial_all = o->partial_all;
+  e->y_red = o->y_red;
+  e->y32 = o->y32;
+  e->amax_buf = o->amax_buf;
+  e->owns_buffers = 0;
+  return EPM_OK;
+}
+
 /* All step buffers, once, for max_tokens_per_rank on every rank. */
 static epm_status_t alloc_buffers(epm_engine_t *e) {
+  e->owns_buffers = 1;
   epm_plan_t *p = malloc(sizeof *p);
   if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
   epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
@@ -205,15 +253,19 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
     goto fail;
   }
   EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
-  EPM_TRY_GOTO(alloc_buffers(e), st, fail);
+  if (cfg->share_buffers)
+    EPM_TRY_GOTO(borrow_buffers(e, cfg->share_buffers), st, fail);
+  else
+    EPM_TRY_GOTO(alloc_buffers(e), st, fail);
   EPM_LOG(EPM_LOG_INFO, "engine",
           "layer %lld: experts [%lld, %lld) of %lld, max %lld tokens/rank (%lld gathered), "
-          "%s scale, shared %s, %s partials, %zu buffer bytes on %s",
+          "%s scale, shared %s, %s partials, %zu buffer bytes%s on %s",
           (long long)layer->layer_index, (long long)layer->expert_offset,
           (long long)(layer->expert_offset + layer->experts.count), (long long)e->E,
           (long long)e->max_m, (long long)e->max_M,
           cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic", e->use_shared ? "on" : "off",
-          cfg->partial_dtype == EPM_DTYPE_F32 ? "fp32" : "bf16", e->buffer_bytes, epm_backend_name(be));
+          cfg->partial_dtype == EPM_DTYPE_F32 ? "fp32" : "bf16", e->buffer_bytes,
+          e->owns_buffers ? "" : " (buffers shared with another engine)", epm_backend_name(be));
   *out = e;
   return EPM_OK;
 fail:

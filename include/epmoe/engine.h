@@ -44,9 +44,16 @@ typedef struct {
   epm_scale_mode_t scale_mode;
   int shared_expert;           /* 1: add the layer's shared expert (when it has one) */
   epm_dtype_t partial_dtype;   /* dtype of the reduce-scatter; the comm must support it */
+  /* Borrow the step buffers of another engine instead of allocating them
+   * (the layers of one model step one after another, so one set serves
+   * all; the partial alone is [EP x max_tokens, H]). It must have the same
+   * comm, backend, hidden size, expert count, top-k, capacity and partial
+   * dtype, must outlive this engine, and the two must never step at the
+   * same time. NULL = own buffers. */
+  const struct epm_engine *share_buffers;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \

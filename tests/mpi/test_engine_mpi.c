@@ -12,6 +12,7 @@
  *   - failure agreement: one rank with bad arguments -> every rank returns an
  *     error in the same step (none hangs), the next step works
  *   - stats: counters and stage times; readable from another thread mid-step
+ *   - two layers on one set of step buffers (share_buffers), stepped in turn
  *   - create-time validation: wrong expert slice, zero capacity
  *   - backend seam: names, a weights handle of another backend refused
  */
@@ -76,15 +77,20 @@ static double rank_error(const tokens_t *t, const epm_bf16_t *ref_all, int64_t *
   return rmax > 0 ? dmax / rmax : dmax;
 }
 
-static void reference(const tokens_t *t, float input_scale, int shared, epm_bf16_t *ref) {
+static void reference_layer(const tokens_t *t, int64_t layer_index, float input_scale, int shared,
+                            epm_bf16_t *ref) {
   epm_layer_t full = {0};
-  CHECK_OK(epm_layer_generate(&dims, 0, 5, 0, dims.num_experts, &full));
+  CHECK_OK(epm_layer_generate(&dims, layer_index, 5, 0, dims.num_experts, &full));
   if (input_scale > 0) full.input_scale = input_scale;
   epm_moe_ref_opts_t o = EPM_MOE_REF_OPTS_INIT;
   o.threads = 1;
   o.include_shared = shared;
   CHECK_OK(epm_moe_ref_layer(&full, t->x_all, t->logits_all, t->M, &o, NULL, NULL, NULL, ref, NULL));
   epm_layer_free(&full);
+}
+
+static void reference(const tokens_t *t, float input_scale, int shared, epm_bf16_t *ref) {
+  reference_layer(t, 0, input_scale, shared, ref);
 }
 
 typedef struct {
@@ -212,6 +218,48 @@ static void failure_agreement(epm_comm_t *comm, epm_backend_t *be, const epm_lay
   free_tokens(&t);
 }
 
+/* Two layers of one model on one set of step buffers, stepped alternately:
+ * each must still match its own reference. */
+static void shared_buffers(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *layer0) {
+  tokens_t t;
+  make_tokens(&t, 4242);
+  epm_layer_t layer1 = {0};
+  const int64_t El = dims.num_experts / P;
+  CHECK_OK(epm_layer_generate(&dims, 1, 5, me * El, El, &layer1));
+  epm_engine_config_t cfg = EPM_ENGINE_CONFIG_INIT;
+  cfg.max_tokens_per_rank = t.max_m;
+  epm_engine_t *a = NULL, *b = NULL, *bad = NULL;
+  CHECK_OK(epm_engine_create(&cfg, layer0, comm, be, &a));
+  cfg.share_buffers = a;
+  CHECK_OK(epm_engine_create(&cfg, &layer1, comm, be, &b));
+  CHECK(epm_engine_buffer_bytes(b) == 0 && epm_engine_buffer_bytes(a) > 0, "b must borrow a's buffers");
+  cfg.max_tokens_per_rank = t.max_m + 1;
+  CHECK(epm_engine_create(&cfg, &layer1, comm, be, &bad) == EPM_ERR_INVALID_ARG, "capacity mismatch accepted");
+  CHECK(strstr(epm_last_error(), "max_tokens_per_rank"), "%s", epm_last_error());
+
+  const int64_t n = t.m * dims.hidden;
+  epm_bf16_t *ya = malloc((size_t)(n + 1) * sizeof *ya), *ref = malloc((size_t)(t.M * dims.hidden + 1) * sizeof *ref);
+  CHECK(ya && ref, "oom");
+  CHECK_OK(epm_engine_step(a, t.x, t.logits, t.m, t.y));
+  memcpy(ya, t.y, (size_t)n * sizeof *ya);
+  CHECK_OK(epm_engine_step(b, t.x, t.logits, t.m, t.y));
+  int64_t diffs;
+  reference_layer(&t, 1, 0, 1, ref);
+  CHECK(rank_error(&t, ref, &diffs) <= TOL, "layer 1 on shared buffers: max_err %g", rank_error(&t, ref, &diffs));
+  CHECK(P > 1 || diffs == 0, "layer 1 at P = 1 must equal the reference");
+  memcpy(t.y, ya, (size_t)n * sizeof *ya);
+  reference_layer(&t, 0, 0, 1, ref);
+  CHECK(rank_error(&t, ref, &diffs) <= TOL && (P > 1 || diffs == 0), "layer 0 after layer 1 stepped");
+  CHECK_OK(epm_engine_step(a, t.x, t.logits, t.m, t.y));
+  CHECK(memcmp(ya, t.y, (size_t)n * sizeof *ya) == 0, "layer 0 changed after layer 1 used the buffers");
+  epm_engine_destroy(b);
+  epm_engine_destroy(a);
+  epm_layer_free(&layer1);
+  free(ya);
+  free(ref);
+  free_tokens(&t);
+}
+
 static void create_errors(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *layer) {
   epm_engine_config_t cfg = EPM_ENGINE_CONFIG_INIT;
   epm_engine_t *eng = NULL;
@@ -280,6 +328,7 @@ int main(int argc, char **argv) {
   run_engine(comm, be, &layer, EPM_SCALE_DYNAMIC, EPM_DTYPE_F32, 1);
   run_engine(comm, be, &layer, EPM_SCALE_STATIC, EPM_DTYPE_BF16, 1);
   failure_agreement(comm, be, &layer);
+  shared_buffers(comm, be, &layer);
 
   epm_layer_free(&layer);
   epm_backend_destroy(be);
