@@ -15,6 +15,12 @@ if(EPMOE_HAVE_CUDA)
     epm_add_test(test_gpu_moe SOURCES gpu/test_gpu_moe.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
     epm_add_test(test_gpu_seed SOURCES gpu/test_gpu_seed.c LABELS gpu large LIBS epm_gputest GPU NO_CMOCKA
                  TIMEOUT 1200)
+    # The whole pipeline past M*H = 2^32 (600,000 x 7168), one of two experts
+    # local, top-1, a small intermediate to keep the GEMMs cheap.
+    add_test(NAME test_gpu_pipeline_4g COMMAND test_gpu_seed --tokens 600000 --experts 2 --local 1 --top-k 1
+             --inter 128 --routing renormalize)
+    set_tests_properties(test_gpu_pipeline_4g PROPERTIES LABELS "gpu;large" TIMEOUT 1200 SKIP_RETURN_CODE 77
+                         RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
   endif()
   # Once under compute-sanitizer (memcheck) at the small sizes of test_gpu_moe.
   find_program(EPMOE_COMPUTE_SANITIZER compute-sanitizer HINTS ${CUDAToolkit_BIN_DIR})

@@ -8,7 +8,12 @@
  * codec, ids/weights equal the CPU routing, and the output rows equal the
  * CPU reference experts run on just those rows. Prints per-stage times.
  *
- * Usage: test_gpu_seed [tokens]   (default 327680) */
+ * The same program runs the whole pipeline past M*H = 2^32 (ctest
+ * test_gpu_pipeline_4g: 600,000 tokens, a small expert so it stays cheap);
+ * then the rows around element 2^32 are among the sampled ones.
+ *
+ * Usage: test_gpu_seed [--tokens M] [--experts E --local L --top-k K
+ *                       --inter I --routing NAME]   (defaults: the seed) */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,10 +39,26 @@ static double ms_between(cudaEvent_t a, cudaEvent_t b) {
 
 int main(int argc, char **argv) {
   gpu_require_device("test_gpu_seed");
-  const int64_t M = argc > 1 ? atoll(argv[1]) : 327680;
   epm_model_dims_t d;
   EPM_CHECK(epm_model_preset("deepseek-r1", &d));
-  const int64_t H = d.hidden, I = d.intermediate, E = d.num_experts, k = d.top_k, off = 0, el = 8;
+  int64_t M = 327680, el = 8;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const char *f = argv[i], *v = argv[i + 1];
+    if (!strcmp(f, "--tokens")) M = atoll(v);
+    else if (!strcmp(f, "--experts")) d.num_experts = atoll(v);
+    else if (!strcmp(f, "--local")) el = atoll(v);
+    else if (!strcmp(f, "--top-k")) d.top_k = atoll(v);
+    else if (!strcmp(f, "--inter")) d.intermediate = d.shared_intermediate = atoll(v);
+    else if (!strcmp(f, "--routing")) {
+      EPM_CHECK(epm_routing_method_parse(v, &d.routing));
+      d.n_group = d.topk_group = 1;
+      d.routed_scaling_factor = 1.0f;
+    } else {
+      fprintf(stderr, "test_gpu_seed: unknown option '%s'\n", f);
+      return 2;
+    }
+  }
+  const int64_t H = d.hidden, I = d.intermediate, E = d.num_experts, k = d.top_k, off = 0;
   int failures = 0;
 
   epm_layer_t layer;
@@ -130,12 +151,13 @@ int main(int argc, char **argv) {
   /* sampled rows */
   /* first, middle and last rows, then random rows that have a local expert
    * (with 8 of 256 experts most tokens have none) */
-  int64_t rows[NSAMPLE] = {0, 1, M / 2, M - 2, M - 1};
+  const int64_t b32 = (1LL << 32) / H; /* the row holding element 2^32 */
+  int64_t rows[NSAMPLE] = {0, 1, M / 2, M - 2, M - 1, b32 < M ? b32 : 2, b32 + 1 < M ? b32 + 1 : 3};
   {
     int32_t *all_ids = malloc(rp.ids_bytes);
     gpu_download(all_ids, dids, rp.ids_bytes);
     epm_test_rng_t rng = {SEED};
-    int n = 5;
+    int n = 7;
     for (int tries = 0; n < NSAMPLE && tries < 1000000; tries++) {
       int64_t r = (int64_t)(epm_test_rng_u64(&rng) % (uint64_t)M);
       int local = 0;
