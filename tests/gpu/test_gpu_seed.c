@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
   gpu_fill_act_bf16(dx, M, H, SEED);
   float *dl = gpu_alloc_poisoned(rp.logits_bytes, 0);
   gpu_fill_logits(dl, M, E, SEED + 1);
-  float *dbias = gpu_upload(layer.router_bias, (size_t)E * sizeof(float));
+  float *dbias = layer.router_bias ? gpu_upload(layer.router_bias, (size_t)E * sizeof(float)) : NULL;
   const float g_in = 1.0f / layer.input_scale;
   float *dg = gpu_upload(&g_in, sizeof g_in);
   uint8_t *dq = gpu_alloc_poisoned(qp.packed_bytes, 0xFF), *dsf = gpu_alloc_poisoned(qp.sf_bytes, 0xFF);
