@@ -231,3 +231,16 @@ epm_status_t epm_backend_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, i
   if (!be->ops->bf16_to_f32) return unsupported(be, "bf16_to_f32");
   return be->ops->bf16_to_f32(be, src, n, dst);
 }
+
+void epm__host_weight_on_input(const epm_bf16_t *x, int64_t m, int64_t hidden, float *w, epm_bf16_t *out) {
+  for (int64_t t = 0; t < m; t++) {
+    const float wt = epm_bf16_to_f32(epm_bf16_from_f32(w[t]));
+    for (int64_t h = 0; h < hidden; h++)
+      out[t * hidden + h] = epm_bf16_from_f32(epm_bf16_to_f32(x[t * hidden + h]) * wt);
+    w[t] = 1.0f;
+  }
+}
+
+void epm__host_shared_combine(float *y, const epm_bf16_t *s, int64_t n) {
+  for (int64_t i = 0; i < n; i++) y[i] = epm_bf16_to_f32(epm_bf16_from_f32(y[i])) + epm_bf16_to_f32(s[i]);
+}

@@ -176,12 +176,7 @@ static epm_status_t cpu_route(epm_backend_t *be, const epm_backend_weights_t *hw
 static epm_status_t cpu_weight_on_input(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
                                         float *weights, epm_bf16_t *x_out) {
   (void)be;
-  for (int64_t t = 0; t < m; t++) {
-    const float w = epm_bf16_to_f32(epm_bf16_from_f32(weights[t]));
-    for (int64_t h = 0; h < hidden; h++)
-      x_out[t * hidden + h] = epm_bf16_from_f32(epm_bf16_to_f32(x[t * hidden + h]) * w);
-    weights[t] = 1.0f;
-  }
+  epm__host_weight_on_input(x, m, hidden, weights, x_out);
   return EPM_OK;
 }
 
@@ -217,9 +212,7 @@ static epm_status_t cpu_shared_add(epm_backend_t *be, const epm_backend_weights_
   EPM_TRY(epm_nvfp4_quantize_bf16(x, m, H, 1.0f / v->input_scale, EPM_SF_LINEAR, c->sh_packed, c->sh_sf));
   EPM_TRY(epm_moe_ref_experts(v, c->sh_packed, c->sh_sf, v->input_scale, m, 1, c->sh_ids, c->sh_w, &w->opts,
                               NULL, c->sh_out, NULL));
-  const int64_t n = m * H;
-  for (int64_t i = 0; i < n; i++)
-    y[i] = epm_bf16_to_f32(epm_bf16_from_f32(y[i])) + epm_bf16_to_f32(c->sh_out[i]);
+  epm__host_shared_combine(y, c->sh_out, m * H);
   return EPM_OK;
 }
 

@@ -287,12 +287,7 @@ static epm_status_t cuda_weight_on_input(epm_backend_t *be, const epm_bf16_t *x,
   CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
   CUDA_TRY(cudaMemcpyAsync(c->host_f32, weights, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
   CUDA_TRY(cudaStreamSynchronize(c->stream));
-  for (int64_t t = 0; t < m; t++) {
-    const float w = epm_bf16_to_f32(epm_bf16_from_f32(c->host_f32[t]));
-    for (int64_t h = 0; h < hidden; h++)
-      c->host_bf16[t * hidden + h] = epm_bf16_from_f32(epm_bf16_to_f32(c->host_bf16[t * hidden + h]) * w);
-    c->host_f32[t] = 1.0f;
-  }
+  epm__host_weight_on_input(c->host_bf16, m, hidden, c->host_f32, c->host_bf16); /* in place: row by row */
   CUDA_TRY(cudaMemcpyAsync(x_out, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
   CUDA_TRY(cudaMemcpyAsync(weights, c->host_f32, (size_t)m * sizeof(float), cudaMemcpyHostToDevice, c->stream));
   CUDA_TRY(cudaStreamSynchronize(c->stream));
@@ -347,8 +342,7 @@ static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights
   CUDA_TRY(cudaMemcpyAsync(c->host_bf16, c->sh_out, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost,
                            c->stream));
   CUDA_TRY(cudaStreamSynchronize(c->stream));
-  for (int64_t i = 0; i < n; i++)
-    c->host_f32[i] = epm_bf16_to_f32(epm_bf16_from_f32(c->host_f32[i])) + epm_bf16_to_f32(c->host_bf16[i]);
+  epm__host_shared_combine(c->host_f32, c->host_bf16, n);
   CUDA_TRY(cudaMemcpyAsync(y, c->host_f32, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
   CUDA_TRY(cudaStreamSynchronize(c->stream)); /* the pinned buffer is reused by the next op */
   return EPM_OK;

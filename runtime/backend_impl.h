@@ -50,6 +50,13 @@ struct epm_backend_weights {
   int64_t max_local, max_gathered; /* rows the scratch was sized for */
 };
 
+/* Host loops shared by the backends (the cuda backend runs them on pinned
+ * staging until it has kernels for them):
+ *   weight on input  out[t] = bf16(x[t] * bf16(w[t])), w[t] = 1  (top-1)
+ *   shared combine   y[i] = float(bf16(y[i])) + float(s[i])  (moe_ref.h step 5) */
+void epm__host_weight_on_input(const epm_bf16_t *x, int64_t m, int64_t hidden, float *w, epm_bf16_t *out);
+void epm__host_shared_combine(float *y, const epm_bf16_t *s, int64_t n);
+
 /* Constructors, one per backend file (cuda: backend_cuda.c or its
  * _nocuda.c stub). */
 epm_status_t epm__backend_cpu_init(epm_backend_t *be);

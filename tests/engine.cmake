@@ -28,7 +28,7 @@ epm_add_mpi_test(step_deepseek_ep4 NP 4
                  COMMAND epmoectl step --preset deepseek-r1 --experts 16 --seed 3 --tokens-per-rank 4,2,0,3 --check
                  LABELS mpi large TIMEOUT 900)
 
-foreach(c repeat split badlen badexp)
+foreach(c repeat split badlen badexp json)
   add_test(NAME step_runs_${c}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh ${c} ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
   set_tests_properties(step_runs_${c} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2

@@ -8,6 +8,8 @@
 #            row lives), and so does a second job
 #   badlen   a list of 3 counts in a job of 2 ranks -> exit 2 with a message
 #   badexp   E = 16 over 3 ranks without --experts -> exit 2 naming the fix
+#   json     --json --check prints one JSON object whose checksum and check
+#            agree with the text output of the same job (python3 parses it)
 set -u
 case_="$1" mpiexec="$2" ctl="$3"
 run() { # NP ARGS... -> stdout of the job; exit status in $rc
@@ -47,6 +49,25 @@ case "$case_" in
     cat "$tmp.err"
     [ $rc = 2 ] || fail "expected exit 2, got $rc"
     grep -q "16 experts do not split over 3 ranks; pass --experts" "$tmp.err" || fail "message missing"
+    ;;
+  json)
+    run 4 $common --tokens-per-rank 3,5,0,8 --check; [ $rc = 0 ] || fail "text job rc $rc"; a=$(fnv)
+    run 4 $common --tokens-per-rank 3,5,0,8 --check --json; [ $rc = 0 ] || fail "json job rc $rc"
+    command -v python3 >/dev/null || { echo "no python3: skipping the parse"; echo PASS; exit 0; }
+    printf '%s\n' "$out" | python3 -c '
+import json, sys
+lines = [l for l in sys.stdin.read().splitlines() if l.strip()]
+assert len(lines) == 1, "expected one line of JSON, got %d" % len(lines)
+j = json.loads(lines[0])
+assert j["ep"] == 4 and j["tokens_per_rank"] == [3, 5, 0, 8] and j["tokens"] == 16, j
+assert [r["tokens"] for r in j["ranks"]] == [3, 5, 0, 8]
+for r in j["ranks"]:
+    assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "experts", "reduce_scatter", "shared", "total"}, r
+    assert all(v >= 0 for v in r["stage_ms"].values()), r
+assert j["check"]["pass"] is True and j["check"]["max_err"] <= j["check"]["tolerance"], j["check"]
+assert j["checksum"]["fnv1a64"] == sys.argv[1], (j["checksum"], sys.argv[1])
+print("json ok:", j["checksum"]["fnv1a64"])
+' "$a" || fail "bad JSON"
     ;;
   *) echo "unknown case $case_"; exit 2 ;;
 esac
