@@ -4,6 +4,7 @@
  * payload cap derived from what we asked for. */
 #define _GNU_SOURCE
 #include "epmoe/client.h"
+#include "devmem.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,6 +29,7 @@ struct epm_client {
   char path[108];
   void *shm;
   size_t shm_size;
+  epm_devmem_t *dev;
 };
 
 static int64_t now_ms(void) {
@@ -186,6 +188,7 @@ void epm_client_close(epm_client_t *c) {
   if (!c) return;
   if (c->fd >= 0) close(c->fd);
   if (c->shm) munmap(c->shm, c->shm_size);
+  epm_devmem_free(c->dev);
   pthread_mutex_destroy(&c->mu);
   free(c);
 }
@@ -371,6 +374,54 @@ epm_status_t epm_client_shm_create(epm_client_t *c, size_t bytes, void **base) {
 out:
   pthread_mutex_unlock(&c->mu);
   if (p != MAP_FAILED) munmap(p, bytes);
+  close(fd);
+  free(raw);
+  epm_buf_free(&b);
+  return st;
+}
+
+epm_status_t epm_client_forward_dev(epm_client_t *c, uint32_t layer, uint64_t step_id, int64_t m, uint64_t x_off,
+                                    uint64_t logits_off, uint64_t y_off, uint64_t *step_ns) {
+  epm_fwd_req_t rq = {.layer = layer, .data_mode = EPM_DATA_DEVICE, .step_id = step_id, .m = m,
+                      .hidden = c->info.hidden, .num_experts = c->info.num_experts,
+                      .x_offset = x_off, .logits_offset = logits_off, .y_offset = y_off};
+  return forward_common(c, &rq, NULL, step_ns);
+}
+
+epm_status_t epm_client_devmem_write(epm_client_t *c, uint64_t off, const void *src, size_t n) {
+  if (!c->dev) return epm_error(EPM_ERR_INVALID_ARG, "no device region on this connection");
+  return epm_devmem_from_host(c->dev, (size_t)off, src, n);
+}
+
+epm_status_t epm_client_devmem_read(epm_client_t *c, uint64_t off, void *dst, size_t n) {
+  if (!c->dev) return epm_error(EPM_ERR_INVALID_ARG, "no device region on this connection");
+  return epm_devmem_to_host(c->dev, (size_t)off, dst, n);
+}
+
+epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr) {
+  epm_buf_t b = {0};
+  uint8_t *raw = NULL;
+  epm_frame_t f;
+  epm_devmem_t *m = NULL;
+  int fd = -1;
+  epm_status_t st;
+  EPM_TRY(epm_devmem_create(device, bytes, &m));
+  if ((st = epm_devmem_export_fd(m, &fd)) != EPM_OK) {
+    epm_devmem_free(m);
+    return st;
+  }
+  pthread_mutex_lock(&c->mu);
+  uint64_t rid = c->next_rid++;
+  epm_dev_attach_t a = {epm_devmem_size(m), (uint32_t)device};
+  EPM_TRY_GOTO(epm_dev_attach_encode(&b, rid, &a), st, out);
+  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_DEV_ATTACH, 0, &raw, &f), st, out);
+  epm_devmem_free(c->dev);
+  c->dev = m;
+  *dptr = epm_devmem_ptr(m);
+  m = NULL;
+out:
+  pthread_mutex_unlock(&c->mu);
+  epm_devmem_free(m);
   close(fd);
   free(raw);
   epm_buf_free(&b);

@@ -24,10 +24,11 @@ int epm_ctl_bench(int argc, char **argv) {
     if (k == 2) return 2;
     if (k) continue;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      printf("usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm] [--all] [--socket-dir DIR]\n%s",
+      printf("usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm | --devmem] [--all] [--socket-dir DIR]\n%s",
              ctl_target_help);
       return 0;
     } else if (strcmp(a, "--shm") == 0) shm = 1;
+    else if (strcmp(a, "--devmem") == 0) shm = 2;
     else if (i + 1 >= argc) {
       fprintf(stderr, "epmoectl bench: unknown option or missing value '%s' (see --help)\n", a);
       return 2;
@@ -90,7 +91,7 @@ int epm_ctl_bench(int argc, char **argv) {
     qsort(srv, n, sizeof *srv, ctl_cmp_double);
     printf("bench: %d ranks, model %s (H %lld, E %lld) on %s, %s data, tokens/step %lld (",
            d.nranks, d.info.model, (long long)d.info.hidden, (long long)d.info.num_experts, d.info.backend,
-           shm ? "memfd" : "inline", (long long)d.total);
+           shm == 2 ? "CUDA device (cuMemCreate fd)" : shm ? "memfd" : "inline", (long long)d.total);
     for (int r = 0; r < d.nranks; r++) printf("%s%lld", r ? "," : "", (long long)d.m[r]);
     printf(")\n");
     printf("bench: %zu steps in %.2f s: %.1f steps/s, %.0f tokens/s\n", n, el, (double)n / el,

@@ -107,7 +107,10 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
   if (shm) {
     for (int r = 0; r < ns; r++) {
       size_t bytes = (size_t)d->m[r] * (H * 2 * 2 + E * 4) + 64;
-      if (epm_client_shm_create(d->cl[r], bytes, &d->region[r]) != EPM_OK) {
+      uint64_t dptr;
+      epm_status_t st = shm == 2 ? epm_client_devmem_create(d->cl[r], bytes, d->socks[r].rank, &dptr)
+                                 : epm_client_shm_create(d->cl[r], bytes, &d->region[r]);
+      if (st != EPM_OK) {
         fprintf(stderr, "epmoectl %s: rank %d: %s\n", cmd, r, epm_last_error());
         return 1;
       }
@@ -155,7 +158,13 @@ static void *rank_thread(void *arg) {
   int r = j->r;
   int64_t H = d->info.hidden, E = d->info.num_experts, m = d->m[r], o = d->off[r];
   epm_status_t st;
-  if (d->shm) {
+  if (d->shm == 2) {
+    size_t xb = (size_t)(m * H) * 2, lb = (size_t)(m * E) * 4;
+    st = epm_client_devmem_write(d->cl[r], 0, d->x + o * H, xb);
+    if (st == EPM_OK) st = epm_client_devmem_write(d->cl[r], xb, d->logits + o * E, lb);
+    if (st == EPM_OK) st = epm_client_forward_dev(d->cl[r], j->layer, j->step_id, m, 0, xb, xb + lb, &d->step_ns[r]);
+    if (st == EPM_OK) st = epm_client_devmem_read(d->cl[r], xb + lb, d->y + o * H, xb);
+  } else if (d->shm) {
     uint8_t *base = d->region[r];
     size_t xb = (size_t)(m * H) * 2, lb = (size_t)(m * E) * 4;
     memcpy(base, d->x + o * H, xb);

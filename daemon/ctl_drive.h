@@ -18,7 +18,7 @@ typedef struct {
   int64_t *m;     /* tokens per rank */
   int64_t *off;   /* first global token of each rank */
   int64_t total;  /* M */
-  int shm;        /* 1: data through a memfd region per connection */
+  int shm;        /* 1: memfd region per connection, 2: CUDA device region (device = rank) */
   uint16_t *x;    /* global bf16 [M, H] */
   float *logits;  /* global fp32 [M, E] */
   uint16_t *y;    /* global bf16 [M, H] results */

@@ -19,6 +19,7 @@ const char *epm_msg_type_name(uint16_t type) {
     case EPM_MSG_SHM_ATTACH: return "SHM_ATTACH";
     case EPM_MSG_SHUTDOWN: return "SHUTDOWN";
     case EPM_MSG_ERROR: return "ERROR";
+    case EPM_MSG_DEV_ATTACH: return "DEV_ATTACH";
     default: return "UNKNOWN";
   }
 }

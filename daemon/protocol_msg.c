@@ -269,9 +269,9 @@ epm_status_t epm_fwd_req_encode(epm_buf_t *b, uint64_t rid, const epm_fwd_req_t 
   epm__put64(b, (uint64_t)m->m);
   epm__put64(b, (uint64_t)m->hidden);
   epm__put64(b, (uint64_t)m->num_experts);
-  epm__put64(b, m->data_mode == EPM_DATA_SHM ? m->x_offset : 0);
-  epm__put64(b, m->data_mode == EPM_DATA_SHM ? m->logits_offset : 0);
-  epm__put64(b, m->data_mode == EPM_DATA_SHM ? m->y_offset : 0);
+  epm__put64(b, m->data_mode != EPM_DATA_INLINE ? m->x_offset : 0);
+  epm__put64(b, m->data_mode != EPM_DATA_INLINE ? m->logits_offset : 0);
+  epm__put64(b, m->data_mode != EPM_DATA_INLINE ? m->y_offset : 0);
   if (with_data && m->data_mode == EPM_DATA_INLINE) {
     if (xb) memcpy(b->data + b->len, m->x, xb);
     b->len += xb;
@@ -301,8 +301,8 @@ epm_status_t epm_fwd_req_decode(const epm_frame_t *f, epm_fwd_req_t *out) {
   if (r.bad)
     return epm_error(EPM_ERR_PROTOCOL, "FORWARD payload of %llu bytes is shorter than its %u-byte fixed part",
                      (unsigned long long)f->payload_len, EPM_FWD_REQ_FIXED);
-  if (m.data_mode != EPM_DATA_INLINE && m.data_mode != EPM_DATA_SHM)
-    return epm_error(EPM_ERR_PROTOCOL, "FORWARD data mode %u unknown (0 inline, 1 shm)", m.data_mode);
+  if (m.data_mode > EPM_DATA_DEVICE)
+    return epm_error(EPM_ERR_PROTOCOL, "FORWARD data mode %u unknown (0 inline, 1 shm, 2 device)", m.data_mode);
   EPM_TRY(epm_fwd_data_bytes(m.m, m.hidden, m.num_experts, &xb, &lb));
   if (m.data_mode == EPM_DATA_INLINE) {
     /* Compare against what is left rather than adding to the fixed part, so a
@@ -360,7 +360,7 @@ epm_status_t epm_fwd_resp_decode(const epm_frame_t *f, epm_fwd_resp_t *out) {
   if (r.bad)
     return epm_error(EPM_ERR_PROTOCOL, "FORWARD response of %llu bytes is shorter than its %u-byte fixed part",
                      (unsigned long long)f->payload_len, EPM_FWD_RESP_FIXED);
-  if (m.data_mode != EPM_DATA_INLINE && m.data_mode != EPM_DATA_SHM)
+  if (m.data_mode > EPM_DATA_DEVICE)
     return epm_error(EPM_ERR_PROTOCOL, "FORWARD response data mode %u unknown", m.data_mode);
   EPM_TRY(epm_fwd_data_bytes(m.m, m.hidden, 1, &xb, &lb));
   left = r.len - r.pos;
@@ -393,6 +393,29 @@ epm_status_t epm_shm_attach_decode(const epm_frame_t *f, epm_shm_attach_t *out) 
   EPM_TRY(finish(&r, f));
   if (size == 0) return epm_error(EPM_ERR_PROTOCOL, "SHM_ATTACH of an empty region");
   out->size = size;
+  return EPM_OK;
+}
+
+epm_status_t epm_dev_attach_encode(epm_buf_t *b, uint64_t rid, const epm_dev_attach_t *m) {
+  EPM_TRY(begin(b, EPM_MSG_DEV_ATTACH, EPM_FRAME_F_HAS_FD, rid, 16, 16));
+  epm__put64(b, m->size);
+  epm__put32(b, m->device);
+  epm__put32(b, 0);
+  return EPM_OK;
+}
+
+epm_status_t epm_dev_attach_decode(const epm_frame_t *f, epm_dev_attach_t *out) {
+  epm__rd_t r = reader(f);
+  epm_dev_attach_t m;
+  EPM_TRY(expect(f, EPM_MSG_DEV_ATTACH, 0));
+  if (!(f->flags & EPM_FRAME_F_HAS_FD))
+    return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH frame without the HAS_FD flag");
+  m.size = epm__get64(&r);
+  m.device = epm__get32(&r);
+  if (epm__get32(&r) != 0 && !r.bad) return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH reserved field is not 0");
+  EPM_TRY(finish(&r, f));
+  if (m.size == 0) return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH of an empty region");
+  *out = m;
   return EPM_OK;
 }
 

@@ -137,7 +137,9 @@ struct srv_req {
   const uint16_t *x;  /* bf16 [m, H]: into `frame` (inline) or the conn's shm */
   const float *logits;
   uint16_t *y;        /* bf16 [m, H]: malloc (inline) or the conn's shm */
-  uint8_t *frame;     /* owned frame bytes (inline) */
+  uint8_t *frame;     /* owned frame bytes (inline); host staging (device) */
+  struct epm_devmem *dev; /* device mode: the connection's region (conn holds it) */
+  uint64_t x_off, logits_off, y_off; /* device mode: offsets into dev */
   uint64_t t_recv_ns, t_go_ns, t_done_ns;
   epm_status_t st;
   char err[384];

@@ -27,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "devmem.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
@@ -54,6 +55,7 @@ struct srv_conn {
   int inflight;
   uint8_t *shm;
   size_t shm_size;
+  epm_devmem_t *dev; /* DEV_ATTACH region, mapped on dev_device */
 };
 
 static uint64_t next_conn_id = 1;
@@ -73,6 +75,7 @@ static void conn_unref(srv_conn_t *c) {
   }
   if (c->pending_fd >= 0) close(c->pending_fd);
   if (c->shm) munmap(c->shm, c->shm_size);
+  epm_devmem_free(c->dev);
   free(c->rbuf);
   free(c);
 }
@@ -233,22 +236,33 @@ static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
     }
   } else {
     const char *bad = NULL;
-    if (!c->shm) bad = "FORWARD in shm mode but no SHM_ATTACH on this connection";
-    else if (rq.x_offset + xb > c->shm_size || rq.logits_offset + lb > c->shm_size || rq.y_offset + xb > c->shm_size)
-      bad = "FORWARD shm offsets plus sizes exceed the attached region";
+    int dev = rq.data_mode == EPM_DATA_DEVICE;
+    size_t region = dev ? (c->dev ? epm_devmem_size(c->dev) : 0) : c->shm_size;
+    if (dev ? !c->dev : !c->shm)
+      bad = dev ? "FORWARD in device mode but no DEV_ATTACH on this connection"
+                : "FORWARD in shm mode but no SHM_ATTACH on this connection";
+    else if (rq.x_offset + xb > region || rq.logits_offset + lb > region || rq.y_offset + xb > region)
+      bad = "FORWARD offsets plus sizes exceed the attached region";
     else if (rq.x_offset % 2 || rq.y_offset % 2 || rq.logits_offset % 4)
       bad = "FORWARD shm offsets are misaligned (x and y need 2, logits 4)";
     if (bad) {
       snprintf(why, sizeof why, "%s (x=%llu logits=%llu y=%llu, %zu+%zu bytes, region %zu bytes)", bad,
                (unsigned long long)rq.x_offset, (unsigned long long)rq.logits_offset,
-               (unsigned long long)rq.y_offset, xb, lb, c->shm_size);
+               (unsigned long long)rq.y_offset, xb, lb, region);
       free(r);
       send_error(c, f->request_id, EPM_ERR_INVALID_ARG, why);
       return;
     }
-    r->x = (const uint16_t *)(c->shm + rq.x_offset);
-    r->logits = (const float *)(c->shm + rq.logits_offset);
-    r->y = (uint16_t *)(c->shm + rq.y_offset);
+    if (dev) {
+      r->dev = c->dev;
+      r->x_off = rq.x_offset;
+      r->logits_off = rq.logits_offset;
+      r->y_off = rq.y_offset;
+    } else {
+      r->x = (const uint16_t *)(c->shm + rq.x_offset);
+      r->logits = (const float *)(c->shm + rq.logits_offset);
+      r->y = (uint16_t *)(c->shm + rq.y_offset);
+    }
     pthread_mutex_lock(&s->stats.mu);
     s->stats.bytes_shm += xb + lb + xb;
     pthread_mutex_unlock(&s->stats.mu);
@@ -355,6 +369,36 @@ static void handle_shm_attach(srv_conn_t *c, const epm_frame_t *f) {
   send_buf(c, &b);
 }
 
+static void handle_dev_attach(srv_conn_t *c, const epm_frame_t *f) {
+  epm_dev_attach_t a;
+  epm_devmem_t *m = NULL;
+  int fd = c->pending_fd;
+  c->pending_fd = -1;
+  if (epm_dev_attach_decode(f, &a) != EPM_OK || fd < 0) {
+    if (fd >= 0) close(fd);
+    send_error(c, f->request_id, EPM_ERR_PROTOCOL, fd < 0 ? "DEV_ATTACH arrived without a file descriptor" : epm_last_error());
+    return;
+  }
+  if (c->inflight || a.size > SIZE_MAX) {
+    close(fd);
+    send_error(c, f->request_id, EPM_ERR_INVALID_ARG, "DEV_ATTACH while a FORWARD on this connection is in flight");
+    return;
+  }
+  epm_status_t st = epm_devmem_import(fd, (size_t)a.size, (int)a.device, &m);
+  close(fd);
+  if (st != EPM_OK) {
+    send_error(c, f->request_id, st, epm_last_error());
+    return;
+  }
+  epm_devmem_free(c->dev);
+  c->dev = m;
+  EPM_LOG(EPM_LOG_INFO, "net", "connection %llu attached a %llu-byte device region on GPU %u",
+          (unsigned long long)c->id, (unsigned long long)a.size, a.device);
+  epm_buf_t b = {0};
+  epm_empty_encode(&b, EPM_MSG_DEV_ATTACH, EPM_FRAME_F_RESPONSE, f->request_id);
+  send_buf(c, &b);
+}
+
 static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
   srv_t *s = c->s;
   epm_buf_t b = {0};
@@ -366,11 +410,12 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
     send_error(c, f->request_id, EPM_ERR_PROTOCOL, "clients send requests; this frame has the RESPONSE flag");
     return;
   }
-  if ((f->flags & EPM_FRAME_F_HAS_FD) && f->type != EPM_MSG_SHM_ATTACH) {
-    send_error(c, f->request_id, EPM_ERR_PROTOCOL, "only SHM_ATTACH may carry a file descriptor");
+  int takes_fd = f->type == EPM_MSG_SHM_ATTACH || f->type == EPM_MSG_DEV_ATTACH;
+  if ((f->flags & EPM_FRAME_F_HAS_FD) && !takes_fd) {
+    send_error(c, f->request_id, EPM_ERR_PROTOCOL, "only SHM_ATTACH and DEV_ATTACH may carry a file descriptor");
     return;
   }
-  if (c->pending_fd >= 0 && f->type != EPM_MSG_SHM_ATTACH) {
+  if (c->pending_fd >= 0 && !takes_fd) {
     close(c->pending_fd);
     c->pending_fd = -1;
     send_error(c, f->request_id, EPM_ERR_PROTOCOL, "a file descriptor arrived with a frame that takes none");
@@ -427,6 +472,9 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
       return;
     case EPM_MSG_SHM_ATTACH:
       handle_shm_attach(c, f);
+      return;
+    case EPM_MSG_DEV_ATTACH:
+      handle_dev_attach(c, f);
       return;
     case EPM_MSG_SHUTDOWN:
       EPM_LOG(EPM_LOG_INFO, "net", "SHUTDOWN requested by pid %d", (int)c->pid);

@@ -28,6 +28,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "devmem.h"
 #include "epmoe/log.h"
 #include "srv_backend.h"
 
@@ -83,8 +84,22 @@ uint64_t srv_now_ns(void) {
 void srv_req_free(srv_req_t *r) {
   if (!r) return;
   free(r->frame);
-  if (r->data_mode == EPM_DATA_INLINE) free(r->y);
+  if (r->data_mode != EPM_DATA_SHM) free(r->y);
   free(r);
+}
+
+/* Device mode: the engine takes host memory, so x and logits are staged
+ * through host buffers (one D2H copy in, one H2D copy of y out). */
+static epm_status_t stage_in(srv_req_t *r, int64_t hidden, int64_t experts) {
+  size_t xb = (size_t)(r->m * hidden) * 2, lb = (size_t)(r->m * experts) * 4;
+  r->frame = malloc(xb + lb + 4);
+  r->y = malloc(xb + 2);
+  if (!r->frame || !r->y) return epm_error(EPM_ERR_NOMEM, "host staging of %zu bytes", xb + lb);
+  EPM_TRY(epm_devmem_to_host(r->dev, r->x_off, r->frame, xb));
+  EPM_TRY(epm_devmem_to_host(r->dev, r->logits_off, r->frame + xb + (xb % 4), lb));
+  r->x = (const uint16_t *)r->frame;
+  r->logits = (const float *)(r->frame + xb + (xb % 4));
+  return EPM_OK;
 }
 
 static void push_done(srv_worker_t *w, srv_req_t *r) {
@@ -433,7 +448,21 @@ static void *worker_main(void *arg) {
                 (long long)m[0], (long long)m[1], (long long)m[2]);
       } else if (m[0] == CTRL_GO) {
         cur->t_go_ns = srv_now_ns();
-        st = run_step(w, cur->layer, cur->step_id, cur->x, cur->logits, cur->m, cur->y);
+        /* A staging failure still joins the step (with m = 0 and no data) so
+         * the other ranks are not left inside a collective; this FORWARD then
+         * reports the staging error. */
+        epm_status_t sst = cur->data_mode == EPM_DATA_DEVICE ? stage_in(cur, s->info.hidden, s->info.num_experts) : EPM_OK;
+        char serr[256] = "";
+        if (sst != EPM_OK) snprintf(serr, sizeof serr, "%s", epm_last_error());
+        st = run_step(w, cur->layer, cur->step_id, sst == EPM_OK ? cur->x : NULL, sst == EPM_OK ? cur->logits : NULL,
+                      sst == EPM_OK ? cur->m : 0, cur->y);
+        if (st == EPM_OK && sst == EPM_OK && cur->data_mode == EPM_DATA_DEVICE)
+          sst = epm_devmem_from_host(cur->dev, cur->y_off, cur->y, (size_t)(cur->m * s->info.hidden) * 2);
+        if (sst != EPM_OK && st == EPM_OK) {
+          st = sst;
+          epm_error(sst, "device data of step (layer %u, id %llu): %s", cur->layer, (unsigned long long)cur->step_id,
+                    serr[0] ? serr : epm_last_error());
+        }
         cur->t_done_ns = srv_now_ns();
         cur->st = st;
         if (st != EPM_OK) snprintf(cur->err, sizeof cur->err, "%s", epm_last_error());

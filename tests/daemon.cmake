@@ -28,3 +28,12 @@ if(TARGET epmoed)
                          ENVIRONMENT "${EPMOE_MPI_ENV}")
   endforeach()
 endif()
+
+# GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
+# device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).
+if(TARGET epmoed AND EPMOE_HAVE_CUDA)
+  add_test(NAME daemon_gpu COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_gpu.sh ${MPIEXEC_EXECUTABLE}
+                                   $<TARGET_FILE_DIR:epmoed>)
+  set_tests_properties(daemon_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
+                       ENVIRONMENT "${EPMOE_MPI_ENV}")
+endif()

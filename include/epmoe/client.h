@@ -70,6 +70,21 @@ epm_status_t epm_client_shm_create(epm_client_t *c, size_t bytes, void **base);
 epm_status_t epm_client_forward_shm(epm_client_t *c, uint32_t layer, uint64_t step_id, int64_t m,
                                     uint64_t x_off, uint64_t logits_off, uint64_t y_off, uint64_t *step_ns);
 
+/* Zero-copy device path (CUDA builds): allocate `bytes` on CUDA device
+ * `device` with cuMemCreate, export it as a POSIX fd and attach it on the
+ * daemon (SCM_RIGHTS; the daemon maps it on the same device ordinal).
+ * [out] *dptr: the device address here (a CUdeviceptr), valid until close.
+ * EPM_ERR_NOT_SUPPORTED in builds without CUDA. */
+epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr);
+/* Host <-> device-region copies (for simple clients and tests). */
+epm_status_t epm_client_devmem_write(epm_client_t *c, uint64_t off, const void *src, size_t n);
+epm_status_t epm_client_devmem_read(epm_client_t *c, uint64_t off, void *dst, size_t n);
+/* As epm_client_forward_shm, with offsets into the device region. The daemon
+ * stages x/logits through host memory for the engine (the engine's API takes
+ * host buffers) and writes y back into the region before answering. */
+epm_status_t epm_client_forward_dev(epm_client_t *c, uint32_t layer, uint64_t step_id, int64_t m,
+                                    uint64_t x_off, uint64_t logits_off, uint64_t y_off, uint64_t *step_ns);
+
 /* Ask the daemon (and with it the whole group) to drain and exit. */
 epm_status_t epm_client_shutdown(epm_client_t *c);
 

@@ -49,7 +49,8 @@ typedef enum {
   EPM_MSG_SHM_ATTACH = 6, /* register a memfd (SCM_RIGHTS) as this connection's data region */
   EPM_MSG_SHUTDOWN = 7, /* drain and exit (the whole group) */
   EPM_MSG_ERROR = 8,    /* response only: status code + message */
-  EPM_MSG_TYPE_MAX = 8
+  EPM_MSG_DEV_ATTACH = 9, /* register CUDA device memory (cuMemCreate POSIX fd, SCM_RIGHTS) */
+  EPM_MSG_TYPE_MAX = 9
 } epm_msg_type_t;
 
 #define EPM_FRAME_F_RESPONSE 0x1u /* set on every server -> client frame */
@@ -142,11 +143,11 @@ typedef struct {
   epm_str_t reason;
 } epm_health_resp_t;
 
-typedef enum { EPM_DATA_INLINE = 0, EPM_DATA_SHM = 1 } epm_data_mode_t;
+typedef enum { EPM_DATA_INLINE = 0, EPM_DATA_SHM = 1, EPM_DATA_DEVICE = 2 } epm_data_mode_t;
 
-/* FORWARD request. Inline: the payload carries x then logits. Shm: the data
- * lives in the connection's attached memfd region at the given byte offsets;
- * the daemon writes y at y_offset before it answers. */
+/* FORWARD request. Inline: the payload carries x then logits. Shm / device:
+ * the data lives in the connection's attached memfd / device region at the
+ * given byte offsets; the daemon writes y at y_offset before it answers. */
 typedef struct {
   uint32_t layer;
   uint32_t data_mode; /* epm_data_mode_t */
@@ -171,6 +172,13 @@ typedef struct {
 typedef struct {
   uint64_t size; /* bytes of the memfd the client sends with this frame */
 } epm_shm_attach_t;
+
+/* DEV_ATTACH request: the size of the exported allocation and the CUDA
+ * device ordinal (as the daemon's process numbers devices) to map it on. */
+typedef struct {
+  uint64_t size;
+  uint32_t device;
+} epm_dev_attach_t;
 
 typedef struct {
   uint32_t code; /* epm_status_t */
@@ -197,6 +205,7 @@ epm_status_t epm_health_resp_encode(epm_buf_t *b, uint64_t rid, const epm_health
 epm_status_t epm_fwd_req_encode(epm_buf_t *b, uint64_t rid, const epm_fwd_req_t *m, int with_data);
 epm_status_t epm_fwd_resp_encode(epm_buf_t *b, uint64_t rid, const epm_fwd_resp_t *m, int with_data);
 epm_status_t epm_shm_attach_encode(epm_buf_t *b, uint64_t rid, const epm_shm_attach_t *m);
+epm_status_t epm_dev_attach_encode(epm_buf_t *b, uint64_t rid, const epm_dev_attach_t *m);
 epm_status_t epm_error_resp_encode(epm_buf_t *b, uint64_t rid, epm_status_t code, const char *msg);
 /* Empty-payload frames: HEALTH/SHUTDOWN requests and acks. */
 epm_status_t epm_empty_encode(epm_buf_t *b, uint16_t type, uint32_t flags, uint64_t rid);
@@ -211,6 +220,7 @@ epm_status_t epm_health_resp_decode(const epm_frame_t *f, epm_health_resp_t *out
 epm_status_t epm_fwd_req_decode(const epm_frame_t *f, epm_fwd_req_t *out);
 epm_status_t epm_fwd_resp_decode(const epm_frame_t *f, epm_fwd_resp_t *out);
 epm_status_t epm_shm_attach_decode(const epm_frame_t *f, epm_shm_attach_t *out);
+epm_status_t epm_dev_attach_decode(const epm_frame_t *f, epm_dev_attach_t *out);
 epm_status_t epm_error_resp_decode(const epm_frame_t *f, epm_error_resp_t *out);
 
 #ifdef __cplusplus

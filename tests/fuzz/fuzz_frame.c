@@ -23,8 +23,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (epm_frame_decode(data + off, size - off, &lim, &f, &used) != EPM_OK) break;
     union {
       epm_hello_req_t a; epm_hello_resp_t b; uint32_t c; epm_str_t d; epm_health_resp_t e;
-      epm_fwd_req_t g; epm_fwd_resp_t h; epm_shm_attach_t i; epm_error_resp_t j;
+      epm_fwd_req_t g; epm_fwd_resp_t h; epm_shm_attach_t i; epm_error_resp_t j; epm_dev_attach_t k;
     } u;
+    (void)epm_dev_attach_decode(&f, &u.k);
     (void)epm_hello_req_decode(&f, &u.a);
     (void)epm_hello_resp_decode(&f, &u.b);
     (void)epm_u32_req_decode(&f, &u.c);

@@ -120,6 +120,16 @@ static void test_text_health_error_shutdown(void **state) {
   f = decode_one(&b);
   assert_int_equal(epm_shm_attach_decode(&f, &sa2), EPM_OK);
   assert_int_equal(sa2.size, 1 << 20);
+  b.len = 0;
+  epm_dev_attach_t da = {(uint64_t)1 << 33, 3}, da2;
+  assert_int_equal(epm_dev_attach_encode(&b, 13, &da), EPM_OK);
+  f = decode_one(&b);
+  assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_OK);
+  assert_int_equal(da2.size, (uint64_t)1 << 33);
+  assert_int_equal(da2.device, 3);
+  b.data[8] &= (uint8_t)~EPM_FRAME_F_HAS_FD; /* without the fd flag it is refused */
+  f = decode_one(&b);
+  assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_ERR_PROTOCOL);
   epm_buf_free(&b);
 }
 
@@ -295,7 +305,7 @@ static void test_forward_size_overflow(void **state) {
   fwd_raw(&b, EPM_DATA_INLINE, 1, 0, 4, 0);
   f = decode_one(&b);
   assert_int_equal(epm_fwd_req_decode(&f, &rq), EPM_ERR_INVALID_ARG);
-  fwd_raw(&b, 7, 1, 16, 4, 0);
+  fwd_raw(&b, 3, 1, 16, 4, 0);
   f = decode_one(&b);
   assert_int_equal(epm_fwd_req_decode(&f, &rq), EPM_ERR_PROTOCOL);
   /* shm mode with a data tail is refused (trailing bytes) */
@@ -321,8 +331,9 @@ static epm_status_t decode_all(const uint8_t *p, size_t n) {
   if (st == EPM_OK) {
     union {
       epm_hello_req_t a; epm_hello_resp_t b; uint32_t c; epm_str_t d; epm_health_resp_t e;
-      epm_fwd_req_t g; epm_fwd_resp_t h; epm_shm_attach_t i; epm_error_resp_t j;
+      epm_fwd_req_t g; epm_fwd_resp_t h; epm_shm_attach_t i; epm_error_resp_t j; epm_dev_attach_t k;
     } u;
+    (void)epm_dev_attach_decode(&f, &u.k);
     (void)epm_hello_req_decode(&f, &u.a);
     (void)epm_hello_resp_decode(&f, &u.b);
     (void)epm_u32_req_decode(&f, &u.c);
