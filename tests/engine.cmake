@@ -38,3 +38,9 @@ endforeach()
 # top-1 with the router weight applied to the input, as the reference does).
 epm_add_mpi_test(step_llama4_np4 NP 4 COMMAND ${_step} --routing llama4 --tokens-per-rank 3,0,5,2 --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_renormalize_np2 NP 2 COMMAND ${_step} --routing renormalize --top-k 2 --tokens-per-rank 4,5 LABELS mpi TIMEOUT 120)
+
+# The cuda backend + NCCL comm vs the EP=1 CPU reference (GPU machines only).
+add_test(NAME step_runs_cuda
+         COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh cuda ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
+set_tests_properties(step_runs_cuda PROPERTIES LABELS gpu TIMEOUT 600 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")

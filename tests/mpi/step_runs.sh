@@ -8,6 +8,10 @@
 #            row lives), and so does a second job
 #   badlen   a list of 3 counts in a job of 2 ranks -> exit 2 with a message
 #   badexp   E = 16 over 3 ranks without --experts -> exit 2 naming the fix
+#   cuda     (label gpu; exit 77 without a GPU) the cuda backend + NCCL comm
+#            against the EP=1 CPU reference: EP 1, and EP 2 with 2 GPUs;
+#            tolerance 0.05 = the kernels' documented max|diff|/max|ref| vs
+#            the reference (tests/gpu/test_gpu_moe.c), repeats bit-identical
 #   json     --json --check prints one JSON object whose checksum and check
 #            agree with the text output of the same job (python3 parses it)
 set -u
@@ -68,6 +72,18 @@ assert j["check"]["pass"] is True and j["check"]["max_err"] <= j["check"]["toler
 assert j["checksum"]["fnv1a64"] == sys.argv[1], (j["checksum"], sys.argv[1])
 print("json ok:", j["checksum"]["fnv1a64"])
 ' "$a" || fail "bad JSON"
+    ;;
+  cuda)
+    ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')
+    [ "${ngpu:-0}" -ge 1 ] || { echo "no GPU: skipped"; exit 77; }
+    run 1 $common --backend cuda --tokens-per-rank 13 --check --tolerance 0.05 --repeat 2
+    printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 1 on cuda rc $rc"
+    if [ "$ngpu" -ge 2 ]; then
+      run 2 $common --backend cuda --tokens-per-rank 5,8 --check --tolerance 0.05 --repeat 2
+      printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 2 on cuda rc $rc"
+      run 2 --preset deepseek-r1 --experts 16 --seed 3 --backend cuda --tokens-per-rank 3,6 --check --tolerance 0.05
+      printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 2 DeepSeek dims on cuda rc $rc"
+    fi
     ;;
   *) echo "unknown case $case_"; exit 2 ;;
 esac
