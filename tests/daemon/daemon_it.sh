@@ -87,6 +87,17 @@ for c in "$(counts 64 0 0 0)" "$(counts 5 17 0 3)" "$(counts 0 0 9 1)" "$(counts
   out=$("$CTL" forward --socket-dir "$S" --tokens-per-rank "$c" --shm --seed 4 --check 2>&1) || fail "forward --shm $c: $out"
 done
 ok "FORWARD inline and memfd, tokens per rank $(counts 64 0 0 0) / $(counts 5 17 0 3) / $(counts 0 0 9 1) / all 0: --check PASS"
+# --input FILE: bf16 x [M, H] then fp32 logits [M, E]; all-zero data is valid
+H=$("$CTL" status --socket-dir "$S" --rank 0 | sed -n 's/^hidden://p' | tr -d '\r')
+E=$("$CTL" status --socket-dir "$S" --rank 0 | sed -n 's/^experts://p' | tr -d '\r')
+M=6
+head -c $((M * H * 2 + M * E * 4)) /dev/zero >"$T/input.bin"
+out=$("$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 6 0 0 0)" --input "$T/input.bin" --check 2>&1) ||
+  fail "forward --input: $out"
+head -c 10 /dev/zero >"$T/short.bin"
+"$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 6 0 0 0)" --input "$T/short.bin" >/dev/null 2>&1 &&
+  fail "forward --input accepted a file that is too short"
+ok "forward --input FILE (and a short file is refused)"
 
 "$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 8 8 8 8)" >"$T/fwd_bg" 2>&1 &
 FWD=$!
