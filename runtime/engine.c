@@ -49,6 +49,7 @@ struct epm_engine {
   float *amax_buf;   /* [1] for the dynamic scale's all-reduce */
   size_t buffer_bytes;
   int owns_buffers; /* 0 when borrowed from cfg.share_buffers */
+  int stage_io;     /* this step: x/logits/y are host memory on a device backend */
 
   int64_t *counts; /* [size] host: the sizes exchange */
 
@@ -344,7 +345,7 @@ static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf
     return epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but x or logits is NULL", e->rank, (long long)m);
   const float *logits_be = logits;
   *x_be = x;
-  if (epm_backend_is_device(e->be)) {
+  if (e->stage_io) {
     EPM_TRY(epm_backend_copy_h2d(e->be, e->x_dev, x, (size_t)(m * e->H) * sizeof *x));
     EPM_TRY(epm_backend_copy_h2d(e->be, e->logits_dev, logits, (size_t)(m * e->E) * sizeof *logits));
     *x_be = e->x_dev;
@@ -433,7 +434,7 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
   const int64_t n = m * H;
   if (e->cfg.partial_dtype == EPM_DTYPE_BF16) EPM_TRY(epm_backend_bf16_to_f32(e->be, e->y_red, n, e->y32));
   if (e->use_shared) EPM_TRY(epm_backend_shared_add(e->be, e->w, x_be, m, e->y32));
-  if (epm_backend_is_device(e->be)) {
+  if (e->stage_io) {
     EPM_TRY(epm_backend_f32_to_bf16(e->be, e->y32, n, e->y_dev));
     EPM_TRY(epm_backend_copy_d2h(e->be, y_local, e->y_dev, (size_t)n * sizeof *y_local));
   } else {
@@ -442,9 +443,10 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
   return stage_end(tm, EPM_STAGE_SHARED);
 }
 
-epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,
-                             epm_bf16_t *y_local) {
+static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,
+                         epm_bf16_t *y_local, int in_backend_mem) {
   if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_step: NULL engine");
+  e->stage_io = epm_backend_is_device(e->be) && !in_backend_mem;
   step_timer_t tm = {.e = e, .t = now_s()};
   const double t0 = tm.t;
   /* Decode scale a1 of the gathered activations; encode scale G = fp32(1/a1). */
@@ -476,4 +478,14 @@ epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const f
   tm.s[EPM_STAGE_TOTAL] = now_s() - t0;
   record(e, &tm, m_r, M, a1, 1);
   return EPM_OK;
+}
+
+epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,
+                             epm_bf16_t *y_local) {
+  return step(e, x_local, logits, m_r, y_local, 0);
+}
+
+epm_status_t epm_engine_step_backend_mem(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits,
+                                         int64_t m_r, epm_bf16_t *y_local) {
+  return step(e, x_local, logits, m_r, y_local, 1);
 }

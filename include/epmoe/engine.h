@@ -108,6 +108,13 @@ void epm_engine_destroy(epm_engine_t *eng); /* NULL ok */
 epm_status_t epm_engine_step(epm_engine_t *eng, const epm_bf16_t *x_local, const float *logits,
                              int64_t m_r, epm_bf16_t *y_local);
 
+/* As epm_engine_step, but x_local, logits and y_local are already in the
+ * backend's memory (device pointers on cuda, e.g. buffers of the inference
+ * engine mapped through CUDA IPC): no staging copies, y is written in place
+ * and is complete when the call returns. Same as epm_engine_step on cpu. */
+epm_status_t epm_engine_step_backend_mem(epm_engine_t *eng, const epm_bf16_t *x_local, const float *logits,
+                                         int64_t m_r, epm_bf16_t *y_local);
+
 /* Snapshot of the counters and timings; safe to call from another thread
  * while a step runs. */
 void epm_engine_stats(const epm_engine_t *eng, epm_engine_stats_t *out);

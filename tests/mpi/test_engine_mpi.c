@@ -169,8 +169,12 @@ static void run_engine(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *l
   memcpy(y1, t.y, (size_t)(t.m * dims.hidden) * sizeof *y1);
   CHECK_OK(epm_engine_step(eng, t.x, t.logits, t.m, t.y));
   CHECK(memcmp(y1, t.y, (size_t)(t.m * dims.hidden) * sizeof *y1) == 0, "second step differs");
+  /* Inputs already in backend memory (host on cpu): the same bits. */
+  memset(t.y, 0xff, (size_t)(t.m * dims.hidden) * sizeof *t.y);
+  CHECK_OK(epm_engine_step_backend_mem(eng, t.x, t.logits, t.m, t.y));
+  CHECK(memcmp(y1, t.y, (size_t)(t.m * dims.hidden) * sizeof *y1) == 0, "backend-memory step differs");
   epm_engine_stats(eng, &s);
-  CHECK(s.steps == 2 && s.tokens_gathered == 2 * (uint64_t)t.M, "counters after 2 steps");
+  CHECK(s.steps == 3 && s.tokens_gathered == 3 * (uint64_t)t.M, "counters after 3 steps");
   if (me == 0)
     printf("scale %s partial %s shared %d: M %lld, max_err %.3g (%lld elements of rank 0 differ), %ld stats reads\n",
            scale == EPM_SCALE_STATIC ? "static" : "dynamic", partial == EPM_DTYPE_F32 ? "f32" : "bf16", shared,
