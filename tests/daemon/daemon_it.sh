@@ -199,5 +199,23 @@ if [ "$PRESET" = mix ] && [ "$NP" -gt 1 ]; then
   [ $frc != 0 ] || fail "the forward through a hung rank reported success"
   grep -q "inside the collective for .* exiting 3" "$T/log3" || fail "no watchdog line: $(tail -5 "$T/log3")"
   ok "rank 1 hung mid-step (SIGSTOP): watchdog failed the step after $((t1 - t0)) s, daemons exited non-zero ($rc), client got an error"
+  # SIGKILL leaves a stale socket behind; a new group removes it and starts
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --warmup-tokens 1 >"$T/log4" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+  kill -KILL "$victim"
+  for _ in $(seq 1 100); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
+  wait "$MP2"; MP2=""
+  [ -S "$S2/epmoe.1.sock" ] || fail "expected a stale socket from the SIGKILLed rank"
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --warmup-tokens 1 >"$T/log5" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  "$CTL" health --socket-dir "$S2" --quiet || fail "restart over a stale socket failed: $(tail -3 "$T/log5")"
+  grep -q "removing stale socket" "$T/log5" || fail "the stale socket was not reported"
+  "$CTL" shutdown --socket-dir "$S2" --rank 0 >/dev/null
+  wait "$MP2"; rc=$?; MP2=""
+  [ $rc = 0 ] || fail "restarted group exit $rc"
+  ok "restart over a stale socket (SIGKILLed rank): removed, started, shut down (exit 0)"
 fi
 echo "PASS: daemon integration, $NP ranks, preset $PRESET"
