@@ -91,31 +91,16 @@ int main(int argc, char **argv) {
   epm_moe_workspace_t ws;
   EPM_CHECK(epm_moe_workspace_carve(&mp, wsb, &ws));
   uint16_t *dout = gpu_alloc_poisoned(mp.out_bf16_bytes, 0);
-  epm_moe_inputs_dev_t in = {dq, dsf, dids, dw};
-
-  enum { NST = 6 };
-  const char *names[NST] = {"quantize", "routing", "permute", "gemm1+swiglu+requant", "gemm2", "finalize"};
-  float *t[NST];
+  gpu_step_t step = {qp, rp, mp, dx, dg, dl, NULL, w, {dq, dsf, dids, dw}, ws, 0, dout};
+  enum { NST = GPU_STEP_STAGES };
+  float *t[NST], ms[NST];
   for (int s = 0; s < NST; s++) t[s] = calloc((size_t)iters, sizeof(float));
-  cudaEvent_t ev[NST + 1];
-  for (int s = 0; s <= NST; s++) GPU_CHECK(cudaEventCreate(&ev[s]));
+  cudaEvent_t ev[3];
+  for (int s = 0; s < 3; s++) GPU_CHECK(cudaEventCreate(&ev[s]));
   for (int it = -1; it < iters; it++) {
-    GPU_CHECK(cudaEventRecord(ev[0], 0));
-    EPM_CHECK(epm_kernel_quantize_bf16(&qp, dx, dg, dq, dsf, NULL));
-    GPU_CHECK(cudaEventRecord(ev[1], 0));
-    EPM_CHECK(epm_kernel_routing(&rp, dl, NULL, dids, dw, NULL));
-    GPU_CHECK(cudaEventRecord(ev[2], 0));
-    EPM_CHECK(epm_kernel_moe_permute(&mp, &in, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[3], 0));
-    EPM_CHECK(epm_kernel_moe_gemm1(&mp, &w, &in, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[4], 0));
-    EPM_CHECK(epm_kernel_moe_gemm2(&mp, &w, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[5], 0));
-    EPM_CHECK(epm_kernel_moe_finalize(&mp, &in, &ws, 0, dout, NULL));
-    GPU_CHECK(cudaEventRecord(ev[6], 0));
-    GPU_CHECK(cudaDeviceSynchronize());
+    gpu_step_run(&step, ms);
     if (it >= 0)
-      for (int s = 0; s < NST; s++) GPU_CHECK(cudaEventElapsedTime(&t[s][it], ev[s], ev[s + 1]));
+      for (int s = 0; s < NST; s++) t[s][it] = ms[s];
   }
   int64_t rows = 0;
   gpu_download(&rows, ws.offsets + el, sizeof rows);
@@ -172,7 +157,7 @@ int main(int argc, char **argv) {
   float total = 0;
   for (int s = 0; s < NST; s++) {
     total += med[s];
-    printf("  %-22s %9.3f ms", names[s], med[s]);
+    printf("  %-22s %9.3f ms", gpu_step_stage_names[s], med[s]);
     if (s == 3) printf("  %6.1f TFLOP/s  vs cuBLAS bf16 %8.3f ms (%6.1f TFLOP/s): ratio %.2fx", f1 / med[s] / 1e9,
                        bmed[0], f1 / bmed[0] / 1e9, med[s] / bmed[0]);
     if (s == 4) printf("  %6.1f TFLOP/s  vs cuBLAS bf16 %8.3f ms (%6.1f TFLOP/s): ratio %.2fx", f2 / med[s] / 1e9,

@@ -111,3 +111,31 @@ extern "C" gpu_cmp_t gpu_compare(const char *what, const float *out, const float
          (long long)c.nonfinite);
   return c;
 }
+
+extern "C" const char *const gpu_step_stage_names[GPU_STEP_STAGES] = {
+    "quantize", "routing", "permute", "gemm1+swiglu+requant", "gemm2", "finalize"};
+
+extern "C" void gpu_step_run(const gpu_step_t *s, float *ms) {
+  static cudaEvent_t ev[GPU_STEP_STAGES + 1];
+  static int made;
+  if (!made) {
+    for (int i = 0; i <= GPU_STEP_STAGES; i++) GPU_CHECK(cudaEventCreate(&ev[i]));
+    made = 1;
+  }
+  GPU_CHECK(cudaEventRecord(ev[0], 0));
+  EPM_CHECK(epm_kernel_quantize_bf16(&s->qp, s->x, s->g, (void *)s->in.hidden_fp4, (void *)s->in.hidden_sf, NULL));
+  GPU_CHECK(cudaEventRecord(ev[1], 0));
+  EPM_CHECK(epm_kernel_routing(&s->rp, s->logits, s->bias, (int32_t *)s->in.ids, (float *)s->in.weights, NULL));
+  GPU_CHECK(cudaEventRecord(ev[2], 0));
+  EPM_CHECK(epm_kernel_moe_permute(&s->mp, &s->in, &s->ws, NULL));
+  GPU_CHECK(cudaEventRecord(ev[3], 0));
+  EPM_CHECK(epm_kernel_moe_gemm1(&s->mp, &s->w, &s->in, &s->ws, NULL));
+  GPU_CHECK(cudaEventRecord(ev[4], 0));
+  EPM_CHECK(epm_kernel_moe_gemm2(&s->mp, &s->w, &s->ws, NULL));
+  GPU_CHECK(cudaEventRecord(ev[5], 0));
+  EPM_CHECK(epm_kernel_moe_finalize(&s->mp, &s->in, &s->ws, s->out_f32, s->out, NULL));
+  GPU_CHECK(cudaEventRecord(ev[6], 0));
+  GPU_CHECK(cudaDeviceSynchronize());
+  if (ms)
+    for (int i = 0; i < GPU_STEP_STAGES; i++) GPU_CHECK(cudaEventElapsedTime(&ms[i], ev[i], ev[i + 1]));
+}

@@ -59,6 +59,28 @@ void gpu_fill_bytes(uint8_t *dev, int64_t n, uint64_t seed, unsigned mask, unsig
 void gpu_upload_experts(const epm_layer_t *layer, epm_moe_weights_dev_t *w);
 void gpu_free_experts(epm_moe_weights_dev_t *w);
 
+/* One whole expert step on the device, stage by stage on the default
+ * stream: quantize x -> (packed, sf) = in.hidden_fp4/hidden_sf, routing
+ * logits -> in.ids/in.weights, permute, GEMM1, GEMM2, finalize -> out. */
+#define GPU_STEP_STAGES 6
+typedef struct {
+  epm_quantize_plan_t qp;
+  epm_routing_plan_t rp;
+  epm_moe_plan_t mp;
+  const void *x;          /* bf16 [M, H] */
+  const float *g;         /* encode scale, device */
+  const float *logits;    /* [M, E] */
+  const float *bias;      /* [E] or NULL */
+  epm_moe_weights_dev_t w;
+  epm_moe_inputs_dev_t in; /* written by the quantize and routing stages */
+  epm_moe_workspace_t ws;
+  int out_f32;
+  void *out;
+} gpu_step_t;
+extern const char *const gpu_step_stage_names[GPU_STEP_STAGES];
+/* Run the step once and synchronize; ms[s] = each stage's time (or NULL). */
+void gpu_step_run(const gpu_step_t *s, float *ms);
+
 /* Compare out [n] with ref [n] (fp32 values): rel-L2 error, max |diff| and
  * max |ref|; prints one line. Returns the rel-L2 error. */
 typedef struct {

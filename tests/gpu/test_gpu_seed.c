@@ -31,12 +31,6 @@
 #define NSAMPLE 24
 static const uint64_t SEED = 20261126;
 
-static double ms_between(cudaEvent_t a, cudaEvent_t b) {
-  float ms = 0;
-  GPU_CHECK(cudaEventElapsedTime(&ms, a, b));
-  return ms;
-}
-
 int main(int argc, char **argv) {
   gpu_require_device("test_gpu_seed");
   epm_model_dims_t d;
@@ -101,33 +95,19 @@ int main(int argc, char **argv) {
   EPM_CHECK(epm_moe_workspace_carve(&mp, wsb, &ws));
   uint16_t *dout = gpu_alloc_poisoned(mp.out_bf16_bytes, 0xFF);
 
-  epm_moe_inputs_dev_t in = {dq, dsf, dids, dw};
-  cudaEvent_t ev[8];
-  for (int i = 0; i < 8; i++) GPU_CHECK(cudaEventCreate(&ev[i]));
-  for (int rep = 0; rep < 2; rep++) { /* first pass warms up; second is timed */
-    GPU_CHECK(cudaEventRecord(ev[0], 0));
-    EPM_CHECK(epm_kernel_quantize_bf16(&qp, dx, dg, dq, dsf, NULL));
-    GPU_CHECK(cudaEventRecord(ev[1], 0));
-    EPM_CHECK(epm_kernel_routing(&rp, dl, dbias, dids, dw, NULL));
-    GPU_CHECK(cudaEventRecord(ev[2], 0));
-    EPM_CHECK(epm_kernel_moe_permute(&mp, &in, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[3], 0));
-    EPM_CHECK(epm_kernel_moe_gemm1(&mp, &w, &in, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[4], 0));
-    EPM_CHECK(epm_kernel_moe_gemm2(&mp, &w, &ws, NULL));
-    GPU_CHECK(cudaEventRecord(ev[5], 0));
-    EPM_CHECK(epm_kernel_moe_finalize(&mp, &in, &ws, 0, dout, NULL));
-    GPU_CHECK(cudaEventRecord(ev[6], 0));
-    GPU_CHECK(cudaDeviceSynchronize());
-  }
+  gpu_step_t step = {qp, rp, mp, dx, dg, dl, dbias, w, {dq, dsf, dids, dw}, ws, 0, dout};
+  float ms[GPU_STEP_STAGES], total = 0;
+  gpu_step_run(&step, NULL); /* warm-up */
+  gpu_step_run(&step, ms);
   int64_t rows_used = 0;
   gpu_download(&rows_used, ws.offsets + el, sizeof rows_used);
   const double flop = 2.0 * (double)rows_used * (double)(2 * I * H + H * I);
-  printf("permuted rows (padded) %lld; stage times (ms): quantize %.3f  routing %.3f  permute %.3f  "
-         "gemm1 %.3f  gemm2 %.3f  finalize %.3f  total %.3f  (GEMMs %.1f TFLOP/s on padded rows)\n",
-         (long long)rows_used, ms_between(ev[0], ev[1]), ms_between(ev[1], ev[2]), ms_between(ev[2], ev[3]),
-         ms_between(ev[3], ev[4]), ms_between(ev[4], ev[5]), ms_between(ev[5], ev[6]), ms_between(ev[0], ev[6]),
-         flop / (ms_between(ev[3], ev[5]) * 1e-3) / 1e12);
+  printf("permuted rows (padded) %lld; stage times (ms):", (long long)rows_used);
+  for (int i = 0; i < GPU_STEP_STAGES; i++) {
+    printf(" %s %.3f ", gpu_step_stage_names[i], ms[i]);
+    total += ms[i];
+  }
+  printf(" total %.3f  (GEMMs %.1f TFLOP/s on padded rows)\n", total, flop / ((ms[3] + ms[4]) * 1e-3) / 1e12);
 
   /* every output written and finite (poison was 0xFFFF = NaN) */
   {
