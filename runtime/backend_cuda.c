@@ -14,10 +14,10 @@
  *             every layer loaded on it: per-layer copies would multiply the
  *             largest buffers by the layer count.
  *   shared    the same kernels on a one-expert view (top-1, weight 1)
- * The elementwise tail on the rank's own rows (bf16 <-> fp32, the shared
- * combine) and the dynamic-scale amax have no kernels yet: they stage through
- * pinned host buffers sized at load (small: m_r x H), which costs a sync.
- * Dynamic scale (amax) is not supported on this backend yet. */
+ * The elementwise work on the rank's own rows (bf16 <-> fp32, the shared
+ * combine, weight on input, the dynamic-scale amax) has no kernels yet: it
+ * stages through pinned host buffers sized at load (m_r x H), which costs a
+ * sync each. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -355,6 +355,16 @@ static epm_status_t need_host(const cuda_ctx_t *c, int64_t n, const char *op) {
   return EPM_OK;
 }
 
+/* Dynamic scale: max |x| of the rank's own rows, on the host staging. */
+static epm_status_t cuda_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t n, float *amax) {
+  cuda_ctx_t *c = ctx_of(be);
+  EPM_TRY(need_host(c, n, "amax"));
+  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
+  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  *amax = epm_amax_bf16(c->host_bf16, n);
+  return EPM_OK;
+}
+
 static epm_status_t cuda_f32_to_bf16(epm_backend_t *be, const float *src, int64_t n, epm_bf16_t *dst) {
   cuda_ctx_t *c = ctx_of(be);
   EPM_TRY(need_host(c, n, "f32_to_bf16"));
@@ -393,7 +403,7 @@ static const epm__backend_ops_t cuda_ops = {
     .weights_free = cuda_weights_free,
     .route = cuda_route,
     .weight_on_input = cuda_weight_on_input,
-    .amax = NULL, /* dynamic scale: not on this backend yet */
+    .amax = cuda_amax,
     .quantize = cuda_quantize,
     .experts = cuda_experts,
     .shared_add = cuda_shared_add,

@@ -78,6 +78,8 @@ print("json ok:", j["checksum"]["fnv1a64"])
     [ "${ngpu:-0}" -ge 1 ] || { echo "no GPU: skipped"; exit 77; }
     run 1 $common --backend cuda --tokens-per-rank 13 --check --tolerance 0.05 --repeat 2
     printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 1 on cuda rc $rc"
+    run 1 $common --backend cuda --tokens-per-rank 7 --check --tolerance 0.05 --scale dynamic --routing llama4
+    printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 1 on cuda, dynamic scale + llama4 rc $rc"
     if [ "$ngpu" -ge 2 ]; then
       run 2 $common --backend cuda --tokens-per-rank 5,8 --check --tolerance 0.05 --repeat 2
       printf '%s\n' "$out"; [ $rc = 0 ] || fail "EP 2 on cuda rc $rc"
