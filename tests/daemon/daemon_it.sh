@@ -173,6 +173,26 @@ MP=""
 [ "$(grep -c 'exit 0' "$T/log")" = "$NP" ] || fail "not every rank logged exit 0"
 ls "$S"/*.sock >/dev/null 2>&1 && fail "sockets left behind: $(ls "$S")"
 ok "SIGTERM drains: every rank exit 0, sockets removed"
+# --model DIR: a ModelOpt-style checkpoint written by `epmoectl ckpt make`;
+# every MoE layer served (--layers 0), each rank loading only its experts.
+if [ "$PRESET" = tiny ]; then
+  "$CTL" ckpt make --preset tiny --layers 2 --out "$T/ckpt" --seed 5 --quiet || fail "ckpt make"
+  S3=$T/s3
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --model "$T/ckpt" --layers 0 --backend cpu --socket-dir "$S3" \
+    --warmup-tokens 1 >"$T/log6" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S3" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  "$CTL" health --socket-dir "$S3" --quiet || fail "--model daemons not healthy: $(tail -3 "$T/log6")"
+  for layer in 0 1; do
+    out=$("$CTL" forward --socket-dir "$S3" --tokens-per-rank "$(counts 7 0 9 2)" --layer $layer --seed 6 --check 2>&1) ||
+      fail "--model forward layer $layer: $out"
+  done
+  "$CTL" shutdown --socket-dir "$S3" --rank 0 >/dev/null
+  wait "$MP2"; rc=$?; MP2=""
+  [ $rc = 0 ] || fail "--model group exit $rc"
+  ok "--model DIR (2 MoE layers from a checkpoint): forward --check PASS on both layers"
+fi
+
 # A rank that hangs inside a step (SIGSTOP, as Redis' tests do): the others
 # must not hang forever. Their watchdog fails the step after --step-timeout
 # and exits 3 (fail-stop), and mpirun ends the group.
