@@ -49,6 +49,12 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
                      "moe plan: local experts [%lld, %lld + %lld) must lie within [0, %lld)",
                      (long long)expert_offset, (long long)expert_offset, (long long)local_experts,
                      (long long)num_experts);
+  /* The per-expert histogram and cursors are int32 atomics: one expert can
+   * receive every token. */
+  if (tokens > INT32_MAX)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "moe plan: tokens = %lld exceeds the int32 per-expert counters (%d); chunk the batch",
+                     (long long)tokens, INT32_MAX);
   /* Device ids are int32; the kernels compare them with 64-bit bounds. */
   if (num_experts > INT32_MAX)
     return epm_error(EPM_ERR_INVALID_ARG, "moe plan: num_experts = %lld exceeds int32 ids",
