@@ -44,7 +44,7 @@ typedef struct {
   const char *preset;
   long long *tokens; /* per rank, from --tokens-per-rank */
   int ntokens;
-  long long seed, weights_seed, layer, repeat, experts, top_k, threads;
+  long long seed, weights_seed, layer, repeat, warmup, experts, top_k, threads;
   const char *routing; /* --routing override, NULL = the preset's */
   int weights_seed_set;
   epm_backend_kind_t backend;
@@ -79,6 +79,7 @@ static void usage(FILE *f) {
           "  --partial f32|bf16     reduce-scatter dtype (default f32)\n"
           "  --threads T            reference threads per rank (default: cores / ranks on the node)\n"
           "  --repeat N             run the step N times; the output must be bit-identical (default 1)\n"
+          "  --warmup N             untimed steps first (NCCL connects on first use; default 0)\n"
           "  --check                rank 0 recomputes the EP=1 result with the reference and\n"
           "                         prints max_err = max|y-ref| / max|ref|; exit 1 above tolerance\n"
           "  --tolerance X          check tolerance (default 0.015625 = 2^-6; 0 = bit-identical)\n"
@@ -187,6 +188,8 @@ static int parse_args(int argc, char **argv, step_opts_t *o) {
       if (!v || epm_routing_method_parse(v, &m) != EPM_OK)
         return usage_error("bad value for --routing: '%s' (%s)", v ? v : "", epm_last_error());
       o->routing = v;
+    } else if (!strcmp(a, "--warmup")) {
+      rc = parse_num(a, v, 0, 1000, &o->warmup);
     } else if (!strcmp(a, "--repeat")) {
       rc = parse_num(a, v, 1, 1 << 20, &o->repeat);
     } else if (!strcmp(a, "--threads")) {
@@ -532,6 +535,16 @@ int epm_ctl_step(int argc, char **argv) {
   const int64_t n_all = s.M * s.dims.hidden;
   epm_moe_checksum_t cs = {0}, first = {0};
   int identical = 1;
+  for (long long w = 0; w < s.o.warmup; w++) {
+    st = epm_engine_step(s.eng, s.x, s.logits, s.m, s.y);
+    if (st != EPM_OK) {
+      fprintf(stderr, "epmoectl step: rank %d: warm-up step %lld: %s: %s\n", s.rank, w, epm_status_name(st),
+              epm_last_error());
+      step_free(&s);
+      return 1;
+    }
+  }
+  if (s.o.warmup) epm_engine_stats_reset(s.eng); /* timings cover the measured steps only */
   for (long long rep = 0; rep < s.o.repeat; rep++) {
     st = epm_engine_step(s.eng, s.x, s.logits, s.m, s.y);
     if (st != EPM_OK) {

@@ -36,4 +36,10 @@ if(TARGET epmoed AND EPMOE_HAVE_CUDA)
                                    $<TARGET_FILE_DIR:epmoed>)
   set_tests_properties(daemon_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
                        ENVIRONMENT "${EPMOE_MPI_ENV}")
+  # Fault rows on GPUs: a rank hung (SIGSTOP) or killed (SIGKILL) mid-step
+  # while the others sit in NCCL (needs 2+ GPUs; see tests/gpu/fault_gpu.sh).
+  add_test(NAME daemon_gpu_fault COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/fault_gpu.sh ${MPIEXEC_EXECUTABLE}
+                                         $<TARGET_FILE_DIR:epmoed>)
+  set_tests_properties(daemon_gpu_fault PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
+                       ENVIRONMENT "${EPMOE_MPI_ENV}")
 endif()

@@ -69,7 +69,7 @@ if [ -n "$NT" ] && [ -x "$NT/build/all_gather_perf" ]; then
 fi
 for m in 128 1024; do
   "${MPI[@]}" "$N" "$B/daemon/epmoectl" step --backend cuda --preset deepseek-r1 --experts $((8 * N)) --seed 1 \
-    --tokens-per-rank "$(printf "$m%.0s," $(seq 2 "$N"))$m" --repeat 5
+    --tokens-per-rank "$(printf "$m%.0s," $(seq 2 "$N"))$m" --warmup 2 --repeat 10
 done
 
 if [ ${#failed[@]} -eq 0 ]; then
