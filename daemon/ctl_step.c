@@ -258,7 +258,11 @@ static void step_free(step_t *s) {
 /* Gather every rank's y rows to rank 0, in rank order (rows of H bf16). */
 static epm_status_t gather_output(step_t *s) {
   MPI_Datatype row;
-  int rc = MPI_Type_contiguous((int)s->dims.hidden * 2, MPI_BYTE, &row);
+  /* One MPI row type of H bf16, so counts are rows; refuse what int can't hold. */
+  if (s->M > INT_MAX || s->dims.hidden > INT_MAX / 2)
+    return epm_error(EPM_ERR_OVERFLOW, "gathering %lld rows of %lld bf16 to rank 0: MPI counts are limited to %d",
+                     (long long)s->M, (long long)s->dims.hidden, INT_MAX);
+  int rc = MPI_Type_contiguous((int)(s->dims.hidden * 2), MPI_BYTE, &row);
   if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&row);
   if (rc != MPI_SUCCESS) return epm_error(EPM_ERR_MPI, "row datatype of %lld bf16", (long long)s->dims.hidden);
   int *counts = NULL, *displs = NULL;
