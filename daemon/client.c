@@ -398,21 +398,28 @@ epm_status_t epm_client_devmem_read(epm_client_t *c, uint64_t off, void *dst, si
   return epm_devmem_to_host(c->dev, (size_t)off, dst, n);
 }
 
-epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr) {
+/* Allocate, share and attach a device region: a cuMemCreate allocation
+ * whose fd rides with DEV_ATTACH, or (ipc) a cudaMalloc allocation named by
+ * its cudaIpcMemHandle_t in the frame. The connection keeps the region. */
+static epm_status_t devmem_attach(epm_client_t *c, size_t bytes, int device, int ipc, uint64_t *dptr) {
   epm_buf_t b = {0};
   uint8_t *raw = NULL;
   epm_frame_t f;
   epm_devmem_t *m = NULL;
   int fd = -1;
   epm_status_t st;
-  EPM_TRY(epm_devmem_create(device, bytes, &m));
-  if ((st = epm_devmem_export_fd(m, &fd)) != EPM_OK) {
+  epm_dev_attach_t a;
+  memset(&a, 0, sizeof a);
+  a.device = (uint32_t)device;
+  a.kind = ipc ? EPM_DEV_ATTACH_IPC : EPM_DEV_ATTACH_FD;
+  EPM_TRY(ipc ? epm_devmem_create_ipc(device, bytes, &m) : epm_devmem_create(device, bytes, &m));
+  if ((st = ipc ? epm_devmem_ipc_handle(m, a.ipc_handle) : epm_devmem_export_fd(m, &fd)) != EPM_OK) {
     epm_devmem_free(m);
     return st;
   }
+  a.size = epm_devmem_size(m);
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  epm_dev_attach_t a = {epm_devmem_size(m), (uint32_t)device};
   EPM_TRY_GOTO(epm_dev_attach_encode(&b, rid, &a), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_DEV_ATTACH, 0, &raw, &f), st, out);
   epm_devmem_free(c->dev);
@@ -422,10 +429,18 @@ epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device,
 out:
   pthread_mutex_unlock(&c->mu);
   epm_devmem_free(m);
-  close(fd);
+  if (fd >= 0) close(fd);
   free(raw);
   epm_buf_free(&b);
   return st;
+}
+
+epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr) {
+  return devmem_attach(c, bytes, device, 0, dptr);
+}
+
+epm_status_t epm_client_devipc_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr) {
+  return devmem_attach(c, bytes, device, 1, dptr);
 }
 
 epm_status_t epm_client_shutdown(epm_client_t *c) {

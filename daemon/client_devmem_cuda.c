@@ -1,4 +1,5 @@
-/* client_devmem_cuda.c — cuMemCreate + POSIX-fd export/import (see devmem.h).
+/* client_devmem_cuda.c — cuMemCreate + POSIX-fd export/import, and the
+ * legacy cudaMalloc + cudaIpcMemHandle_t fallback (see devmem.h).
  * Driver entry points come from cudaGetDriverEntryPointByVersion, so the
  * binaries link cudart only and still start on machines without a driver. */
 #include <cuda.h>
@@ -16,7 +17,10 @@ struct epm_devmem {
   CUmemGenericAllocationHandle handle;
   CUdeviceptr ptr;
   int mapped;
+  int ipc; /* 0: VMM (fd path); 1: cudaMalloc'd here; 2: opened from a peer's IPC handle */
 };
+
+_Static_assert(sizeof(cudaIpcMemHandle_t) == 64, "cudaIpcMemHandle_t is 64 bytes on the wire");
 
 static struct {
   CUresult (*create)(CUmemGenericAllocationHandle *, size_t, const CUmemAllocationProp *, unsigned long long);
@@ -29,11 +33,17 @@ static struct {
   CUresult (*export_h)(void *, CUmemGenericAllocationHandle, CUmemAllocationHandleType, unsigned long long);
   CUresult (*import_h)(CUmemGenericAllocationHandle *, void *, CUmemAllocationHandleType);
   CUresult (*granularity)(size_t *, const CUmemAllocationProp *, CUmemAllocationGranularity_flags);
+  CUresult (*range)(CUdeviceptr *, size_t *, CUdeviceptr); /* IPC size check; not part of drv_ok */
 } drv;
 static pthread_once_t drv_once = PTHREAD_ONCE_INIT;
 static int drv_ok;
 
 static void load_driver(void) {
+  enum cudaDriverEntryPointQueryResult rq;
+  if (cudaGetDriverEntryPointByVersion("cuMemGetAddressRange", (void **)&drv.range, 12000, cudaEnableDefault, &rq) !=
+          cudaSuccess ||
+      rq != cudaDriverEntryPointSuccess)
+    drv.range = NULL;
   struct {
     const char *name;
     void **fn;
@@ -52,10 +62,12 @@ static void load_driver(void) {
   drv_ok = 1;
 }
 
-static epm_status_t ready(int device) {
+/* vmm: the fd path needs the driver's VMM entry points; the IPC path only
+ * the runtime (and cuMemGetAddressRange, checked where used). */
+static epm_status_t ready(int device, int vmm) {
   cudaError_t e;
   pthread_once(&drv_once, load_driver);
-  if (!drv_ok) return epm_error(EPM_ERR_CUDA, "the CUDA driver's VMM entry points are unavailable (no driver?)");
+  if (vmm && !drv_ok) return epm_error(EPM_ERR_CUDA, "the CUDA driver's VMM entry points are unavailable (no driver?)");
   if ((e = cudaSetDevice(device)) != cudaSuccess || (e = cudaFree(NULL)) != cudaSuccess)
     return epm_error(EPM_ERR_CUDA, "cudaSetDevice(%d): %s", device, cudaGetErrorString(e));
   return EPM_OK;
@@ -98,7 +110,7 @@ epm_status_t epm_devmem_create(int device, size_t bytes, epm_devmem_t **out) {
   epm_status_t st;
   size_t gran = 0;
   CUmemAllocationProp prop;
-  EPM_TRY(ready(device));
+  EPM_TRY(ready(device, 1));
   epm_devmem_t *m = calloc(1, sizeof *m);
   if (!m) return epm_error(EPM_ERR_NOMEM, "devmem");
   m->device = device;
@@ -120,7 +132,7 @@ fail:
 
 epm_status_t epm_devmem_import(int fd, size_t bytes, int device, epm_devmem_t **out) {
   epm_status_t st;
-  EPM_TRY(ready(device));
+  EPM_TRY(ready(device, 1));
   epm_devmem_t *m = calloc(1, sizeof *m);
   if (!m) return epm_error(EPM_ERR_NOMEM, "devmem");
   m->device = device;
@@ -135,9 +147,77 @@ fail:
   return st;
 }
 
+epm_status_t epm_devmem_create_ipc(int device, size_t bytes, epm_devmem_t **out) {
+  cudaError_t e;
+  void *p = NULL;
+  EPM_TRY(ready(device, 0));
+  if (bytes == 0) return epm_error(EPM_ERR_INVALID_ARG, "device region of 0 bytes");
+  epm_devmem_t *m = calloc(1, sizeof *m);
+  if (!m) return epm_error(EPM_ERR_NOMEM, "devmem");
+  if ((e = cudaMalloc(&p, bytes)) != cudaSuccess) {
+    free(m);
+    return epm_error(EPM_ERR_CUDA, "cudaMalloc(%zu) on device %d: %s", bytes, device, cudaGetErrorString(e));
+  }
+  m->device = device;
+  m->size = bytes;
+  m->ptr = (CUdeviceptr)(uintptr_t)p;
+  m->ipc = 1;
+  *out = m;
+  return EPM_OK;
+}
+
+epm_status_t epm_devmem_ipc_handle(epm_devmem_t *m, uint8_t handle[64]) {
+  cudaIpcMemHandle_t h;
+  cudaError_t e;
+  if (m->ipc != 1) return epm_error(EPM_ERR_INVALID_ARG, "only a region allocated with cudaMalloc here has an IPC handle");
+  if ((e = cudaSetDevice(m->device)) != cudaSuccess || (e = cudaIpcGetMemHandle(&h, (void *)(uintptr_t)m->ptr)) != cudaSuccess)
+    return epm_error(EPM_ERR_CUDA, "cudaIpcGetMemHandle on device %d: %s", m->device, cudaGetErrorString(e));
+  memcpy(handle, &h, sizeof h);
+  return EPM_OK;
+}
+
+epm_status_t epm_devmem_open_ipc(const uint8_t handle[64], size_t bytes, int device, epm_devmem_t **out) {
+  epm_status_t st;
+  cudaIpcMemHandle_t h;
+  cudaError_t e;
+  void *p = NULL;
+  CUdeviceptr base = 0;
+  size_t len = 0;
+  EPM_TRY(ready(device, 0));
+  if (!drv.range) return epm_error(EPM_ERR_CUDA, "cuMemGetAddressRange is unavailable; cannot check a CUDA IPC region");
+  memcpy(&h, handle, sizeof h);
+  if ((e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess)) != cudaSuccess) {
+    (void)cudaGetLastError(); /* a peer's bad handle must not look like a later kernel's error */
+    return epm_error(EPM_ERR_CUDA, "cudaIpcOpenMemHandle on device %d: %s", device, cudaGetErrorString(e));
+  }
+  epm_devmem_t *m = calloc(1, sizeof *m);
+  if (!m) {
+    cudaIpcCloseMemHandle(p);
+    return epm_error(EPM_ERR_NOMEM, "devmem");
+  }
+  m->device = device;
+  m->ptr = (CUdeviceptr)(uintptr_t)p;
+  m->ipc = 2;
+  /* The handle carries no size: every FORWARD offset is checked against
+   * m->size, so the claim must lie inside the allocation the driver sees. */
+  CU_TRY(drv.range(&base, &len, m->ptr), "cuMemGetAddressRange");
+  if (base > m->ptr || m->ptr - base > len || bytes > len - (size_t)(m->ptr - base)) {
+    st = epm_error(EPM_ERR_INVALID_ARG, "DEV_ATTACH claims %zu bytes but the CUDA IPC allocation has %zu", bytes,
+                   len);
+    goto fail;
+  }
+  m->size = bytes;
+  *out = m;
+  return EPM_OK;
+fail:
+  epm_devmem_free(m);
+  return st;
+}
+
 epm_status_t epm_devmem_export_fd(epm_devmem_t *m, int *fd) {
   epm_status_t st = EPM_OK;
   int f = -1;
+  if (m->ipc) return epm_error(EPM_ERR_INVALID_ARG, "a CUDA IPC region has no POSIX fd");
   CU_TRY(drv.export_h(&f, m->handle, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0), "cuMemExportToShareableHandle");
   *fd = f;
   return EPM_OK;
@@ -169,6 +249,14 @@ epm_status_t epm_devmem_from_host(epm_devmem_t *m, size_t off, const void *src, 
 
 void epm_devmem_free(epm_devmem_t *m) {
   if (!m) return;
+  if (m->ipc) {
+    if (cudaSetDevice(m->device) == cudaSuccess) {
+      if (m->ipc == 1) cudaFree((void *)(uintptr_t)m->ptr);
+      else cudaIpcCloseMemHandle((void *)(uintptr_t)m->ptr);
+    }
+    free(m);
+    return;
+  }
   if (m->mapped) drv.unmap(m->ptr, m->size);
   if (m->ptr) drv.addr_free(m->ptr, m->size);
   if (m->handle) drv.release(m->handle);

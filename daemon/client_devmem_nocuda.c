@@ -2,7 +2,7 @@
 #include "devmem.h"
 
 static epm_status_t no(void) {
-  return epm_error(EPM_ERR_NOT_SUPPORTED, "CUDA device memory sharing: this build has no CUDA");
+  return epm_error(EPM_ERR_NOT_SUPPORTED, "CUDA device memory sharing (cuMemCreate fd or CUDA IPC handle): this build has no CUDA");
 }
 epm_status_t epm_devmem_create(int device, size_t bytes, epm_devmem_t **out) {
   (void)device, (void)bytes, (void)out;
@@ -10,6 +10,18 @@ epm_status_t epm_devmem_create(int device, size_t bytes, epm_devmem_t **out) {
 }
 epm_status_t epm_devmem_import(int fd, size_t bytes, int device, epm_devmem_t **out) {
   (void)fd, (void)bytes, (void)device, (void)out;
+  return no();
+}
+epm_status_t epm_devmem_create_ipc(int device, size_t bytes, epm_devmem_t **out) {
+  (void)device, (void)bytes, (void)out;
+  return no();
+}
+epm_status_t epm_devmem_ipc_handle(epm_devmem_t *m, uint8_t handle[64]) {
+  (void)m, (void)handle;
+  return no();
+}
+epm_status_t epm_devmem_open_ipc(const uint8_t handle[64], size_t bytes, int device, epm_devmem_t **out) {
+  (void)handle, (void)bytes, (void)device, (void)out;
   return no();
 }
 epm_status_t epm_devmem_export_fd(epm_devmem_t *m, int *fd) {

@@ -24,11 +24,15 @@ int epm_ctl_bench(int argc, char **argv) {
     if (k == 2) return 2;
     if (k) continue;
     if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      printf("usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm | --devmem] [--all] [--socket-dir DIR]\n%s",
+      printf("usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm | --devmem | --devipc] [--all] [--socket-dir DIR]\n"
+             "  --shm     data through a sealed memfd per connection\n"
+             "  --devmem  data through CUDA device memory (cuMemCreate fd over SCM_RIGHTS; rank r on GPU r)\n"
+             "  --devipc  as --devmem via the legacy fallback (cudaMalloc + cudaIpcMemHandle_t)\n%s",
              ctl_target_help);
       return 0;
     } else if (strcmp(a, "--shm") == 0) shm = 1;
     else if (strcmp(a, "--devmem") == 0) shm = 2;
+    else if (strcmp(a, "--devipc") == 0) shm = 3;
     else if (i + 1 >= argc) {
       fprintf(stderr, "epmoectl bench: unknown option or missing value '%s' (see --help)\n", a);
       return 2;
@@ -91,7 +95,7 @@ int epm_ctl_bench(int argc, char **argv) {
     qsort(srv, n, sizeof *srv, ctl_cmp_double);
     printf("bench: %d ranks, model %s (H %lld, E %lld) on %s, %s data, tokens/step %lld (",
            d.nranks, d.info.model, (long long)d.info.hidden, (long long)d.info.num_experts, d.info.backend,
-           shm == 2 ? "CUDA device (cuMemCreate fd)" : shm ? "memfd" : "inline", (long long)d.total);
+           ctl_drive_mode_name(shm), (long long)d.total);
     for (int r = 0; r < d.nranks; r++) printf("%s%lld", r ? "," : "", (long long)d.m[r]);
     printf(")\n");
     printf("bench: %zu steps in %.2f s: %.1f steps/s, %.0f tokens/s\n", n, el, (double)n / el,

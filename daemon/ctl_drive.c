@@ -49,6 +49,10 @@ static void learn_model(ctl_drive_t *d) {
     d->have_dims = 0; /* not the model the daemons serve: no reference */
 }
 
+const char *ctl_drive_mode_name(int shm) {
+  return shm == 3 ? "CUDA device (cudaIpcMemHandle_t)" : shm == 2 ? "CUDA device (cuMemCreate fd)" : shm ? "memfd" : "inline";
+}
+
 int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
                    const char *cmd) {
   memset(d, 0, sizeof *d);
@@ -108,8 +112,9 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
     for (int r = 0; r < ns; r++) {
       size_t bytes = (size_t)d->m[r] * (H * 2 * 2 + E * 4) + 64;
       uint64_t dptr;
-      epm_status_t st = shm == 2 ? epm_client_devmem_create(d->cl[r], bytes, d->socks[r].rank, &dptr)
-                                 : epm_client_shm_create(d->cl[r], bytes, &d->region[r]);
+      epm_status_t st = shm == 3   ? epm_client_devipc_create(d->cl[r], bytes, d->socks[r].rank, &dptr)
+                        : shm == 2 ? epm_client_devmem_create(d->cl[r], bytes, d->socks[r].rank, &dptr)
+                                   : epm_client_shm_create(d->cl[r], bytes, &d->region[r]);
       if (st != EPM_OK) {
         fprintf(stderr, "epmoectl %s: rank %d: %s\n", cmd, r, epm_last_error());
         return 1;
@@ -158,7 +163,7 @@ static void *rank_thread(void *arg) {
   int r = j->r;
   int64_t H = d->info.hidden, E = d->info.num_experts, m = d->m[r], o = d->off[r];
   epm_status_t st;
-  if (d->shm == 2) {
+  if (d->shm >= 2) { /* device region, either way it was shared */
     size_t xb = (size_t)(m * H) * 2, lb = (size_t)(m * E) * 4;
     st = epm_client_devmem_write(d->cl[r], 0, d->x + o * H, xb);
     if (st == EPM_OK) st = epm_client_devmem_write(d->cl[r], xb, d->logits + o * E, lb);

@@ -18,7 +18,8 @@ typedef struct {
   int64_t *m;     /* tokens per rank */
   int64_t *off;   /* first global token of each rank */
   int64_t total;  /* M */
-  int shm;        /* 1: memfd region per connection, 2: CUDA device region (device = rank) */
+  int shm;        /* 1: memfd region per connection, 2: CUDA device region (device = rank),
+                     3: the same via a legacy cudaIpcMemHandle_t */
   uint16_t *x;    /* global bf16 [M, H] */
   float *logits;  /* global fp32 [M, E] */
   uint16_t *y;    /* global bf16 [M, H] results */
@@ -36,6 +37,8 @@ typedef struct {
 /* Connect + HELLO every rank, check they agree, allocate the global set.
  * counts: n values, n must equal the number of sockets. Returns 0 or prints
  * and returns 1. */
+/* How --shm/--devmem/--devipc pass data, for the summary lines. */
+const char *ctl_drive_mode_name(int shm);
 int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *counts, int n, int shm,
                    const char *cmd);
 /* Fill x/logits from a file (x then logits), or the seeded global token set

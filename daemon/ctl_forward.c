@@ -23,13 +23,15 @@ static float bf16f(uint16_t b) {
 
 static void usage(void) {
   printf("usage: epmoectl forward --tokens-per-rank a,b,... [--random | --input FILE] [--seed S] [--check]\n"
-         "                        [--tolerance T] [--layer L] [--step-id N] [--shm | --devmem] [--all] [--socket-dir DIR]\n"
+         "                        [--tolerance T] [--layer L] [--step-id N] [--shm | --devmem | --devipc] [--all] [--socket-dir DIR]\n"
          "  --tokens-per-rank  tokens each rank sends, in rank order (0 joins the step with no work)\n"
          "  --input FILE       bf16 x [M, H] then fp32 logits [M, E], M = sum of the counts\n"
          "  --check            compare with the CPU reference; exit 1 above --tolerance (default 2^-6 = 0.015625)\n"
          "  --shm              pass data through a sealed memfd per connection instead of inline\n"
          "  --devmem           pass data through CUDA device memory (cuMemCreate, fd over SCM_RIGHTS;\n"
-         "                     rank r's region on GPU r; CUDA builds)\n%s",
+         "                     rank r's region on GPU r; CUDA builds)\n"
+         "  --devipc           as --devmem, through the legacy fallback: cudaMalloc + cudaIpcMemHandle_t\n"
+         "                     sent in DEV_ATTACH, opened by the daemon with cudaIpcOpenMemHandle\n%s",
          ctl_target_help);
 }
 
@@ -53,6 +55,7 @@ int epm_ctl_forward(int argc, char **argv) {
     } else if (strcmp(a, "--check") == 0) check = 1;
     else if (strcmp(a, "--shm") == 0) shm = 1;
     else if (strcmp(a, "--devmem") == 0) shm = 2;
+    else if (strcmp(a, "--devipc") == 0) shm = 3;
     else if (strcmp(a, "--random") == 0) input = NULL;
     else if (i + 1 >= argc) {
       fprintf(stderr, "epmoectl forward: unknown option or missing value '%s' (see --help)\n", a);
@@ -95,7 +98,7 @@ int epm_ctl_forward(int argc, char **argv) {
   printf("forward: %d ranks, model %s (H %lld, E %lld) on %s, tokens", d.nranks, d.info.model,
          (long long)d.info.hidden, (long long)d.info.num_experts, d.info.backend);
   for (int r = 0; r < d.nranks; r++) printf("%s%lld", r ? "," : " ", (long long)d.m[r]);
-  printf(" (M = %lld), %s data, layer %lld, step %lld\n", (long long)d.total, shm == 2 ? "CUDA device (cuMemCreate fd)" : shm ? "memfd" : "inline", layer, step_id);
+  printf(" (M = %lld), %s data, layer %lld, step %lld\n", (long long)d.total, ctl_drive_mode_name(shm), layer, step_id);
   double t0 = ctl_now_s();
   int failed = ctl_drive_step(&d, (uint32_t)layer, (uint64_t)step_id);
   double wall = ctl_now_s() - t0;

@@ -397,22 +397,43 @@ epm_status_t epm_shm_attach_decode(const epm_frame_t *f, epm_shm_attach_t *out) 
 }
 
 epm_status_t epm_dev_attach_encode(epm_buf_t *b, uint64_t rid, const epm_dev_attach_t *m) {
-  EPM_TRY(begin(b, EPM_MSG_DEV_ATTACH, EPM_FRAME_F_HAS_FD, rid, 16, 16));
+  int ipc = m->kind == EPM_DEV_ATTACH_IPC;
+  size_t plen = ipc ? 16 + EPM_DEV_IPC_HANDLE_BYTES : 16;
+  if (m->kind != EPM_DEV_ATTACH_FD && !ipc)
+    return epm_error(EPM_ERR_INVALID_ARG, "DEV_ATTACH kind %u (known: 0 fd, 1 ipc)", m->kind);
+  EPM_TRY(begin(b, EPM_MSG_DEV_ATTACH, ipc ? 0 : EPM_FRAME_F_HAS_FD, rid, plen, plen));
   epm__put64(b, m->size);
   epm__put32(b, m->device);
-  epm__put32(b, 0);
+  epm__put32(b, m->kind);
+  if (ipc) {
+    memcpy(b->data + b->len, m->ipc_handle, EPM_DEV_IPC_HANDLE_BYTES);
+    b->len += EPM_DEV_IPC_HANDLE_BYTES;
+  }
   return EPM_OK;
 }
 
+/* The fd variant carries an fd and nothing else; the IPC variant carries the
+ * handle and must not carry an fd (the daemon would otherwise hold an fd
+ * nobody uses). */
 epm_status_t epm_dev_attach_decode(const epm_frame_t *f, epm_dev_attach_t *out) {
   epm__rd_t r = reader(f);
   epm_dev_attach_t m;
+  memset(&m, 0, sizeof m);
   EPM_TRY(expect(f, EPM_MSG_DEV_ATTACH, 0));
-  if (!(f->flags & EPM_FRAME_F_HAS_FD))
-    return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH frame without the HAS_FD flag");
   m.size = epm__get64(&r);
   m.device = epm__get32(&r);
-  if (epm__get32(&r) != 0 && !r.bad) return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH reserved field is not 0");
+  m.kind = epm__get32(&r);
+  if (!r.bad && m.kind == EPM_DEV_ATTACH_IPC) {
+    if (f->flags & EPM_FRAME_F_HAS_FD)
+      return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH with a CUDA IPC handle must not carry a file descriptor");
+    const uint8_t *h = epm__rd_take(&r, EPM_DEV_IPC_HANDLE_BYTES);
+    if (h) memcpy(m.ipc_handle, h, EPM_DEV_IPC_HANDLE_BYTES);
+  } else if (!r.bad && m.kind == EPM_DEV_ATTACH_FD) {
+    if (!(f->flags & EPM_FRAME_F_HAS_FD))
+      return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH frame without the HAS_FD flag");
+  } else if (!r.bad) {
+    return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH kind %u is unknown (0 fd, 1 CUDA IPC handle)", m.kind);
+  }
   EPM_TRY(finish(&r, f));
   if (m.size == 0) return epm_error(EPM_ERR_PROTOCOL, "DEV_ATTACH of an empty region");
   *out = m;

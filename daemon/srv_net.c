@@ -374,26 +374,33 @@ static void handle_dev_attach(srv_conn_t *c, const epm_frame_t *f) {
   epm_devmem_t *m = NULL;
   int fd = c->pending_fd;
   c->pending_fd = -1;
-  if (epm_dev_attach_decode(f, &a) != EPM_OK || fd < 0) {
+  int bad = epm_dev_attach_decode(f, &a) != EPM_OK;
+  if (bad || (a.kind == EPM_DEV_ATTACH_FD && fd < 0)) {
     if (fd >= 0) close(fd);
-    send_error(c, f->request_id, EPM_ERR_PROTOCOL, fd < 0 ? "DEV_ATTACH arrived without a file descriptor" : epm_last_error());
+    send_error(c, f->request_id, EPM_ERR_PROTOCOL, bad ? epm_last_error() : "DEV_ATTACH arrived without a file descriptor");
     return;
   }
   if (c->inflight || a.size > SIZE_MAX) {
-    close(fd);
+    if (fd >= 0) close(fd);
     send_error(c, f->request_id, EPM_ERR_INVALID_ARG, "DEV_ATTACH while a FORWARD on this connection is in flight");
     return;
   }
-  epm_status_t st = epm_devmem_import(fd, (size_t)a.size, (int)a.device, &m);
-  close(fd);
+  /* FD: import the cuMemCreate allocation; IPC (legacy fallback): open the
+   * peer's cudaMalloc allocation, checking its claimed size against the
+   * driver's view of the allocation. */
+  epm_status_t st = a.kind == EPM_DEV_ATTACH_IPC
+                        ? epm_devmem_open_ipc(a.ipc_handle, (size_t)a.size, (int)a.device, &m)
+                        : epm_devmem_import(fd, (size_t)a.size, (int)a.device, &m);
+  if (fd >= 0) close(fd);
   if (st != EPM_OK) {
     send_error(c, f->request_id, st, epm_last_error());
     return;
   }
   epm_devmem_free(c->dev);
   c->dev = m;
-  EPM_LOG(EPM_LOG_INFO, "net", "connection %llu attached a %llu-byte device region on GPU %u",
-          (unsigned long long)c->id, (unsigned long long)a.size, a.device);
+  EPM_LOG(EPM_LOG_INFO, "net", "connection %llu attached a %llu-byte device region on GPU %u (%s)",
+          (unsigned long long)c->id, (unsigned long long)a.size, a.device,
+          a.kind == EPM_DEV_ATTACH_IPC ? "CUDA IPC handle" : "cuMemCreate fd");
   epm_buf_t b = {0};
   epm_empty_encode(&b, EPM_MSG_DEV_ATTACH, EPM_FRAME_F_RESPONSE, f->request_id);
   send_buf(c, &b);

@@ -76,6 +76,10 @@ epm_status_t epm_client_forward_shm(epm_client_t *c, uint32_t layer, uint64_t st
  * [out] *dptr: the device address here (a CUdeviceptr), valid until close.
  * EPM_ERR_NOT_SUPPORTED in builds without CUDA. */
 epm_status_t epm_client_devmem_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr);
+/* Legacy fallback of the same (for drivers without POSIX-fd VMM export):
+ * cudaMalloc the region and send its cudaIpcMemHandle_t in DEV_ATTACH; the
+ * daemon opens it with cudaIpcOpenMemHandle. Used like a devmem region. */
+epm_status_t epm_client_devipc_create(epm_client_t *c, size_t bytes, int device, uint64_t *dptr);
 /* Host <-> device-region copies (for simple clients and tests). */
 epm_status_t epm_client_devmem_write(epm_client_t *c, uint64_t off, const void *src, size_t n);
 epm_status_t epm_client_devmem_read(epm_client_t *c, uint64_t off, void *dst, size_t n);

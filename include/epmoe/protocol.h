@@ -49,7 +49,7 @@ typedef enum {
   EPM_MSG_SHM_ATTACH = 6, /* register a memfd (SCM_RIGHTS) as this connection's data region */
   EPM_MSG_SHUTDOWN = 7, /* drain and exit (the whole group) */
   EPM_MSG_ERROR = 8,    /* response only: status code + message */
-  EPM_MSG_DEV_ATTACH = 9, /* register CUDA device memory (cuMemCreate POSIX fd, SCM_RIGHTS) */
+  EPM_MSG_DEV_ATTACH = 9, /* register CUDA device memory (cuMemCreate POSIX fd, or a cudaIpcMemHandle_t) */
   EPM_MSG_TYPE_MAX = 9
 } epm_msg_type_t;
 
@@ -173,11 +173,19 @@ typedef struct {
   uint64_t size; /* bytes of the memfd the client sends with this frame */
 } epm_shm_attach_t;
 
-/* DEV_ATTACH request: the size of the exported allocation and the CUDA
- * device ordinal (as the daemon's process numbers devices) to map it on. */
+/* DEV_ATTACH request: the size of the shared allocation and the CUDA
+ * device ordinal (as the daemon's process numbers devices) to map it on.
+ * kind FD: a cuMemCreate allocation whose POSIX fd travels with the frame
+ * (HAS_FD). kind IPC (legacy fallback): a cudaMalloc allocation named by the
+ * 64-byte cudaIpcMemHandle_t in ipc_handle; no fd. */
+#define EPM_DEV_ATTACH_FD 0u
+#define EPM_DEV_ATTACH_IPC 1u
+#define EPM_DEV_IPC_HANDLE_BYTES 64u
 typedef struct {
   uint64_t size;
   uint32_t device;
+  uint32_t kind; /* EPM_DEV_ATTACH_FD or EPM_DEV_ATTACH_IPC */
+  uint8_t ipc_handle[EPM_DEV_IPC_HANDLE_BYTES]; /* kind IPC only */
 } epm_dev_attach_t;
 
 typedef struct {

@@ -121,15 +121,96 @@ static void test_text_health_error_shutdown(void **state) {
   assert_int_equal(epm_shm_attach_decode(&f, &sa2), EPM_OK);
   assert_int_equal(sa2.size, 1 << 20);
   b.len = 0;
-  epm_dev_attach_t da = {(uint64_t)1 << 33, 3}, da2;
+  epm_dev_attach_t da = {(uint64_t)1 << 33, 3, EPM_DEV_ATTACH_FD, {0}}, da2;
   assert_int_equal(epm_dev_attach_encode(&b, 13, &da), EPM_OK);
   f = decode_one(&b);
   assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_OK);
   assert_int_equal(da2.size, (uint64_t)1 << 33);
   assert_int_equal(da2.device, 3);
+  assert_int_equal(da2.kind, EPM_DEV_ATTACH_FD);
   b.data[8] &= (uint8_t)~EPM_FRAME_F_HAS_FD; /* without the fd flag it is refused */
   f = decode_one(&b);
   assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_ERR_PROTOCOL);
+  epm_buf_free(&b);
+}
+
+/* Builds a DEV_ATTACH frame by hand (independent of the encoder):
+ * u64 size, u32 device, u32 kind, then `extra` bytes of handle. */
+static size_t dev_attach_raw(uint8_t *out, uint32_t flags, uint64_t size, uint32_t device, uint32_t kind,
+                             const uint8_t *extra, size_t nextra) {
+  uint8_t *p = out + EPM_FRAME_HEADER_SIZE;
+  for (int i = 0; i < 8; i++) p[i] = (uint8_t)(size >> (8 * i));
+  for (int i = 0; i < 4; i++) p[8 + i] = (uint8_t)(device >> (8 * i));
+  for (int i = 0; i < 4; i++) p[12 + i] = (uint8_t)(kind >> (8 * i));
+  if (nextra) memcpy(p + 16, extra, nextra);
+  epm_frame_header_encode(out, EPM_MSG_DEV_ATTACH, flags, 21, 16 + nextra);
+  return EPM_FRAME_HEADER_SIZE + 16 + nextra;
+}
+
+static epm_status_t decode_raw(const uint8_t *raw, size_t n, epm_dev_attach_t *out) {
+  epm_frame_t f;
+  size_t used = 0;
+  assert_int_equal(epm_frame_decode(raw, n, NULL, &f, &used), EPM_OK);
+  assert_int_equal(used, n);
+  return epm_dev_attach_decode(&f, out);
+}
+
+/* The legacy CUDA IPC variant: 64-byte handle in the payload, no fd. */
+static void test_dev_attach_ipc(void **state) {
+  (void)state;
+  epm_buf_t b = {0};
+  epm_dev_attach_t a, a2;
+  uint8_t h[EPM_DEV_IPC_HANDLE_BYTES], raw[EPM_FRAME_HEADER_SIZE + 16 + 2 * EPM_DEV_IPC_HANDLE_BYTES];
+  for (size_t i = 0; i < sizeof h; i++) h[i] = (uint8_t)(i * 37u + 5u);
+  memset(&a, 0, sizeof a);
+  a.size = ((uint64_t)1 << 32) + 12345;
+  a.device = 1;
+  a.kind = EPM_DEV_ATTACH_IPC;
+  memcpy(a.ipc_handle, h, sizeof h);
+  assert_int_equal(epm_dev_attach_encode(&b, 20, &a), EPM_OK);
+  assert_int_equal(b.len, EPM_FRAME_HEADER_SIZE + 16 + EPM_DEV_IPC_HANDLE_BYTES);
+  /* the encoder's bytes equal the hand-built layout */
+  size_t n = dev_attach_raw(raw, 0, a.size, 1, EPM_DEV_ATTACH_IPC, h, sizeof h);
+  assert_int_equal(n, b.len);
+  epm_frame_header_encode(raw, EPM_MSG_DEV_ATTACH, 0, 20, 16 + sizeof h);
+  assert_memory_equal(raw, b.data, n);
+  epm_frame_t f = decode_one(&b);
+  assert_int_equal(f.flags & EPM_FRAME_F_HAS_FD, 0);
+  memset(&a2, 0xee, sizeof a2);
+  assert_int_equal(epm_dev_attach_decode(&f, &a2), EPM_OK);
+  assert_int_equal(a2.size, a.size);
+  assert_int_equal(a2.device, 1);
+  assert_int_equal(a2.kind, EPM_DEV_ATTACH_IPC);
+  assert_memory_equal(a2.ipc_handle, h, sizeof h);
+  /* an IPC attach that also claims an fd is refused */
+  b.data[8] |= EPM_FRAME_F_HAS_FD;
+  f = decode_one(&b);
+  assert_int_equal(epm_dev_attach_decode(&f, &a2), EPM_ERR_PROTOCOL);
+  epm_buf_free(&b);
+
+  /* malformed sizes: truncated handle, trailing bytes, fd-kind with a
+   * handle, zero region size, unknown kind */
+  n = dev_attach_raw(raw, 0, 4096, 0, EPM_DEV_ATTACH_IPC, h, sizeof h - 1);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  n = dev_attach_raw(raw, 0, 4096, 0, EPM_DEV_ATTACH_IPC, h, 0);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  uint8_t big[2 * EPM_DEV_IPC_HANDLE_BYTES] = {0};
+  n = dev_attach_raw(raw, 0, 4096, 0, EPM_DEV_ATTACH_IPC, big, sizeof h + 1);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  n = dev_attach_raw(raw, EPM_FRAME_F_HAS_FD, 4096, 0, EPM_DEV_ATTACH_FD, h, sizeof h);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  n = dev_attach_raw(raw, 0, 0, 0, EPM_DEV_ATTACH_IPC, h, sizeof h);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  n = dev_attach_raw(raw, 0, 4096, 0, 2, h, sizeof h);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_ERR_PROTOCOL);
+  /* the hand-built well-formed frame decodes */
+  n = dev_attach_raw(raw, 0, 4096, 7, EPM_DEV_ATTACH_IPC, h, sizeof h);
+  assert_int_equal(decode_raw(raw, n, &a2), EPM_OK);
+  assert_int_equal(a2.size, 4096);
+  assert_int_equal(a2.device, 7);
+  /* the encoder refuses an unknown kind */
+  a.kind = 5;
+  assert_int_equal(epm_dev_attach_encode(&b, 22, &a), EPM_ERR_INVALID_ARG);
   epm_buf_free(&b);
 }
 
@@ -393,7 +474,8 @@ static void test_mutations_never_crash(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_hello_roundtrip),        cmocka_unit_test(test_negotiate),
-      cmocka_unit_test(test_text_health_error_shutdown), cmocka_unit_test(test_forward_roundtrip),
+      cmocka_unit_test(test_text_health_error_shutdown), cmocka_unit_test(test_dev_attach_ipc),
+      cmocka_unit_test(test_forward_roundtrip),
       cmocka_unit_test(test_incremental_and_truncated), cmocka_unit_test(test_bad_headers),
       cmocka_unit_test(test_forward_size_overflow),  cmocka_unit_test(test_mutations_never_crash),
   };
