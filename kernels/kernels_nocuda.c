@@ -40,3 +40,12 @@ epm_status_t epm_kernel_moe_forward(const epm_moe_plan_t *p, const epm_moe_weigh
                                     int out_f32, void *out_dev, void *stream) {
   return no_cuda("moe forward");
 }
+epm_status_t epm_kernel_bf16_to_f32(const void *src_dev, int64_t n, float *dst_dev, void *stream) {
+  return no_cuda("bf16_to_f32 kernel");
+}
+epm_status_t epm_kernel_f32_to_bf16(const float *src_dev, int64_t n, void *dst_dev, void *stream) {
+  return no_cuda("f32_to_bf16 kernel");
+}
+epm_status_t epm_kernel_shared_combine(float *y_dev, const void *s_dev, int64_t n, void *stream) {
+  return no_cuda("shared combine kernel");
+}

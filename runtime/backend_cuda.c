@@ -14,10 +14,10 @@
  *             every layer loaded on it: per-layer copies would multiply the
  *             largest buffers by the layer count.
  *   shared    the same kernels on a one-expert view (top-1, weight 1)
- * The elementwise work on the rank's own rows (bf16 <-> fp32, the shared
- * combine, weight on input, the dynamic-scale amax) has no kernels yet: it
- * stages through pinned host buffers sized at load (m_r x H), which costs a
- * sync each. */
+ * bf16 <-> fp32 and the shared combine run as kernels (kernels/elementwise.cu).
+ * Weight on input and the dynamic-scale amax have no kernels yet: they stage
+ * through pinned host buffers sized at load (m_r x H), which costs a sync
+ * each. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,27 +325,21 @@ static epm_status_t cuda_experts(epm_backend_t *be, const epm_backend_weights_t 
                  dtype == EPM_DTYPE_F32, partial);
 }
 
-/* y (device fp32 [m, H]) = float(bf16(y)) + float(shared(x)), on the host. */
+/* y (device fp32 [m, H]) = float(bf16(y)) + float(shared(x)), all on the
+ * stream: no host round trip, no sync (stage_end syncs). */
 static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights_t *hw, const epm_bf16_t *x,
                                     int64_t m, float *y) {
   const cuda_weights_t *w = (const cuda_weights_t *)hw;
   const epm_layer_t *l = hw->layer;
   cuda_ctx_t *c = ctx_of(be);
-  const int64_t H = l->dims.hidden, n = m * H;
+  const int64_t H = l->dims.hidden;
   epm_moe_plan_t p;
   if (!w->has_shared) return EPM_OK;
   EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, c->sh_packed, c->sh_sf));
   EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
   EPM_TRY(run_moe(be, l, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
                   c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0, c->sh_out));
-  CUDA_TRY(cudaMemcpyAsync(c->host_f32, y, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, c->sh_out, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost,
-                           c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
-  epm__host_shared_combine(c->host_f32, c->host_bf16, n);
-  CUDA_TRY(cudaMemcpyAsync(y, c->host_f32, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream)); /* the pinned buffer is reused by the next op */
-  return EPM_OK;
+  return epm_kernel_shared_combine(y, c->sh_out, m * H, c->stream);
 }
 
 static epm_status_t need_host(const cuda_ctx_t *c, int64_t n, const char *op) {
@@ -366,25 +360,11 @@ static epm_status_t cuda_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t n,
 }
 
 static epm_status_t cuda_f32_to_bf16(epm_backend_t *be, const float *src, int64_t n, epm_bf16_t *dst) {
-  cuda_ctx_t *c = ctx_of(be);
-  EPM_TRY(need_host(c, n, "f32_to_bf16"));
-  CUDA_TRY(cudaMemcpyAsync(c->host_f32, src, (size_t)n * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
-  for (int64_t i = 0; i < n; i++) c->host_bf16[i] = epm_bf16_from_f32(c->host_f32[i]);
-  CUDA_TRY(cudaMemcpyAsync(dst, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
-  return EPM_OK;
+  return epm_kernel_f32_to_bf16(src, n, dst, ctx_of(be)->stream);
 }
 
 static epm_status_t cuda_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, int64_t n, float *dst) {
-  cuda_ctx_t *c = ctx_of(be);
-  EPM_TRY(need_host(c, n, "bf16_to_f32"));
-  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, src, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
-  for (int64_t i = 0; i < n; i++) c->host_f32[i] = epm_bf16_to_f32(c->host_bf16[i]);
-  CUDA_TRY(cudaMemcpyAsync(dst, c->host_f32, (size_t)n * sizeof(float), cudaMemcpyHostToDevice, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
-  return EPM_OK;
+  return epm_kernel_bf16_to_f32(src, n, dst, ctx_of(be)->stream);
 }
 
 static void *cuda_stream(const epm_backend_t *be) { return ctx_of(be)->stream; }

@@ -7,6 +7,8 @@ if(EPMOE_HAVE_CUDA)
   target_compile_options(epm_gputest PRIVATE "$<$<COMPILE_LANGUAGE:CUDA>:${EPMOE_CUDA_ARCH_FLAGS}>")
 
   epm_add_test(test_gpu_quantize SOURCES gpu/test_gpu_quantize.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
+  epm_add_test(test_gpu_elementwise SOURCES gpu/test_gpu_elementwise.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA
+               TIMEOUT 300)
   epm_add_test(test_gpu_quantize_4g SOURCES gpu/test_gpu_quantize_4g.c LABELS gpu large LIBS epm_gputest GPU
                NO_CMOCKA TIMEOUT 1200)
   # These compare with the CPU reference (issue B).

@@ -171,6 +171,14 @@ epm_status_t epm_kernel_moe_forward(const epm_moe_plan_t *p, const epm_moe_weigh
                                     const epm_moe_inputs_dev_t *in, const epm_moe_workspace_t *ws,
                                     int out_f32, void *out_dev, void *stream);
 
+/* ---- elementwise ops on n values (grid-strided, any n >= 0) -------------
+ * Bit-identical to the host loops: bf16 -> fp32 exact; fp32 -> bf16 RNE with
+ * NaN kept quiet (epm_bf16_from_f32); shared combine
+ * y[i] = float(bf16(y[i])) + float(s[i]) for fp32 y and bf16 s. */
+epm_status_t epm_kernel_bf16_to_f32(const void *src_dev, int64_t n, float *dst_dev, void *stream);
+epm_status_t epm_kernel_f32_to_bf16(const float *src_dev, int64_t n, void *dst_dev, void *stream);
+epm_status_t epm_kernel_shared_combine(float *y_dev, const void *s_dev, int64_t n, void *stream);
+
 #ifdef __cplusplus
 }
 #endif
