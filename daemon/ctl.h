@@ -4,6 +4,8 @@
 #ifndef EPMOE_CTL_H
 #define EPMOE_CTL_H
 
+#include <stddef.h>
+
 #define EPM_CTL_COMMANDS(X)                                                              \
   X(plan, "per-rank buffer sizes and limits of one EP step (offline)")                  \
   X(ref, "run one MoE layer on the CPU reference; print checksum and timing")           \
@@ -23,5 +25,9 @@ EPM_CTL_COMMANDS(EPM__CTL_DECL)
 /* Shared by subcommands: strict integer parse "123", "4K", "2M", "1G";
  * returns 0 on success, prints "epmoectl: bad value for --flag: ..." otherwise. */
 int epm_ctl_parse_i64(const char *flag, const char *s, long long min, long long max, long long *out);
+/* Split argv[*i] into a flag name and its value: "--name=value" or "--name value"
+ * (then *i advances). Returns 0, or prints one line naming `cmd` and returns 2. */
+int epm_ctl_flag_value(const char *cmd, int argc, char **argv, int *i, char *flag, size_t flag_size,
+                       const char **val);
 
 #endif

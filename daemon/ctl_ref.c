@@ -64,22 +64,7 @@ static int parse(int argc, char **argv, opts_t *o) {
       *(a[2] == 'j' ? &o->json : &o->no_shared) = 1;
       continue;
     }
-    const char *eq = strchr(a, '=');
-    size_t len = eq ? (size_t)(eq - a) : strlen(a);
-    if (strncmp(a, "--", 2) != 0 || len >= sizeof flag) {
-      fprintf(stderr, "epmoectl ref: unexpected argument '%s' (see epmoectl ref --help)\n", a);
-      return 2;
-    }
-    memcpy(flag, a, len);
-    flag[len] = '\0';
-    if (eq) {
-      val = eq + 1;
-    } else if (i + 1 < argc) {
-      val = argv[++i];
-    } else {
-      fprintf(stderr, "epmoectl ref: %s needs a value\n", flag);
-      return 2;
-    }
+    if (epm_ctl_flag_value("ref", argc, argv, &i, flag, sizeof flag, &val) != 0) return 2;
     int rc;
     if (strcmp(flag, "--preset") == 0) {
       o->preset = val;

@@ -69,6 +69,27 @@ int epm_ctl_parse_i64(const char *flag, const char *s, long long min, long long 
   return 0;
 }
 
+int epm_ctl_flag_value(const char *cmd, int argc, char **argv, int *i, char *flag, size_t flag_size,
+                       const char **val) {
+  const char *a = argv[*i], *eq = strchr(a, '=');
+  size_t len = eq ? (size_t)(eq - a) : strlen(a);
+  if (strncmp(a, "--", 2) != 0 || len >= flag_size) {
+    fprintf(stderr, "epmoectl %s: unexpected argument '%s' (see epmoectl %s --help)\n", cmd, a, cmd);
+    return 2;
+  }
+  memcpy(flag, a, len);
+  flag[len] = '\0';
+  if (eq) {
+    *val = eq + 1;
+  } else if (*i + 1 < argc) {
+    *val = argv[++*i];
+  } else {
+    fprintf(stderr, "epmoectl %s: %s needs a value\n", cmd, flag);
+    return 2;
+  }
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 ||
       strcmp(argv[1], "help") == 0) {
