@@ -107,8 +107,6 @@ static int64_t tokens_fitting_tiles(int64_t max_tiles, int64_t top_k, int64_t lo
   return pmax / kk;
 }
 
-static int64_t ceil_div(int64_t n, int64_t d) { return n / d + (n % d != 0); }
-
 static void add_limit(epm_plan_t *p, const char *kernel, const char *dim, const char *what,
                       int64_t value, int64_t limit, int64_t max_tokens, int64_t tokens) {
   epm_plan_limit_t *l = &p->limits[p->n_limits++];
@@ -123,7 +121,7 @@ static void add_limit(epm_plan_t *p, const char *kernel, const char *dim, const 
   else if (max_tokens < 1)
     l->chunks = 0;
   else
-    l->chunks = ceil_div(tokens, max_tokens);
+    l->chunks = epm_ceil_div_i64(tokens, max_tokens);
   if (l->chunks != 1) p->violations++;
 }
 
@@ -133,8 +131,8 @@ static void plan_limits(epm_plan_t *p) {
   int64_t t_gemm_y = tokens_fitting_tiles(EPM_CUDA_GRID_YZ_MAX, k, el, tile);
   int64_t t_rows = tokens_fitting_tiles(EPM_CUDA_GRID_X_MAX / tile, k, el, tile);
   /* ceil(2I / tile_n) == ceil(I / (tile_n / 2)); written so nothing overflows. */
-  int64_t n1 = ceil_div(d->intermediate, EPM_PLAN_GEMM_TILE_N / 2);
-  int64_t n2 = ceil_div(d->hidden, EPM_PLAN_GEMM_TILE_N);
+  int64_t n1 = epm_ceil_div_i64(d->intermediate, EPM_PLAN_GEMM_TILE_N / 2);
+  int64_t n2 = epm_ceil_div_i64(d->hidden, EPM_PLAN_GEMM_TILE_N);
   /* Splitting tokens never shrinks an N-tile count: no chunking fixes it. */
   int64_t t_n1 = n1 <= EPM_CUDA_GRID_X_MAX ? INT64_MAX : 0;
   int64_t t_n2 = n2 <= EPM_CUDA_GRID_X_MAX ? INT64_MAX : 0;
@@ -167,7 +165,7 @@ static void plan_limits(epm_plan_t *p) {
   else if (tmin < 1)
     p->chunks = 0;
   else
-    p->chunks = ceil_div(M, tmin);
+    p->chunks = epm_ceil_div_i64(M, tmin);
 }
 
 static epm_status_t check_config(const epm_plan_config_t *cfg, int64_t *tile) {

@@ -49,7 +49,8 @@ static inline int epm_round_up_i64(int64_t n, int64_t m, int64_t *out) {
   *out = (r / m) * m;
   return 0;
 }
-static inline int64_t epm_ceil_div_i64(int64_t n, int64_t d) { return (n + d - 1) / d; }
+/* ceil(n / d) for n >= 0, d > 0; no intermediate n + d - 1, so no overflow near INT64_MAX. */
+static inline int64_t epm_ceil_div_i64(int64_t n, int64_t d) { return n / d + (n % d != 0); }
 
 #ifdef __cplusplus
 }

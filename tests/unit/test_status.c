@@ -58,6 +58,12 @@ static void test_checked_arith(void **state) {
   assert_int_equal(epm_round_up_i64(2049, 128, &r), 0);
   assert_int_equal(r, 2176);
   assert_int_not_equal(epm_add_i64(INT64_MAX, 1, &r), 0);
+  /* ceil-div near INT64_MAX: (n + d - 1) / d would overflow here. */
+  assert_true(epm_ceil_div_i64(INT64_MAX, 128) == INT64_MAX / 128 + 1);
+  assert_true(epm_ceil_div_i64(INT64_MAX - 127, 128) == (INT64_MAX - 127) / 128 + ((INT64_MAX - 127) % 128 != 0));
+  assert_int_equal(epm_ceil_div_i64(256, 128), 2);
+  assert_int_equal(epm_ceil_div_i64(257, 128), 3);
+  assert_int_equal(epm_ceil_div_i64(0, 128), 0);
 }
 
 int main(void) {
