@@ -1,61 +1,37 @@
-# libepmoe: runtime/, comm/ and kernels/ in one static library.
-# Naming convention picks sources by build flavour, so each area can add
-# files without editing this list:
-#   *_cuda.c, *_nccl.c, *.cu   only when CUDA is built (EPMOE_HAVE_CUDA)
-#   *_nocuda.c                 only when it is not (stubs returning NOT_SUPPORTED)
-file(GLOB _epm_c CONFIGURE_DEPENDS
-     ${PROJECT_SOURCE_DIR}/runtime/*.c
-     ${PROJECT_SOURCE_DIR}/comm/*.c
-     ${PROJECT_SOURCE_DIR}/kernels/*.c)
-set(_epm_src)
-foreach(f ${_epm_c})
-  if(f MATCHES "_(cuda|nccl)\\.c$")
-    if(EPMOE_HAVE_CUDA)
-      list(APPEND _epm_src ${f})
-    endif()
-  elseif(f MATCHES "_nocuda\\.c$")
-    if(NOT EPMOE_HAVE_CUDA)
-      list(APPEND _epm_src ${f})
-    endif()
+# Helpers shared by the per-part CMakeLists.txt files (runtime/base, kernels,
+# comm, runtime, daemon). Each part is one target with an explicit source list
+# and its own folder as its only private include dir; the allowed edges between
+# parts are checked by the `layering` test (tests/layering.cmake).
+
+# epm_part_flavour(OUT common... CUDA cuda_only... NOCUDA nocuda_only...)
+# Picks the sources of this build flavour: the CUDA list only when CUDA is
+# built, the NOCUDA list (stubs answering EPM_ERR_NOT_SUPPORTED) otherwise.
+function(epm_part_sources out)
+  cmake_parse_arguments(S "" "" "COMMON;CUDA;NOCUDA" ${ARGN})
+  set(_src ${S_COMMON})
+  if(EPMOE_HAVE_CUDA)
+    list(APPEND _src ${S_CUDA})
   else()
-    list(APPEND _epm_src ${f})
+    list(APPEND _src ${S_NOCUDA})
   endif()
-endforeach()
-if(EPMOE_HAVE_CUDA)
-  file(GLOB _epm_cu CONFIGURE_DEPENDS ${PROJECT_SOURCE_DIR}/kernels/*.cu)
-  list(APPEND _epm_src ${_epm_cu})
-endif()
+  foreach(f ${_src})
+    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
+      message(FATAL_ERROR "epmoe: ${CMAKE_CURRENT_SOURCE_DIR}/${f} is listed but missing")
+    endif()
+  endforeach()
+  set(${out} ${_src} PARENT_SCOPE)
+endfunction()
 
-add_library(epmoe STATIC ${_epm_src})
-target_include_directories(epmoe PUBLIC ${PROJECT_SOURCE_DIR}/include
-                                  PRIVATE ${PROJECT_SOURCE_DIR}/runtime
-                                          ${PROJECT_SOURCE_DIR}/comm
-                                          ${PROJECT_SOURCE_DIR}/kernels)
-target_link_libraries(epmoe PUBLIC MPI::MPI_C Threads::Threads PkgConfig::JANSSON)
-if(EPMOE_LIBM)
-  target_link_libraries(epmoe PUBLIC ${EPMOE_LIBM})
-endif()
-if(OpenMP_C_FOUND)
-  target_link_libraries(epmoe PUBLIC OpenMP::OpenMP_C)
-endif()
-target_compile_definitions(epmoe PUBLIC EPMOE_VERSION_STRING="${PROJECT_VERSION}")
-if(EPMOE_HAVE_CUDA)
-  target_compile_definitions(epmoe PUBLIC EPMOE_HAVE_CUDA=1)
-  target_include_directories(epmoe PRIVATE ${NCCL_INCLUDE_DIR})
-  # cudart only: libcuda is loaded by cudart at run time, so binaries still
-  # start on machines without a driver (CI) and report "no GPU" cleanly.
-  target_link_libraries(epmoe PUBLIC CUDA::cudart ${NCCL_LIBRARY})
-  target_compile_options(epmoe PRIVATE
-    "$<$<COMPILE_LANGUAGE:CUDA>:${EPMOE_CUDA_ARCH_FLAGS};-lineinfo;--expt-relaxed-constexpr;-Xcompiler=-Wall>")
-  set_target_properties(epmoe PROPERTIES CUDA_SEPARABLE_COMPILATION OFF POSITION_INDEPENDENT_CODE ON)
-endif()
-
-# Size-planning code compiles with -Wconversion; files opt in by name.
-file(GLOB _epm_sized CONFIGURE_DEPENDS
-     ${PROJECT_SOURCE_DIR}/runtime/plan*.c
-     ${PROJECT_SOURCE_DIR}/runtime/nvfp4*.c
-     ${PROJECT_SOURCE_DIR}/kernels/*_plan.c
-     ${PROJECT_SOURCE_DIR}/comm/*_chunk*.c)
-if(_epm_sized)
-  set_source_files_properties(${_epm_sized} PROPERTIES COMPILE_OPTIONS "${EPMOE_SIZE_FLAGS}")
-endif()
+# epm_part(NAME sources...): a static library for one part.
+function(epm_part name)
+  add_library(${name} STATIC ${ARGN})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR}/include
+                                     PRIVATE ${CMAKE_CURRENT_SOURCE_DIR})
+  target_compile_definitions(${name} PUBLIC EPMOE_VERSION_STRING="${PROJECT_VERSION}")
+  if(EPMOE_HAVE_CUDA)
+    target_compile_definitions(${name} PUBLIC EPMOE_HAVE_CUDA=1)
+  endif()
+  # The client shared library links base; every part stays PIC so any of them
+  # can go into a shared object.
+  set_target_properties(${name} PROPERTIES POSITION_INDEPENDENT_CODE ON)
+endfunction()

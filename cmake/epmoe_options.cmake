@@ -1,6 +1,6 @@
 # Compiler flags shared by every target: warnings, asserts kept, sanitizers.
 add_compile_options(
-  "$<$<COMPILE_LANGUAGE:C>:-Wall;-Wextra;-Wshadow;-Wno-unused-parameter;-Wvla;-Wno-format-truncation>"
+  "$<$<COMPILE_LANGUAGE:C>:-Wall;-Wextra;-Wshadow;-Wno-unused-parameter;-Wvla;-Wno-format-truncation;-Wconversion;-Wsign-conversion>"
   "$<$<COMPILE_LANGUAGE:CXX>:-Wall;-Wextra;-Wno-unused-parameter>")
 # Keep assert() on in every build type (tests and MOE invariants rely on it).
 string(REPLACE "-DNDEBUG" "" CMAKE_C_FLAGS_RELWITHDEBINFO "${CMAKE_C_FLAGS_RELWITHDEBINFO}")
@@ -20,6 +20,3 @@ if(EPMOE_SANITIZE)
   message(STATUS "epmoe: sanitizers ${EPMOE_SANITIZE}")
 endif()
 
-# Files whose whole job is size arithmetic get -Wconversion on top (see
-# epm_size_checked_sources() in runtime/CMakeLists.txt).
-set(EPMOE_SIZE_FLAGS -Wconversion -Wsign-conversion)

@@ -22,16 +22,17 @@
 #include <jansson.h>
 #include <limits.h>
 #include <math.h>
-#include <mpi.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ctl.h"
 #include "epmoe/backend.h"
 #include "epmoe/bootstrap.h"
 #include "epmoe/comm.h"
 #include "epmoe/engine.h"
+#include "epmoe/group.h"
 #include "epmoe/layer.h"
 #include "epmoe/log.h"
 #include "epmoe/moe_ref.h"
@@ -233,20 +234,15 @@ typedef struct {
   epm_bootstrap_t boot;
   int booted, rank, P;
   epm_model_dims_t dims;
-  epm_comm_t *comm;
-  epm_backend_t *be;
-  epm_layer_t layer;
-  epm_engine_t *eng;
+  epm_group_t *group; /* backend, comm, the layer and its engine */
+  epm_engine_t *eng;  /* the group's engine of --layer */
   int64_t off, m, M, max_m;
   epm_bf16_t *x, *y, *y_all; /* y_all: rank 0 */
   float *logits;
 } step_t;
 
 static void step_free(step_t *s) {
-  epm_engine_destroy(s->eng);
-  epm_layer_free(&s->layer);
-  epm_backend_destroy(s->be);
-  epm_comm_destroy(s->comm);
+  epm_group_destroy(s->group);
   free(s->x);
   free(s->y);
   free(s->y_all);
@@ -257,30 +253,15 @@ static void step_free(step_t *s) {
 
 /* Gather every rank's y rows to rank 0, in rank order (rows of H bf16). */
 static epm_status_t gather_output(step_t *s) {
-  MPI_Datatype row;
-  /* One MPI row type of H bf16, so counts are rows; refuse what int can't hold. */
-  if (s->M > INT_MAX || s->dims.hidden > INT_MAX / 2)
-    return epm_error(EPM_ERR_OVERFLOW, "gathering %lld rows of %lld bf16 to rank 0: MPI counts are limited to %d",
-                     (long long)s->M, (long long)s->dims.hidden, INT_MAX);
-  int rc = MPI_Type_contiguous((int)(s->dims.hidden * 2), MPI_BYTE, &row);
-  if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&row);
-  if (rc != MPI_SUCCESS) return epm_error(EPM_ERR_MPI, "row datatype of %lld bf16", (long long)s->dims.hidden);
-  int *counts = NULL, *displs = NULL;
-  if (s->rank == 0) {
-    counts = calloc((size_t)s->P, sizeof *counts);
-    displs = calloc((size_t)s->P, sizeof *displs);
-    int64_t off = 0;
-    for (int r = 0; counts && displs && r < s->P; r++) {
-      counts[r] = (int)s->o.tokens[r];
-      displs[r] = (int)off;
-      off += s->o.tokens[r];
-    }
-  }
-  rc = MPI_Gatherv(s->y, (int)s->m, row, s->y_all, counts, displs, row, 0, MPI_COMM_WORLD);
-  free(counts);
-  free(displs);
-  MPI_Type_free(&row);
-  return rc == MPI_SUCCESS ? EPM_OK : epm_error(EPM_ERR_MPI, "MPI_Gatherv of the output failed (%d)", rc);
+  const size_t row = (size_t)s->dims.hidden * sizeof(epm_bf16_t);
+  return epm_bootstrap_gather_bytes(&s->boot, 0, s->y, (size_t)s->m * row, s->y_all,
+                                    s->rank == 0 ? (size_t)s->M * row : 0, NULL);
+}
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 static epm_status_t setup(step_t *s) {
@@ -301,6 +282,8 @@ static epm_status_t setup(step_t *s) {
     return epm_error(EPM_ERR_INVALID_ARG,
                      "%lld experts do not split over %d ranks; pass --experts N with N %% %d == 0",
                      (long long)s->dims.num_experts, s->P, s->P);
+  /* Every check above depends only on the arguments, so all ranks return
+   * here alike or all reach the (collective) group creation below. */
   s->M = 0;
   s->max_m = 1;
   for (int r = 0; r < s->P; r++) {
@@ -309,26 +292,24 @@ static epm_status_t setup(step_t *s) {
     if (o->tokens[r] > s->max_m) s->max_m = o->tokens[r];
   }
   s->m = o->tokens[s->rank];
-  /* The output gather to rank 0 counts rows in MPI ints. */
-  if (s->M > INT_MAX)
-    return epm_error(EPM_ERR_INVALID_ARG, "%lld tokens in total; the output gather handles at most %d",
-                     (long long)s->M, INT_MAX);
-  const int64_t H = s->dims.hidden, E = s->dims.num_experts, El = E / s->P;
+  const int64_t H = s->dims.hidden, E = s->dims.num_experts;
 
-  epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;
-  bc.kind = o->backend;
-  bc.device = s->boot.gpu < 0 ? 0 : s->boot.gpu;
-  bc.threads = (int)o->threads;
-  if (!bc.threads) {
-    int cores = epm_moe_ref_threads(0), local = s->boot.local_size > 0 ? s->boot.local_size : 1;
-    bc.threads = cores / local > 0 ? cores / local : 1;
-  }
-  EPM_TRY(epm_backend_create(&bc, &s->be));
-  /* NCCL collectives go on the backend's stream, ordered with its kernels. */
-  epm_comm_opts_t co = {.backend = o->backend == EPM_BACKEND_CUDA ? EPM_COMM_NCCL : EPM_COMM_MPI,
-                        .stream = epm_backend_stream(s->be)};
-  EPM_TRY(epm_comm_create(&s->boot, &co, &s->comm));
-  EPM_TRY(epm_layer_generate(&s->dims, o->layer, (uint64_t)o->weights_seed, s->rank * El, El, &s->layer));
+  /* --backend cuda asked the bootstrap for a GPU per rank, so the group
+   * pairs a cuda backend with NCCL; cpu gets MPI. */
+  const int64_t layer_id = o->layer;
+  epm_group_config_t gc = EPM_GROUP_CONFIG_INIT;
+  gc.preset = o->preset;
+  gc.dims = &s->dims;
+  gc.seed = (uint64_t)o->weights_seed;
+  gc.layer_ids = &layer_id;
+  gc.num_layers = 1;
+  gc.threads = (int)o->threads;
+  gc.max_tokens_per_rank = s->max_m;
+  gc.scale_mode = o->scale;
+  gc.shared_expert = o->shared;
+  gc.partial_dtype = o->partial;
+  EPM_TRY(epm_group_create(&gc, &s->boot, &s->group));
+  s->eng = epm_group_engine(s->group, layer_id);
 
   size_t nx = (size_t)(s->m * H), nl = (size_t)(s->m * E);
   s->x = malloc((nx ? nx : 1) * sizeof *s->x);
@@ -339,12 +320,7 @@ static epm_status_t setup(step_t *s) {
     return epm_error(EPM_ERR_NOMEM, "token buffers for %lld tokens x H %lld", (long long)s->m, (long long)H);
   EPM_TRY(epm_tokens_generate(&s->dims, (uint64_t)o->seed, s->off, s->m, s->x, s->logits));
 
-  epm_engine_config_t ec = EPM_ENGINE_CONFIG_INIT;
-  ec.max_tokens_per_rank = s->max_m;
-  ec.scale_mode = o->scale;
-  ec.shared_expert = o->shared;
-  ec.partial_dtype = o->partial;
-  return epm_engine_create(&ec, &s->layer, s->comm, s->be, &s->eng);
+  return EPM_OK;
 }
 
 typedef struct {
@@ -361,7 +337,7 @@ static epm_status_t run_check(step_t *s, float input_scale, check_result_t *cr) 
   epm_bf16_t *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x), *ref = malloc((size_t)(n > 0 ? n : 1) * sizeof *ref);
   float *logits = malloc((size_t)(s->M * E > 0 ? s->M * E : 1) * sizeof *logits);
   epm_status_t st = EPM_OK;
-  double t0 = MPI_Wtime();
+  double t0 = now_s();
   if (!x || !ref || !logits) {
     st = epm_error(EPM_ERR_NOMEM, "check buffers for %lld tokens", (long long)s->M);
     goto out;
@@ -389,7 +365,7 @@ static epm_status_t run_check(step_t *s, float input_scale, check_result_t *cr) 
   epm_moe_checksum_bf16(ref, n, &cr->ref_sum);
   cr->done = 1;
 out:
-  cr->seconds = MPI_Wtime() - t0;
+  cr->seconds = now_s() - t0;
   epm_layer_free(&full);
   free(x);
   free(ref);
@@ -403,8 +379,14 @@ static double *gather_stages(step_t *s) {
   double mine[EPM_STAGE_COUNT], *all = NULL;
   epm_engine_stats(s->eng, &st);
   for (int i = 0; i < EPM_STAGE_COUNT; i++) mine[i] = st.steps ? 1e3 * st.sum_s[i] / (double)st.steps : 0.0;
+  const size_t bytes = sizeof mine;
   if (s->rank == 0) all = calloc((size_t)s->P * EPM_STAGE_COUNT, sizeof *all);
-  MPI_Gather(mine, EPM_STAGE_COUNT, MPI_DOUBLE, all, EPM_STAGE_COUNT, MPI_DOUBLE, 0, MPI_COMM_WORLD);
+  /* Every rank joins the gather, even when rank 0 could not allocate (it
+   * then offers a 0-byte buffer and the gather fails on every rank). */
+  if (epm_bootstrap_gather_bytes(&s->boot, 0, mine, bytes, all, all ? (size_t)s->P * bytes : 0, NULL) != EPM_OK) {
+    free(all);
+    return NULL;
+  }
   return all;
 }
 
@@ -418,7 +400,7 @@ static void print_text(step_t *s, const double *stages, const epm_moe_checksum_t
          (long long)s->dims.top_k, epm_routing_method_name(s->dims.routing),
          s->dims.shared_experts && o->shared ? ", shared expert" : "", s->P, (long long)s->M, o->seed, o->layer);
   printf("      backend %s, comm %s, scale %s (input_scale %g), partials %s, repeat %lld\n",
-         epm_backend_name(s->be), epm_comm_backend_name(s->comm), scale_name(o->scale), (double)input_scale,
+         epm_backend_name(epm_group_backend(s->group)), epm_comm_backend_name(epm_group_comm(s->group)), scale_name(o->scale), (double)input_scale,
          o->partial == EPM_DTYPE_F32 ? "f32" : "bf16", o->repeat);
   printf("stage times, ms (mean of %lld step%s)\n%4s %8s", o->repeat, o->repeat > 1 ? "s" : "", "rank", "tokens");
   for (int i = 0; i < EPM_STAGE_COUNT; i++) printf(" %14s", epm_engine_stage_name((epm_engine_stage_t)i));
@@ -463,8 +445,8 @@ static void print_json(step_t *s, const double *stages, const epm_moe_checksum_t
   json_object_set_new(root, "seed", json_integer(o->seed));
   json_object_set_new(root, "weights_seed", json_integer(o->weights_seed));
   json_object_set_new(root, "layer", json_integer(o->layer));
-  json_object_set_new(root, "backend", json_string(epm_backend_name(s->be)));
-  json_object_set_new(root, "comm", json_string(epm_comm_backend_name(s->comm)));
+  json_object_set_new(root, "backend", json_string(epm_backend_name(epm_group_backend(s->group))));
+  json_object_set_new(root, "comm", json_string(epm_comm_backend_name(epm_group_comm(s->group))));
   json_object_set_new(root, "scale", json_string(scale_name(o->scale)));
   json_object_set_new(root, "input_scale", json_real(input_scale));
   json_object_set_new(root, "shared", json_boolean(o->shared && s->dims.shared_experts));
@@ -524,8 +506,12 @@ int epm_ctl_step(int argc, char **argv) {
   /* Setup failures are the same on every rank (same arguments) or local
    * (memory); agree on the outcome before the first step. */
   epm_status_t st = setup(&s);
-  int bad = st != EPM_OK, n_bad = 0;
-  MPI_Allreduce(&bad, &n_bad, 1, MPI_INT, MPI_SUM, MPI_COMM_WORLD);
+  int bad = st != EPM_OK, n_bad = 0, first_bad = -1;
+  if (epm_bootstrap_agree(&s.boot, !bad, &n_bad, &first_bad) != EPM_OK) {
+    fprintf(stderr, "epmoectl step: rank %d: %s\n", s.rank, epm_last_error());
+    step_free(&s);
+    return 1;
+  }
   /* Every rank failing means the arguments are wrong: say it once. */
   if (bad && n_bad == s.P && s.rank == 0)
     fprintf(stderr, "epmoectl step: %s\n", epm_last_error());
@@ -591,7 +577,7 @@ int epm_ctl_step(int argc, char **argv) {
     if (!identical || (cr.done && !(cr.max_err <= s.o.tol))) result = 1;
   }
   free(stages);
-  MPI_Bcast(&result, 1, MPI_INT, 0, MPI_COMM_WORLD);
+  if (epm_bootstrap_bcast_bytes(&s.boot, 0, &result, sizeof result) != EPM_OK) result = 1;
   fflush(stdout);
   step_free(&s);
   return result;

@@ -1,6 +1,5 @@
 /* epmoectl — the operator's and developer's command line. Dispatches to one
- * file per subcommand (daemon/ctl_<name>.c); a subcommand not built in this
- * tree reports so instead of pretending to work. */
+ * file per subcommand (daemon/ctl_<name>.c). */
 #include <errno.h>
 #include <limits.h>
 #include <stdio.h>
@@ -9,15 +8,6 @@
 
 #include "ctl.h"
 
-/* Subcommands not yet present in a tree resolve to this weak fallback. */
-#define EPM__CTL_WEAK(name, help)                                                  \
-  __attribute__((weak)) int epm_ctl_##name(int argc, char **argv) {               \
-    (void)argc;                                                                    \
-    fprintf(stderr, "epmoectl: '%s' is not available in this build\n", argv[0]); \
-    return 2;                                                                      \
-  }
-EPM_CTL_COMMANDS(EPM__CTL_WEAK)
-#undef EPM__CTL_WEAK
 
 typedef struct {
   const char *name;

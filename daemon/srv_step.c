@@ -377,7 +377,7 @@ static void *worker_main(void *arg) {
     int64_t m = s->cfg.warmup_tokens < s->cfg.max_tokens_per_rank ? s->cfg.warmup_tokens : s->cfg.max_tokens_per_rank;
     uint16_t *x = calloc((size_t)(m * s->info.hidden + 1), 2), *y = calloc((size_t)(m * s->info.hidden + 1), 2);
     float *lg = calloc((size_t)(m * s->info.num_experts + 1), 4);
-    uint64_t seed = 0x2545F4914F6CDD1Dull ^ (uint64_t)s->rank;
+    uint64_t seed = UINT64_C(0x2545F4914F6CDD1D) ^ (uint64_t)s->rank;
     for (int64_t i = 0; x && i < m * s->info.hidden; i++) {
       seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
       x[i] = (uint16_t)(0x3c00u + (seed & 0x7f)) ^ (uint16_t)((seed >> 8) & 0x8000u); /* |v| in [2^-7, 2^-6) */

@@ -27,6 +27,31 @@ static epm_status_t too_big(const char *what, int64_t a, int64_t b) {
                    (long long)a, (long long)b);
 }
 
+/* The worst case of local (token, expert) pairs and padded GEMM rows for
+ * `tokens` gathered tokens: the step plan (runtime/plan.c) sizes its buffers
+ * with it and the kernels below size theirs, so both agree by construction. */
+epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t local_experts,
+                                       int64_t tile, int64_t *pairs, int64_t *m_tiles,
+                                       int64_t *padded_rows) {
+  if (tokens < 0 || top_k < 1 || local_experts < 1 || tile < 1)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "local rows bound: tokens = %lld, top_k = %lld, local_experts = %lld, "
+                     "tile = %lld (need tokens >= 0, the others >= 1)",
+                     (long long)tokens, (long long)top_k, (long long)local_experts,
+                     (long long)tile);
+  int64_t kk = top_k < local_experts ? top_k : local_experts;
+  int64_t p = 0, j, tiles, rows = 0;
+  if (epm_mul_i64(tokens, kk, &p)) return too_big("local pairs (tokens x min(top_k, local_experts))", tokens, kk);
+  j = p < local_experts ? p : local_experts;
+  tiles = j + (p - j) / tile; /* <= p, cannot overflow */
+  if (epm_mul_i64(tiles, tile, &rows)) return too_big("permuted rows (GEMM M-tiles x tile)", tiles, tile);
+  *pairs = p;
+  *m_tiles = tiles;
+  *padded_rows = rows;
+  return EPM_OK;
+}
+
+
 epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
                           int64_t top_k, int64_t expert_offset, int64_t local_experts,
                           epm_moe_plan_t *out) {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "epmoe/checked.h"
+#include "epmoe/kernels.h" /* epm_plan_local_rows_bound */
 
 /* These write *out = 0 on failure too, so no caller reads an unset value. */
 static epm_status_t mul(const char *what, int64_t a, int64_t b, int64_t *out) {
@@ -67,26 +68,6 @@ static epm_status_t set_swizzled_sf(epm_plan_buf_t *b, const char *what, int64_t
   return set_buf(b, what, all_rows, pcol, 8);
 }
 
-epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t local_experts,
-                                       int64_t tile, int64_t *pairs, int64_t *m_tiles,
-                                       int64_t *padded_rows) {
-  if (tokens < 0 || top_k < 1 || local_experts < 1 || tile < 1)
-    return epm_error(EPM_ERR_INVALID_ARG,
-                     "local rows bound: tokens = %lld, top_k = %lld, local_experts = %lld, "
-                     "tile = %lld (need tokens >= 0, the others >= 1)",
-                     (long long)tokens, (long long)top_k, (long long)local_experts,
-                     (long long)tile);
-  int64_t kk = top_k < local_experts ? top_k : local_experts;
-  int64_t p = 0, j, tiles, rows = 0;
-  EPM_TRY(mul("local pairs (tokens x min(top_k, local_experts))", tokens, kk, &p));
-  j = p < local_experts ? p : local_experts;
-  tiles = j + (p - j) / tile; /* <= p, cannot overflow */
-  EPM_TRY(mul("permuted rows (GEMM M-tiles x tile)", tiles, tile, &rows));
-  *pairs = p;
-  *m_tiles = tiles;
-  *padded_rows = rows;
-  return EPM_OK;
-}
 
 /* Most gathered tokens whose worst case fits in `max_tiles` GEMM M-tiles:
  * the largest P with min(E_l, P) + floor((P - min(E_l, P)) / tile) <= L is

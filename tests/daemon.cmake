@@ -1,23 +1,19 @@
-# Daemon, protocol and client tests (issue F).
+# Daemon, protocol and client tests.
 #   test_protocol   codec round-trips and malformed input (cpu)
-if(TARGET epmoe_client)
-  epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client TIMEOUT 60)
-endif()
+epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60)
 # The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a file replayer
 # so it keeps compiling; see the file for the libFuzzer command line.
-if(TARGET epmoe_client)
-  add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
-  target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
-  target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client)
-endif()
+add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
+target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
+target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client_static)
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
 # epmoectl from a bash script (tests/daemon/daemon_it.sh): the step engine
 # (preset tiny, --check vs the EP=1 CPU reference) on 2 and 4 ranks, and the
 # mix stand-in on 2 ranks.
-if(TARGET epmoed)
-  add_executable(daemon_probe daemon/daemon_probe.c)
-  target_link_libraries(daemon_probe PRIVATE epmoe_client)
+add_executable(daemon_probe daemon/daemon_probe.c)
+target_link_libraries(daemon_probe PRIVATE epmoe_client_static)
+if(TRUE)
   foreach(cfg "2;tiny" "4;tiny" "2;mix")
     list(GET cfg 0 np)
     list(GET cfg 1 preset)
@@ -31,7 +27,7 @@ endif()
 
 # GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
 # device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).
-if(TARGET epmoed AND EPMOE_HAVE_CUDA)
+if(EPMOE_HAVE_CUDA)
   add_test(NAME daemon_gpu COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_gpu.sh ${MPIEXEC_EXECUTABLE}
                                    $<TARGET_FILE_DIR:epmoed>)
   set_tests_properties(daemon_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu

@@ -44,3 +44,11 @@ add_test(NAME step_runs_cuda
          COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh cuda ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
 set_tests_properties(step_runs_cuda PROPERTIES LABELS gpu TIMEOUT 600 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
                      ENVIRONMENT "${EPMOE_MPI_ENV}")
+
+# The composition root (epmoe/group.h): layers, info, local refusals and the
+# set-up agreement, against the EP=1 reference.
+add_executable(test_group_mpi mpi/test_group_mpi.c)
+target_link_libraries(test_group_mpi PRIVATE epmoe)
+foreach(np 1 2 4)
+  epm_add_mpi_test(group_mpi_np${np} NP ${np} COMMAND test_group_mpi LABELS mpi TIMEOUT 180)
+endforeach()

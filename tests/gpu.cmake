@@ -1,4 +1,4 @@
-# GPU tests (issue D): label gpu, exit 77 (skipped) without a CUDA device;
+# GPU tests: label gpu, exit 77 (skipped) without a CUDA device;
 # `large` ones need the seed's sizes (~55 GB of GPU memory).
 if(EPMOE_HAVE_CUDA)
   add_library(epm_gputest STATIC gpu/gpu_util.cu)
@@ -11,22 +11,20 @@ if(EPMOE_HAVE_CUDA)
                TIMEOUT 300)
   epm_add_test(test_gpu_quantize_4g SOURCES gpu/test_gpu_quantize_4g.c LABELS gpu large LIBS epm_gputest GPU
                NO_CMOCKA TIMEOUT 1200)
-  # These compare with the CPU reference (issue B).
-  if(EXISTS ${PROJECT_SOURCE_DIR}/include/epmoe/moe_ref.h)
-    epm_add_test(test_gpu_routing SOURCES gpu/test_gpu_routing.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
-    epm_add_test(test_gpu_moe SOURCES gpu/test_gpu_moe.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
-    epm_add_test(test_gpu_seed SOURCES gpu/test_gpu_seed.c LABELS gpu large LIBS epm_gputest GPU NO_CMOCKA
-                 TIMEOUT 1200)
-    # The whole pipeline past M*H = 2^32 (600,000 x 7168), one of two experts
-    # local, top-1, a small intermediate to keep the GEMMs cheap.
-    add_test(NAME test_gpu_pipeline_4g COMMAND test_gpu_seed --tokens 600000 --experts 2 --local 1 --top-k 1
-             --inter 128 --routing renormalize)
-    set_tests_properties(test_gpu_pipeline_4g PROPERTIES LABELS "gpu;large" TIMEOUT 1200 SKIP_RETURN_CODE 77
-                         RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
-  endif()
+  # These compare with the CPU reference.
+  epm_add_test(test_gpu_routing SOURCES gpu/test_gpu_routing.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
+  epm_add_test(test_gpu_moe SOURCES gpu/test_gpu_moe.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
+  epm_add_test(test_gpu_seed SOURCES gpu/test_gpu_seed.c LABELS gpu large LIBS epm_gputest GPU NO_CMOCKA
+               TIMEOUT 1200)
+  # The whole pipeline past M*H = 2^32 (600,000 x 7168), one of two experts
+  # local, top-1, a small intermediate to keep the GEMMs cheap.
+  add_test(NAME test_gpu_pipeline_4g COMMAND test_gpu_seed --tokens 600000 --experts 2 --local 1 --top-k 1
+           --inter 128 --routing renormalize)
+  set_tests_properties(test_gpu_pipeline_4g PROPERTIES LABELS "gpu;large" TIMEOUT 1200 SKIP_RETURN_CODE 77
+                       RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
   # Once under compute-sanitizer (memcheck) at the small sizes of test_gpu_moe.
   find_program(EPMOE_COMPUTE_SANITIZER compute-sanitizer HINTS ${CUDAToolkit_BIN_DIR})
-  if(EPMOE_COMPUTE_SANITIZER AND TARGET test_gpu_moe)
+  if(EPMOE_COMPUTE_SANITIZER)
     add_test(NAME test_gpu_moe_memcheck
              COMMAND ${EPMOE_COMPUTE_SANITIZER} --tool memcheck --error-exitcode 1 $<TARGET_FILE:test_gpu_moe>)
     set_tests_properties(test_gpu_moe_memcheck PROPERTIES LABELS gpu TIMEOUT 1200 SKIP_RETURN_CODE 77

@@ -27,6 +27,9 @@
 #ifndef EPMOE_BOOTSTRAP_H
 #define EPMOE_BOOTSTRAP_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -74,6 +77,26 @@ void epm_bootstrap_finalize(epm_bootstrap_t *b);
  * first check (a deliberate single process inside a multi-task allocation). */
 epm_status_t epm_bootstrap_check_launch(int world_size, int local_size, int gpu_count,
                                         int gpu_mode_on);
+
+/* ---- host control collectives ------------------------------------------
+ * Blocking MPI on the bootstrap's EP communicator, host memory, for set-up
+ * agreement and tools (output gathers, checks), never on a step's data path.
+ * Every rank of the EP group calls each of them, in the same order. */
+
+/* Agree on a local outcome: *n_failed = ranks that passed ok == 0, and
+ * *first_failed = the lowest of them (-1 when none). Identical on all ranks. */
+epm_status_t epm_bootstrap_agree(const epm_bootstrap_t *b, int ok, int *n_failed, int *first_failed);
+/* Sum (op 0) or max (op 1) of n int64 values, in place, on every rank. */
+typedef enum { EPM_BOOT_SUM = 0, EPM_BOOT_MAX = 1 } epm_boot_op_t;
+epm_status_t epm_bootstrap_allreduce_i64(const epm_bootstrap_t *b, int64_t *vals, int n, epm_boot_op_t op);
+/* Gather `bytes` from every rank (sizes may differ, 0 is legal) to `root`,
+ * concatenated in rank order into `recv` (root only; it must hold the sum).
+ * Any size: messages are cut to MPI's int counts. *total_out (may be NULL)
+ * gets the sum of all ranks' bytes on the root. */
+epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, const void *send, size_t bytes,
+                                        void *recv, size_t recv_cap, size_t *total_out);
+/* Broadcast `bytes` from root (any size). */
+epm_status_t epm_bootstrap_bcast_bytes(const epm_bootstrap_t *b, int root, void *buf, size_t bytes);
 
 /* GPU probing (comm/gpu_probe_cuda.c; the *_nocuda.c build reports 0 devices).
  * A missing driver or no device is 0 devices, not an error. */

@@ -147,6 +147,13 @@ typedef struct {
   const float *weights;                  /* [M, k] fp32 (rounded to bf16 in finalize) */
 } epm_moe_inputs_dev_t;
 
+/* Worst-case local pairs, GEMM M-tiles and padded rows for `tokens` gathered
+ * tokens (the bound epm_plan_t and epm_moe_plan both size with; also for
+ * callers that size a chunk). */
+epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t local_experts,
+                                       int64_t tile, int64_t *pairs, int64_t *m_tiles,
+                                       int64_t *padded_rows);
+
 /* Plan for M gathered tokens and the local slice [expert_offset, +E_l). */
 epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
                           int64_t top_k, int64_t expert_offset, int64_t local_experts,

@@ -196,11 +196,8 @@ typedef struct {
  * int64/size_t. */
 epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out);
 
-/* Worst-case local pairs and padded rows for `tokens` gathered tokens, as in
- * epm_plan_t (for callers that size a chunk). */
-epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t local_experts,
-                                       int64_t tile, int64_t *pairs, int64_t *m_tiles,
-                                       int64_t *padded_rows);
+/* epm_plan_local_rows_bound() (worst-case local pairs and padded rows) is
+ * declared in epmoe/kernels.h: the kernels own that bound. */
 
 /* ---- buffer iteration (for printing, allocation loops, checks) ---- */
 typedef enum {

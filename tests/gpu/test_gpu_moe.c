@@ -203,12 +203,12 @@ static void flashinfer_case(int64_t off, int64_t el, const char *want_name, int 
   const int64_t m = hf.shape[0], H = hf.shape[1] * 2, E = gw.shape[0], I = gw.shape[1], k = ids.shape[1];
   const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16);
   epm_moe_weights_dev_t w;
-  w.gate_w = gpu_upload((uint8_t *)gw.data + off * wi, (size_t)el * wi);
-  w.gate_sf = gpu_upload((uint8_t *)gs.data + off * si, (size_t)el * si);
-  w.up_w = gpu_upload((uint8_t *)uw.data + off * wi, (size_t)el * wi);
-  w.up_sf = gpu_upload((uint8_t *)us.data + off * si, (size_t)el * si);
-  w.down_w = gpu_upload((uint8_t *)dw.data + off * wi, (size_t)el * wi);
-  w.down_sf = gpu_upload((uint8_t *)ds.data + off * si, (size_t)el * si);
+  w.gate_w = gpu_upload((uint8_t *)gw.data + (size_t)off * wi, (size_t)el * wi);
+  w.gate_sf = gpu_upload((uint8_t *)gs.data + (size_t)off * si, (size_t)el * si);
+  w.up_w = gpu_upload((uint8_t *)uw.data + (size_t)off * wi, (size_t)el * wi);
+  w.up_sf = gpu_upload((uint8_t *)us.data + (size_t)off * si, (size_t)el * si);
+  w.down_w = gpu_upload((uint8_t *)dw.data + (size_t)off * wi, (size_t)el * wi);
+  w.down_sf = gpu_upload((uint8_t *)ds.data + (size_t)off * si, (size_t)el * si);
   w.gate_up_scale_2 = gpu_upload((float *)g2.data + off, (size_t)el * 4);
   w.down_scale_2 = gpu_upload((float *)d2.data + off, (size_t)el * 4);
   w.input_scale = in_scale;

@@ -52,7 +52,7 @@ static void random_case(int64_t rows, int64_t cols, uint64_t seed, int scale_one
     float mag = powf(2.0f, (float)(epm_test_rng_u64(&rng) % 40) - 20.0f);
     for (int64_t c = 0; c < cols; c++) x[r * cols + c] = epm_bf16_from_f32(epm_test_rng_normal(&rng) * mag);
     if (epm_test_rng_u64(&rng) % 5 == 0) /* a zero or -0 block */
-      for (int64_t c = 0; c < 16; c++) x[r * cols + c] = (r & 1) ? 0x8000 : 0;
+      for (int64_t c = 0; c < 16; c++) x[r * cols + c] = (epm_bf16_t)((r & 1) ? 0x8000 : 0);
   }
   if (rows > 3) {
     x[1 * cols + 3] = 0x7FC0; /* NaN */

@@ -31,7 +31,7 @@ int main(void) {
   float ms = 0;
   GPU_CHECK(cudaEventElapsedTime(&ms, a, b));
   printf("quantize %lld x %lld (%.2f GB bf16) in %.3f ms = %.0f GB/s\n", (long long)M, (long long)H,
-         p.x_bytes / 1e9, ms, (p.x_bytes + p.packed_bytes + p.sf_bytes) / (ms * 1e-3) / 1e9);
+         (double)p.x_bytes / 1e9, ms, (double)(p.x_bytes + p.packed_bytes + p.sf_bytes) / (ms * 1e-3) / 1e9);
   int failures = 0;
   uint8_t *sf = malloc(p.sf_bytes);
   gpu_download(sf, ds, p.sf_bytes);

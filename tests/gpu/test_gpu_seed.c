@@ -67,16 +67,16 @@ int main(int argc, char **argv) {
   EPM_CHECK(epm_routing_plan(&d, M, &rp));
   EPM_CHECK(epm_moe_plan(M, H, I, E, k, off, el, &mp));
   printf("M=%lld H=%lld: x %.2f GB, fp4 %.2f GB, workspace %.2f GB (max rows %lld), out %.2f GB\n",
-         (long long)M, (long long)H, qp.x_bytes / 1e9, qp.packed_bytes / 1e9, mp.workspace_bytes / 1e9,
-         (long long)mp.max_rows, mp.out_bf16_bytes / 1e9);
+         (long long)M, (long long)H, (double)qp.x_bytes / 1e9, (double)qp.packed_bytes / 1e9, (double)mp.workspace_bytes / 1e9,
+         (long long)mp.max_rows, (double)mp.out_bf16_bytes / 1e9);
 
   {
     size_t free_b = 0, total_b = 0;
     GPU_CHECK(cudaMemGetInfo(&free_b, &total_b));
-    const double need = (double)qp.x_bytes + qp.packed_bytes + qp.sf_bytes + rp.logits_bytes + 2.0 * rp.ids_bytes +
-                        mp.workspace_bytes + mp.out_bf16_bytes;
+    const double need = (double)(qp.x_bytes + qp.packed_bytes + qp.sf_bytes + rp.logits_bytes + 2 * rp.ids_bytes +
+                                 mp.workspace_bytes + mp.out_bf16_bytes);
     if ((double)free_b < need * 1.02) {
-      printf("test_gpu_seed: needs %.1f GB of GPU memory, %.1f GB free; skipping\n", need / 1e9, free_b / 1e9);
+      printf("test_gpu_seed: needs %.1f GB of GPU memory, %.1f GB free; skipping\n", need / 1e9, (double)free_b / 1e9);
       return 77;
     }
   }

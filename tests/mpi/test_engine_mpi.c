@@ -23,6 +23,7 @@
 #include "comm_check.h"
 #include "epmoe/backend.h"
 #include "epmoe/engine.h"
+#include "epmoe/group.h"
 #include "epmoe/moe_ref.h"
 #include "epmoe/tokens.h"
 
@@ -314,16 +315,20 @@ int main(int argc, char **argv) {
   me = boot.ep_rank;
   CHECK_OK(epm_model_preset("tiny", &dims));
   CHECK(dims.num_experts % P == 0 && P <= 64, "run with P dividing %lld", (long long)dims.num_experts);
-  epm_comm_t *comm = NULL;
-  epm_comm_opts_t co = {.backend = EPM_COMM_MPI};
-  CHECK_OK(epm_comm_create(&boot, &co, &comm));
-  epm_backend_t *be = NULL;
-  epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;
-  bc.threads = 1;
-  CHECK_OK(epm_backend_create(&bc, &be));
-  epm_layer_t layer = {0};
-  const int64_t El = dims.num_experts / P;
-  CHECK_OK(epm_layer_generate(&dims, 0, 5, me * El, El, &layer));
+  /* The rank's backend, comm and layer-0 slice come from the composition
+   * root; the tests below build their own engines on them. */
+  epm_group_t *g = NULL;
+  epm_group_config_t gc = EPM_GROUP_CONFIG_INIT;
+  gc.preset = "tiny";
+  gc.seed = 5;
+  gc.threads = 1;
+  gc.max_tokens_per_rank = 1;
+  CHECK_OK(epm_group_create(&gc, &boot, &g));
+  epm_comm_t *comm = epm_group_comm(g);
+  epm_backend_t *be = epm_group_backend(g);
+  const epm_layer_t *lp = epm_group_layer(g, 0);
+  CHECK(lp != NULL, "group serves no layer 0");
+  const epm_layer_t layer = *lp;
 
   backend_seam(be, &layer);
   create_errors(comm, be, &layer);
@@ -334,9 +339,7 @@ int main(int argc, char **argv) {
   failure_agreement(comm, be, &layer);
   shared_buffers(comm, be, &layer);
 
-  epm_layer_free(&layer);
-  epm_backend_destroy(be);
-  epm_comm_destroy(comm);
+  epm_group_destroy(g);
   if (me == 0) printf("test_engine_mpi: P = %d passed\n", P);
   epm_bootstrap_finalize(&boot);
   return 0;

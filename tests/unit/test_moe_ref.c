@@ -59,14 +59,14 @@ static void fi_layer(const fi_moe_t *f, int64_t off, int64_t cnt, epm_layer_t *l
   const int64_t H = d.hidden, I = d.intermediate;
   assert_int_equal(epm_layer_alloc(&d, off, cnt, l), EPM_OK);
   const size_t w13 = (size_t)(I * H / 2), s13 = (size_t)(I * H / 16);
-  memcpy(l->experts.gate_w, (uint8_t *)f->gw.data + off * w13, cnt * w13);
-  memcpy(l->experts.up_w, (uint8_t *)f->uw.data + off * w13, cnt * w13);
-  memcpy(l->experts.down_w, (uint8_t *)f->dw.data + off * w13, cnt * w13);
-  memcpy(l->experts.gate_sf, (uint8_t *)f->gs.data + off * s13, cnt * s13);
-  memcpy(l->experts.up_sf, (uint8_t *)f->us.data + off * s13, cnt * s13);
-  memcpy(l->experts.down_sf, (uint8_t *)f->ds.data + off * s13, cnt * s13);
-  memcpy(l->experts.gate_up_scale_2, (float *)f->ws13.data + off, cnt * sizeof(float));
-  memcpy(l->experts.down_scale_2, (float *)f->ws2.data + off, cnt * sizeof(float));
+  memcpy(l->experts.gate_w, (uint8_t *)f->gw.data + (size_t)off * w13, (size_t)cnt * w13);
+  memcpy(l->experts.up_w, (uint8_t *)f->uw.data + (size_t)off * w13, (size_t)cnt * w13);
+  memcpy(l->experts.down_w, (uint8_t *)f->dw.data + (size_t)off * w13, (size_t)cnt * w13);
+  memcpy(l->experts.gate_sf, (uint8_t *)f->gs.data + (size_t)off * s13, (size_t)cnt * s13);
+  memcpy(l->experts.up_sf, (uint8_t *)f->us.data + (size_t)off * s13, (size_t)cnt * s13);
+  memcpy(l->experts.down_sf, (uint8_t *)f->ds.data + (size_t)off * s13, (size_t)cnt * s13);
+  memcpy(l->experts.gate_up_scale_2, (float *)f->ws13.data + off, (size_t)cnt * sizeof(float));
+  memcpy(l->experts.down_scale_2, (float *)f->ws2.data + off, (size_t)cnt * sizeof(float));
   l->input_scale = f->input_scale;
   l->down_input_scale = f->down_input_scale;
 }
@@ -298,9 +298,9 @@ static void test_invariants(void **state) {
   assert_int_equal(epm_layer_generate(&d, 1, 99, E / 2, E / 2, &hi), EPM_OK);
   /* EP slices of the generator are slices of the full model */
   const size_t w = (size_t)(d.intermediate * H / 2);
-  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (E / 2) * w, (E / 2) * w);
-  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (E / 2) * w, (E / 2) * w);
-  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (E / 2) * w / 8);
+  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
+  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
+  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (size_t)(E / 2) * w / 8);
   assert_memory_equal(hi.router_w, full.router_w, (size_t)(E * H) * sizeof(float));
   assert_memory_equal(hi.shared.gate_w, full.shared.gate_w, (size_t)(d.shared_intermediate * H / 2));
 

@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "epmoe/nvfp4.h"
+#include "epmoe/kernels.h" /* epm_plan_local_rows_bound */
 #include "epmoe/plan.h"
 
 static epm_plan_config_t preset_cfg(const char *preset, int64_t ep, int64_t tokens) {

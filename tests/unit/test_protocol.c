@@ -219,7 +219,7 @@ static void test_forward_roundtrip(void **state) {
   enum { M = 3, H = 32, E = 8 };
   uint16_t x[M * H], y[M * H];
   float lg[M * E];
-  for (int i = 0; i < M * H; i++) x[i] = (uint16_t)(i * 37u), y[i] = (uint16_t)(i * 11u + 1);
+  for (int i = 0; i < M * H; i++) x[i] = (uint16_t)((unsigned)i * 37u), y[i] = (uint16_t)((unsigned)i * 11u + 1);
   for (int i = 0; i < M * E; i++) lg[i] = (float)i * 0.25f - 3.0f;
   epm_buf_t b = {0};
   epm_fwd_req_t rq = {.layer = 5, .data_mode = EPM_DATA_INLINE, .step_id = 42, .m = M, .hidden = H,

@@ -1,0 +1,116 @@
+/* epmoe/group.h — the composition root: everything one rank needs to run
+ * MoE steps, assembled in one place.
+ *
+ *   bootstrap (caller's) -> backend (cpu | cuda on the bootstrap's GPU)
+ *     -> comm paired with it (cpu: MPI on host memory; cuda: NCCL on the
+ *        backend's stream, so collectives are ordered with the kernels)
+ *     -> layers (preset + seed, or this rank's slice of a checkpoint)
+ *     -> one engine per served layer (all sharing one set of step buffers)
+ *
+ * The daemon, `epmoectl step` and the MPI tests all build their ranks with
+ * epm_group_create; nothing else restates the pairing rules above.
+ *
+ * Memory of a step's inputs and outputs is the caller's to say (epm_group_io_t):
+ * host memory is staged through the engine's buffers; device memory (cuda
+ * backend only) is used in place with no staging copy.
+ */
+#ifndef EPMOE_GROUP_H
+#define EPMOE_GROUP_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epmoe/backend.h"
+#include "epmoe/bootstrap.h"
+#include "epmoe/comm.h"
+#include "epmoe/engine.h"
+#include "epmoe/layer.h"
+#include "epmoe/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct epm_group epm_group_t;
+
+typedef struct {
+  /* The model: a checkpoint directory (model_dir != NULL), or a preset name
+   * with generated weights (seed). `dims`, when set, replaces the preset's
+   * dims (tools that override experts/routing/top-k); ignored for checkpoints. */
+  const char *model_dir;
+  const char *preset;
+  const epm_model_dims_t *dims;
+  uint64_t seed;
+  /* Served layers. Presets: `layer_ids[0..num_layers)` when given, else
+   * layers 0..num_layers-1 (num_layers 0 -> 1). Checkpoints: the first
+   * num_layers MoE layers (0 -> all), under their checkpoint numbers. */
+  const int64_t *layer_ids;
+  int64_t num_layers;
+  /* Backend: cuda when the bootstrap picked a GPU, cpu otherwise. */
+  int threads;                 /* cpu reference threads; 0 = cores / ranks on this node */
+  double comm_timeout_s;       /* NCCL init and wait limit; <= 0 -> the comm's default */
+  /* Engine options, the same for every layer. */
+  int64_t max_tokens_per_rank; /* capacity of one rank's step (> 0) */
+  epm_scale_mode_t scale_mode;
+  int shared_expert;           /* 1: add the layer's shared expert when it has one */
+  epm_dtype_t partial_dtype;
+} epm_group_config_t;
+
+#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+
+/* What HELLO/STATUS report. */
+typedef struct {
+  char model[64];       /* checkpoint's model name, or the preset */
+  char backend[16];     /* "cpu" | "cuda" */
+  int ep_rank, ep_size, gpu;
+  int64_t hidden, num_experts, top_k;
+  int64_t num_layers;
+  int64_t first_expert, local_experts; /* this rank's slice */
+  uint64_t weight_bytes; /* this rank's weights, all served layers */
+  uint64_t buffer_bytes; /* step buffers (backend memory) */
+} epm_group_info_t;
+
+/* Where a step's x / logits / y live, and the step's tokens. */
+typedef struct {
+  epm_mem_kind_t mem;    /* EPM_MEM_HOST, or EPM_MEM_DEVICE (cuda backend only) */
+  const epm_bf16_t *x;   /* [m, H] */
+  const float *logits;   /* [m, E] fp32 */
+  epm_bf16_t *y;         /* [m, H] */
+  int64_t m;             /* 0 is legal: the rank still joins every collective */
+} epm_group_io_t;
+
+/* Build this rank's part of the group. COLLECTIVE over the bootstrap's EP
+ * group: every rank calls it with the same config, and either every rank
+ * returns EPM_OK or every rank returns an error (a rank whose own part
+ * succeeded returns EPM_ERR_ABORTED naming the ranks that failed), so no rank
+ * is left in a later collective alone.
+ * [in] boot: initialised, caller-owned, must outlive the group. */
+epm_status_t epm_group_create(const epm_group_config_t *cfg, const epm_bootstrap_t *boot,
+                              epm_group_t **out);
+void epm_group_destroy(epm_group_t *g); /* NULL ok */
+
+/* One step of checkpoint/preset layer `layer`. COLLECTIVE (see
+ * epm_engine_step): all ranks call it for the same layer, in the same order.
+ * EPM_ERR_INVALID_ARG (local, before any communication) for a layer not
+ * served, device memory on the cpu backend, or m out of range. */
+epm_status_t epm_group_step(epm_group_t *g, int64_t layer, const epm_group_io_t *io);
+
+void epm_group_info(const epm_group_t *g, epm_group_info_t *out);
+/* 1 when `layer` is served. */
+int epm_group_has_layer(const epm_group_t *g, int64_t layer);
+/* The i-th served layer's number (i in [0, num_layers)), -1 out of range. */
+int64_t epm_group_layer_id(const epm_group_t *g, int64_t i);
+/* The engine of a served layer (stats, buffer size), NULL when not served. */
+epm_engine_t *epm_group_engine(epm_group_t *g, int64_t layer);
+/* The weights of a served layer (this rank's slice), NULL when not served. */
+const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer);
+/* The engine that ran the last step (its stage timings), or the first. */
+const epm_engine_t *epm_group_last_engine(const epm_group_t *g);
+/* The backend (stream, device) and comm, for callers that own step buffers. */
+epm_backend_t *epm_group_backend(epm_group_t *g);
+epm_comm_t *epm_group_comm(epm_group_t *g);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* EPMOE_GROUP_H */

@@ -1,0 +1,224 @@
+/* group.c — the composition root (include/epmoe/group.h): one rank's backend,
+ * the comm paired with it, its layers and one engine per served layer.
+ *
+ * The pairing rule lives here and nowhere else: a cuda backend talks NCCL on
+ * the backend's own stream (so collectives are ordered with the kernels
+ * without host syncs); a cpu backend talks MPI on host memory. */
+#include "epmoe/group.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "epmoe/log.h"
+#include "epmoe/model_dir.h"
+#include "epmoe/moe_ref.h"
+#include "epmoe/weights.h"
+
+struct epm_group {
+  const epm_bootstrap_t *boot;
+  epm_backend_t *be;
+  epm_comm_t *comm;
+  epm_model_dims_t dims;
+  char model[64];
+  int64_t nlayers;
+  int64_t *layer_id;
+  epm_layer_t *layers;
+  epm_engine_t **eng;
+  int64_t first_expert, local_experts;
+  int64_t last; /* index of the engine of the last step */
+};
+
+void epm_group_destroy(epm_group_t *g) {
+  if (!g) return;
+  /* Engines that borrow buffers go before the one that owns them (index 0). */
+  for (int64_t i = g->nlayers - 1; i >= 0; i--) {
+    if (g->eng) epm_engine_destroy(g->eng[i]);
+    if (g->layers) epm_layer_free(&g->layers[i]);
+  }
+  free(g->eng);
+  free(g->layers);
+  free(g->layer_id);
+  epm_comm_destroy(g->comm);
+  epm_backend_destroy(g->be);
+  free(g);
+}
+
+static epm_status_t make_backend_and_comm(epm_group_t *g, const epm_group_config_t *cfg) {
+  const epm_bootstrap_t *b = g->boot;
+  epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;
+  bc.kind = b->gpu >= 0 ? EPM_BACKEND_CUDA : EPM_BACKEND_CPU;
+  bc.device = b->gpu >= 0 ? b->gpu : 0;
+  bc.threads = cfg->threads;
+  if (bc.threads <= 0) {
+    /* The node's cores split over the ranks on it, so co-located CPU ranks
+     * do not oversubscribe the machine. */
+    int cores = epm_moe_ref_threads(0), local = b->local_size > 0 ? b->local_size : 1;
+    bc.threads = cores / local > 0 ? cores / local : 1;
+  }
+  EPM_TRY(epm_backend_create(&bc, &g->be));
+  epm_comm_opts_t co = {.backend = bc.kind == EPM_BACKEND_CUDA ? EPM_COMM_NCCL : EPM_COMM_MPI,
+                        .stream = epm_backend_stream(g->be),
+                        .timeout_s = cfg->comm_timeout_s};
+  return epm_comm_create(b, &co, &g->comm);
+}
+
+static epm_status_t pick_layers(epm_group_t *g, const epm_group_config_t *cfg, epm_model_dir_t **md) {
+  if (cfg->model_dir && cfg->model_dir[0]) {
+    EPM_TRY(epm_model_dir_open(cfg->model_dir, md));
+    g->dims = *epm_model_dir_dims(*md);
+    int64_t n = epm_model_dir_moe_layer_count(*md);
+    g->nlayers = cfg->num_layers > 0 && cfg->num_layers < n ? cfg->num_layers : n;
+    snprintf(g->model, sizeof g->model, "%s", g->dims.name);
+  } else {
+    if (!cfg->preset || !cfg->preset[0]) return epm_error(EPM_ERR_INVALID_ARG, "group: neither a model directory nor a preset given");
+    if (cfg->dims) g->dims = *cfg->dims;
+    else EPM_TRY(epm_model_preset(cfg->preset, &g->dims));
+    g->nlayers = cfg->num_layers > 0 ? cfg->num_layers : 1;
+    snprintf(g->model, sizeof g->model, "%s", cfg->preset);
+  }
+  if (g->nlayers < 1) return epm_error(EPM_ERR_INVALID_ARG, "group: the model has no MoE layer to serve");
+  g->layer_id = calloc((size_t)g->nlayers, sizeof *g->layer_id);
+  g->layers = calloc((size_t)g->nlayers, sizeof *g->layers);
+  g->eng = calloc((size_t)g->nlayers, sizeof *g->eng);
+  if (!g->layer_id || !g->layers || !g->eng)
+    return epm_error(EPM_ERR_NOMEM, "group state for %lld layers", (long long)g->nlayers);
+  for (int64_t i = 0; i < g->nlayers; i++) {
+    if (*md) g->layer_id[i] = epm_model_dir_moe_layer(*md, i);
+    else g->layer_id[i] = cfg->layer_ids ? cfg->layer_ids[i] : i;
+    if (g->layer_id[i] < 0)
+      return epm_error(EPM_ERR_INVALID_ARG, "group: layer number %lld at position %lld is negative",
+                       (long long)g->layer_id[i], (long long)i);
+  }
+  return EPM_OK;
+}
+
+static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
+  epm_model_dir_t *md = NULL;
+  epm_status_t st = EPM_OK;
+  const int P = g->boot->ep_size, r = g->boot->ep_rank;
+  EPM_TRY_GOTO(make_backend_and_comm(g, cfg), st, out);
+  EPM_TRY_GOTO(pick_layers(g, cfg, &md), st, out);
+  if (g->dims.num_experts % P) {
+    st = epm_error(EPM_ERR_INVALID_ARG, "%lld experts do not split over %d ranks (E %% ranks must be 0)",
+                   (long long)g->dims.num_experts, P);
+    goto out;
+  }
+  g->local_experts = g->dims.num_experts / P;
+  g->first_expert = (int64_t)r * g->local_experts;
+  for (int64_t i = 0; i < g->nlayers; i++) {
+    if (md)
+      EPM_TRY_GOTO(epm_weights_load_layer(md, g->layer_id[i], r, P, &g->layers[i], NULL), st, out);
+    else
+      EPM_TRY_GOTO(epm_layer_generate(&g->dims, g->layer_id[i], cfg->seed, g->first_expert, g->local_experts,
+                                      &g->layers[i]),
+                   st, out);
+    epm_engine_config_t ec = EPM_ENGINE_CONFIG_INIT;
+    ec.max_tokens_per_rank = cfg->max_tokens_per_rank;
+    ec.scale_mode = cfg->scale_mode;
+    ec.shared_expert = cfg->shared_expert;
+    ec.partial_dtype = cfg->partial_dtype;
+    /* Layers step one after another, so one set of step buffers serves all. */
+    ec.share_buffers = i > 0 ? g->eng[0] : NULL;
+    EPM_TRY_GOTO(epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &g->eng[i]), st, out);
+  }
+out:
+  epm_model_dir_close(md);
+  return st;
+}
+
+epm_status_t epm_group_create(const epm_group_config_t *cfg, const epm_bootstrap_t *boot, epm_group_t **out) {
+  if (!cfg || !boot || !out) return epm_error(EPM_ERR_INVALID_ARG, "epm_group_create: NULL argument");
+  *out = NULL;
+  epm_group_t *g = calloc(1, sizeof *g);
+  epm_status_t st = g ? EPM_OK : epm_error(EPM_ERR_NOMEM, "group state");
+  char why[512] = "";
+  if (g) {
+    g->boot = boot;
+    st = build_local(g, cfg);
+  }
+  if (st != EPM_OK) snprintf(why, sizeof why, "%s", epm_last_error());
+  /* Agree before anyone steps: a rank that failed alone (memory, a file)
+   * must not leave the others waiting in the first collective. */
+  int n_failed = 0, first_failed = -1;
+  epm_status_t ast = epm_bootstrap_agree(boot, st == EPM_OK, &n_failed, &first_failed);
+  if (ast != EPM_OK) {
+    epm_group_destroy(g);
+    return ast;
+  }
+  if (st != EPM_OK) {
+    epm_group_destroy(g);
+    return epm_error(st, "%s", why); /* this rank's own reason, unchanged */
+  }
+  if (n_failed) {
+    epm_group_destroy(g);
+    return epm_error(EPM_ERR_ABORTED, "group set-up failed on %d of %d ranks (first: rank %d); see its log", n_failed,
+                     boot->ep_size, first_failed);
+  }
+  *out = g;
+  return EPM_OK;
+}
+
+static int64_t index_of(const epm_group_t *g, int64_t layer) {
+  for (int64_t i = 0; i < g->nlayers; i++)
+    if (g->layer_id[i] == layer) return i;
+  return -1;
+}
+
+int epm_group_has_layer(const epm_group_t *g, int64_t layer) { return g && index_of(g, layer) >= 0; }
+
+int64_t epm_group_layer_id(const epm_group_t *g, int64_t i) {
+  return g && i >= 0 && i < g->nlayers ? g->layer_id[i] : -1;
+}
+
+epm_engine_t *epm_group_engine(epm_group_t *g, int64_t layer) {
+  int64_t i = g ? index_of(g, layer) : -1;
+  return i >= 0 ? g->eng[i] : NULL;
+}
+
+const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer) {
+  int64_t i = g ? index_of(g, layer) : -1;
+  return i >= 0 ? &g->layers[i] : NULL;
+}
+
+const epm_engine_t *epm_group_last_engine(const epm_group_t *g) { return g ? g->eng[g->last] : NULL; }
+epm_backend_t *epm_group_backend(epm_group_t *g) { return g ? g->be : NULL; }
+epm_comm_t *epm_group_comm(epm_group_t *g) { return g ? g->comm : NULL; }
+
+epm_status_t epm_group_step(epm_group_t *g, int64_t layer, const epm_group_io_t *io) {
+  if (!g || !io) return epm_error(EPM_ERR_INVALID_ARG, "epm_group_step: NULL argument");
+  int64_t i = index_of(g, layer);
+  if (i < 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "layer %lld is not served (model %s, %lld layers from layer %lld)",
+                     (long long)layer, g->model, (long long)g->nlayers, (long long)g->layer_id[0]);
+  g->last = i;
+  if (io->mem == EPM_MEM_DEVICE) {
+    if (!epm_backend_is_device(g->be))
+      return epm_error(EPM_ERR_INVALID_ARG, "device memory for layer %lld, but this rank runs the %s backend",
+                       (long long)layer, epm_backend_name(g->be));
+    return epm_engine_step_backend_mem(g->eng[i], io->x, io->logits, io->m, io->y);
+  }
+  return epm_engine_step(g->eng[i], io->x, io->logits, io->m, io->y);
+}
+
+void epm_group_info(const epm_group_t *g, epm_group_info_t *o) {
+  memset(o, 0, sizeof *o);
+  if (!g) return;
+  snprintf(o->model, sizeof o->model, "%s", g->model);
+  snprintf(o->backend, sizeof o->backend, "%s", epm_backend_name(g->be));
+  o->ep_rank = g->boot->ep_rank;
+  o->ep_size = g->boot->ep_size;
+  o->gpu = g->boot->gpu;
+  o->hidden = g->dims.hidden;
+  o->num_experts = g->dims.num_experts;
+  o->top_k = g->dims.top_k;
+  o->num_layers = g->nlayers;
+  o->first_expert = g->first_expert;
+  o->local_experts = g->local_experts;
+  for (int64_t i = 0; i < g->nlayers; i++) {
+    const epm_layer_t *l = &g->layers[i];
+    o->weight_bytes += epm_expert_bank_bytes(&l->experts) + epm_expert_bank_bytes(&l->shared) +
+                       (uint64_t)(g->dims.num_experts * g->dims.hidden) * sizeof(float);
+    o->buffer_bytes += epm_engine_buffer_bytes(g->eng[i]);
+  }
+}
