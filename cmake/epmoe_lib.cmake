@@ -3,9 +3,10 @@
 # and its own folder as its only private include dir; the allowed edges between
 # parts are checked by the `layering` test (tests/layering.cmake).
 
-# epm_part_flavour(OUT common... CUDA cuda_only... NOCUDA nocuda_only...)
+# epm_part_sources(OUT COMMON common... CUDA cuda_only... NOCUDA nocuda_only...)
 # Picks the sources of this build flavour: the CUDA list only when CUDA is
-# built, the NOCUDA list (stubs answering EPM_ERR_NOT_SUPPORTED) otherwise.
+# built, the NOCUDA list (stubs answering EPM_ERR_NOT_SUPPORTED) otherwise. A
+# listed file that is missing stops the configure (add_library checks).
 function(epm_part_sources out)
   cmake_parse_arguments(S "" "" "COMMON;CUDA;NOCUDA" ${ARGN})
   set(_src ${S_COMMON})
@@ -14,11 +15,6 @@ function(epm_part_sources out)
   else()
     list(APPEND _src ${S_NOCUDA})
   endif()
-  foreach(f ${_src})
-    if(NOT EXISTS ${CMAKE_CURRENT_SOURCE_DIR}/${f})
-      message(FATAL_ERROR "epmoe: ${CMAKE_CURRENT_SOURCE_DIR}/${f} is listed but missing")
-    endif()
-  endforeach()
   set(${out} ${_src} PARENT_SCOPE)
 endfunction()
 

@@ -4,8 +4,10 @@
  * exact in bf16 (at most 6 significant bits, magnitude in [2^-10, 2688]), so
  * the tiles are dequantized exactly into shared memory as bf16 and fed to
  * bf16 tensor-core MMA (WMMA 16x16x16, fp32 accumulate); the fp32 global
- * decode scales are applied in the epilogue. Correctness first: one
- * 64x128x64 tile per step, no pipelining (issue E makes it fast).
+ * decode scales are applied in the epilogue. One 64x128x64 tile per step
+ * with the next k-step's raw blocks prefetched into registers while the MMAs
+ * of this one run (BENCHMARKS.md "v2"); this is the reference GPU path, not
+ * the fast one (it stays WMMA fed from shared memory).
  *
  * The grid is persistent: tiles are (permuted-row tile, column tile) pairs
  * whose count is read from offsets[E_l] on the device, so the launch needs

@@ -39,3 +39,10 @@ if(EPMOE_HAVE_CUDA)
   set_tests_properties(daemon_gpu_fault PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
                        ENVIRONMENT "${EPMOE_MPI_ENV}")
 endif()
+
+# The client shared library: SONAME, no MPI/jansson/OpenMP/libuv, usable alone.
+add_executable(client_so_probe unit/client_so_probe.c)
+target_link_libraries(client_so_probe PRIVATE epmoe_client)
+add_test(NAME client_so COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/unit/client_so.sh $<TARGET_FILE:epmoe_client>
+                                $<TARGET_FILE:client_so_probe>)
+set_tests_properties(client_so PROPERTIES LABELS cpu TIMEOUT 60)

@@ -12,3 +12,7 @@ add_test(NAME layering
                  client=$<TARGET_FILE:epmoe_client_static>
                  daemon=$<TARGET_FILE:epmoe_srv> daemon=$<TARGET_FILE:epmoe_ctl>)
 set_tests_properties(layering PROPERTIES LABELS cpu TIMEOUT 60)
+
+# No weak symbols, no CMake existence guards, no tracker letters (tests/hygiene.sh).
+add_test(NAME hygiene COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/hygiene.sh ${PROJECT_SOURCE_DIR})
+set_tests_properties(hygiene PROPERTIES LABELS cpu TIMEOUT 60)

@@ -1,4 +1,4 @@
-# CPU reference: routing, layer weights, MoE experts (issue B).
+# CPU reference: routing, layer weights, MoE experts.
 epm_add_test(test_routing SOURCES unit/test_routing.c LABELS cpu LIBS epm_testutil)
 epm_add_test(test_moe_ref SOURCES unit/test_moe_ref.c LABELS cpu LIBS epm_testutil)
 # DeepSeek-R1 dims, 8 local experts, 256 tokens (several seconds on 2 cores).

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# fault_gpu.sh — the fault matrix's GPU rows (issue K): daemons on the cuda
+# fault_gpu.sh — the fault matrix's GPU rows: daemons on the cuda
 # backend + NCCL, one GPU per rank, and one rank failing inside a step.
 #   fault_gpu.sh MPIEXEC BINDIR [NP]
 # Case 1, hung rank (SIGSTOP): the survivors are inside an NCCL collective;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# multi_gpu.sh — the checks and benchmarks that need several GPUs on one host
-# (issues D and K). Run on a GPU node after building into BUILD:
+# multi_gpu.sh — the checks and benchmarks that need several GPUs on one host.
+# Run on a GPU node after building into BUILD:
 #
 #   tests/gpu/multi_gpu.sh N BUILD [NCCL_TESTS_DIR]
 #
