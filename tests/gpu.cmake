@@ -22,6 +22,11 @@ if(EPMOE_HAVE_CUDA)
            --inter 128 --routing renormalize)
   set_tests_properties(test_gpu_pipeline_4g PROPERTIES LABELS "gpu;large" TIMEOUT 1200 SKIP_RETURN_CODE 77
                        RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
+  # The bundle's GPU tests on a derived bundle (see bundle.cmake); 77 without a GPU.
+  add_test(NAME bundle_derived_gpu
+           COMMAND ${EPMOE_BUNDLE_CHECK} ${CMAKE_CURRENT_BINARY_DIR}/bundle_derived_gpu
+                   $<TARGET_FILE:test_gpu_quantize> $<TARGET_FILE:test_gpu_routing> $<TARGET_FILE:test_gpu_moe>)
+  set_tests_properties(bundle_derived_gpu PROPERTIES LABELS gpu TIMEOUT 1200 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu)
   # Once under compute-sanitizer (memcheck) at the small sizes of test_gpu_moe.
   find_program(EPMOE_COMPUTE_SANITIZER compute-sanitizer HINTS ${CUDAToolkit_BIN_DIR})
   if(EPMOE_COMPUTE_SANITIZER)

@@ -6,8 +6,9 @@
  * (must be exactly 0), zero tokens, dims that are not multiples of the tile,
  * bf16 output and the fp32 EP-partial output, and the step captured in a
  * CUDA graph (bit-identical replay). Outputs are poisoned (NaN) before each
- * run. Also FlashInfer's MoE vectors (full layer and the upper
- * EP half). Prints the max error per case. */
+ * run. Also FlashInfer's MoE vectors: the full layer and both EP slices of
+ * the bundle, dims and slices from its manifest. Prints the max error per
+ * case. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -183,47 +184,60 @@ static epm_model_dims_t tiny(void) {
   return d;
 }
 
-/* FlashInfer's MoE vectors: experts [off, off + el) of 8, compared with the
- * given output (fp32 sums of fp32 expert outputs; we round y to bf16). */
-static void flashinfer_case(int64_t off, int64_t el, const char *want_name, int bf16_weights) {
-  epm_ref_array_t hf, hsf, ids, tw, gw, gs, uw, us, dw, ds, g2, d2, want;
+/* FlashInfer's MoE vectors: experts [s.off, s.off + s.count) of the bundle's
+ * layer (dims from its manifest), compared with the given [tokens, hidden]
+ * output (fp32 sums of fp32 expert outputs; we round y to bf16). */
+static void flashinfer_case(const epm_bundle_moe_t *p, epm_bundle_slice_t s, const char *want_name,
+                            int bf16_weights) {
+  const int64_t m = p->tokens, H = p->hidden, I = p->intermediate, E = p->num_experts, k = p->top_k;
+  epm_ref_array_t a[13];
+  memset(a, 0, sizeof a); /* epm_ref_free is safe on the ones never loaded */
+  epm_ref_array_t *hf = &a[0], *hsf = &a[1], *ids = &a[2], *tw = &a[3], *gw = &a[4], *gs = &a[5], *uw = &a[6],
+                  *us = &a[7], *dw = &a[8], *ds = &a[9], *g2 = &a[10], *d2 = &a[11], *want = &a[12];
   float in_scale, down_in_scale;
-  if (epm_ref_load("moe_hidden_fp4", &hf) || epm_ref_load("moe_hidden_sf_linear", &hsf) ||
-      epm_ref_load("moe_topk_ids", &ids) || epm_ref_load("moe_topk_weights", &tw) ||
-      epm_ref_load("moe_gate_weight", &gw) || epm_ref_load("moe_gate_weight_scale", &gs) ||
-      epm_ref_load("moe_up_weight", &uw) || epm_ref_load("moe_up_weight_scale", &us) ||
-      epm_ref_load("moe_down_weight", &dw) || epm_ref_load("moe_down_weight_scale", &ds) ||
-      epm_ref_load("moe_gate_up_weight_scale_2", &g2) || epm_ref_load("moe_down_weight_scale_2", &d2) ||
-      epm_ref_load(want_name, &want) || epm_ref_scalar_f32("moe_input_scale", &in_scale) ||
+  if (epm_ref_load_as("moe_hidden_fp4", "uint8", 2, (int64_t[]){m, H / 2}, hf) ||
+      epm_ref_load_as("moe_hidden_sf_linear", "uint8", 2, (int64_t[]){m, H / 16}, hsf) ||
+      epm_ref_load_as("moe_topk_ids", "int32", 2, (int64_t[]){m, k}, ids) ||
+      epm_ref_load_f32("moe_topk_weights", 2, (int64_t[]){m, k}, tw) ||
+      epm_ref_load_as("moe_gate_weight", "uint8", 3, (int64_t[]){E, I, H / 2}, gw) ||
+      epm_ref_load_as("moe_gate_weight_scale", "uint8", 3, (int64_t[]){E, I, H / 16}, gs) ||
+      epm_ref_load_as("moe_up_weight", "uint8", 3, (int64_t[]){E, I, H / 2}, uw) ||
+      epm_ref_load_as("moe_up_weight_scale", "uint8", 3, (int64_t[]){E, I, H / 16}, us) ||
+      epm_ref_load_as("moe_down_weight", "uint8", 3, (int64_t[]){E, H, I / 2}, dw) ||
+      epm_ref_load_as("moe_down_weight_scale", "uint8", 3, (int64_t[]){E, H, I / 16}, ds) ||
+      epm_ref_load_f32("moe_gate_up_weight_scale_2", 1, (int64_t[]){E}, g2) ||
+      epm_ref_load_f32("moe_down_weight_scale_2", 1, (int64_t[]){E}, d2) ||
+      epm_ref_load_f32(want_name, 2, (int64_t[]){m, H}, want) || epm_ref_scalar_f32("moe_input_scale", &in_scale) ||
       epm_ref_scalar_f32("moe_down_input_scale", &down_in_scale)) {
     fprintf(stderr, "FAIL: cannot load FlashInfer moe_* vectors\n");
     failures++;
+    for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) epm_ref_free(&a[i]);
     return;
   }
-  const int64_t m = hf.shape[0], H = hf.shape[1] * 2, E = gw.shape[0], I = gw.shape[1], k = ids.shape[1];
-  const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16);
+  /* per expert: gate/up [I, H] and down [H, I], NVFP4 */
+  const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16), off = (size_t)s.off, el = (size_t)s.count;
   epm_moe_weights_dev_t w;
-  w.gate_w = gpu_upload((uint8_t *)gw.data + (size_t)off * wi, (size_t)el * wi);
-  w.gate_sf = gpu_upload((uint8_t *)gs.data + (size_t)off * si, (size_t)el * si);
-  w.up_w = gpu_upload((uint8_t *)uw.data + (size_t)off * wi, (size_t)el * wi);
-  w.up_sf = gpu_upload((uint8_t *)us.data + (size_t)off * si, (size_t)el * si);
-  w.down_w = gpu_upload((uint8_t *)dw.data + (size_t)off * wi, (size_t)el * wi);
-  w.down_sf = gpu_upload((uint8_t *)ds.data + (size_t)off * si, (size_t)el * si);
-  w.gate_up_scale_2 = gpu_upload((float *)g2.data + off, (size_t)el * 4);
-  w.down_scale_2 = gpu_upload((float *)d2.data + off, (size_t)el * 4);
+  w.gate_w = gpu_upload((uint8_t *)gw->data + off * wi, el * wi);
+  w.gate_sf = gpu_upload((uint8_t *)gs->data + off * si, el * si);
+  w.up_w = gpu_upload((uint8_t *)uw->data + off * wi, el * wi);
+  w.up_sf = gpu_upload((uint8_t *)us->data + off * si, el * si);
+  w.down_w = gpu_upload((uint8_t *)dw->data + off * wi, el * wi);
+  w.down_sf = gpu_upload((uint8_t *)ds->data + off * si, el * si);
+  w.gate_up_scale_2 = gpu_upload((float *)g2->data + off, el * 4);
+  w.down_scale_2 = gpu_upload((float *)d2->data + off, el * 4);
   w.input_scale = in_scale;
   w.down_input_scale = down_in_scale;
-  float *ob = malloc((size_t)(m * H) * 4), *of = malloc((size_t)(m * H) * 4);
-  gpu_moe(&w, m, H, I, E, k, off, el, hf.data, hsf.data, ids.data, tw.data, ob, of);
+  float *ob = malloc((size_t)(m * H) * 4 + 4), *of = malloc((size_t)(m * H) * 4 + 4);
+  gpu_moe(&w, m, H, I, E, k, s.off, s.count, hf->data, hsf->data, ids->data, tw->data, ob, of);
   gpu_free_experts(&w);
-  char name[96];
-  snprintf(name, sizeof name, "flashinfer %s (fp32 partial)", want_name);
+  char name[128];
+  snprintf(name, sizeof name, "flashinfer %s experts [%lld, %lld) of %lld, %lld tokens (fp32 partial)", want_name,
+           (long long)s.off, (long long)(s.off + s.count), (long long)E, (long long)m);
   /* FlashInfer keeps y in fp32 and (unless _wbf16) fp32 weights: a looser bound */
-  judge(name, gpu_compare(name, of, want.data, m * H), bf16_weights ? 1e-2 : 2e-2, 1e-1, 0);
+  judge(name, gpu_compare(name, of, want->data, m * H), bf16_weights ? 1e-2 : 2e-2, 1e-1, 0);
   free(ob);
   free(of);
-  epm_ref_array_t *all[] = {&hf, &hsf, &ids, &tw, &gw, &gs, &uw, &us, &dw, &ds, &g2, &d2, &want};
-  for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) epm_ref_free(all[i]);
+  for (size_t i = 0; i < sizeof a / sizeof a[0]; i++) epm_ref_free(&a[i]);
 }
 
 int main(void) {
@@ -258,8 +272,14 @@ int main(void) {
   mid.topk_group = 2;
   moe_case("mid H1024 I512 E32 k8", mid, 700, 8, 8, IDS_ROUTED, 8);
 
-  flashinfer_case(0, 8, "moe_out_wbf16_fp32", 1);
-  flashinfer_case(4, 4, "moe_out_local_hi_fp32", 0);
+  epm_bundle_moe_t fp;
+  if (epm_bundle_moe(&fp)) {
+    failures++;
+  } else {
+    flashinfer_case(&fp, (epm_bundle_slice_t){0, fp.num_experts}, "moe_out_wbf16_fp32", 1);
+    flashinfer_case(&fp, fp.hi, "moe_out_local_hi_fp32", 0);
+    flashinfer_case(&fp, fp.lo, "moe_out_local_lo_fp32", 0);
+  }
   if (failures) {
     fprintf(stderr, "test_gpu_moe: %d failures\n", failures);
     return 1;

@@ -89,16 +89,28 @@ static void random_case(int64_t rows, int64_t cols, uint64_t seed, int scale_one
   free(x);
 }
 
+/* FlashInfer's quant_* vectors, shapes from the bundle's manifest. */
 static void flashinfer_case(void) {
-  epm_ref_array_t x, packed, sfl, sfs;
+  epm_bundle_quant_t q;
+  epm_ref_array_t x = {0}, packed = {0}, sfl = {0}, sfs = {0};
   float g;
-  if (epm_ref_load("quant_x", &x) || epm_ref_load("quant_packed", &packed) ||
-      epm_ref_load("quant_sf_linear", &sfl) || epm_ref_load("quant_sf_swizzled", &sfs) ||
-      epm_ref_scalar_f32("quant_global_scale", &g)) {
-    expect(0, "%s: cannot load FlashInfer vectors (%lld)", "quantize", 0);
+  if (epm_bundle_quant(&q)) {
+    expect(0, "%s: cannot read the bundle's quant parameters (%lld)", "quantize", 0);
     return;
   }
-  int64_t rows = x.shape[0], cols = x.shape[1];
+  const int64_t rows = q.rows, cols = q.cols;
+  if (epm_ref_load_as("quant_x", "bfloat16", 2, (int64_t[]){rows, cols}, &x) ||
+      epm_ref_load_as("quant_packed", "uint8", 2, (int64_t[]){rows, cols / 2}, &packed) ||
+      epm_ref_load_as("quant_sf_linear", "uint8", 2, (int64_t[]){rows, cols / 16}, &sfl) ||
+      epm_ref_load_as("quant_sf_swizzled", "uint8", 1, (int64_t[]){EPM_REF_ANY}, &sfs) ||
+      epm_ref_scalar_f32("quant_global_scale", &g)) {
+    expect(0, "%s: cannot load FlashInfer vectors (%lld)", "quantize", 0);
+    epm_ref_free(&x);
+    epm_ref_free(&packed);
+    epm_ref_free(&sfl);
+    epm_ref_free(&sfs);
+    return;
+  }
   for (int swz = 0; swz < 2; swz++) {
     uint8_t *gp, *gs;
     size_t gsb;
@@ -117,7 +129,8 @@ static void flashinfer_case(void) {
         bad += (a == 8 ? 0 : a) != (b == 8 ? 0 : b);
       }
     }
-    printf("flashinfer quant_* %s: %lld codes differ\n", swz ? "128x4" : "linear", (long long)bad);
+    printf("flashinfer quant_* [%lld, %lld] %s: %lld codes differ\n", (long long)rows, (long long)cols,
+           swz ? "128x4" : "linear", (long long)bad);
     expect(bad == 0, "%s: %lld codes differ", "flashinfer", bad);
     free(gp);
     free(gs);

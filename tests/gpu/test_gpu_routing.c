@@ -1,8 +1,8 @@
 /* test_gpu_routing: the routing kernel against the CPU reference
  * (epm_route_f32) for every method, with grouped and ungrouped deepseek-v3,
  * k = 1, k at the device limit, and heavy ties (coarsely rounded logits):
- * ids identical in order, weights within 1 ulp fp32. Also FlashInfer's
- * routing vectors. Outputs are poisoned before each run. */
+ * ids identical in order, weights within 1 ulp fp32. Also every routing case
+ * of the FlashInfer bundle (parameters and shapes from its manifest). Outputs are poisoned before each run. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,25 +115,33 @@ static epm_model_dims_t plain(epm_routing_method_t m, int64_t e, int64_t k) {
   return d;
 }
 
-static void flashinfer_case(const char *name, epm_model_dims_t d) {
-  char nm[64];
-  epm_ref_array_t logits, bias, ids, w;
-  snprintf(nm, sizeof nm, "routing_%s_ids", name);
-  if (epm_ref_load("routing_logits", &logits) || epm_ref_load("routing_bias", &bias) ||
-      epm_ref_load(nm, &ids)) {
+/* One routing case of the bundle: method, k, groups and shapes from its
+ * manifest; FlashInfer sums in fp32 where we use double: ids exact, weights
+ * within 4 ulp. */
+static void flashinfer_case(const epm_bundle_routing_t *r, const epm_bundle_route_case_t *rc) {
+  char nm[64], wn[64];
+  const int64_t m = r->tokens, e = r->num_experts, k = rc->cfg.top_k;
+  epm_model_dims_t d = plain(rc->cfg.method, e, k);
+  d.n_group = rc->cfg.n_group;
+  d.topk_group = rc->cfg.topk_group;
+  d.routed_scaling_factor = rc->cfg.routed_scaling_factor;
+  epm_ref_array_t logits = {0}, bias = {0}, ids = {0}, w = {0};
+  snprintf(nm, sizeof nm, "routing_%s_ids", rc->name);
+  snprintf(wn, sizeof wn, "routing_%s_weights", rc->name);
+  if (epm_ref_load_f32("routing_logits", 2, (int64_t[]){m, e}, &logits) ||
+      epm_ref_load_f32("routing_bias", 1, (int64_t[]){e}, &bias) ||
+      epm_ref_load_as(nm, "int32", 2, (int64_t[]){m, k}, &ids) || epm_ref_load_f32(wn, 2, (int64_t[]){m, k}, &w)) {
+    fprintf(stderr, "FAIL: cannot load FlashInfer routing case %s\n", rc->name);
     failures++;
+    epm_ref_free(&logits);
+    epm_ref_free(&bias);
+    epm_ref_free(&ids);
+    epm_ref_free(&w);
     return;
   }
-  snprintf(nm, sizeof nm, "routing_%s_weights", name);
-  if (epm_ref_load(nm, &w)) {
-    failures++;
-    return;
-  }
-  int64_t m = logits.shape[0], k = d.top_k;
   int32_t *gi = malloc((size_t)(m * k) * sizeof(int32_t));
   float *gw = malloc((size_t)(m * k) * sizeof(float));
   gpu_route(&d, logits.data, d.routing == EPM_ROUTING_DEEPSEEK_V3 ? bias.data : NULL, m, gi, gw);
-  /* FlashInfer sums in fp32 where we use double: ids exact, weights close */
   const int32_t *wi = ids.data;
   const float *ww = w.data;
   int64_t bad = 0;
@@ -142,8 +150,9 @@ static void flashinfer_case(const char *name, epm_model_dims_t d) {
     if (gi[i] != wi[i]) bad++;
     else if (ulps(gw[i], ww[i]) > mx) mx = ulps(gw[i], ww[i]);
   }
-  printf("routing flashinfer %-18s: %lld ids differ, max weight difference %d ulp\n", name,
-         (long long)bad, mx);
+  printf("routing flashinfer %-18s: %lld tokens x %lld experts, k=%lld: %lld ids differ, max weight difference "
+         "%d ulp\n",
+         rc->name, (long long)m, (long long)e, (long long)k, (long long)bad, mx);
   if (bad || mx > 4) failures++;
   free(gi);
   free(gw);
@@ -175,12 +184,10 @@ int main(void) {
   case_dims("topk E32 k4", plain(EPM_ROUTING_TOPK, 32, 4), 5000, 12, 0, 0);
   case_dims("topk E1 k1", plain(EPM_ROUTING_TOPK, 1, 1), 100, 13, 0, 0);
 
-  epm_model_dims_t fds = ds;
-  fds.routed_scaling_factor = 2.5f;
-  flashinfer_case("deepseekv3", fds);
-  flashinfer_case("renormalize", plain(EPM_ROUTING_RENORMALIZE, 256, 8));
-  flashinfer_case("topk", plain(EPM_ROUTING_TOPK, 256, 8));
-  flashinfer_case("llama4", plain(EPM_ROUTING_LLAMA4, 256, 1));
+  epm_bundle_routing_t fr;
+  if (epm_bundle_routing(&fr)) failures++;
+  else
+    for (int i = 0; i < fr.ncases; i++) flashinfer_case(&fr, &fr.cases[i]);
   if (failures) {
     fprintf(stderr, "test_gpu_routing: %d failing cases\n", failures);
     return 1;

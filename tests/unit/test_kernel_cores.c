@@ -1,7 +1,7 @@
 /* test_kernel_cores: the scalar NVFP4 and routing code that the CUDA kernels
  * run (kernels/nvfp4_core.h, kernels/routing_core.h), compiled for the host
  * and compared with the independent host codec (runtime/nvfp4*.c) and the
- * FlashInfer reference vectors. Proving these bit-identical on the CPU is
+ * FlashInfer reference vectors (shapes and routing cases from the bundle). Proving these bit-identical on the CPU is
  * what lets the GPU quantize kernel be bit-identical to the codec. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -97,16 +97,19 @@ static void test_quantize_matches_codec(void **state) {
   free(x);
 }
 
-/* FlashInfer's quantization vectors: packed codes and scales exact. */
+/* FlashInfer's quantization vectors (shapes from the bundle's manifest):
+ * packed codes and scales exact. */
 static void test_quantize_flashinfer(void **state) {
   (void)state;
+  epm_bundle_quant_t q;
   epm_ref_array_t x, packed, sfl;
   float g;
-  assert_int_equal(epm_ref_load("quant_x", &x), 0);
-  assert_int_equal(epm_ref_load("quant_packed", &packed), 0);
-  assert_int_equal(epm_ref_load("quant_sf_linear", &sfl), 0);
+  assert_int_equal(epm_bundle_quant(&q), 0);
+  const int64_t rows = q.rows, cols = q.cols;
+  assert_int_equal(epm_ref_load_as("quant_x", "bfloat16", 2, (int64_t[]){rows, cols}, &x), 0);
+  assert_int_equal(epm_ref_load_as("quant_packed", "uint8", 2, (int64_t[]){rows, cols / 2}, &packed), 0);
+  assert_int_equal(epm_ref_load_as("quant_sf_linear", "uint8", 2, (int64_t[]){rows, cols / 16}, &sfl), 0);
   assert_int_equal(epm_ref_scalar_f32("quant_global_scale", &g), 0);
-  int64_t rows = x.shape[0], cols = x.shape[1];
   uint8_t *p = malloc((size_t)(rows * cols / 2)), *s = malloc((size_t)(rows * cols / 16));
   quantize_core(x.data, rows, cols, g, 0, p, s);
   const uint8_t *wp = packed.data, *ws = sfl.data;
@@ -136,29 +139,56 @@ static int ulp_diff(float a, float b) {
 
 /* FlashInfer routing vectors: ids in the reference order; weights within
  * 1 ulp, except deepseek-v3 and renormalize where FlashInfer sums in fp32 and
- * we (like the CPU reference) in double: a few ulp. */
-static void route_vs_flashinfer(const char *name, int method, int64_t k, int64_t ng, int64_t tg, float rsf,
-                                int max_ulp) {
+ * we (like the CPU reference) in double: a few ulp. The tolerance is per
+ * method; the cases, their parameters and shapes come from the bundle. */
+static int max_ulp_of(epm_routing_method_t m) {
+  switch (m) {
+    case EPM_ROUTING_DEEPSEEK_V3:
+    case EPM_ROUTING_RENORMALIZE:
+    case EPM_ROUTING_RENORMALIZE_NAIVE:
+    case EPM_ROUTING_DEFAULT: return 4;
+    case EPM_ROUTING_TOPK: return 0; /* the weight is the logit itself */
+    case EPM_ROUTING_LLAMA4: return 1;
+    default: fail_msg("no tolerance for routing method %d", (int)m);
+  }
+  return -1;
+}
+
+static void route_vs_flashinfer(const epm_bundle_routing_t *r, const epm_bundle_route_case_t *rc) {
   char nm[64];
+  const int64_t m = r->tokens, e = r->num_experts, k = rc->cfg.top_k;
+  const int max_ulp = max_ulp_of(rc->cfg.method);
   epm_ref_array_t logits, bias, ids, w;
-  assert_int_equal(epm_ref_load("routing_logits", &logits), 0);
-  assert_int_equal(epm_ref_load("routing_bias", &bias), 0);
-  snprintf(nm, sizeof nm, "routing_%s_ids", name);
-  assert_int_equal(epm_ref_load(nm, &ids), 0);
-  snprintf(nm, sizeof nm, "routing_%s_weights", name);
-  assert_int_equal(epm_ref_load(nm, &w), 0);
-  epm_core_route_cfg_t c = {method, logits.shape[1], k, ng, tg, rsf};
+  assert_true(k <= EPM_CORE_ROUTE_MAX_K);
+  assert_int_equal(epm_ref_load_f32("routing_logits", 2, (int64_t[]){m, e}, &logits), 0);
+  assert_int_equal(epm_ref_load_f32("routing_bias", 1, (int64_t[]){e}, &bias), 0);
+  snprintf(nm, sizeof nm, "routing_%s_ids", rc->name);
+  assert_int_equal(epm_ref_load_as(nm, "int32", 2, (int64_t[]){m, k}, &ids), 0);
+  snprintf(nm, sizeof nm, "routing_%s_weights", rc->name);
+  assert_int_equal(epm_ref_load_f32(nm, 2, (int64_t[]){m, k}, &w), 0);
+  epm_core_route_cfg_t c = {(int)rc->cfg.method, e, k, rc->cfg.n_group, rc->cfg.topk_group,
+                            rc->cfg.routed_scaling_factor};
   const float *l = logits.data, *wb = w.data;
   const int32_t *wi = ids.data;
-  for (int64_t t = 0; t < logits.shape[0]; t++) {
+  int worst = 0;
+  for (int64_t t = 0; t < m; t++) {
     int32_t gi[EPM_CORE_ROUTE_MAX_K];
     float gw[EPM_CORE_ROUTE_MAX_K];
-    epm_core_route_token(&c, l + t * c.num_experts, bias.data, gi, gw);
+    epm_core_route_token(&c, l + t * e, bias.data, gi, gw);
     for (int64_t j = 0; j < k; j++) {
-      if (gi[j] != wi[t * k + j]) fail_msg("%s token %lld slot %lld: id %d, FlashInfer %d", name, (long long)t, (long long)j, gi[j], wi[t * k + j]);
-      if (ulp_diff(gw[j], wb[t * k + j]) > max_ulp) fail_msg("%s token %lld slot %lld: w %a vs %a", name, (long long)t, (long long)j, (double)gw[j], (double)wb[t * k + j]);
+      const int u = ulp_diff(gw[j], wb[t * k + j]);
+      if (gi[j] != wi[t * k + j])
+        fail_msg("%s token %lld slot %lld: id %d, FlashInfer %d", rc->name, (long long)t, (long long)j, gi[j],
+                 wi[t * k + j]);
+      if (u > worst) worst = u;
+      if (u > max_ulp)
+        fail_msg("%s token %lld slot %lld: w %a vs %a", rc->name, (long long)t, (long long)j, (double)gw[j],
+                 (double)wb[t * k + j]);
     }
   }
+  print_message("core routing %s: %lld tokens x %lld experts, k=%lld: ids identical, weights within %d ulp "
+                "(tolerance %d)\n",
+                rc->name, (long long)m, (long long)e, (long long)k, worst, max_ulp);
   epm_ref_free(&logits);
   epm_ref_free(&bias);
   epm_ref_free(&ids);
@@ -173,10 +203,9 @@ static void test_routing_flashinfer(void **state) {
   assert_int_equal(EPM_CORE_ROUTE_LLAMA4, EPM_ROUTING_LLAMA4);
   assert_int_equal(EPM_CORE_ROUTE_TOPK, EPM_ROUTING_TOPK);
   assert_int_equal(EPM_CORE_ROUTE_DEFAULT, EPM_ROUTING_DEFAULT);
-  route_vs_flashinfer("deepseekv3", EPM_CORE_ROUTE_DEEPSEEK_V3, 8, 8, 4, 2.5f, 4);
-  route_vs_flashinfer("renormalize", EPM_CORE_ROUTE_RENORMALIZE, 8, 1, 1, 1.0f, 4);
-  route_vs_flashinfer("topk", EPM_CORE_ROUTE_TOPK, 8, 1, 1, 1.0f, 0);
-  route_vs_flashinfer("llama4", EPM_CORE_ROUTE_LLAMA4, 1, 1, 1, 1.0f, 1);
+  epm_bundle_routing_t r;
+  assert_int_equal(epm_bundle_routing(&r), 0);
+  for (int i = 0; i < r.ncases; i++) route_vs_flashinfer(&r, &r.cases[i]);
 }
 
 int main(void) {

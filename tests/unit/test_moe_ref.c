@@ -1,7 +1,8 @@
-/* test_moe_ref: the CPU reference MoE against FlashInfer's moe_* vectors,
- * against a separate float64 evaluation (tests/unit/moe_naive.h), and its
- * invariants (token permutation, EP halves, non-local zeros, empty experts,
- * zero tokens, thread-count independence); plus the layer generator. */
+/* test_moe_ref: the CPU reference MoE against FlashInfer's moe_* vectors (dims,
+ * EP slices and routing method from the bundle's manifest), against a
+ * separate float64 evaluation (tests/unit/moe_naive.h), and its invariants
+ * (token permutation, EP halves, non-local zeros, empty experts, zero tokens,
+ * thread-count independence); plus the layer generator. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,24 +20,29 @@
 
 /* ---- FlashInfer moe_* vectors ---------------------------------------------- */
 
+/* Every dim, dtype, EP slice and the routing method come from the bundle's
+ * computations.moe.params; each array is checked against them on load. */
 typedef struct {
+  epm_bundle_moe_t p;
   epm_ref_array_t hid, hsf, ids, w, gw, gs, uw, us, dw, ds, ws13, ws2;
   float input_scale, down_input_scale, c_global;
 } fi_moe_t;
 
 static void fi_load(fi_moe_t *f) {
-  assert_int_equal(epm_ref_load("moe_hidden_fp4", &f->hid), 0);
-  assert_int_equal(epm_ref_load("moe_hidden_sf_linear", &f->hsf), 0);
-  assert_int_equal(epm_ref_load("moe_topk_ids", &f->ids), 0);
-  assert_int_equal(epm_ref_load("moe_topk_weights", &f->w), 0);
-  assert_int_equal(epm_ref_load("moe_gate_weight", &f->gw), 0);
-  assert_int_equal(epm_ref_load("moe_gate_weight_scale", &f->gs), 0);
-  assert_int_equal(epm_ref_load("moe_up_weight", &f->uw), 0);
-  assert_int_equal(epm_ref_load("moe_up_weight_scale", &f->us), 0);
-  assert_int_equal(epm_ref_load("moe_down_weight", &f->dw), 0);
-  assert_int_equal(epm_ref_load("moe_down_weight_scale", &f->ds), 0);
-  assert_int_equal(epm_ref_load("moe_gate_up_weight_scale_2", &f->ws13), 0);
-  assert_int_equal(epm_ref_load("moe_down_weight_scale_2", &f->ws2), 0);
+  assert_int_equal(epm_bundle_moe(&f->p), 0);
+  const int64_t T = f->p.tokens, H = f->p.hidden, I = f->p.intermediate, E = f->p.num_experts, k = f->p.top_k;
+  assert_int_equal(epm_ref_load_as("moe_hidden_fp4", "uint8", 2, (int64_t[]){T, H / 2}, &f->hid), 0);
+  assert_int_equal(epm_ref_load_as("moe_hidden_sf_linear", "uint8", 2, (int64_t[]){T, H / 16}, &f->hsf), 0);
+  assert_int_equal(epm_ref_load_as("moe_topk_ids", "int32", 2, (int64_t[]){T, k}, &f->ids), 0);
+  assert_int_equal(epm_ref_load_f32("moe_topk_weights", 2, (int64_t[]){T, k}, &f->w), 0);
+  assert_int_equal(epm_ref_load_as("moe_gate_weight", "uint8", 3, (int64_t[]){E, I, H / 2}, &f->gw), 0);
+  assert_int_equal(epm_ref_load_as("moe_gate_weight_scale", "uint8", 3, (int64_t[]){E, I, H / 16}, &f->gs), 0);
+  assert_int_equal(epm_ref_load_as("moe_up_weight", "uint8", 3, (int64_t[]){E, I, H / 2}, &f->uw), 0);
+  assert_int_equal(epm_ref_load_as("moe_up_weight_scale", "uint8", 3, (int64_t[]){E, I, H / 16}, &f->us), 0);
+  assert_int_equal(epm_ref_load_as("moe_down_weight", "uint8", 3, (int64_t[]){E, H, I / 2}, &f->dw), 0);
+  assert_int_equal(epm_ref_load_as("moe_down_weight_scale", "uint8", 3, (int64_t[]){E, H, I / 16}, &f->ds), 0);
+  assert_int_equal(epm_ref_load_f32("moe_gate_up_weight_scale_2", 1, (int64_t[]){E}, &f->ws13), 0);
+  assert_int_equal(epm_ref_load_f32("moe_down_weight_scale_2", 1, (int64_t[]){E}, &f->ws2), 0);
   assert_int_equal(epm_ref_scalar_f32("moe_input_scale", &f->input_scale), 0);
   assert_int_equal(epm_ref_scalar_f32("moe_down_input_scale", &f->down_input_scale), 0);
   assert_int_equal(epm_ref_scalar_f32("moe_c_global_sf", &f->c_global), 0);
@@ -48,34 +54,37 @@ static void fi_free(fi_moe_t *f) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) epm_ref_free(all[i]);
 }
 
-static epm_model_dims_t fi_dims(void) {
-  epm_model_dims_t d = {"fi-moe", 256, 128, 8, 2, 1, 1, 1.0f, EPM_ROUTING_RENORMALIZE, 0, 0, 1};
+static epm_model_dims_t fi_dims(const epm_bundle_moe_t *p) {
+  epm_model_dims_t d = {"fi-moe", p->hidden, p->intermediate, p->num_experts, p->top_k, p->routing.n_group,
+                        p->routing.topk_group, p->routing.routed_scaling_factor, p->routing.method, 0, 0, 1};
   return d;
 }
 
 /* A layer holding experts [off, off + cnt) of the FlashInfer MoE. */
 static void fi_layer(const fi_moe_t *f, int64_t off, int64_t cnt, epm_layer_t *l) {
-  epm_model_dims_t d = fi_dims();
+  epm_model_dims_t d = fi_dims(&f->p);
   const int64_t H = d.hidden, I = d.intermediate;
   assert_int_equal(epm_layer_alloc(&d, off, cnt, l), EPM_OK);
-  const size_t w13 = (size_t)(I * H / 2), s13 = (size_t)(I * H / 16);
-  memcpy(l->experts.gate_w, (uint8_t *)f->gw.data + (size_t)off * w13, (size_t)cnt * w13);
-  memcpy(l->experts.up_w, (uint8_t *)f->uw.data + (size_t)off * w13, (size_t)cnt * w13);
-  memcpy(l->experts.down_w, (uint8_t *)f->dw.data + (size_t)off * w13, (size_t)cnt * w13);
-  memcpy(l->experts.gate_sf, (uint8_t *)f->gs.data + (size_t)off * s13, (size_t)cnt * s13);
-  memcpy(l->experts.up_sf, (uint8_t *)f->us.data + (size_t)off * s13, (size_t)cnt * s13);
-  memcpy(l->experts.down_sf, (uint8_t *)f->ds.data + (size_t)off * s13, (size_t)cnt * s13);
-  memcpy(l->experts.gate_up_scale_2, (float *)f->ws13.data + off, (size_t)cnt * sizeof(float));
-  memcpy(l->experts.down_scale_2, (float *)f->ws2.data + off, (size_t)cnt * sizeof(float));
+  /* per expert: gate/up [I, H] and down [H, I], NVFP4 (H*I/2 code bytes, H*I/16 scales) */
+  const size_t w = (size_t)(I * H / 2), sf = (size_t)(I * H / 16), o = (size_t)off, n = (size_t)cnt;
+  memcpy(l->experts.gate_w, (uint8_t *)f->gw.data + o * w, n * w);
+  memcpy(l->experts.up_w, (uint8_t *)f->uw.data + o * w, n * w);
+  memcpy(l->experts.down_w, (uint8_t *)f->dw.data + o * w, n * w);
+  memcpy(l->experts.gate_sf, (uint8_t *)f->gs.data + o * sf, n * sf);
+  memcpy(l->experts.up_sf, (uint8_t *)f->us.data + o * sf, n * sf);
+  memcpy(l->experts.down_sf, (uint8_t *)f->ds.data + o * sf, n * sf);
+  memcpy(l->experts.gate_up_scale_2, (float *)f->ws13.data + off, n * sizeof(float));
+  memcpy(l->experts.down_scale_2, (float *)f->ws2.data + off, n * sizeof(float));
   l->input_scale = f->input_scale;
   l->down_input_scale = f->down_input_scale;
 }
 
-/* Compare to a FlashInfer fp32 output: report rel-L2 and max abs error. */
-static void fi_compare(const char *what, const float *got, const char *ref_name, double max_rel_l2,
-                       double max_abs_frac) {
+/* Compare to a FlashInfer [tokens, hidden] output (float32, or bfloat16
+ * widened): report rel-L2 and max abs error. */
+static void fi_compare(const fi_moe_t *f, const char *what, const float *got, const char *ref_name,
+                       double max_rel_l2, double max_abs_frac) {
   epm_ref_array_t r;
-  assert_int_equal(epm_ref_load(ref_name, &r), 0);
+  assert_int_equal(epm_ref_load_f32(ref_name, 2, (int64_t[]){f->p.tokens, f->p.hidden}, &r), 0);
   const float *ref = r.data;
   double num = 0, den = 0, maxabs = 0, refmax = 0;
   int64_t exact = 0;
@@ -88,8 +97,9 @@ static void fi_compare(const char *what, const float *got, const char *ref_name,
     exact += got[i] == ref[i];
   }
   double rel = sqrt(num / (den > 0 ? den : 1));
-  print_message("%s vs %s: rel-L2 %.3g, max abs %.3g (max |ref| %.3g), %lld/%lld elements bit-equal\n", what,
-                ref_name, rel, maxabs, refmax, (long long)exact, (long long)r.numel);
+  print_message("%s vs %s [%lld, %lld]: rel-L2 %.3g, max abs %.3g (max |ref| %.3g), %lld/%lld elements bit-equal\n",
+                what, ref_name, (long long)f->p.tokens, (long long)f->p.hidden, rel, maxabs, refmax,
+                (long long)exact, (long long)r.numel);
   assert_true(rel <= max_rel_l2);
   assert_true(maxabs <= max_abs_frac * refmax);
   epm_ref_free(&r);
@@ -102,15 +112,15 @@ static void fi_compare(const char *what, const float *got, const char *ref_name,
 #define FI_REL_L2 1e-5
 #define FI_MAX_ABS 1e-5
 
-static void run_fi(const fi_moe_t *f, int64_t off, int64_t cnt, int weights_fp32, float *out, epm_bf16_t *ob) {
+static void run_fi(const fi_moe_t *f, epm_bundle_slice_t s, int weights_fp32, float *out, epm_bf16_t *ob) {
   epm_layer_t l;
-  fi_layer(f, off, cnt, &l);
+  fi_layer(f, s.off, s.count, &l);
   epm_moe_ref_opts_t o = EPM_MOE_REF_OPTS_INIT;
   o.weights_fp32 = weights_fp32;
   o.expert_out_fp32 = 1; /* the FlashInfer reference keeps y in fp32 */
   o.mid_global_scale = f->c_global;
-  epm_status_t st = epm_moe_ref_experts(&l, f->hid.data, f->hsf.data, f->input_scale, f->hid.shape[0],
-                                        f->ids.shape[1], f->ids.data, f->w.data, &o, out, ob, NULL);
+  epm_status_t st = epm_moe_ref_experts(&l, f->hid.data, f->hsf.data, f->input_scale, f->p.tokens, f->p.top_k,
+                                        f->ids.data, f->w.data, &o, out, ob, NULL);
   if (st != EPM_OK) fail_msg("experts: %s", epm_last_error());
   epm_layer_free(&l);
 }
@@ -119,16 +129,18 @@ static void test_flashinfer_moe(void **state) {
   (void)state;
   fi_moe_t f;
   fi_load(&f);
-  const int64_t T = f.hid.shape[0], H = 256;
+  const int64_t T = f.p.tokens, H = f.p.hidden;
+  const epm_bundle_slice_t all = {0, f.p.num_experts};
   float *out = calloc((size_t)(T * H), sizeof(float)), *lo = calloc((size_t)(T * H), sizeof(float));
   float *hi = calloc((size_t)(T * H), sizeof(float));
   epm_bf16_t *ob = calloc((size_t)(T * H), sizeof(epm_bf16_t));
-  run_fi(&f, 0, 8, 1, out, ob);
-  fi_compare("full, fp32 weights", out, "moe_out_fp32", FI_REL_L2, FI_MAX_ABS);
+  char what[64];
+  run_fi(&f, all, 1, out, ob);
+  fi_compare(&f, "full, fp32 weights", out, "moe_out_fp32", FI_REL_L2, FI_MAX_ABS);
   { /* bf16 output: every element within one bf16 ulp of FlashInfer's */
     epm_ref_array_t rb;
     int64_t same = 0;
-    assert_int_equal(epm_ref_load("moe_out_bf16", &rb), 0);
+    assert_int_equal(epm_ref_load_as("moe_out_bf16", "bfloat16", 2, (int64_t[]){T, H}, &rb), 0);
     const epm_bf16_t *r = rb.data;
     for (int64_t i = 0; i < T * H; i++) {
       float a = epm_bf16_to_f32(ob[i]), b = epm_bf16_to_f32(r[i]);
@@ -139,21 +151,62 @@ static void test_flashinfer_moe(void **state) {
                   (long long)(T * H));
     epm_ref_free(&rb);
   }
-  run_fi(&f, 0, 8, 0, out, NULL);
-  fi_compare("full, bf16 weights", out, "moe_out_wbf16_fp32", FI_REL_L2, FI_MAX_ABS);
-  run_fi(&f, 4, 4, 1, hi, NULL);
-  fi_compare("experts [4,8)", hi, "moe_out_local_hi_fp32", FI_REL_L2, FI_MAX_ABS);
-  run_fi(&f, 0, 4, 1, lo, NULL);
-  fi_compare("experts [0,4)", lo, "moe_out_local_lo_fp32", FI_REL_L2, FI_MAX_ABS);
-  /* halves add up to the full layer within fp32 rounding of one add */
-  run_fi(&f, 0, 8, 1, out, NULL);
-  for (int64_t i = 0; i < T * H; i++)
-    assert_true(fabsf(lo[i] + hi[i] - out[i]) <= 1e-6f * (fabsf(lo[i]) + fabsf(hi[i])) + 1e-30f);
+  run_fi(&f, all, 0, out, NULL);
+  fi_compare(&f, "full, bf16 weights", out, "moe_out_wbf16_fp32", FI_REL_L2, FI_MAX_ABS);
+  run_fi(&f, f.p.hi, 1, hi, NULL);
+  snprintf(what, sizeof what, "experts [%lld, %lld)", (long long)f.p.hi.off, (long long)(f.p.hi.off + f.p.hi.count));
+  fi_compare(&f, what, hi, "moe_out_local_hi_fp32", FI_REL_L2, FI_MAX_ABS);
+  run_fi(&f, f.p.lo, 1, lo, NULL);
+  snprintf(what, sizeof what, "experts [%lld, %lld)", (long long)f.p.lo.off, (long long)(f.p.lo.off + f.p.lo.count));
+  fi_compare(&f, what, lo, "moe_out_local_lo_fp32", FI_REL_L2, FI_MAX_ABS);
+  /* two slices that split [0, E) add up to the full layer within fp32
+   * rounding of one add */
+  if (f.p.lo.off == 0 && f.p.lo.count == f.p.hi.off && f.p.hi.off + f.p.hi.count == f.p.num_experts) {
+    run_fi(&f, all, 1, out, NULL);
+    for (int64_t i = 0; i < T * H; i++)
+      assert_true(fabsf(lo[i] + hi[i] - out[i]) <= 1e-6f * (fabsf(lo[i]) + fabsf(hi[i])) + 1e-30f);
+    print_message("lo + hi slices = full layer\n");
+  } else {
+    print_message("slices lo and hi do not split [0, %lld): no sum check\n", (long long)f.p.num_experts);
+  }
   free(out);
   free(lo);
   free(hi);
   free(ob);
   fi_free(&f);
+}
+
+/* The bundle's routing method reproduces moe_topk_ids from moe_logits. */
+static void test_flashinfer_moe_routing(void **state) {
+  (void)state;
+  epm_bundle_moe_t p;
+  epm_ref_array_t lg, ids, w;
+  assert_int_equal(epm_bundle_moe(&p), 0);
+  const int64_t T = p.tokens, E = p.num_experts, k = p.top_k;
+  assert_int_equal(epm_ref_load_f32("moe_logits", 2, (int64_t[]){T, E}, &lg), 0);
+  assert_int_equal(epm_ref_load_as("moe_topk_ids", "int32", 2, (int64_t[]){T, k}, &ids), 0);
+  assert_int_equal(epm_ref_load_f32("moe_topk_weights", 2, (int64_t[]){T, k}, &w), 0);
+  int32_t *gi = malloc((size_t)(T * k) * sizeof(int32_t));
+  float *gw = malloc((size_t)(T * k) * sizeof(float));
+  /* no bias array in the moe_* section: a deepseek-v3 bundle would route without it */
+  assert_int_equal(epm_route_f32(&p.routing, lg.data, NULL, T, gi, gw, NULL), EPM_OK);
+  const int32_t *ri = ids.data;
+  const float *rw = w.data;
+  double maxrel = 0;
+  for (int64_t i = 0; i < T * k; i++) {
+    if (gi[i] != ri[i])
+      fail_msg("moe routing (%s) token %lld slot %lld: id %d, FlashInfer %d", p.routing_name, (long long)(i / k),
+               (long long)(i % k), gi[i], ri[i]);
+    maxrel = fmax(maxrel, fabs((double)gw[i] - rw[i]) / fmax(fabs((double)rw[i]), 1e-30));
+  }
+  print_message("moe routing %s over [%lld, %lld] logits: ids identical, weights within %.3g relative\n",
+                p.routing_name, (long long)T, (long long)E, maxrel);
+  assert_true(maxrel <= 1e-6); /* a few fp32 ulp: the reference sums in fp32, we in double */
+  free(gi);
+  free(gw);
+  epm_ref_free(&lg);
+  epm_ref_free(&ids);
+  epm_ref_free(&w);
 }
 
 /* ---- generated tiny layer ------------------------------------------------- */
@@ -298,9 +351,9 @@ static void test_invariants(void **state) {
   assert_int_equal(epm_layer_generate(&d, 1, 99, E / 2, E / 2, &hi), EPM_OK);
   /* EP slices of the generator are slices of the full model */
   const size_t w = (size_t)(d.intermediate * H / 2);
-  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
-  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
-  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (size_t)(E / 2) * w / 8);
+  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (E / 2) * w, (E / 2) * w);
+  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (E / 2) * w, (E / 2) * w);
+  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (E / 2) * w / 8);
   assert_memory_equal(hi.router_w, full.router_w, (size_t)(E * H) * sizeof(float));
   assert_memory_equal(hi.shared.gate_w, full.shared.gate_w, (size_t)(d.shared_intermediate * H / 2));
 
@@ -637,11 +690,12 @@ static void test_checksum(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_decode_matches_codec), cmocka_unit_test(test_flashinfer_moe),
-      cmocka_unit_test(test_vs_naive_float64),     cmocka_unit_test(test_invariants),
-      cmocka_unit_test(test_errors),               cmocka_unit_test(test_generator),
-      cmocka_unit_test(test_layer_function),       cmocka_unit_test(test_checksum),
-      cmocka_unit_test(test_llama4_weight_on_input), cmocka_unit_test(test_thread_count),
+      cmocka_unit_test(test_decode_matches_codec),   cmocka_unit_test(test_flashinfer_moe),
+      cmocka_unit_test(test_flashinfer_moe_routing), cmocka_unit_test(test_vs_naive_float64),
+      cmocka_unit_test(test_invariants),             cmocka_unit_test(test_errors),
+      cmocka_unit_test(test_generator),              cmocka_unit_test(test_layer_function),
+      cmocka_unit_test(test_checksum),               cmocka_unit_test(test_llama4_weight_on_input),
+      cmocka_unit_test(test_thread_count),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* test_nvfp4_flashinfer: quantize / dequantize / swizzle against FlashInfer's
- * reference vectors in tests/data (tests/data/README.md §1 and §3). Exact:
- * codes bit-for-bit (0x0 == 0x8), scale bytes, dequantized fp32 bits. */
+ * reference vectors in the bundle (tests/data/README.md §1 and §3), shapes from
+ * its manifest. Exact: codes bit-for-bit (0x0 == 0x8), scale bytes,
+ * dequantized fp32 bits. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -13,15 +14,9 @@
 #include "epmoe/nvfp4.h"
 #include "testutil.h"
 
-static void load(const char *name, epm_ref_array_t *a) { assert_int_equal(epm_ref_load(name, a), 0); }
-
 static float load_scalar(const char *name) {
-  epm_ref_array_t a;
-  load(name, &a);
-  assert_int_equal(a.numel, 1);
   float v;
-  memcpy(&v, a.data, sizeof v);
-  epm_ref_free(&a);
+  assert_int_equal(epm_ref_scalar_f32(name, &v), 0);
   return v;
 }
 
@@ -53,16 +48,17 @@ static int64_t count_byte_mismatches(const uint8_t *a, const uint8_t *b, int64_t
   return bad;
 }
 
-/* Quantize a bf16 reference matrix both ways and compare every output. */
-static void check_quantize(const char *x_name, const char *g_name, const char *packed_name,
-                           const char *lin_name, const char *swz_name) {
+/* Quantize a bf16 [rows, cols] reference matrix both ways and compare every
+ * output. The swizzled scales are one flat array of the padded 128x4 size. */
+static void check_quantize(int64_t rows, int64_t cols, const char *x_name, const char *g_name,
+                           const char *packed_name, const char *lin_name, const char *swz_name) {
   epm_ref_array_t x, packed, lin, swz;
-  load(x_name, &x);
-  load(packed_name, &packed);
-  load(lin_name, &lin);
-  load(swz_name, &swz);
-  assert_string_equal(x.dtype, "bfloat16");
-  const int64_t rows = x.shape[0], cols = x.shape[1];
+  assert_int_equal(epm_ref_load_as(x_name, "bfloat16", 2, (int64_t[]){rows, cols}, &x), 0);
+  assert_int_equal(epm_ref_load_as(packed_name, "uint8", 2, (int64_t[]){rows, cols / 2}, &packed), 0);
+  assert_int_equal(epm_ref_load_as(lin_name, "uint8", 2, (int64_t[]){rows, cols / 16}, &lin), 0);
+  assert_int_equal(epm_ref_load_as(swz_name, "uint8", 1, (int64_t[]){EPM_REF_ANY}, &swz), 0);
+  print_message("%s [%lld, %lld] -> %s, %s, %s (%zu bytes)\n", x_name, (long long)rows, (long long)cols,
+                packed_name, lin_name, swz_name, swz.nbytes);
   float g = load_scalar(g_name);
   /* The stored global scale is the reference's formula applied to amax. */
   assert_true(epm_nvfp4_global_scale(epm_amax_bf16(x.data, x.numel)) == g);
@@ -102,12 +98,17 @@ static void check_quantize(const char *x_name, const char *g_name, const char *p
 
 static void test_quant_vectors(void **state) {
   (void)state;
-  check_quantize("quant_x", "quant_global_scale", "quant_packed", "quant_sf_linear", "quant_sf_swizzled");
+  epm_bundle_quant_t q;
+  assert_int_equal(epm_bundle_quant(&q), 0);
+  check_quantize(q.rows, q.cols, "quant_x", "quant_global_scale", "quant_packed", "quant_sf_linear",
+                 "quant_sf_swizzled");
 }
 
 static void test_moe_hidden_vectors(void **state) {
   (void)state;
-  check_quantize("moe_hidden", "moe_hidden_global_scale", "moe_hidden_fp4", "moe_hidden_sf_linear",
+  epm_bundle_moe_t m;
+  assert_int_equal(epm_bundle_moe(&m), 0);
+  check_quantize(m.tokens, m.hidden, "moe_hidden", "moe_hidden_global_scale", "moe_hidden_fp4", "moe_hidden_sf_linear",
                  "moe_hidden_sf_swizzled");
   /* The stored input scale is the decode scale of the global scale. */
   float g = load_scalar("moe_hidden_global_scale");
@@ -117,12 +118,15 @@ static void test_moe_hidden_vectors(void **state) {
 /* Dequantize the reference codes/scales; fp32 results must be bit-identical. */
 static void test_quant_dequant(void **state) {
   (void)state;
+  epm_bundle_quant_t q;
   epm_ref_array_t packed, lin, swz, deq;
-  load("quant_packed", &packed);
-  load("quant_sf_linear", &lin);
-  load("quant_sf_swizzled", &swz);
-  load("quant_dequant", &deq);
-  const int64_t rows = deq.shape[0], cols = deq.shape[1];
+  assert_int_equal(epm_bundle_quant(&q), 0);
+  const int64_t rows = q.rows, cols = q.cols;
+  assert_int_equal(epm_ref_load_as("quant_packed", "uint8", 2, (int64_t[]){rows, cols / 2}, &packed), 0);
+  assert_int_equal(epm_ref_load_as("quant_sf_linear", "uint8", 2, (int64_t[]){rows, cols / 16}, &lin), 0);
+  assert_int_equal(epm_ref_load_as("quant_sf_swizzled", "uint8", 1, (int64_t[]){EPM_REF_ANY}, &swz), 0);
+  /* exact fp32 bits are compared: no widening from another dtype */
+  assert_int_equal(epm_ref_load_as("quant_dequant", "float32", 2, (int64_t[]){rows, cols}, &deq), 0);
   float g = load_scalar("quant_global_scale"), ginv = load_scalar("quant_global_scale_inv");
   assert_true(epm_nvfp4_decode_scale(g) == ginv);
   float *out = malloc(deq.nbytes), *out2 = malloc(deq.nbytes);

@@ -1,6 +1,7 @@
-/* test_routing: reference routing against FlashInfer's vectors (tests/data
- * routing_*) and hand-written cases per method: ties, negative biased scores,
- * sigmoid underflow, group limits, k = 1 and k = E, invalid configurations. */
+/* test_routing: reference routing against FlashInfer's vectors (every routing_*
+ * case of the bundle, with the shapes and parameters of its manifest) and
+ * hand-written cases per method: ties, negative biased scores, sigmoid
+ * underflow, group limits, k = 1 and k = E, invalid configurations. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <cmocka.h>
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "epmoe/routing.h"
@@ -32,62 +34,66 @@ static int near_ulps(float a, float b, int n) {
 
 /* ---- FlashInfer vectors ---------------------------------------------------- */
 
-static void check_vectors(const char *method, epm_routing_config_t c, int with_bias) {
+/* One routing case of the bundle: ids identical in order, weights within a
+ * few ulp (the reference sums/exps in fp32, we in double). Every shape comes
+ * from the manifest's routing parameters. */
+static void check_case(const epm_bundle_routing_t *r, const epm_bundle_route_case_t *rc, epm_routing_config_t c) {
   char name[64];
+  const int64_t m = r->tokens, e = r->num_experts, k = c.top_k;
   epm_ref_array_t lg, bias, rid, rw;
-  assert_int_equal(epm_ref_load("routing_logits", &lg), 0);
-  assert_int_equal(epm_ref_load("routing_bias", &bias), 0);
-  snprintf(name, sizeof name, "routing_%s_ids", method);
-  assert_int_equal(epm_ref_load(name, &rid), 0);
-  snprintf(name, sizeof name, "routing_%s_weights", method);
-  assert_int_equal(epm_ref_load(name, &rw), 0);
-  const int64_t m = lg.shape[0], k = c.top_k;
-  assert_int_equal(lg.shape[1], c.num_experts);
-  assert_int_equal(rid.shape[1], k);
-  int32_t ids[64 * 8];
-  float w[64 * 8];
-  epm_bf16_t wb[64 * 8];
-  assert_true(m * k <= 64 * 8);
-  assert_int_equal(epm_route_f32(&c, lg.data, with_bias ? bias.data : NULL, m, ids, w, wb), EPM_OK);
+  assert_int_equal(epm_ref_load_f32("routing_logits", 2, (int64_t[]){m, e}, &lg), 0);
+  snprintf(name, sizeof name, "routing_%s_ids", rc->name);
+  assert_int_equal(epm_ref_load_as(name, "int32", 2, (int64_t[]){m, k}, &rid), 0);
+  snprintf(name, sizeof name, "routing_%s_weights", rc->name);
+  assert_int_equal(epm_ref_load_f32(name, 2, (int64_t[]){m, k}, &rw), 0);
+  /* the bias is part of the deepseek-v3 selection only */
+  const int with_bias = c.method == EPM_ROUTING_DEEPSEEK_V3;
+  bias.data = NULL;
+  if (with_bias) assert_int_equal(epm_ref_load_f32("routing_bias", 1, (int64_t[]){e}, &bias), 0);
+  int32_t *ids = malloc((size_t)(m * k) * sizeof(int32_t));
+  float *w = malloc((size_t)(m * k) * sizeof(float));
+  epm_bf16_t *wb = malloc((size_t)(m * k) * sizeof(epm_bf16_t));
+  assert_int_equal(epm_route_f32(&c, lg.data, bias.data, m, ids, w, wb), EPM_OK);
   const int32_t *eid = rid.data;
   const float *ew = rw.data;
   int max_ulps = 0;
   for (int64_t i = 0; i < m * k; i++) {
-    if (ids[i] != eid[i]) fail_msg("%s token %lld slot %lld: id %d, FlashInfer %d", method, (long long)(i / k),
-                                   (long long)(i % k), ids[i], eid[i]);
+    if (ids[i] != eid[i])
+      fail_msg("%s (%s) token %lld slot %lld: id %d, FlashInfer %d", rc->name, epm_routing_method_name(c.method),
+               (long long)(i / k), (long long)(i % k), ids[i], eid[i]);
     int u = 0;
     while (!near_ulps(w[i], ew[i], u) && u < 1000) u++;
     if (u > max_ulps) max_ulps = u;
     assert_int_equal(wb[i], epm_bf16_from_f32(w[i]));
   }
-  /* fp32 rounding: the reference sums/exps in fp32, we in double */
-  if (max_ulps > 6) fail_msg("%s: weights differ from FlashInfer by %d ulps", method, max_ulps);
-  print_message("routing %s: ids identical, weights within %d ulp\n", method, max_ulps);
+  if (max_ulps > 6) fail_msg("%s: weights differ from FlashInfer by %d ulps", rc->name, max_ulps);
+  print_message("routing %s as %s: %lld tokens x %lld experts, k=%lld: ids identical, weights within %d ulp\n",
+                rc->name, epm_routing_method_name(c.method), (long long)m, (long long)e, (long long)k, max_ulps);
+  free(ids);
+  free(w);
+  free(wb);
   epm_ref_free(&lg);
-  epm_ref_free(&bias);
+  if (with_bias) epm_ref_free(&bias);
   epm_ref_free(&rid);
   epm_ref_free(&rw);
 }
 
-static void test_flashinfer_deepseekv3(void **state) {
+/* Every routing case of the bundle, in manifest order. */
+static void test_flashinfer_vectors(void **state) {
   (void)state;
-  epm_routing_config_t c = {EPM_ROUTING_DEEPSEEK_V3, 256, 8, 8, 4, 2.5f};
-  assert_int_equal(epm_routing_validate_flashinfer(&c), EPM_OK);
-  check_vectors("deepseekv3", c, 1);
-}
-static void test_flashinfer_renormalize(void **state) {
-  (void)state;
-  check_vectors("renormalize", cfg(EPM_ROUTING_RENORMALIZE, 256, 8), 0);
-  /* renormalize-naive is the same math (FlashInfer HEAD comment) */
-  check_vectors("renormalize", cfg(EPM_ROUTING_RENORMALIZE_NAIVE, 256, 8), 0);
-}
-static void test_flashinfer_topk(void **state) {
-  (void)state;
-  check_vectors("topk", cfg(EPM_ROUTING_TOPK, 256, 8), 0);
-}
-static void test_flashinfer_llama4(void **state) {
-  (void)state;
-  check_vectors("llama4", cfg(EPM_ROUTING_LLAMA4, 256, 1), 0);
+  epm_bundle_routing_t r;
+  assert_int_equal(epm_bundle_routing(&r), 0);
+  for (int i = 0; i < r.ncases; i++) {
+    epm_routing_config_t c = r.cases[i].cfg;
+    /* the vectors came from FlashInfer, so its kernel limits hold for them */
+    if (c.method == EPM_ROUTING_DEEPSEEK_V3 && epm_routing_validate_flashinfer(&c) != EPM_OK)
+      fail_msg("%s: %s", r.cases[i].name, epm_last_error());
+    check_case(&r, &r.cases[i], c);
+    if (c.method == EPM_ROUTING_RENORMALIZE) { /* renormalize-naive is the same math (FlashInfer HEAD comment) */
+      c.method = EPM_ROUTING_RENORMALIZE_NAIVE;
+      check_case(&r, &r.cases[i], c);
+    }
+  }
 }
 
 /* ---- hand-written ---------------------------------------------------------- */
@@ -347,10 +353,7 @@ static void test_invalid_configs(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_flashinfer_deepseekv3),
-      cmocka_unit_test(test_flashinfer_renormalize),
-      cmocka_unit_test(test_flashinfer_topk),
-      cmocka_unit_test(test_flashinfer_llama4),
+      cmocka_unit_test(test_flashinfer_vectors),
       cmocka_unit_test(test_ties_lower_index_wins),
       cmocka_unit_test(test_default_and_naive),
       cmocka_unit_test(test_deepseek_groups),
