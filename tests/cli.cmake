@@ -1,0 +1,14 @@
+# The one command-line parser (daemon/cli_opt.c) and the command lines of
+# epmoectl and epmoed built on it (issue 11).
+#   test_cli_opt   the parser on a table of every kind (cpu)
+#   cli_binaries   the real binaries: --help, --x=v vs --x v, exit 64 (cpu; `epmoectl
+#                  step` runs as a one-rank singleton MPI job, hence the MPI env)
+epm_add_test(test_cli_opt SOURCES unit/test_cli_opt.c ${PROJECT_SOURCE_DIR}/daemon/cli_opt.c LABELS cpu TIMEOUT 30)
+if(TARGET epmoed)
+  set(_cli_epmoed $<TARGET_FILE:epmoed>)
+else()
+  set(_cli_epmoed "")
+endif()
+add_test(NAME cli_binaries
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/unit/cli_test.sh $<TARGET_FILE:epmoectl> ${_cli_epmoed})
+set_tests_properties(cli_binaries PROPERTIES LABELS cpu TIMEOUT 120 ENVIRONMENT "${EPMOE_MPI_ENV}")
