@@ -16,63 +16,60 @@
  * 0 with end == s; a command line value must be the number and nothing else. */
 static int bad_start(const char *s) { return !s || !*s || isspace((unsigned char)*s); }
 
-/* A K/M/G suffix as the last character: its multiplier, and *end moves past it. */
-static uint64_t kmg_mul(const char **end) {
+typedef enum { SCAN_OK, SCAN_SYNTAX, SCAN_RANGE } scan_t;
+
+/* The one strict integer scan behind both parsers: decimal digits with an
+ * optional sign (signed only: strtoull would negate "-1" into 2^64-1), an
+ * optional K/M/G suffix (x 1024^k) when kmg, nothing else; SCAN_RANGE when the
+ * value does not fit the type. */
+static scan_t scan_int(const char *s, int kmg, int is_signed, int64_t *i, uint64_t *u) {
+  char *end = NULL;
+  long long sv = 0;
+  unsigned long long uv = 0;
+  if (bad_start(s) || (!is_signed && (s[0] == '-' || s[0] == '+'))) return SCAN_SYNTAX;
+  errno = 0;
+  if (is_signed) sv = strtoll(s, &end, 10);
+  else uv = strtoull(s, &end, 10);
+  int range = errno == ERANGE;
+  if (end == s) return SCAN_SYNTAX;
   uint64_t mul = 1;
-  if ((*end)[0] && (*end)[1] == '\0') {
-    switch ((*end)[0]) {
+  if (kmg && end[0] && end[1] == '\0') {
+    switch (end[0]) {
       case 'K': case 'k': mul = 1ull << 10; break;
       case 'M': case 'm': mul = 1ull << 20; break;
       case 'G': case 'g': mul = 1ull << 30; break;
       default: break;
     }
-    if (mul > 1) (*end)++;
+    if (mul > 1) end++;
   }
-  return mul;
+  if (*end != '\0') return SCAN_SYNTAX;
+  if (range) return SCAN_RANGE;
+  if (is_signed) return __builtin_mul_overflow((int64_t)sv, (int64_t)mul, i) ? SCAN_RANGE : SCAN_OK;
+  return __builtin_mul_overflow((uint64_t)uv, mul, u) ? SCAN_RANGE : SCAN_OK;
 }
 
 epm_status_t epm_opt_parse_i64(const char *s, int kmg, int64_t min, int64_t max, int64_t *out) {
-  char *end = NULL;
-  long long v = 0;
-  int range = 0;
-  if (!bad_start(s)) {
-    errno = 0;
-    v = strtoll(s, &end, 10);
-    range = errno == ERANGE;
-  }
-  const char *e = end;
-  uint64_t mul = kmg && e && e != s ? kmg_mul(&e) : 1;
-  if (bad_start(s) || e == s || *e != '\0')
+  int64_t v = 0;
+  scan_t r = scan_int(s, kmg, 1, &v, NULL);
+  if (r == SCAN_SYNTAX)
     return epm_error(EPM_ERR_INVALID_ARG, "'%s' is not an integer in [%lld, %lld]%s", s ? s : "", (long long)min,
                      (long long)max, kmg ? " (K/M/G suffix allowed)" : "");
-  int64_t r;
-  if (range || __builtin_mul_overflow((int64_t)v, (int64_t)mul, &r) || r < min || r > max)
+  if (r == SCAN_RANGE || v < min || v > max)
     return epm_error(EPM_ERR_INVALID_ARG, "%s is outside [%lld, %lld]", s, (long long)min, (long long)max);
-  *out = r;
+  *out = v;
   return EPM_OK;
 }
 
 epm_status_t epm_opt_parse_u64(const char *s, int kmg, uint64_t min, uint64_t max, uint64_t *out) {
-  char *end = NULL;
-  unsigned long long v = 0;
-  int range = 0;
-  /* strtoull negates "-1" into 2^64-1: refuse any sign before it can. */
-  int sign = s && (s[0] == '-' || s[0] == '+');
-  if (!bad_start(s) && !sign) {
-    errno = 0;
-    v = strtoull(s, &end, 10);
-    range = errno == ERANGE;
-  }
-  const char *e = end;
-  uint64_t mul = kmg && e && e != s ? kmg_mul(&e) : 1;
-  if (bad_start(s) || sign || e == s || *e != '\0')
+  uint64_t v = 0;
+  scan_t r = scan_int(s, kmg, 0, NULL, &v);
+  if (r == SCAN_SYNTAX)
     return epm_error(EPM_ERR_INVALID_ARG, "'%s' is not an unsigned integer in [%llu, %llu]%s", s ? s : "",
                      (unsigned long long)min, (unsigned long long)max, kmg ? " (K/M/G suffix allowed)" : "");
-  uint64_t r;
-  if (range || __builtin_mul_overflow((uint64_t)v, mul, &r) || r < min || r > max)
+  if (r == SCAN_RANGE || v < min || v > max)
     return epm_error(EPM_ERR_INVALID_ARG, "%s is outside [%llu, %llu]", s, (unsigned long long)min,
                      (unsigned long long)max);
-  *out = r;
+  *out = v;
   return EPM_OK;
 }
 

@@ -123,10 +123,11 @@ void epm_opt_usage(FILE *f, const epm_opt_cmd_t *cmd);
 /* The value of o in base as text (lists comma-separated); returns buf. */
 const char *epm_opt_format(const epm_opt_t *o, const void *base, char *buf, size_t n);
 
-/* The strict number parsers every option goes through. s must be a whole
- * decimal number (optional sign for signed, an optional K/M/G suffix when kmg)
- * with no spaces, inside [min, max]; the double must be finite. On failure the
- * message names the text and the limit, e.g. "'12x' is not an integer in
+/* The strict number parsers every option goes through (one integer scan
+ * behind the signed and unsigned forms). s must be a whole decimal number
+ * (a sign only for signed, an optional K/M/G suffix when kmg) with no spaces,
+ * inside [min, max]; a double must be finite and not underflow. On failure
+ * the message names the text and the limit, e.g. "'12x' is not an integer in
  * [1, 4096]" or "5000 is outside [1, 4096]". */
 epm_status_t epm_opt_parse_i64(const char *s, int kmg, int64_t min, int64_t max, int64_t *out);
 epm_status_t epm_opt_parse_u64(const char *s, int kmg, uint64_t min, uint64_t max, uint64_t *out);
