@@ -1,33 +1,36 @@
 /* ctl.h — epmoectl subcommands. Each lives in daemon/ctl_<name>.c and has the
  * signature int epm_ctl_<name>(int argc, char **argv), argv[0] being the
- * subcommand name. Exit codes: 0 ok, 1 failure/check failed, 2 usage error. */
+ * subcommand name; epmoectl.c lists them in one table.
+ *
+ * Every subcommand parses its argv with the one option parser (cli_opt.h)
+ * through epm_ctl_args(), so the syntax, --help and the exit codes are the
+ * same everywhere. Exit codes: 0 ok, 1 runtime failure (or a check that
+ * failed), EPM_EXIT_USAGE (64) bad command line; `health` also uses 2. */
 #ifndef EPMOE_CTL_H
 #define EPMOE_CTL_H
 
 #include <stddef.h>
 
-#define EPM_CTL_COMMANDS(X)                                                              \
-  X(plan, "per-rank buffer sizes and limits of one EP step (offline)")                  \
-  X(ref, "run one MoE layer on the CPU reference; print checksum and timing")           \
-  X(step, "one EP step across the ranks of an mpirun job (in-process, no daemon)")      \
-  X(ckpt, "make or inspect an NVFP4 ModelOpt-style checkpoint directory")              \
-  X(status, "print a daemon's status (text or --json)")                                 \
-  X(stats, "print a daemon's counters (INFO text or --prometheus)")                     \
-  X(health, "probe health: exit 0 healthy, 1 not ready, 2 failed")                      \
-  X(forward, "drive one collective FORWARD through daemons' sockets")                   \
-  X(bench, "drive FORWARDs for a duration; print tokens/s and step latency")            \
-  X(shutdown, "ask daemons to drain and exit")
+#include "cli_opt.h"
 
-#define EPM__CTL_DECL(name, help) int epm_ctl_##name(int argc, char **argv);
-EPM_CTL_COMMANDS(EPM__CTL_DECL)
-#undef EPM__CTL_DECL
+int epm_ctl_plan(int argc, char **argv);
+int epm_ctl_ref(int argc, char **argv);
+int epm_ctl_step(int argc, char **argv);
+int epm_ctl_ckpt(int argc, char **argv);
+int epm_ctl_status(int argc, char **argv);
+int epm_ctl_stats(int argc, char **argv);
+int epm_ctl_health(int argc, char **argv);
+int epm_ctl_forward(int argc, char **argv);
+int epm_ctl_bench(int argc, char **argv);
+int epm_ctl_shutdown(int argc, char **argv);
 
-/* Shared by subcommands: strict integer parse "123", "4K", "2M", "1G";
- * returns 0 on success, prints "epmoectl: bad value for --flag: ..." otherwise. */
-int epm_ctl_parse_i64(const char *flag, const char *s, long long min, long long max, long long *out);
-/* Split argv[*i] into a flag name and its value: "--name=value" or "--name value"
- * (then *i advances). Returns 0, or prints one line naming `cmd` and returns 2. */
-int epm_ctl_flag_value(const char *cmd, int argc, char **argv, int *i, char *flag, size_t flag_size,
-                       const char **val);
+/* Parse a subcommand's argv with cmd. Returns -1 to go on, or the exit code
+ * the subcommand returns at once: 0 after --help (printed to stdout),
+ * EPM_EXIT_USAGE after a bad command line ("<prog>: <why>" and the synopsis
+ * printed to stderr), 1 when out of memory. */
+int epm_ctl_args(const epm_opt_cmd_t *cmd, int argc, char **argv, epm_opt_result_t *res);
+/* A usage error found after parsing (inconsistent values, an unknown preset):
+ * prints "<prog>: <message>" and the synopsis to stderr; returns EPM_EXIT_USAGE. */
+int epm_ctl_usage(const epm_opt_cmd_t *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif

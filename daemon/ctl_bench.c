@@ -10,55 +10,58 @@
 #include "ctl.h"
 #include "ctl_drive.h"
 
+typedef struct {
+  epm_opt_list_t counts;
+  long long warmup;
+  double duration;
+  int shm;
+} bench_opts_t;
+
+#define AT(field) EPM_OPT_AT(bench_opts_t, field)
+
+static const epm_opt_t bench_opts[] = {
+    CTL_TOKENS_OPT(bench_opts_t, counts),
+    {.name = "duration", .kind = EPM_OPT_DOUBLE, AT(duration), .def = "5", .fmin = 0, .fmax = 86400,
+     .flags = EPM_OPT_MIN_EXCLUSIVE, .arg = "S", .help = "seconds of measured steps"},
+    {.name = "warmup", .kind = EPM_OPT_INT64, AT(warmup), .def = "3", .min = 0, .max = 1000000,
+     .flags = EPM_OPT_KMG, .help = "untimed steps first"},
+    {.name = "shm", .kind = EPM_OPT_SET, AT(shm), .value = 1, .help = "data through a sealed memfd per connection"},
+    {.name = "devmem", .kind = EPM_OPT_SET, AT(shm), .value = 2,
+     .help = "data through CUDA device memory (cuMemCreate fd over SCM_RIGHTS; rank r on GPU r)"},
+    {.name = "devipc", .kind = EPM_OPT_SET, AT(shm), .value = 3,
+     .help = "as --devmem via the legacy fallback (cudaMalloc + cudaIpcMemHandle_t)"},
+};
+
 int epm_ctl_bench(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_drive_t d;
-  int64_t *counts = NULL;
-  int ncounts = 0, shm = 0, rc = 0;
-  long long warmup = 3;
-  double duration = 5;
+  bench_opts_t b = {0};
+  epm_opt_result_t res;
+  int rc;
   ctl_target_defaults(&o, 60000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "bench");
-    const char *a = argv[i];
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      printf("usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm | --devmem | --devipc] [--all] [--socket-dir DIR]\n"
-             "  --shm     data through a sealed memfd per connection\n"
-             "  --devmem  data through CUDA device memory (cuMemCreate fd over SCM_RIGHTS; rank r on GPU r)\n"
-             "  --devipc  as --devmem via the legacy fallback (cudaMalloc + cudaIpcMemHandle_t)\n%s",
-             ctl_target_help);
-      return 0;
-    } else if (strcmp(a, "--shm") == 0) shm = 1;
-    else if (strcmp(a, "--devmem") == 0) shm = 2;
-    else if (strcmp(a, "--devipc") == 0) shm = 3;
-    else if (i + 1 >= argc) {
-      fprintf(stderr, "epmoectl bench: unknown option or missing value '%s' (see --help)\n", a);
-      return 2;
-    } else if (strcmp(a, "--tokens-per-rank") == 0) {
-      if ((ncounts = ctl_parse_counts(a, argv[++i], &counts)) < 0) return 2;
-    } else if (strcmp(a, "--warmup") == 0) {
-      if (epm_ctl_parse_i64(a, argv[++i], 0, 1000000, &warmup)) return 2;
-    } else if (strcmp(a, "--duration") == 0) {
-      char *end;
-      duration = strtod(argv[++i], &end);
-      if (*end || !(duration > 0) || duration > 86400) {
-        fprintf(stderr, "epmoectl bench: bad value for --duration: '%s' (seconds, > 0)\n", argv[i]);
-        return 2;
-      }
-    } else {
-      fprintf(stderr, "epmoectl bench: unknown option '%s' (see --help)\n", a);
-      return 2;
-    }
+  epm_opt_group_t g[] = {{NULL, bench_opts, sizeof bench_opts / sizeof bench_opts[0], &b, NULL},
+                         ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {
+      .prog = "epmoectl bench",
+      .synopsis = "usage: epmoectl bench --tokens-per-rank a,b,... [--duration S] [--warmup N] [--shm | --devmem | --devipc]\n"
+                  "                      [--rank R | --all] [--socket-dir DIR]",
+      .about = "Drive FORWARD steps from every rank's client for a duration; print steps,\n"
+               "tokens/s and p50/p99 step latency.",
+      .epilog = "Exit: 0 ok, 1 failure, 64 usage error.",
+      .groups = g,
+      .ngroups = 2};
+  if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) {
+    epm_opt_free(&cmd);
+    return rc;
   }
-  if (!counts) {
-    fprintf(stderr, "epmoectl bench: --tokens-per-rank is required (see --help)\n");
-    return 2;
-  }
+  rc = 0;
+  const int64_t *counts = b.counts.v;
+  int ncounts = (int)b.counts.n, shm = b.shm; /* at most 2^20 counts (CTL_TOKENS_OPT) */
+  long long warmup = b.warmup;
+  double duration = b.duration;
   if (ctl_drive_open(&d, &o, counts, ncounts, shm, "bench") || ctl_drive_fill(&d, 7, NULL, "bench")) {
     ctl_drive_close(&d);
-    free(counts);
+    epm_opt_free(&cmd);
     return 1;
   }
   struct timespec ts;
@@ -108,6 +111,6 @@ int epm_ctl_bench(int argc, char **argv) {
   free(lat);
   free(srv);
   ctl_drive_close(&d);
-  free(counts);
+  epm_opt_free(&cmd);
   return rc;
 }

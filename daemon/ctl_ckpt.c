@@ -1,6 +1,6 @@
 /* ctl_ckpt.c — `epmoectl ckpt make|inspect|load`: write a synthetic
  * ModelOpt NVFP4 checkpoint, validate one (exit 1 on any problem), or time
- * loading one rank's expert slice. */
+ * loading one rank's expert slice. Exit 64 on a bad command line. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <jansson.h>
@@ -15,21 +15,114 @@
 #include "epmoe/safetensors.h"
 #include "epmoe/weights.h"
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: epmoectl ckpt make --preset NAME --layers N --out DIR [--seed S] [--shard-mb M] [--quiet]\n"
-          "       epmoectl ckpt inspect DIR [--json] [--tensors]\n"
-          "       epmoectl ckpt load DIR [--ep N] [--rank R] [--cold]\n\n"
-          "make     write a ModelOpt-style NVFP4 checkpoint: config.json (the preset's model family\n"
-          "         naming), hf_quant_config.json, safetensors files of at most M MB (default 4096;\n"
-          "         0 = one model.safetensors) and model.safetensors.index.json. Layer L holds the\n"
-          "         same weights as the in-memory generator (seed S, default 1).\n"
-          "inspect  validate everything (headers, index, config, every expert tensor's dtype and\n"
-          "         shape) and list layers, experts, dtypes and sizes; exit 1 on any problem.\n"
-          "         --tensors adds every tensor with its FNV-1a 64 hash (reads all data).\n"
-          "load     load every MoE layer's slice for EP rank R of N (default 0 of 1) into host\n"
-          "         memory and print the rate; --cold drops the files from the page cache first.\n"
-          "presets: deepseek-r1, qwen3-235b, llama4-maverick, tiny\n");
+/* ---- the three actions' options ---- */
+typedef struct {
+  const char *preset, *out;
+  long long layers, shard_mb;
+  uint64_t seed;
+  int quiet;
+  /* inspect */
+  int json, tensors;
+  /* load */
+  long long ep, rank;
+  int cold;
+} ckpt_opts_t;
+
+#define AT(field) EPM_OPT_AT(ckpt_opts_t, field)
+
+static const epm_opt_t make_opts[] = {
+    {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
+     .help = "deepseek-r1, qwen3-235b, llama4-maverick, tiny"},
+    {.name = "layers", .kind = EPM_OPT_INT64, AT(layers), .min = 1, .max = 100000,
+     .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .help = "MoE layers to write (layers 0..N-1)"},
+    {.name = "out", .kind = EPM_OPT_STR, AT(out), .flags = EPM_OPT_REQUIRED, .arg = "DIR",
+     .help = "new checkpoint directory"},
+    {.name = "seed", .kind = EPM_OPT_UINT64, AT(seed), .def = "1", .umin = 0, .umax = INT64_MAX,
+     .flags = EPM_OPT_KMG, .arg = "S", .help = "seed of the generated weights"},
+    {.name = "shard-mb", .kind = EPM_OPT_INT64, AT(shard_mb), .def = "4096", .min = 0, .max = 1 << 24,
+     .flags = EPM_OPT_KMG, .arg = "M", .help = "most MB per safetensors file (0 = one model.safetensors)"},
+    {.name = "quiet", .kind = EPM_OPT_FLAG, AT(quiet), .help = "no progress lines"},
+};
+
+static const epm_opt_t inspect_opts[] = {
+    {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "one JSON object instead of text"},
+    {.name = "tensors", .kind = EPM_OPT_FLAG, AT(tensors),
+     .help = "add every tensor with its FNV-1a 64 hash (reads all data)"},
+};
+
+static const epm_opt_t load_opts[] = {
+    {.name = "ep", .kind = EPM_OPT_INT64, AT(ep), .def = "1", .min = 1, .max = 1 << 20, .flags = EPM_OPT_KMG,
+     .help = "expert-parallel group size"},
+    {.name = "rank", .kind = EPM_OPT_INT64, AT(rank), .def = "0", .min = 0, .max = 1 << 20, .flags = EPM_OPT_KMG,
+     .arg = "R", .help = "the rank whose expert slice is loaded (< --ep)"},
+    {.name = "cold", .kind = EPM_OPT_FLAG, AT(cold), .help = "drop the checkpoint's files from the page cache first"},
+};
+
+typedef enum { ACT_MAKE, ACT_INSPECT, ACT_LOAD, ACT_COUNT } ckpt_action_t;
+static const char *const action_names[ACT_COUNT] = {"make", "inspect", "load"};
+
+static epm_opt_cmd_t command(ckpt_action_t a, ckpt_opts_t *o, epm_opt_group_t *g) {
+  static const struct {
+    const epm_opt_t *opts;
+    size_t n;
+    const char *prog, *synopsis, *about;
+    int max_args;
+  } act[ACT_COUNT] = {
+      {make_opts, sizeof make_opts / sizeof make_opts[0], "epmoectl ckpt make",
+       "usage: epmoectl ckpt make --preset NAME --layers N --out DIR [--seed S] [--shard-mb M] [--quiet]",
+       "Write a ModelOpt-style NVFP4 checkpoint: config.json (the preset's model family\n"
+       "naming), hf_quant_config.json, safetensors files of at most M MB and\n"
+       "model.safetensors.index.json. Layer L holds the same weights as the in-memory\n"
+       "generator with seed S.",
+       0},
+      {inspect_opts, sizeof inspect_opts / sizeof inspect_opts[0], "epmoectl ckpt inspect",
+       "usage: epmoectl ckpt inspect DIR [--json] [--tensors]",
+       "Validate everything (headers, index, config, every expert tensor's dtype and\n"
+       "shape) and list layers, experts, dtypes and sizes; exit 1 on any problem.",
+       1},
+      {load_opts, sizeof load_opts / sizeof load_opts[0], "epmoectl ckpt load",
+       "usage: epmoectl ckpt load DIR [--ep N] [--rank R] [--cold]",
+       "Load every MoE layer's slice for EP rank R of N into host memory and print the rate.", 1},
+  };
+  *g = (epm_opt_group_t){NULL, act[a].opts, act[a].n, o, NULL};
+  return (epm_opt_cmd_t){.prog = act[a].prog,
+                         .synopsis = act[a].synopsis,
+                         .about = act[a].about,
+                         .epilog = "Exit: 0 ok, 1 failure (inspect: any problem found), 64 usage error.",
+                         .max_args = act[a].max_args,
+                         .groups = g,
+                         .ngroups = 1};
+}
+
+/* `ckpt --help`: every action's help, generated from its table. */
+static void help_all(FILE *f) {
+  ckpt_opts_t o;
+  epm_opt_group_t g;
+  memset(&o, 0, sizeof o);
+  fprintf(f, "usage: epmoectl ckpt make|inspect|load ...  (epmoectl ckpt ACTION --help for one)\n"
+             "presets: deepseek-r1, qwen3-235b, llama4-maverick, tiny\n");
+  for (int a = 0; a < ACT_COUNT; a++) {
+    epm_opt_cmd_t cmd = command((ckpt_action_t)a, &o, &g);
+    fputc('\n', f);
+    epm_opt_help(f, &cmd);
+  }
+}
+
+/* Parse an action's argv; -1 to go on, else the exit code. DIR actions need
+ * exactly one positional argument. */
+static int parse(ckpt_action_t a, int argc, char **argv, ckpt_opts_t *o, const char **dir) {
+  epm_opt_group_t g;
+  epm_opt_result_t res;
+  epm_opt_cmd_t cmd = command(a, o, &g);
+  int rc = epm_ctl_args(&cmd, argc, argv, &res);
+  if (rc >= 0) return rc;
+  if (cmd.max_args && res.nargs != 1) return epm_ctl_usage(&cmd, "DIR is required");
+  if (dir) *dir = res.nargs ? res.args[0] : NULL;
+  if (a == ACT_LOAD && o->rank >= o->ep)
+    return epm_ctl_usage(&cmd, "--rank %lld must be < --ep %lld", o->rank, o->ep);
+  if (a == ACT_MAKE && epm_model_preset(o->preset, &(epm_model_dims_t){0}) != EPM_OK)
+    return epm_ctl_usage(&cmd, "%s", epm_last_error());
+  return -1;
 }
 
 static int fail_st(const char *what) {
@@ -38,35 +131,13 @@ static int fail_st(const char *what) {
 }
 
 static int cmd_make(int argc, char **argv) {
-  const char *preset = NULL, *out = NULL;
-  long long layers = -1, seed = 1, shard_mb = 4096;
-  int quiet = 0;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int rc = 0;
-    if (strcmp(a, "--preset") == 0 && v) preset = argv[++i];
-    else if (strcmp(a, "--out") == 0 && v) out = argv[++i];
-    else if (strcmp(a, "--layers") == 0) rc = epm_ctl_parse_i64(a, i + 1 < argc ? argv[++i] : NULL, 1, 100000, &layers);
-    else if (strcmp(a, "--seed") == 0) rc = epm_ctl_parse_i64(a, i + 1 < argc ? argv[++i] : NULL, 0, LLONG_MAX, &seed);
-    else if (strcmp(a, "--shard-mb") == 0)
-      rc = epm_ctl_parse_i64(a, i + 1 < argc ? argv[++i] : NULL, 0, 1 << 24, &shard_mb);
-    else if (strcmp(a, "--quiet") == 0) quiet = 1;
-    else {
-      fprintf(stderr, "epmoectl ckpt make: unknown or incomplete option '%s' (see --help)\n", a);
-      return 2;
-    }
-    if (rc) return rc;
-  }
-  if (!preset || !out || layers < 0) {
-    fprintf(stderr, "epmoectl ckpt make: --preset, --layers and --out are required (see --help)\n");
-    return 2;
-  }
-  epm_ckpt_make_opts_t o = {.out_dir = out, .layers = layers, .seed = (uint64_t)seed,
-                            .shard_bytes = (size_t)shard_mb << 20, .quiet = quiet};
-  if (epm_model_preset(preset, &o.dims) != EPM_OK) {
-    fprintf(stderr, "epmoectl ckpt make: %s\n", epm_last_error());
-    return 2;
-  }
+  ckpt_opts_t a;
+  memset(&a, 0, sizeof a);
+  int rc = parse(ACT_MAKE, argc, argv, &a, NULL);
+  if (rc >= 0) return rc;
+  epm_ckpt_make_opts_t o = {.out_dir = a.out, .layers = a.layers, .seed = a.seed,
+                            .shard_bytes = (size_t)a.shard_mb << 20, .quiet = a.quiet};
+  if (epm_model_preset(a.preset, &o.dims) != EPM_OK) return fail_st("make");
   return epm_ckpt_make(&o) == EPM_OK ? 0 : fail_st("make");
 }
 
@@ -193,20 +264,11 @@ static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
 
 static int cmd_inspect(int argc, char **argv) {
   const char *dir = NULL;
-  int as_json = 0, tensors = 0;
-  for (int i = 1; i < argc; i++) {
-    if (strcmp(argv[i], "--json") == 0) as_json = 1;
-    else if (strcmp(argv[i], "--tensors") == 0) tensors = 1;
-    else if (argv[i][0] != '-' && !dir) dir = argv[i];
-    else {
-      fprintf(stderr, "epmoectl ckpt inspect: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
-  if (!dir) {
-    fprintf(stderr, "epmoectl ckpt inspect: DIR is required (see --help)\n");
-    return 2;
-  }
+  ckpt_opts_t a;
+  memset(&a, 0, sizeof a);
+  int rc = parse(ACT_INSPECT, argc, argv, &a, &dir);
+  if (rc >= 0) return rc;
+  int as_json = a.json, tensors = a.tensors;
   epm_model_dir_t *md;
   if (epm_model_dir_open(dir, &md) != EPM_OK) {
     if (as_json) {
@@ -283,25 +345,12 @@ static int cmd_inspect(int argc, char **argv) {
 
 static int cmd_load(int argc, char **argv) {
   const char *dir = NULL;
-  long long ep = 1, rank = 0;
-  int cold = 0;
-  for (int i = 1; i < argc; i++) {
-    int rc = 0;
-    if (strcmp(argv[i], "--ep") == 0) rc = epm_ctl_parse_i64("--ep", i + 1 < argc ? argv[++i] : NULL, 1, 1 << 20, &ep);
-    else if (strcmp(argv[i], "--rank") == 0)
-      rc = epm_ctl_parse_i64("--rank", i + 1 < argc ? argv[++i] : NULL, 0, 1 << 20, &rank);
-    else if (strcmp(argv[i], "--cold") == 0) cold = 1;
-    else if (argv[i][0] != '-' && !dir) dir = argv[i];
-    else {
-      fprintf(stderr, "epmoectl ckpt load: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-    if (rc) return rc;
-  }
-  if (!dir || rank >= ep) {
-    fprintf(stderr, "epmoectl ckpt load: DIR is required and --rank must be < --ep (see --help)\n");
-    return 2;
-  }
+  ckpt_opts_t a;
+  memset(&a, 0, sizeof a);
+  int rc = parse(ACT_LOAD, argc, argv, &a, &dir);
+  if (rc >= 0) return rc;
+  long long ep = a.ep, rank = a.rank;
+  int cold = a.cold;
   epm_model_dir_t *md;
   if (epm_model_dir_open(dir, &md) != EPM_OK) return fail_st("load");
   if (cold) {
@@ -343,18 +392,21 @@ static int cmd_load(int argc, char **argv) {
 }
 
 int epm_ctl_ckpt(int argc, char **argv) {
-  if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
-    usage(argc < 2 ? stderr : stdout);
-    return argc < 2 ? 2 : 0;
+  if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+    help_all(stdout);
+    return 0;
   }
-  for (int i = 2; i < argc; i++)
-    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      usage(stdout);
-      return 0;
-    }
-  if (strcmp(argv[1], "make") == 0) return cmd_make(argc - 1, argv + 1);
-  if (strcmp(argv[1], "inspect") == 0) return cmd_inspect(argc - 1, argv + 1);
-  if (strcmp(argv[1], "load") == 0) return cmd_load(argc - 1, argv + 1);
-  fprintf(stderr, "epmoectl ckpt: unknown action '%s' (make, inspect, load; see --help)\n", argv[1]);
-  return 2;
+  int (*const run[ACT_COUNT])(int, char **) = {cmd_make, cmd_inspect, cmd_load};
+  for (int a = 0; argc >= 2 && a < ACT_COUNT; a++)
+    if (strcmp(argv[1], action_names[a]) == 0) return run[a](argc - 1, argv + 1);
+  if (argc < 2) fprintf(stderr, "epmoectl ckpt: an action is required: make, inspect or load\n");
+  else fprintf(stderr, "epmoectl ckpt: unknown action '%s'; the actions are make, inspect and load\n", argv[1]);
+  for (int a = 0; a < ACT_COUNT; a++) {
+    ckpt_opts_t o;
+    epm_opt_group_t g;
+    epm_opt_cmd_t cmd = command((ckpt_action_t)a, &o, &g);
+    fprintf(stderr, "%s\n", cmd.synopsis);
+  }
+  fprintf(stderr, "(epmoectl ckpt --help lists every option)\n");
+  return EPM_EXIT_USAGE;
 }

@@ -11,10 +11,21 @@
 
 #include "ctl.h"
 
-const char ctl_target_help[] =
-    "  --socket-dir DIR  daemon sockets (default $EPMOE_SOCKET_DIR, $XDG_RUNTIME_DIR/epmoe or /run/epmoe)\n"
-    "  --rank R          only rank R's daemon      --all  every epmoe.<rank>.sock in DIR (default)\n"
-    "  --timeout MS      per-call timeout in milliseconds\n";
+static const epm_opt_t target_opts[] = {
+    {.name = "socket-dir", .kind = EPM_OPT_STRBUF, EPM_OPT_AT(ctl_target_opts_t, socket_dir), .arg = "DIR",
+     .help = "daemon sockets (default $EPMOE_SOCKET_DIR, $XDG_RUNTIME_DIR/epmoe or /run/epmoe)"},
+    {.name = "rank", .kind = EPM_OPT_INT64, EPM_OPT_AT(ctl_target_opts_t, rank), .min = 0, .max = 1 << 20,
+     .flags = EPM_OPT_KMG, .arg = "R", .help = "only rank R's daemon"},
+    {.name = "all", .kind = EPM_OPT_SET, EPM_OPT_AT(ctl_target_opts_t, rank), .value = -1,
+     .help = "every epmoe.<rank>.sock in DIR (the default)"},
+    {.name = "timeout", .kind = EPM_OPT_INT64, EPM_OPT_AT(ctl_target_opts_t, timeout_ms), .min = 1,
+     .max = 86400000, .flags = EPM_OPT_KMG | EPM_OPT_SHOW_INIT, .arg = "MS",
+     .help = "per-call timeout in milliseconds"},
+};
+
+epm_opt_group_t ctl_target_group(ctl_target_opts_t *o) {
+  return (epm_opt_group_t){"daemon selection:", target_opts, sizeof target_opts / sizeof target_opts[0], o, NULL};
+}
 
 void ctl_target_defaults(ctl_target_opts_t *o, int timeout_ms) {
   const char *d = getenv("EPMOE_SOCKET_DIR"), *x = getenv("XDG_RUNTIME_DIR");
@@ -23,37 +34,6 @@ void ctl_target_defaults(ctl_target_opts_t *o, int timeout_ms) {
   else snprintf(o->socket_dir, sizeof o->socket_dir, "/run/epmoe");
   o->rank = -1;
   o->timeout_ms = timeout_ms;
-}
-
-int ctl_target_opt(ctl_target_opts_t *o, int argc, char **argv, int *i, const char *cmd) {
-  const char *a = argv[*i];
-  long long v;
-  if (strcmp(a, "--all") == 0) {
-    o->rank = -1;
-    return 1;
-  }
-  if (strcmp(a, "--socket-dir") && strcmp(a, "--rank") && strcmp(a, "--timeout")) return 0;
-  if (*i + 1 >= argc) {
-    fprintf(stderr, "epmoectl %s: %s needs a value\n", cmd, a);
-    return 2;
-  }
-  const char *val = argv[++*i];
-  if (strcmp(a, "--socket-dir") == 0) {
-    if (strlen(val) >= sizeof o->socket_dir) {
-      fprintf(stderr, "epmoectl %s: --socket-dir is longer than %zu bytes\n", cmd, sizeof o->socket_dir - 1);
-      return 2;
-    }
-    snprintf(o->socket_dir, sizeof o->socket_dir, "%s", val);
-    return 1;
-  }
-  if (strcmp(a, "--rank") == 0) {
-    if (epm_ctl_parse_i64("--rank", val, 0, 1 << 20, &v)) return 2;
-    o->rank = (int)v;
-    return 1;
-  }
-  if (epm_ctl_parse_i64("--timeout", val, 1, 86400000, &v)) return 2;
-  o->timeout_ms = (int)v;
-  return 1;
 }
 
 static int cmp_sock(const void *a, const void *b) {
@@ -97,30 +77,6 @@ int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out) {
     return -1;
   }
   qsort(v, (size_t)n, sizeof *v, cmp_sock);
-  *out = v;
-  return n;
-}
-
-int ctl_parse_counts(const char *flag, const char *s, int64_t **out) {
-  int n = 1;
-  for (const char *p = s; *p; p++) n += *p == ',';
-  int64_t *v = calloc((size_t)n, sizeof *v);
-  char tok[32];
-  if (!v) return -1;
-  for (int i = 0; i < n; i++) {
-    const char *end = strchr(s, ',');
-    size_t len = end ? (size_t)(end - s) : strlen(s);
-    long long x;
-    if (len >= sizeof tok) len = sizeof tok - 1;
-    memcpy(tok, s, len);
-    tok[len] = '\0';
-    if (epm_ctl_parse_i64(flag, tok, 0, (long long)1 << 30, &x)) {
-      free(v);
-      return -1;
-    }
-    v[i] = x;
-    s = end ? end + 1 : s + len;
-  }
   *out = v;
   return n;
 }

@@ -1,5 +1,5 @@
 /* ctl_common.h — what the daemon-facing epmoectl subcommands share: picking
- * sockets (--rank R | --all, --socket-dir), timeouts, token lists, and the
+ * sockets (--rank R | --all, --socket-dir), timeouts, the token list, and the
  * deterministic global token set that `forward` and `bench` send. */
 #ifndef EPMOE_CTL_COMMON_H
 #define EPMOE_CTL_COMMON_H
@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "cli_opt.h"
 #include "epmoe/client.h"
 
 typedef struct {
@@ -15,12 +16,12 @@ typedef struct {
   int timeout_ms;
 } ctl_target_opts_t;
 
-/* Defaults: $EPMOE_SOCKET_DIR, else $XDG_RUNTIME_DIR/epmoe, else /run/epmoe; all ranks. */
+/* Defaults: $EPMOE_SOCKET_DIR, else $XDG_RUNTIME_DIR/epmoe, else /run/epmoe;
+ * all ranks; this subcommand's timeout. Call before parsing. */
 void ctl_target_defaults(ctl_target_opts_t *o, int timeout_ms);
-/* Consume argv[*i] (and its value) if it is --socket-dir/--rank/--all/--timeout.
- * Returns 1 consumed, 0 not ours, 2 usage error (printed). */
-int ctl_target_opt(ctl_target_opts_t *o, int argc, char **argv, int *i, const char *cmd);
-extern const char ctl_target_help[];
+/* The option group of --socket-dir, --rank, --all and --timeout into o, for
+ * a subcommand's epm_opt_cmd_t. */
+epm_opt_group_t ctl_target_group(ctl_target_opts_t *o);
 
 typedef struct {
   int rank;
@@ -31,8 +32,11 @@ typedef struct {
  * after printing why (none found, bad rank). *out malloc'd. */
 int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out);
 
-/* "64,0,17" -> counts; returns n or -1 (printed). */
-int ctl_parse_counts(const char *flag, const char *s, int64_t **out);
+/* --tokens-per-rank of forward and bench: one count per daemon, in rank order. */
+#define CTL_TOKENS_OPT(type, field)                                                              \
+  {.name = "tokens-per-rank", .kind = EPM_OPT_LIST, EPM_OPT_AT(type, field), .min = 0,           \
+   .max = (int64_t)1 << 30, .max_items = 1 << 20, .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED,        \
+   .help = "tokens each rank sends, in rank order (0 joins the step with no work)"}
 
 /* Element (token t, column j) of the global random input, independent of how
  * tokens are split over ranks. bf16 bits for x; fp32 for logits. */

@@ -6,6 +6,7 @@
  * exiting 1 above --tolerance. The default 2^-6 is the engine's documented
  * bound for EP=N vs EP=1 (fp32 partial-sum order can move the bf16 rounding by
  * about two ulps at the output's scale; docs/ARCHITECTURE.md "Engine"). */
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,78 +22,82 @@ static float bf16f(uint16_t b) {
   return f;
 }
 
-static void usage(void) {
-  printf("usage: epmoectl forward --tokens-per-rank a,b,... [--random | --input FILE] [--seed S] [--check]\n"
-         "                        [--tolerance T] [--layer L] [--step-id N] [--shm | --devmem | --devipc] [--all] [--socket-dir DIR]\n"
-         "  --tokens-per-rank  tokens each rank sends, in rank order (0 joins the step with no work)\n"
-         "  --input FILE       bf16 x [M, H] then fp32 logits [M, E], M = sum of the counts\n"
-         "  --check            compare with the CPU reference; exit 1 above --tolerance (default 2^-6 = 0.015625)\n"
-         "  --shm              pass data through a sealed memfd per connection instead of inline\n"
-         "  --devmem           pass data through CUDA device memory (cuMemCreate, fd over SCM_RIGHTS;\n"
-         "                     rank r's region on GPU r; CUDA builds)\n"
-         "  --devipc           as --devmem, through the legacy fallback: cudaMalloc + cudaIpcMemHandle_t\n"
-         "                     sent in DEV_ATTACH, opened by the daemon with cudaIpcOpenMemHandle\n%s",
-         ctl_target_help);
-}
+typedef struct {
+  epm_opt_list_t counts;
+  const char *input;
+  uint64_t seed;
+  long long layer, step_id; /* step_id -1: unique per invocation */
+  double tol;
+  int random, check, shm;
+} fwd_opts_t;
+
+#define AT(field) EPM_OPT_AT(fwd_opts_t, field)
+
+static const epm_opt_t fwd_opts[] = {
+    CTL_TOKENS_OPT(fwd_opts_t, counts),
+    {.name = "random", .kind = EPM_OPT_FLAG, AT(random), .help = "random tokens from --seed (the default)"},
+    {.name = "input", .kind = EPM_OPT_STR, AT(input), .arg = "FILE",
+     .help = "bf16 x [M, H] then fp32 logits [M, E], M = sum of the counts"},
+    {.name = "seed", .kind = EPM_OPT_UINT64, AT(seed), .def = "1", .umin = 0, .umax = INT64_MAX,
+     .flags = EPM_OPT_KMG, .arg = "S", .help = "seed of the random global token set"},
+    {.name = "check", .kind = EPM_OPT_FLAG, AT(check),
+     .help = "compare with the CPU reference; exit 1 above --tolerance"},
+    {.name = "tolerance", .kind = EPM_OPT_DOUBLE, AT(tol), .def = "0.015625", .fmin = 0, .fmax = DBL_MAX,
+     .arg = "T", .help = "largest max|y - ref| / max|ref| of --check (2^-6)"},
+    {.name = "layer", .kind = EPM_OPT_INT64, AT(layer), .def = "0", .min = 0, .max = UINT32_MAX,
+     .flags = EPM_OPT_KMG, .arg = "L", .help = "MoE layer index"},
+    {.name = "step-id", .kind = EPM_OPT_INT64, AT(step_id), .min = 0, .max = INT64_MAX, .flags = EPM_OPT_KMG,
+     .help = "the step's key (default: unique per invocation)"},
+    {.name = "shm", .kind = EPM_OPT_SET, AT(shm), .value = 1,
+     .help = "pass data through a sealed memfd per connection instead of inline"},
+    {.name = "devmem", .kind = EPM_OPT_SET, AT(shm), .value = 2,
+     .help = "pass data through CUDA device memory (cuMemCreate, fd over SCM_RIGHTS;\n"
+             "rank r's region on GPU r; CUDA builds)"},
+    {.name = "devipc", .kind = EPM_OPT_SET, AT(shm), .value = 3,
+     .help = "as --devmem, through the legacy fallback: cudaMalloc + cudaIpcMemHandle_t\n"
+             "sent in DEV_ATTACH, opened by the daemon with cudaIpcOpenMemHandle"},
+};
 
 int epm_ctl_forward(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_drive_t d;
-  int64_t *counts = NULL;
-  int ncounts = 0, check = 0, shm = 0, rc = 0;
-  long long seed = 1, layer = 0, step_id = -1;
-  double tol = 0.015625; /* 2^-6: the engine's documented EP=N vs EP=1 bound */
-  const char *input = NULL;
+  fwd_opts_t f = {.step_id = -1};
+  epm_opt_result_t res;
+  int rc = 0;
   ctl_target_defaults(&o, 60000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "forward");
-    const char *a = argv[i];
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
-      usage();
-      return 0;
-    } else if (strcmp(a, "--check") == 0) check = 1;
-    else if (strcmp(a, "--shm") == 0) shm = 1;
-    else if (strcmp(a, "--devmem") == 0) shm = 2;
-    else if (strcmp(a, "--devipc") == 0) shm = 3;
-    else if (strcmp(a, "--random") == 0) input = NULL;
-    else if (i + 1 >= argc) {
-      fprintf(stderr, "epmoectl forward: unknown option or missing value '%s' (see --help)\n", a);
-      return 2;
-    } else if (strcmp(a, "--tokens-per-rank") == 0) {
-      if ((ncounts = ctl_parse_counts(a, argv[++i], &counts)) < 0) return 2;
-    } else if (strcmp(a, "--input") == 0) input = argv[++i];
-    else if (strcmp(a, "--seed") == 0) {
-      if (epm_ctl_parse_i64(a, argv[++i], 0, INT64_MAX, &seed)) return 2;
-    } else if (strcmp(a, "--layer") == 0) {
-      if (epm_ctl_parse_i64(a, argv[++i], 0, UINT32_MAX, &layer)) return 2;
-    } else if (strcmp(a, "--step-id") == 0) {
-      if (epm_ctl_parse_i64(a, argv[++i], 0, INT64_MAX, &step_id)) return 2;
-    } else if (strcmp(a, "--tolerance") == 0) {
-      char *end;
-      tol = strtod(argv[++i], &end);
-      if (*end || !(tol >= 0)) {
-        fprintf(stderr, "epmoectl forward: bad value for --tolerance: '%s'\n", argv[i]);
-        return 2;
-      }
-    } else {
-      fprintf(stderr, "epmoectl forward: unknown option '%s' (see --help)\n", a);
-      return 2;
-    }
+  epm_opt_group_t g[] = {{NULL, fwd_opts, sizeof fwd_opts / sizeof fwd_opts[0], &f, NULL}, ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {
+      .prog = "epmoectl forward",
+      .synopsis = "usage: epmoectl forward --tokens-per-rank a,b,... [--random | --input FILE] [--seed S] [--check]\n"
+                  "                        [--tolerance T] [--layer L] [--step-id N] [--shm | --devmem | --devipc]\n"
+                  "                        [--rank R | --all] [--socket-dir DIR]",
+      .about = "One collective step through every rank's socket at once. The global token set is\n"
+               "split over the ranks in rank order by --tokens-per-rank.",
+      .epilog = "Exit: 0 ok, 1 failure or --check above tolerance, 64 usage error.",
+      .groups = g,
+      .ngroups = 2};
+  rc = epm_ctl_args(&cmd, argc, argv, &res);
+  if (rc < 0 && f.random && f.input) rc = epm_ctl_usage(&cmd, "--random and --input '%s' exclude each other", f.input);
+  if (rc >= 0) {
+    epm_opt_free(&cmd);
+    return rc;
   }
-  if (!counts) {
-    fprintf(stderr, "epmoectl forward: --tokens-per-rank is required (see --help)\n");
-    return 2;
-  }
+  rc = 0;
+  const int64_t *counts = f.counts.v;
+  int ncounts = (int)f.counts.n; /* at most 2^20 (CTL_TOKENS_OPT) */
+  long long step_id = f.step_id, layer = f.layer;
+  double tol = f.tol;
+  int check = f.check, shm = f.shm;
+  uint64_t seed = f.seed;
+  const char *input = f.input;
   if (step_id < 0) { /* unique per invocation, so it never meets an old aborted key */
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     step_id = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
   }
-  if (ctl_drive_open(&d, &o, counts, ncounts, shm, "forward") || ctl_drive_fill(&d, (uint64_t)seed, input, "forward")) {
+  if (ctl_drive_open(&d, &o, counts, ncounts, shm, "forward") || ctl_drive_fill(&d, seed, input, "forward")) {
     ctl_drive_close(&d);
-    free(counts);
+    epm_opt_free(&cmd);
     return 1;
   }
   printf("forward: %d ranks, model %s (H %lld, E %lld) on %s, tokens", d.nranks, d.info.model,
@@ -137,6 +142,6 @@ int epm_ctl_forward(int argc, char **argv) {
     free(ref);
   }
   ctl_drive_close(&d);
-  free(counts);
+  epm_opt_free(&cmd);
   return rc;
 }

@@ -1,32 +1,33 @@
 /* epmoectl health — a probe: exit 0 when every selected daemon is healthy,
  * 1 when one is not ready yet (loading, warming up, draining), 2 when one has
- * failed or cannot be reached. Fast by default (2 s timeout) so it fits a
- * Kubernetes exec probe's timeoutSeconds. */
+ * failed or cannot be reached, 64 on a bad command line. Fast by default (2 s
+ * timeout) so it fits a Kubernetes exec probe's timeoutSeconds. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "ctl.h"
 #include "ctl_common.h"
 
+static const epm_opt_t health_opts[] = {
+    {.name = "quiet", .short_name = 'q', .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int),
+     .help = "no per-rank lines; the exit code is the answer"},
+};
+
 int epm_ctl_health(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_sock_t *socks;
-  int worst = 0, n, quiet = 0;
+  epm_opt_result_t res;
+  int worst = 0, n, quiet = 0, rc;
   ctl_target_defaults(&o, 2000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "health");
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(argv[i], "--quiet") == 0 || strcmp(argv[i], "-q") == 0) quiet = 1;
-    else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      printf("usage: epmoectl health [--rank R | --all] [--socket-dir DIR] [--quiet]\n"
-             "exit 0 healthy, 1 not ready, 2 failed or unreachable\n%s", ctl_target_help);
-      return 0;
-    } else {
-      fprintf(stderr, "epmoectl health: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
+  epm_opt_group_t g[] = {{NULL, health_opts, 1, &quiet, NULL}, ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {.prog = "epmoectl health",
+                       .synopsis = "usage: epmoectl health [--rank R | --all] [--socket-dir DIR] [--quiet]",
+                       .about = "A probe of every selected daemon; one line per rank unless --quiet.",
+                       .epilog = "Exit: 0 healthy, 1 not ready (loading, warming up, draining), 2 failed or\n"
+                                 "unreachable, 64 usage error.",
+                       .groups = g,
+                       .ngroups = 2};
+  if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) return rc;
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 2;
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;

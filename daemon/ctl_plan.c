@@ -1,7 +1,7 @@
 /* ctl_plan.c — `epmoectl plan`: per-rank buffer sizes, totals and CUDA launch
  * limits of one EP step, computed offline from a model preset (epmoe/plan.h).
  * Exit: 0 plan printed (violations are reported in the output), 1 the sizes
- * do not fit in 64 bits, 2 usage error (bad flag or inconsistent values). */
+ * do not fit in 64 bits, 64 usage error (bad flag or inconsistent values). */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -13,129 +13,56 @@
 #include "epmoe/plan.h"
 
 #define MAX_RANKS 65536
-
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: epmoectl plan --preset NAME --ep N --tokens-per-rank T|a,b,c,... [options]\n"
-          "\n"
-          "Per-rank memory of every buffer of one EP step (one MoE layer), totals, and the\n"
-          "CUDA grid limits the step's kernels would hit, with the chunking that fixes them.\n"
-          "All sizes are 64-bit and overflow-checked; nothing is allocated.\n"
-          "\n"
-          "  --preset NAME            model: deepseek-r1, qwen3-235b, llama4-maverick, tiny\n"
-          "  --ep N                   expert-parallel group size; must divide the expert count\n"
-          "  --tokens-per-rank T      tokens on every rank (the capacity buffers are sized for)\n"
-          "  --tokens-per-rank a,b,.. exact tokens of each rank, one value per rank (N values)\n"
-          "  --rank R                 the rank to report (default 0); sets the local expert\n"
-          "                           slice and, with a per-rank list, the local token count\n"
-          "  --tile N                 GEMM M-tile: rows per CTA, each local expert padded to it\n"
-          "                           (default %d, at most %d)\n"
-          "  --hidden H               override the preset's hidden size (multiple of 16)\n"
-          "  --intermediate I         override the routed experts' intermediate size (multiple of 16)\n"
-          "  --experts E              override the number of routed experts\n"
-          "  --top-k K                override experts per token\n"
-          "  --json                   print one JSON object instead of the table\n"
-          "  -h, --help               this text\n"
-          "\n"
-          "Counts accept K/M/G suffixes (x1024). Exit: 0 printed (limits are in the output),\n"
-          "1 a size does not fit in 64 bits, 2 usage error.\n",
-          EPM_PLAN_DEFAULT_TILE, EPM_PLAN_MAX_TILE);
-}
+#define STR_(x) #x
+#define STR(x) STR_(x)
 
 typedef struct {
   const char *preset;
-  long long ep, rank, tile, tokens;
+  long long ep, rank, tile;
   long long hidden, intermediate, experts, top_k; /* -1: keep the preset's */
-  int64_t *list;                                  /* per-rank tokens, or NULL */
-  long long list_len;
+  epm_opt_list_t tokens; /* one value: every rank's capacity; N values: each rank's count */
   int json;
 } opts_t;
 
-static int parse_list(const char *s, opts_t *o) {
-  long long n = 1;
-  for (const char *c = s; *c; c++) n += *c == ',';
-  if (n > MAX_RANKS) {
-    fprintf(stderr, "epmoectl plan: --tokens-per-rank has %lld values; at most %d\n", n, MAX_RANKS);
-    return 2;
-  }
-  o->list = calloc((size_t)n, sizeof *o->list);
-  char *copy = strdup(s);
-  if (!o->list || !copy) {
-    free(copy);
-    fprintf(stderr, "epmoectl plan: out of memory\n");
-    return 1;
-  }
-  long long i = 0;
-  int rc = 0;
-  /* strtok would skip empty fields; walk them by hand so "1,,2" is an error. */
-  for (char *f = copy;; i++) {
-    char *comma = strchr(f, ',');
-    if (comma) *comma = '\0';
-    long long v;
-    rc = epm_ctl_parse_i64("--tokens-per-rank", f, 0, INT64_MAX, &v);
-    if (rc) break;
-    o->list[i] = v;
-    if (!comma) break;
-    f = comma + 1;
-  }
-  free(copy);
-  o->list_len = n;
-  return rc;
-}
+#define AT(field) EPM_OPT_AT(opts_t, field)
+/* counts: int64 in [lo, hi], K/M/G suffixes allowed */
+#define COUNT(lo, hi) .kind = EPM_OPT_INT64, .min = (lo), .max = (hi)
 
-/* Parse argv; 0 ok, 2 usage error (message printed), -1 help printed. */
-static int parse(int argc, char **argv, opts_t *o) {
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = NULL;
-    char flag[64];
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return -1;
-    }
-    if (strcmp(a, "--json") == 0) {
-      o->json = 1;
-      continue;
-    }
-    if (epm_ctl_flag_value("plan", argc, argv, &i, flag, sizeof flag, &val) != 0) return 2;
-    int rc;
-    if (strcmp(flag, "--preset") == 0) {
-      o->preset = val;
-      rc = 0;
-    } else if (strcmp(flag, "--ep") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 1, MAX_RANKS, &o->ep);
-    } else if (strcmp(flag, "--rank") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, MAX_RANKS - 1, &o->rank);
-    } else if (strcmp(flag, "--tile") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 1, EPM_PLAN_MAX_TILE, &o->tile);
-    } else if (strcmp(flag, "--tokens-per-rank") == 0) {
-      free(o->list);
-      o->list = NULL;
-      rc = strchr(val, ',') ? parse_list(val, o)
-                            : epm_ctl_parse_i64(flag, val, 0, INT64_MAX, &o->tokens);
-    } else if (strcmp(flag, "--hidden") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 16, INT64_MAX, &o->hidden);
-    } else if (strcmp(flag, "--intermediate") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 16, INT64_MAX, &o->intermediate);
-    } else if (strcmp(flag, "--experts") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 1, INT64_MAX, &o->experts);
-    } else if (strcmp(flag, "--top-k") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 1, INT64_MAX, &o->top_k);
-    } else {
-      fprintf(stderr, "epmoectl plan: unknown flag %s (see epmoectl plan --help)\n", flag);
-      return 2;
-    }
-    if (rc) return 2;
-  }
-  if (!o->preset || o->ep < 0 || (o->tokens < 0 && !o->list)) {
-    fprintf(stderr, "epmoectl plan: --preset, --ep and --tokens-per-rank are required\n");
-    return 2;
-  }
-  if (o->list && o->list_len != o->ep) {
-    fprintf(stderr, "epmoectl plan: --tokens-per-rank has %lld values but --ep is %lld\n",
-            o->list_len, o->ep);
-    return 2;
-  }
-  return 0;
+static const epm_opt_t plan_opts[] = {
+    {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
+     .help = "model: deepseek-r1, qwen3-235b, llama4-maverick, tiny"},
+    {.name = "ep", COUNT(1, MAX_RANKS), AT(ep), .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED,
+     .help = "expert-parallel group size; must divide the expert count"},
+    {.name = "tokens-per-rank", .kind = EPM_OPT_LIST, AT(tokens), .min = 0, .max = INT64_MAX,
+     .max_items = MAX_RANKS, .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .arg = "T|a,b,..",
+     .help = "T: tokens on every rank (the capacity buffers are sized for);\n"
+             "a,b,..: exact tokens of each rank, one value per rank (N values)"},
+    {.name = "rank", COUNT(0, MAX_RANKS - 1), AT(rank), .def = "0", .flags = EPM_OPT_KMG, .arg = "R",
+     .help = "the rank to report; sets the local expert slice and, with a\n"
+             "per-rank list, the local token count"},
+    {.name = "tile", COUNT(1, EPM_PLAN_MAX_TILE), AT(tile), .def = STR(EPM_PLAN_DEFAULT_TILE), .flags = EPM_OPT_KMG,
+     .help = "GEMM M-tile: rows per CTA, each local expert padded to it"},
+    {.name = "hidden", COUNT(16, INT64_MAX), AT(hidden), .flags = EPM_OPT_KMG, .arg = "H",
+     .help = "override the preset's hidden size (multiple of 16)"},
+    {.name = "intermediate", COUNT(16, INT64_MAX), AT(intermediate), .flags = EPM_OPT_KMG, .arg = "I",
+     .help = "override the routed experts' intermediate size (multiple of 16)"},
+    {.name = "experts", COUNT(1, INT64_MAX), AT(experts), .flags = EPM_OPT_KMG, .arg = "E", .help = "override the number of routed experts"},
+    {.name = "top-k", COUNT(1, INT64_MAX), AT(top_k), .flags = EPM_OPT_KMG, .arg = "K", .help = "override experts per token"},
+    {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "print one JSON object instead of the table"},
+};
+
+static epm_opt_cmd_t command(opts_t *o, epm_opt_group_t *g) {
+  *g = (epm_opt_group_t){NULL, plan_opts, sizeof plan_opts / sizeof plan_opts[0], o, NULL};
+  return (epm_opt_cmd_t){
+      .prog = "epmoectl plan",
+      .synopsis = "usage: epmoectl plan --preset NAME --ep N --tokens-per-rank T|a,b,c,... [options]",
+      .about = "Per-rank memory of every buffer of one EP step (one MoE layer), totals, and the\n"
+               "CUDA grid limits the step's kernels would hit, with the chunking that fixes them.\n"
+               "All sizes are 64-bit and overflow-checked; nothing is allocated.",
+      .epilog = "Counts accept K/M/G suffixes (x1024). Exit: 0 printed (limits are in the output),\n"
+                "1 a size does not fit in 64 bits, 64 usage error (bad flag or inconsistent values).",
+      .groups = g,
+      .ngroups = 1};
 }
 
 static const char *human(size_t bytes, char *buf, size_t n) {
@@ -308,20 +235,20 @@ static json_t *to_json(const epm_plan_t *p) {
 }
 
 int epm_ctl_plan(int argc, char **argv) {
-  opts_t o = {.ep = -1, .tokens = -1, .hidden = -1, .intermediate = -1, .experts = -1,
-              .top_k = -1};
+  opts_t o = {.ep = -1, .hidden = -1, .intermediate = -1, .experts = -1, .top_k = -1};
+  epm_opt_group_t g;
+  epm_opt_result_t res;
+  epm_opt_cmd_t cmd = command(&o, &g);
   epm_plan_config_t cfg;
   epm_plan_t p;
-  int rc = parse(argc, argv, &o);
-  if (rc) {
-    free(o.list);
-    return rc < 0 ? 0 : rc;
-  }
+  int rc = epm_ctl_args(&cmd, argc, argv, &res);
+  if (rc < 0 && o.tokens.n > 1 && o.tokens.n != (size_t)o.ep)
+    rc = epm_ctl_usage(&cmd, "--tokens-per-rank has %zu values but --ep is %lld", o.tokens.n, o.ep);
   memset(&cfg, 0, sizeof cfg);
-  if (epm_model_preset(o.preset, &cfg.dims) != EPM_OK) {
-    fprintf(stderr, "epmoectl plan: %s\n", epm_last_error());
-    free(o.list);
-    return 2;
+  if (rc < 0 && epm_model_preset(o.preset, &cfg.dims) != EPM_OK) rc = epm_ctl_usage(&cmd, "%s", epm_last_error());
+  if (rc >= 0) {
+    epm_opt_free(&cmd);
+    return rc;
   }
   if (o.hidden >= 0) cfg.dims.hidden = o.hidden;
   if (o.intermediate >= 0) cfg.dims.intermediate = o.intermediate;
@@ -330,13 +257,17 @@ int epm_ctl_plan(int argc, char **argv) {
   cfg.ep_size = o.ep;
   cfg.rank = o.rank;
   cfg.tile = o.tile;
-  cfg.tokens_per_rank = o.list;
-  cfg.max_tokens_per_rank = o.list ? 0 : o.tokens;
+  /* One value is the capacity of every rank, a list the exact count of each. */
+  cfg.tokens_per_rank = o.tokens.n > 1 ? o.tokens.v : NULL;
+  cfg.max_tokens_per_rank = o.tokens.n > 1 ? 0 : o.tokens.v[0];
   epm_status_t st = epm_plan_compute(&cfg, &p);
-  free(o.list);
+  epm_opt_free(&cmd);
   if (st != EPM_OK) {
-    fprintf(stderr, "epmoectl plan: %s\n", epm_last_error());
-    return st == EPM_ERR_OVERFLOW ? 1 : 2;
+    if (st == EPM_ERR_OVERFLOW) {
+      fprintf(stderr, "epmoectl plan: %s\n", epm_last_error());
+      return 1;
+    }
+    return epm_ctl_usage(&cmd, "%s", epm_last_error());
   }
   if (o.json) {
     json_t *root = to_json(&p);

@@ -1,7 +1,7 @@
 /* ctl_ref.c — `epmoectl ref`: one MoE layer on the CPU reference with a
  * seeded random layer and seeded tokens; prints a checksum of the bf16 output
  * and the time of each stage, so machines and backends can be compared.
- * Exit: 0 done, 1 the reference failed (message printed), 2 usage error. */
+ * Exit: 0 done, 1 the reference failed (message printed), 64 usage error. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -14,31 +14,6 @@
 #include "epmoe/model.h"
 #include "epmoe/moe_ref.h"
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: epmoectl ref --preset NAME --tokens N --seed S [options]\n"
-          "\n"
-          "Generate one MoE layer (NVFP4 weights quantized from Gaussians with ModelOpt's\n"
-          "formulas) and N unit-RMS bf16 tokens from the seed, run router, routing, NVFP4\n"
-          "input quantization, the local experts and (unless --no-shared) the shared expert\n"
-          "on the CPU reference, and print a checksum of the bf16 output:\n"
-          "  fnv1a64 of the output's little-endian bf16 bytes, the fp64 sum and max |value|.\n"
-          "With --local-experts below the expert count the output is this slice's EP partial.\n"
-          "\n"
-          "  --preset NAME          deepseek-r1, qwen3-235b, llama4-maverick, tiny\n"
-          "  --tokens N             tokens (>= 0)\n"
-          "  --seed S               seed of the layer and the tokens (>= 0)\n"
-          "  --local-experts E_l    experts held (default: all); a slice [offset, offset+E_l)\n"
-          "  --expert-offset O      first local expert (default 0)\n"
-          "  --layer L              layer index fed to the generator (default 0)\n"
-          "  --threads T            CPU threads (default $EPMOE_THREADS, else all cores)\n"
-          "  --no-shared            leave out the shared expert\n"
-          "  --json                 one JSON object instead of text\n"
-          "  -h, --help             this text\n"
-          "\n"
-          "Counts accept K/M/G suffixes (x1024). Exit: 0 ok, 1 failure, 2 usage error.\n");
-}
-
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -47,51 +22,47 @@ static double now_s(void) {
 
 typedef struct {
   const char *preset;
-  long long tokens, seed, local, offset, layer, threads;
+  long long tokens, seed, local, offset, layer, threads; /* local -1: all; threads 0: default */
   int json, no_shared;
 } opts_t;
 
-/* 0 ok, 2 usage error (printed), -1 help printed. */
-static int parse(int argc, char **argv, opts_t *o) {
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = NULL;
-    char flag[64];
-    if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-      usage(stdout);
-      return -1;
-    }
-    if (strcmp(a, "--json") == 0 || strcmp(a, "--no-shared") == 0) {
-      *(a[2] == 'j' ? &o->json : &o->no_shared) = 1;
-      continue;
-    }
-    if (epm_ctl_flag_value("ref", argc, argv, &i, flag, sizeof flag, &val) != 0) return 2;
-    int rc;
-    if (strcmp(flag, "--preset") == 0) {
-      o->preset = val;
-      rc = 0;
-    } else if (strcmp(flag, "--tokens") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->tokens);
-    } else if (strcmp(flag, "--seed") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, INT64_MAX, &o->seed);
-    } else if (strcmp(flag, "--local-experts") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->local);
-    } else if (strcmp(flag, "--expert-offset") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->offset);
-    } else if (strcmp(flag, "--layer") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 0, INT32_MAX, &o->layer);
-    } else if (strcmp(flag, "--threads") == 0) {
-      rc = epm_ctl_parse_i64(flag, val, 1, 4096, &o->threads);
-    } else {
-      fprintf(stderr, "epmoectl ref: unknown flag %s (see epmoectl ref --help)\n", flag);
-      return 2;
-    }
-    if (rc) return 2;
-  }
-  if (!o->preset || o->tokens < 0 || o->seed < 0) {
-    fprintf(stderr, "epmoectl ref: --preset, --tokens and --seed are required\n");
-    return 2;
-  }
-  return 0;
+#define AT(field) EPM_OPT_AT(opts_t, field)
+/* counts: int64 in [lo, hi], K/M/G suffixes allowed */
+#define COUNT(lo, hi) .kind = EPM_OPT_INT64, .min = (lo), .max = (hi)
+
+static const epm_opt_t ref_opts[] = {
+    {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
+     .help = "deepseek-r1, qwen3-235b, llama4-maverick, tiny"},
+    {.name = "tokens", COUNT(0, INT32_MAX), AT(tokens), .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED,
+     .help = "tokens to generate and run"},
+    {.name = "seed", COUNT(0, INT64_MAX), AT(seed), .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .arg = "S",
+     .help = "seed of the layer and the tokens"},
+    {.name = "local-experts", COUNT(0, INT32_MAX), AT(local), .flags = EPM_OPT_KMG, .arg = "E_l",
+     .help = "experts held (default: all); a slice [offset, offset+E_l)"},
+    {.name = "expert-offset", COUNT(0, INT32_MAX), AT(offset), .def = "0", .flags = EPM_OPT_KMG, .arg = "O",
+     .help = "first local expert"},
+    {.name = "layer", COUNT(0, INT32_MAX), AT(layer), .def = "0", .flags = EPM_OPT_KMG, .arg = "L",
+     .help = "layer index fed to the generator"},
+    {.name = "threads", COUNT(1, 4096), AT(threads), .flags = EPM_OPT_KMG, .arg = "T",
+     .help = "CPU threads (default $EPMOE_THREADS, else all cores)"},
+    {.name = "no-shared", .kind = EPM_OPT_FLAG, AT(no_shared), .help = "leave out the shared expert"},
+    {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "one JSON object instead of text"},
+};
+
+static epm_opt_cmd_t command(opts_t *o, epm_opt_group_t *g) {
+  *g = (epm_opt_group_t){NULL, ref_opts, sizeof ref_opts / sizeof ref_opts[0], o, NULL};
+  return (epm_opt_cmd_t){
+      .prog = "epmoectl ref",
+      .synopsis = "usage: epmoectl ref --preset NAME --tokens N --seed S [options]",
+      .about = "Generate one MoE layer (NVFP4 weights quantized from Gaussians with ModelOpt's\n"
+               "formulas) and N unit-RMS bf16 tokens from the seed, run router, routing, NVFP4\n"
+               "input quantization, the local experts and (unless --no-shared) the shared expert\n"
+               "on the CPU reference, and print a checksum of the bf16 output:\n"
+               "  fnv1a64 of the output's little-endian bf16 bytes, the fp64 sum and max |value|.\n"
+               "With --local-experts below the expert count the output is this slice's EP partial.",
+      .epilog = "Counts accept K/M/G suffixes (x1024). Exit: 0 ok, 1 failure, 64 usage error.",
+      .groups = g,
+      .ngroups = 1};
 }
 
 static void print_text(const opts_t *o, const epm_layer_t *l, int threads, int64_t local_slots, double gen_s,
@@ -127,20 +98,18 @@ static void print_json(const opts_t *o, const epm_layer_t *l, int threads, int64
 }
 
 int epm_ctl_ref(int argc, char **argv) {
-  opts_t o = {NULL, -1, -1, -1, 0, 0, 0, 0, 0};
-  int rc = parse(argc, argv, &o);
-  if (rc) return rc < 0 ? 0 : rc;
+  opts_t o = {.local = -1};
+  epm_opt_group_t g;
+  epm_opt_result_t res;
+  epm_opt_cmd_t cmd = command(&o, &g);
+  int rc = epm_ctl_args(&cmd, argc, argv, &res);
+  if (rc >= 0) return rc;
   epm_model_dims_t d;
-  if (epm_model_preset(o.preset, &d) != EPM_OK) {
-    fprintf(stderr, "epmoectl ref: %s\n", epm_last_error());
-    return 2;
-  }
+  if (epm_model_preset(o.preset, &d) != EPM_OK) return epm_ctl_usage(&cmd, "%s", epm_last_error());
   if (o.local < 0) o.local = d.num_experts - o.offset;
-  if (o.offset + o.local > d.num_experts || o.local < 0) {
-    fprintf(stderr, "epmoectl ref: --expert-offset %lld + --local-experts %lld exceeds the %lld experts of %s\n",
-            o.offset, o.local, (long long)d.num_experts, d.name);
-    return 2;
-  }
+  if (o.offset + o.local > d.num_experts || o.local < 0)
+    return epm_ctl_usage(&cmd, "--expert-offset %lld + --local-experts %lld exceeds the %lld experts of %s", o.offset,
+                         o.local, (long long)d.num_experts, d.name);
   const int64_t m = o.tokens, H = d.hidden, k = d.top_k;
   epm_layer_t l;
   epm_bf16_t *x = NULL, *out = NULL;

@@ -10,19 +10,19 @@
 int epm_ctl_shutdown(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_sock_t *socks;
-  int rc = 0, n;
+  epm_opt_result_t res;
+  int rc, n;
   ctl_target_defaults(&o, 5000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "shutdown");
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      printf("usage: epmoectl shutdown [--rank R | --all] [--socket-dir DIR]\n%s", ctl_target_help);
-      return 0;
-    }
-    fprintf(stderr, "epmoectl shutdown: unknown option '%s' (see --help)\n", argv[i]);
-    return 2;
-  }
+  epm_opt_group_t g[] = {ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {.prog = "epmoectl shutdown",
+                       .synopsis = "usage: epmoectl shutdown [--rank R | --all] [--socket-dir DIR]",
+                       .about = "Ask the selected daemons to drain and exit; one rank's SHUTDOWN drains the\n"
+                                "whole group, so --rank 0 is enough.",
+                       .epilog = "Exit: 0 ok, 1 a daemon could not be asked, 64 usage error.",
+                       .groups = g,
+                       .ngroups = 1};
+  if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) return rc;
+  rc = 0;
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;

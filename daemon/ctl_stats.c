@@ -66,26 +66,30 @@ static void merge_prom(char **texts, int n) {
   free(fam);
 }
 
+/* The format, a single epm_text_format_t (the group's base). */
+static const epm_opt_t stats_opts[] = {
+    {.name = "json", .kind = EPM_OPT_SET, .off = 0, .size = sizeof(epm_text_format_t), .value = EPM_FMT_JSON,
+     .help = "one JSON object per rank"},
+    {.name = "prometheus", .kind = EPM_OPT_SET, .off = 0, .size = sizeof(epm_text_format_t),
+     .value = EPM_FMT_PROMETHEUS, .help = "Prometheus text exposition, every series labelled with its rank"},
+};
+
 int epm_ctl_stats(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_sock_t *socks;
   epm_text_format_t fmt = EPM_FMT_TEXT;
+  epm_opt_result_t res;
   int rc = 0, n;
   ctl_target_defaults(&o, 5000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "stats");
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(argv[i], "--json") == 0) fmt = EPM_FMT_JSON;
-    else if (strcmp(argv[i], "--prometheus") == 0) fmt = EPM_FMT_PROMETHEUS;
-    else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      printf("usage: epmoectl stats [--prometheus | --json] [--rank R | --all] [--socket-dir DIR]\n%s", ctl_target_help);
-      return 0;
-    } else {
-      fprintf(stderr, "epmoectl stats: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
+  epm_opt_group_t g[] = {{NULL, stats_opts, 2, &fmt, NULL}, ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {.prog = "epmoectl stats",
+                       .synopsis = "usage: epmoectl stats [--prometheus | --json] [--rank R | --all] [--socket-dir DIR]",
+                       .about = "Each selected daemon's counters (INFO text by default).",
+                       .epilog = "Exit: 0 ok, 1 a daemon could not be asked, 64 usage error.",
+                       .groups = g,
+                       .ngroups = 2};
+  if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) return rc;
+  rc = 0;
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
   if (fmt == EPM_FMT_PROMETHEUS && n > 1) {
     char **texts = calloc((size_t)n, sizeof *texts);

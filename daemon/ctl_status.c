@@ -6,24 +6,26 @@
 #include "ctl.h"
 #include "ctl_common.h"
 
+static const epm_opt_t status_opts[] = {
+    {.name = "json", .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int),
+     .help = "one JSON object per rank (an array with several ranks)"},
+};
+
 int epm_ctl_status(int argc, char **argv) {
   ctl_target_opts_t o;
   ctl_sock_t *socks;
-  int json = 0, rc = 0, n;
+  epm_opt_result_t res;
+  int json = 0, rc, n;
   ctl_target_defaults(&o, 5000);
-  for (int i = 1; i < argc; i++) {
-    int k = ctl_target_opt(&o, argc, argv, &i, "status");
-    if (k == 2) return 2;
-    if (k) continue;
-    if (strcmp(argv[i], "--json") == 0) json = 1;
-    else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-      printf("usage: epmoectl status [--json] [--rank R | --all] [--socket-dir DIR]\n%s", ctl_target_help);
-      return 0;
-    } else {
-      fprintf(stderr, "epmoectl status: unknown option '%s' (see --help)\n", argv[i]);
-      return 2;
-    }
-  }
+  epm_opt_group_t g[] = {{NULL, status_opts, 1, &json, NULL}, ctl_target_group(&o)};
+  epm_opt_cmd_t cmd = {.prog = "epmoectl status",
+                       .synopsis = "usage: epmoectl status [--json] [--rank R | --all] [--socket-dir DIR]",
+                       .about = "Each selected daemon's STATUS: Redis-INFO-style text, or JSON.",
+                       .epilog = "Exit: 0 ok, 1 a daemon could not be asked, 64 usage error.",
+                       .groups = g,
+                       .ngroups = 2};
+  if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) return rc;
+  rc = 0;
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
   if (json && n > 1) printf("[");
   for (int i = 0; i < n; i++) {

@@ -39,7 +39,6 @@
 #include "epmoe/tokens.h"
 
 #define MAX_RANKS 4096
-#define DEFAULT_TOL 0.015625
 
 typedef struct {
   const char *preset;
@@ -53,43 +52,57 @@ typedef struct {
   epm_dtype_t partial;
   int shared, check, json;
   double tol;
+  epm_opt_list_t tokens_list; /* --tokens-per-rank as parsed; copied into tokens */
 } step_opts_t;
 
-static void usage(FILE *f) {
-  fprintf(f,
-          "usage: mpirun -np P epmoectl step --preset NAME --tokens-per-rank a,b,... --seed S [options]\n"
-          "\n"
-          "Run one MoE layer step across the P ranks of the job (expert parallel, in-process):\n"
-          "route -> quantize -> allgather-v -> local experts -> reduce-scatter-v -> + shared expert.\n"
-          "The seed defines the global token set; rank r takes the r-th slice of it.\n"
-          "\n"
-          "  --preset NAME          model dims: deepseek-r1, qwen3-235b, llama4-maverick, tiny\n"
-          "  --tokens-per-rank LIST one count per rank (P values, each >= 0), e.g. 4,0,7,1\n"
-          "  --seed S               token set seed (x and router logits), >= 0\n"
-          "  --weights-seed W       layer weights seed (default: S)\n"
-          "  --layer L              layer index (default 0)\n"
-          "  --experts E            override the preset's routed expert count (E %% P must be 0)\n"
-          "  --routing NAME         override the routing method (default, renormalize,\n"
-          "                         renormalize-naive, deepseek-v3, llama4, topk); methods other\n"
-          "                         than deepseek-v3 drop the expert groups, llama4 implies top-1\n"
-          "  --top-k K              override the preset's top-k\n"
-          "  --backend cpu|cuda     where the stages run (default cpu; cuda uses the nccl comm)\n"
-          "  --scale static|dynamic global scale: the layer's input_scale (default), or the\n"
-          "                         all-reduced amax of this step\n"
-          "  --no-shared            leave out the shared expert\n"
-          "  --partial f32|bf16     reduce-scatter dtype (default f32)\n"
-          "  --threads T            reference threads per rank (default: cores / ranks on the node)\n"
-          "  --repeat N             run the step N times; the output must be bit-identical (default 1)\n"
-          "  --warmup N             untimed steps first (NCCL connects on first use; default 0)\n"
-          "  --check                rank 0 recomputes the EP=1 result with the reference and\n"
-          "                         prints max_err = max|y-ref| / max|ref|; exit 1 above tolerance\n"
-          "  --tolerance X          check tolerance (default 0.015625 = 2^-6; 0 = bit-identical)\n"
-          "  --json                 one JSON object on stdout (rank 0)\n"
-          "  --help                 this text\n"
-          "\n"
-          "Prints per-rank stage timings (mean over the repeats) and the checksum of the global\n"
-          "output (gathered to rank 0 in rank order): fnv1a64 of the bf16 bytes, sum, max |y|.\n");
-}
+#define AT(field) EPM_OPT_AT(step_opts_t, field)
+/* counts: int64 in [lo, hi], K/M/G suffixes allowed */
+#define COUNT(lo, hi) .kind = EPM_OPT_INT64, .min = (lo), .max = (hi)
+
+static const epm_opt_choice_t backends[] = {{"cpu", EPM_BACKEND_CPU}, {"cuda", EPM_BACKEND_CUDA}, {NULL, 0}};
+static const epm_opt_choice_t scales[] = {{"static", EPM_SCALE_STATIC}, {"dynamic", EPM_SCALE_DYNAMIC}, {NULL, 0}};
+static const epm_opt_choice_t partials[] = {{"f32", EPM_DTYPE_F32}, {"bf16", EPM_DTYPE_BF16}, {NULL, 0}};
+
+static const epm_opt_t step_opts[] = {
+    {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
+     .help = "model dims: deepseek-r1, qwen3-235b, llama4-maverick, tiny"},
+    {.name = "tokens-per-rank", .kind = EPM_OPT_LIST, AT(tokens_list), .min = 0, .max = 1LL << 40,
+     .max_items = MAX_RANKS, .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .arg = "LIST",
+     .help = "one count per rank (P values, each >= 0), e.g. 4,0,7,1"},
+    {.name = "seed", COUNT(0, 1LL << 62), AT(seed), .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .arg = "S",
+     .help = "token set seed (x and router logits)"},
+    {.name = "weights-seed", COUNT(0, 1LL << 62), AT(weights_seed), .flags = EPM_OPT_KMG, .arg = "W",
+     .help = "layer weights seed (default: S)"},
+    {.name = "layer", COUNT(0, 1 << 20), AT(layer), .def = "0", .flags = EPM_OPT_KMG, .arg = "L",
+     .help = "layer index"},
+    {.name = "experts", COUNT(1, 1 << 16), AT(experts), .flags = EPM_OPT_KMG, .arg = "E",
+     .help = "override the preset's routed expert count (E % P must be 0)"},
+    {.name = "routing", .kind = EPM_OPT_STR, AT(routing), .arg = "NAME",
+     .help = "override the routing method (default, renormalize,\n"
+             "renormalize-naive, deepseek-v3, llama4, topk); methods other\n"
+             "than deepseek-v3 drop the expert groups, llama4 implies top-1"},
+    {.name = "top-k", COUNT(1, 1 << 16), AT(top_k), .flags = EPM_OPT_KMG, .arg = "K",
+     .help = "override the preset's top-k"},
+    {.name = "backend", .kind = EPM_OPT_ENUM, AT(backend), .def = "cpu", .choices = backends,
+     .help = "where the stages run (cuda uses the nccl comm)"},
+    {.name = "scale", .kind = EPM_OPT_ENUM, AT(scale), .def = "static", .choices = scales,
+     .help = "global scale: the layer's input_scale, or the\nall-reduced amax of this step"},
+    {.name = "no-shared", .kind = EPM_OPT_SET, AT(shared), .value = 0, .help = "leave out the shared expert"},
+    {.name = "partial", .kind = EPM_OPT_ENUM, AT(partial), .def = "f32", .choices = partials,
+     .help = "reduce-scatter dtype"},
+    {.name = "threads", COUNT(1, 1024), AT(threads), .flags = EPM_OPT_KMG, .arg = "T",
+     .help = "reference threads per rank (default: cores / ranks on the node)"},
+    {.name = "repeat", COUNT(1, 1 << 20), AT(repeat), .def = "1", .flags = EPM_OPT_KMG,
+     .help = "run the step N times; the output must be bit-identical"},
+    {.name = "warmup", COUNT(0, 1000), AT(warmup), .def = "0", .flags = EPM_OPT_KMG,
+     .help = "untimed steps first (NCCL connects on first use)"},
+    {.name = "check", .kind = EPM_OPT_FLAG, AT(check),
+     .help = "rank 0 recomputes the EP=1 result with the reference and\n"
+             "prints max_err = max|y-ref| / max|ref|; exit 1 above tolerance"},
+    {.name = "tolerance", .kind = EPM_OPT_DOUBLE, AT(tol), .def = "0.015625", .fmin = 0, .fmax = 1e30, .arg = "X",
+     .help = "check tolerance (2^-6; 0 = bit-identical)"},
+    {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "one JSON object on stdout (rank 0)"},
+};
 
 /* Usage errors happen before MPI is up; print them once per job. */
 static int launcher_rank0(void) {
@@ -101,129 +114,48 @@ static int launcher_rank0(void) {
   return 1;
 }
 
-static int usage_error(const char *fmt, const char *a, const char *b) {
-  if (launcher_rank0()) {
-    fprintf(stderr, "epmoectl step: ");
-    fprintf(stderr, fmt, a, b);
-    fprintf(stderr, " (see epmoectl step --help)\n");
-  }
-  return 2;
-}
-
-static int parse_list(const char *s, step_opts_t *o) {
-  const char *p = s;
-  int n = 1;
-  for (const char *q = s; *q; q++) n += *q == ',';
-  if (n > MAX_RANKS) return usage_error("--tokens-per-rank has more than %s values%s", "4096", "");
-  o->tokens = calloc((size_t)n, sizeof *o->tokens);
-  if (!o->tokens) return usage_error("out of memory%s%s", "", "");
-  for (int i = 0; i < n; i++) {
-    char buf[32];
-    const char *comma = strchr(p, ',');
-    size_t len = comma ? (size_t)(comma - p) : strlen(p);
-    if (len == 0 || len >= sizeof buf) return usage_error("bad value for --tokens-per-rank: '%s'%s", s, "");
-    memcpy(buf, p, len);
-    buf[len] = '\0';
-    if (!launcher_rank0()) {
-      /* Parse silently off rank 0: the message is printed once. */
-      char *end;
-      errno = 0;
-      long long v = strtoll(buf, &end, 10);
-      if (errno || *end || v < 0 || v > (1LL << 40)) return 2;
-      o->tokens[i] = v;
-    } else if (epm_ctl_parse_i64("--tokens-per-rank", buf, 0, 1LL << 40, &o->tokens[i])) {
-      return 2;
-    }
-    p = comma ? comma + 1 : p + len;
-  }
-  o->ntokens = n;
-  return 0;
-}
-
-static int parse_num(const char *flag, const char *v, long long lo, long long hi, long long *out) {
-  if (!launcher_rank0()) {
-    char *end;
-    errno = 0;
-    long long x = v ? strtoll(v, &end, 10) : 0;
-    if (!v || errno || *end || x < lo || x > hi) return 2;
-    *out = x;
-    return 0;
-  }
-  return epm_ctl_parse_i64(flag, v, lo, hi, out);
-}
-
+/* 0 ok, -1 help printed, else the exit code (message printed on rank 0). */
 static int parse_args(int argc, char **argv, step_opts_t *o) {
+  epm_opt_group_t g = {NULL, step_opts, sizeof step_opts / sizeof step_opts[0], o, NULL};
+  epm_opt_cmd_t cmd = {
+      .prog = "epmoectl step",
+      .synopsis = "usage: mpirun -np P epmoectl step --preset NAME --tokens-per-rank a,b,... --seed S [options]",
+      .about = "Run one MoE layer step across the P ranks of the job (expert parallel, in-process):\n"
+               "route -> quantize -> allgather-v -> local experts -> reduce-scatter-v -> + shared expert.\n"
+               "The seed defines the global token set; rank r takes the r-th slice of it.",
+      .epilog = "Prints per-rank stage timings (mean over the repeats) and the checksum of the global\n"
+                "output (gathered to rank 0 in rank order): fnv1a64 of the bf16 bytes, sum, max |y|.\n"
+                "Exit: 0 ok, 1 step failed / check above tolerance / repeats differ, 64 usage error.",
+      .groups = &g,
+      .ngroups = 1};
+  epm_opt_result_t res;
+  epm_routing_method_t m;
   memset(o, 0, sizeof *o);
-  o->seed = -1;
-  o->repeat = 1;
   o->shared = 1;
-  o->tol = DEFAULT_TOL;
-  o->backend = EPM_BACKEND_CPU;
-  o->partial = EPM_DTYPE_F32;
-  for (int i = 1; i < argc; i++) {
-    const char *a = argv[i];
-    const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-    int takes = 1, rc = 0;
-    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-      usage(stdout);
-      return -1;
-    } else if (!strcmp(a, "--preset")) {
-      if (!v) return usage_error("%s needs a value%s", a, "");
-      o->preset = v;
-    } else if (!strcmp(a, "--tokens-per-rank")) {
-      if (!v) return usage_error("%s needs a value%s", a, "");
-      rc = parse_list(v, o);
-    } else if (!strcmp(a, "--seed")) {
-      rc = parse_num(a, v, 0, (1LL << 62), &o->seed);
-    } else if (!strcmp(a, "--weights-seed")) {
-      rc = parse_num(a, v, 0, (1LL << 62), &o->weights_seed);
-      o->weights_seed_set = 1;
-    } else if (!strcmp(a, "--layer")) {
-      rc = parse_num(a, v, 0, 1 << 20, &o->layer);
-    } else if (!strcmp(a, "--experts")) {
-      rc = parse_num(a, v, 1, 1 << 16, &o->experts);
-    } else if (!strcmp(a, "--top-k")) {
-      rc = parse_num(a, v, 1, 1 << 16, &o->top_k);
-    } else if (!strcmp(a, "--routing")) {
-      epm_routing_method_t m;
-      if (!v || epm_routing_method_parse(v, &m) != EPM_OK)
-        return usage_error("bad value for --routing: '%s' (%s)", v ? v : "", epm_last_error());
-      o->routing = v;
-    } else if (!strcmp(a, "--warmup")) {
-      rc = parse_num(a, v, 0, 1000, &o->warmup);
-    } else if (!strcmp(a, "--repeat")) {
-      rc = parse_num(a, v, 1, 1 << 20, &o->repeat);
-    } else if (!strcmp(a, "--threads")) {
-      rc = parse_num(a, v, 1, 1024, &o->threads);
-    } else if (!strcmp(a, "--backend")) {
-      if (!v || epm_backend_kind_parse(v, &o->backend) != EPM_OK)
-        return usage_error("bad value for --backend: '%s' (cpu or cuda)%s", v ? v : "", "");
-    } else if (!strcmp(a, "--scale")) {
-      if (v && !strcmp(v, "static")) o->scale = EPM_SCALE_STATIC;
-      else if (v && !strcmp(v, "dynamic")) o->scale = EPM_SCALE_DYNAMIC;
-      else return usage_error("bad value for --scale: '%s' (static or dynamic)%s", v ? v : "", "");
-    } else if (!strcmp(a, "--partial")) {
-      if (v && !strcmp(v, "f32")) o->partial = EPM_DTYPE_F32;
-      else if (v && !strcmp(v, "bf16")) o->partial = EPM_DTYPE_BF16;
-      else return usage_error("bad value for --partial: '%s' (f32 or bf16)%s", v ? v : "", "");
-    } else if (!strcmp(a, "--tolerance")) {
-      char *end;
-      double t = v ? strtod(v, &end) : -1.0;
-      if (!v || *end || !(t >= 0.0) || t > 1e30) return usage_error("bad value for --tolerance: '%s'%s", v ? v : "", "");
-      o->tol = t;
-    } else {
-      takes = 0;
-      if (!strcmp(a, "--check")) o->check = 1;
-      else if (!strcmp(a, "--json")) o->json = 1;
-      else if (!strcmp(a, "--no-shared")) o->shared = 0;
-      else return usage_error("unknown option '%s'%s", a, "");
-    }
-    if (rc) return rc;
-    i += takes;
+  o->weights_seed = -1; /* not given: the token seed */
+  epm_status_t st = epm_opt_parse(&cmd, argc, argv, &res);
+  if (st == EPM_OK && res.help) {
+    epm_opt_help(stdout, &cmd);
+    epm_opt_free(&cmd);
+    return -1;
   }
-  if (!o->preset) return usage_error("--preset is required%s%s", "", "");
-  if (!o->tokens) return usage_error("--tokens-per-rank is required%s%s", "", "");
-  if (o->seed < 0) return usage_error("--seed is required%s%s", "", "");
+  if (st == EPM_OK && o->routing && epm_routing_method_parse(o->routing, &m) != EPM_OK)
+    st = epm_error_wrap(EPM_ERR_INVALID_ARG, "bad value for --routing");
+  if (st == EPM_OK) {
+    o->tokens = calloc(o->tokens_list.n, sizeof *o->tokens);
+    if (!o->tokens) st = epm_error(EPM_ERR_NOMEM, "no memory for %zu token counts", o->tokens_list.n);
+    for (size_t r = 0; o->tokens && r < o->tokens_list.n; r++) o->tokens[r] = o->tokens_list.v[r];
+    o->ntokens = (int)o->tokens_list.n; /* at most MAX_RANKS */
+  }
+  epm_opt_free(&cmd);
+  if (st != EPM_OK) {
+    if (launcher_rank0()) {
+      fprintf(stderr, "epmoectl step: %s\n", epm_last_error());
+      if (st == EPM_ERR_INVALID_ARG) epm_opt_usage(stderr, &cmd);
+    }
+    return st == EPM_ERR_INVALID_ARG ? EPM_EXIT_USAGE : 1;
+  }
+  o->weights_seed_set = o->weights_seed >= 0;
   if (!o->weights_seed_set) o->weights_seed = o->seed;
   return 0;
 }

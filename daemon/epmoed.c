@@ -140,8 +140,15 @@ int main(int argc, char **argv) {
   int rc, provided = 0;
   epm_log_level_t lvl;
 
-  rc = srv_config_load(&s->cfg, argc, argv);
-  if (rc) return rc == 1 ? 0 : 2;
+  if (srv_config_load(&s->cfg, argc, argv, &rc) != EPM_OK) {
+    fprintf(stderr, "epmoed: %s\n", epm_last_error());
+    srv_config_usage(stderr, 0);
+    return 64; /* EX_USAGE: bad command line or EPMOE_* value */
+  }
+  if (rc) { /* --help */
+    srv_config_usage(stdout, 1);
+    return 0;
+  }
   if (epm_log_level_parse(s->cfg.log_level, &lvl) == 0) epm_log_set_level(lvl);
   pthread_mutex_init(&s->state_mu, NULL);
   srv_stats_init(&s->stats);

@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <uv.h>
 
 #include "epmoe/protocol.h"
@@ -38,9 +39,13 @@ typedef struct {
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 
-/* Fill defaults, then EPMOE_* env, then flags (flag wins). Returns 0 ok,
- * 1 after printing --help (exit 0), 2 on a bad flag/value (one line printed). */
-int srv_config_load(srv_config_t *c, int argc, char **argv);
+/* Fill defaults, then EPMOE_* env, then flags (flag wins), with the one
+ * option parser (cli_opt.h). Prints nothing: returns EPM_OK (*help set when
+ * --help was asked for), or EPM_ERR_INVALID_ARG with a message naming the
+ * option, the value and the limit. */
+epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, int *help);
+/* The --help text (full) or the synopsis for a usage error, on f. */
+void srv_config_usage(FILE *f, int full);
 /* "config_name:value" lines, Redis INFO style (\r\n), or JSON members
  * "name":{"value":..,"source":..}, appended to b. */
 void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json);

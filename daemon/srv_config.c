@@ -1,190 +1,101 @@
-/* srv_config.c — epmoed's settings: ONE declarative table drives defaults,
- * EPMOE_* environment variables, --flags (flag wins over env), range checks,
- * --help and the config section of STATUS. Parsing is strict: integers need
- * an end-pointer check and a range check, unknown flags are refused, and a bad
- * value is a one-line error naming the flag, the value and the limit. */
-#include <ctype.h>
-#include <errno.h>
-#include <limits.h>
+/* srv_config.c — epmoed's settings: ONE declarative table (daemon/cli_opt.h)
+ * drives defaults, EPMOE_* environment variables, --flags (flag wins over
+ * env), range checks, --help and the config section of STATUS. A bad value is
+ * a one-line error naming the flag, the value and the limit. */
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_opt.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
-typedef enum { T_STR, T_I64, T_SIZE } ctype_t;
+#define AT(field) EPM_OPT_AT(srv_config_t, field)
 
-typedef struct {
-  const char *name; /* flag "--name", env "EPMOE_NAME" (dashes -> underscores) */
-  ctype_t type;
-  size_t off, cap;  /* cap: bytes of a string field */
-  const char *def;
-  int64_t min, max;
-  const char *choices; /* "a|b|c" for enumerated strings, NULL otherwise */
-  const char *help;
-} opt_t;
+static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
+static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
 
-#define F(field) offsetof(srv_config_t, field), sizeof(((srv_config_t *)0)->field)
-
-static const opt_t opts[] = {
-    {"model", T_STR, F(model), "", 0, 0, NULL, "checkpoint directory (NVFP4 safetensors); overrides --preset"},
-    {"preset", T_STR, F(preset), "tiny", 0, 0, NULL, "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick, or mix (a stand-in step for tests)"},
-    {"seed", T_I64, F(seed), "1", 0, INT64_MAX, NULL, "seed of the generated preset weights"},
-    {"layers", T_I64, F(layers), "1", 0, 4096, NULL, "MoE layers served: preset layers 0..N-1, or a checkpoint's first N (0 = all)"},
-    {"backend", T_STR, F(backend), "auto", 0, 0, "cpu|cuda|auto", "where the experts run (auto: cuda when a GPU is visible)"},
-    {"socket-dir", T_STR, F(socket_dir), "", 0, 0, NULL, "directory of epmoe.<rank>.sock (default $XDG_RUNTIME_DIR/epmoe or /run/epmoe)"},
-    {"max-tokens-per-rank", T_I64, F(max_tokens_per_rank), "4096", 1, (int64_t)1 << 24, NULL, "largest m_r one FORWARD may carry"},
-    {"log-level", T_STR, F(log_level), "info", 0, 0, "error|warn|info|debug", "log verbosity"},
-    {"step-timeout", T_I64, F(step_timeout_s), "30", 1, 86400, NULL, "seconds a step may wait for all ranks / run before it fails"},
-    {"metrics-port", T_I64, F(metrics_port), "0", 0, 65535, NULL, "serve Prometheus /metrics on 127.0.0.1:PORT (0 = off)"},
-    {"max-frame", T_SIZE, F(max_frame), "1G", 4096, (int64_t)1 << 40, NULL, "largest frame payload accepted (K/M/G suffixes)"},
-    {"allowed-group", T_STR, F(allowed_group), "", 0, 0, NULL, "group (name or gid) whose members may connect besides our uid"},
-    {"max-connections", T_I64, F(max_connections), "64", 1, 4096, NULL, "simultaneous client connections"},
-    {"warmup-tokens", T_I64, F(warmup_tokens), "4", 0, 1 << 20, NULL, "tokens per rank of the start-up warm-up step"},
-    {"step-delay-ms", T_I64, F(step_delay_ms), "0", 0, 600000, NULL, "testing: sleep this long inside every step"},
+/* The environment variable of --name is EPMOE_NAME (dashes -> underscores);
+ * scripts and unit files depend on these names. */
+static const epm_opt_t opts[] = {
+    {.name = "model", .kind = EPM_OPT_STRBUF, AT(model), .def = "", .env = "EPMOE_MODEL", .arg = "DIR",
+     .help = "checkpoint directory (NVFP4 safetensors); overrides --preset"},
+    {.name = "preset", .kind = EPM_OPT_STRBUF, AT(preset), .def = "tiny", .env = "EPMOE_PRESET", .arg = "NAME",
+     .help = "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick,\nor mix (a stand-in step for tests)"},
+    {.name = "seed", .kind = EPM_OPT_INT64, AT(seed), .def = "1", .min = 0, .max = INT64_MAX, .env = "EPMOE_SEED",
+     .help = "seed of the generated preset weights"},
+    {.name = "layers", .kind = EPM_OPT_INT64, AT(layers), .def = "1", .min = 0, .max = 4096, .env = "EPMOE_LAYERS",
+     .help = "MoE layers served: preset layers 0..N-1, or a checkpoint's\nfirst N (0 = all)"},
+    {.name = "backend", .kind = EPM_OPT_STRBUF, AT(backend), .def = "auto", .choices = backends,
+     .env = "EPMOE_BACKEND", .help = "where the experts run (auto: cuda when a GPU is visible)"},
+    {.name = "socket-dir", .kind = EPM_OPT_STRBUF, AT(socket_dir), .def = "", .env = "EPMOE_SOCKET_DIR",
+     .arg = "DIR", .help = "directory of epmoe.<rank>.sock\n(default $XDG_RUNTIME_DIR/epmoe or /run/epmoe)"},
+    {.name = "max-tokens-per-rank", .kind = EPM_OPT_INT64, AT(max_tokens_per_rank), .def = "4096", .min = 1,
+     .max = (int64_t)1 << 24, .env = "EPMOE_MAX_TOKENS_PER_RANK", .help = "largest m_r one FORWARD may carry"},
+    {.name = "log-level", .kind = EPM_OPT_STRBUF, AT(log_level), .def = "info", .choices = log_levels,
+     .env = "EPMOE_LOG_LEVEL", .help = "log verbosity"},
+    {.name = "step-timeout", .kind = EPM_OPT_INT64, AT(step_timeout_s), .def = "30", .min = 1, .max = 86400,
+     .env = "EPMOE_STEP_TIMEOUT", .arg = "S", .help = "seconds a step may wait for all ranks / run before it fails"},
+    {.name = "metrics-port", .kind = EPM_OPT_INT64, AT(metrics_port), .def = "0", .min = 0, .max = 65535,
+     .env = "EPMOE_METRICS_PORT", .arg = "PORT", .help = "serve Prometheus /metrics on 127.0.0.1:PORT (0 = off)"},
+    {.name = "max-frame", .kind = EPM_OPT_INT64, AT(max_frame), .def = "1G", .min = 4096, .max = (int64_t)1 << 40,
+     .flags = EPM_OPT_KMG, .env = "EPMOE_MAX_FRAME", .arg = "BYTES",
+     .help = "largest frame payload accepted (K/M/G suffixes)"},
+    {.name = "allowed-group", .kind = EPM_OPT_STRBUF, AT(allowed_group), .def = "", .env = "EPMOE_ALLOWED_GROUP",
+     .arg = "GROUP", .help = "group (name or gid) whose members may connect besides our uid"},
+    {.name = "max-connections", .kind = EPM_OPT_INT64, AT(max_connections), .def = "64", .min = 1, .max = 4096,
+     .env = "EPMOE_MAX_CONNECTIONS", .help = "simultaneous client connections"},
+    {.name = "warmup-tokens", .kind = EPM_OPT_INT64, AT(warmup_tokens), .def = "4", .min = 0, .max = 1 << 20,
+     .env = "EPMOE_WARMUP_TOKENS", .help = "tokens per rank of the start-up warm-up step"},
+    {.name = "step-delay-ms", .kind = EPM_OPT_INT64, AT(step_delay_ms), .def = "0", .min = 0, .max = 600000,
+     .env = "EPMOE_STEP_DELAY_MS", .arg = "MS", .help = "testing: sleep this long inside every step"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");
 
 static const char *src_name[] = {"default", "environment", "flag"};
 
-static int parse_i64(const char *s, int size_suffix, int64_t *out) {
-  char *end = NULL;
-  long long v;
-  int64_t mul = 1;
-  errno = 0;
-  v = strtoll(s, &end, 10);
-  if (errno || end == s) return 1;
-  if (size_suffix && *end && end[1] == '\0') {
-    switch (*end) {
-      case 'K': case 'k': mul = (int64_t)1 << 10; end++; break;
-      case 'M': case 'm': mul = (int64_t)1 << 20; end++; break;
-      case 'G': case 'g': mul = (int64_t)1 << 30; end++; break;
-      default: break;
-    }
-  }
-  if (*end != '\0' || __builtin_mul_overflow((int64_t)v, mul, out)) return 1;
-  return 0;
+/* c is only read by --help (no option shows its initial value). */
+static epm_opt_cmd_t command(srv_config_t *c, epm_opt_group_t *g) {
+  *g = (epm_opt_group_t){NULL, opts, NOPTS, c, c->src};
+  return (epm_opt_cmd_t){
+      .prog = "epmoed",
+      .synopsis = "usage: mpirun -np N epmoed [--preset NAME --seed N | --model DIR] [options]",
+      .about = "One daemon per rank; serves FORWARD steps on DIR/epmoe.<rank>.sock.\n"
+               "Every option also reads an environment variable; the flag wins.",
+      .epilog = "Exit: 0 drained after SIGTERM or SHUTDOWN, 1 start-up or runtime failure,\n"
+                "3 a step stuck past --step-timeout (fail-stop), 64 bad command line or environment.",
+      .groups = g,
+      .ngroups = 1};
 }
 
-static int in_choices(const char *choices, const char *v) {
-  size_t n = strlen(v);
-  for (const char *p = choices; p && *p;) {
-    const char *bar = strchr(p, '|');
-    size_t len = bar ? (size_t)(bar - p) : strlen(p);
-    if (len == n && strncmp(p, v, n) == 0) return 1;
-    p = bar ? bar + 1 : p + len;
-  }
-  return 0;
-}
-
-/* Store value into the field of row o; print one line and return 2 on error. */
-static int set(srv_config_t *c, const opt_t *o, const char *val, const char *from) {
-  char *base = (char *)c + o->off;
-  if (o->type == T_STR) {
-    if (strlen(val) >= o->cap) {
-      fprintf(stderr, "epmoed: bad value for --%s (%s): %zu characters, the limit is %zu\n", o->name,
-              from, strlen(val), o->cap - 1);
-      return 2;
-    }
-    if (o->choices && !in_choices(o->choices, val)) {
-      fprintf(stderr, "epmoed: bad value for --%s (%s): '%s' is not one of %s\n", o->name, from, val,
-              o->choices);
-      return 2;
-    }
-    memcpy(base, val, strlen(val) + 1);
-    return 0;
-  }
-  int64_t v;
-  if (parse_i64(val, o->type == T_SIZE, &v)) {
-    fprintf(stderr, "epmoed: bad value for --%s (%s): '%s' is not an integer%s\n", o->name, from, val,
-            o->type == T_SIZE ? " (K/M/G suffix allowed)" : "");
-    return 2;
-  }
-  if (v < o->min || v > o->max) {
-    fprintf(stderr, "epmoed: bad value for --%s (%s): %lld is outside [%lld, %lld]\n", o->name, from,
-            (long long)v, (long long)o->min, (long long)o->max);
-    return 2;
-  }
-  memcpy(base, &v, sizeof v);
-  return 0;
-}
-
-static void env_name(const opt_t *o, char *out, size_t n) {
-  size_t k = (size_t)snprintf(out, n, "EPMOE_");
-  for (const char *p = o->name; *p && k + 1 < n; p++) out[k++] = *p == '-' ? '_' : (char)toupper((unsigned char)*p);
-  out[k] = '\0';
-}
-
-static void usage(void) {
-  char env[64];
-  printf("usage: mpirun -np N epmoed [--preset NAME --seed N | --model DIR] [options]\n\n"
-         "One daemon per rank; serves FORWARD steps on DIR/epmoe.<rank>.sock.\n"
-         "Every option also reads an environment variable; the flag wins.\n\noptions:\n");
-  for (size_t i = 0; i < NOPTS; i++) {
-    env_name(&opts[i], env, sizeof env);
-    printf("  --%-21s %s\n  %-23s default '%s'%s%s, env %s\n", opts[i].name, opts[i].help, "",
-           opts[i].def, opts[i].choices ? ", one of " : "", opts[i].choices ? opts[i].choices : "", env);
-  }
-  printf("  --help                  this text\n");
-}
-
-int srv_config_load(srv_config_t *c, int argc, char **argv) {
-  char env[64];
+epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, int *help) {
+  epm_opt_group_t g;
+  epm_opt_result_t res;
   memset(c, 0, sizeof *c);
-  for (size_t i = 0; i < NOPTS; i++)
-    if (set(c, &opts[i], opts[i].def, "default")) return 2;
-  for (size_t i = 0; i < NOPTS; i++) {
-    const char *v;
-    env_name(&opts[i], env, sizeof env);
-    if ((v = getenv(env)) != NULL) {
-      if (set(c, &opts[i], v, env)) return 2;
-      c->src[i] = 1;
-    }
-  }
-  for (int a = 1; a < argc; a++) {
-    const char *arg = argv[a], *val = NULL;
-    size_t nlen;
-    if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
-      usage();
-      return 1;
-    }
-    if (strncmp(arg, "--", 2) != 0) {
-      fprintf(stderr, "epmoed: unexpected argument '%s' (see --help)\n", arg);
-      return 2;
-    }
-    arg += 2;
-    const char *eq = strchr(arg, '=');
-    nlen = eq ? (size_t)(eq - arg) : strlen(arg);
-    const opt_t *o = NULL;
-    size_t idx = 0;
-    for (size_t i = 0; i < NOPTS; i++)
-      if (strlen(opts[i].name) == nlen && strncmp(opts[i].name, arg, nlen) == 0) o = &opts[i], idx = i;
-    if (!o) {
-      fprintf(stderr, "epmoed: unknown flag '--%.*s' (see --help)\n", (int)nlen, arg);
-      return 2;
-    }
-    if (eq) val = eq + 1;
-    else if (a + 1 < argc) val = argv[++a];
-    else {
-      fprintf(stderr, "epmoed: --%s needs a value\n", o->name);
-      return 2;
-    }
-    if (set(c, o, val, "flag")) return 2;
-    c->src[idx] = 2;
-  }
+  epm_opt_cmd_t cmd = command(c, &g);
+  EPM_TRY(epm_opt_parse(&cmd, argc, argv, &res));
+  *help = res.help;
+  if (res.help) return EPM_OK;
   if (c->socket_dir[0] == '\0') {
     const char *x = getenv("XDG_RUNTIME_DIR");
     int n = x && *x ? snprintf(c->socket_dir, sizeof c->socket_dir, "%s/epmoe", x)
                     : snprintf(c->socket_dir, sizeof c->socket_dir, "/run/epmoe");
-    if (n < 0 || (size_t)n >= sizeof c->socket_dir) {
-      fprintf(stderr, "epmoed: $XDG_RUNTIME_DIR is too long for a socket path; pass --socket-dir\n");
-      return 2;
-    }
+    if (n < 0 || (size_t)n >= sizeof c->socket_dir)
+      return epm_error(EPM_ERR_INVALID_ARG, "$XDG_RUNTIME_DIR is %zu characters, too long for a socket path "
+                       "(limit %zu); pass --socket-dir", strlen(x), sizeof c->socket_dir - 1 - strlen("/epmoe"));
   }
-  return 0;
+  return EPM_OK;
+}
+
+void srv_config_usage(FILE *f, int full) {
+  srv_config_t c;
+  epm_opt_group_t g;
+  memset(&c, 0, sizeof c);
+  epm_opt_cmd_t cmd = command(&c, &g);
+  if (full) epm_opt_help(f, &cmd);
+  else epm_opt_usage(f, &cmd);
 }
 
 static void json_str(epm_buf_t *b, const char *s) {
@@ -199,41 +110,28 @@ static void json_str(epm_buf_t *b, const char *s) {
   epm_buf_put(b, "\"", 1);
 }
 
+static int is_text(const epm_opt_t *o) { return o->kind == EPM_OPT_STRBUF; }
+
 void srv_config_log(const srv_config_t *c) {
   for (size_t i = 0; i < NOPTS; i++) {
-    const opt_t *o = &opts[i];
-    const char *base = (const char *)c + o->off;
-    int64_t v;
-    char env[64];
+    char val[600];
     if (!c->src[i]) continue;
-    env_name(o, env, sizeof env);
-    if (o->type == T_STR) {
-      EPM_LOG(EPM_LOG_INFO, "config", "--%s=%s (set by %s%s%s)", o->name, base, src_name[c->src[i]],
-              c->src[i] == 1 ? " " : "", c->src[i] == 1 ? env : "");
-    } else {
-      memcpy(&v, base, sizeof v);
-      EPM_LOG(EPM_LOG_INFO, "config", "--%s=%lld (set by %s%s%s)", o->name, (long long)v, src_name[c->src[i]],
-              c->src[i] == 1 ? " " : "", c->src[i] == 1 ? env : "");
-    }
+    EPM_LOG(EPM_LOG_INFO, "config", "--%s=%s (set by %s%s%s)", opts[i].name, epm_opt_format(&opts[i], c, val, sizeof val),
+            src_name[c->src[i]], c->src[i] == EPM_OPT_SRC_ENV ? " " : "",
+            c->src[i] == EPM_OPT_SRC_ENV ? opts[i].env : "");
   }
 }
 
 void srv_config_dump(const srv_config_t *c, epm_buf_t *b, int json) {
   char line[700];
   for (size_t i = 0; i < NOPTS; i++) {
-    const opt_t *o = &opts[i];
-    const char *base = (const char *)c + o->off;
+    const epm_opt_t *o = &opts[i];
     char val[600];
-    if (o->type == T_STR) snprintf(val, sizeof val, "%s", base);
-    else {
-      int64_t v;
-      memcpy(&v, base, sizeof v);
-      snprintf(val, sizeof val, "%lld", (long long)v);
-    }
+    epm_opt_format(o, c, val, sizeof val);
     if (json) {
       snprintf(line, sizeof line, "%s\"%s\":{\"value\":", i ? "," : "", o->name);
       epm_buf_put(b, line, strlen(line));
-      if (o->type == T_STR) json_str(b, val);
+      if (is_text(o)) json_str(b, val);
       else epm_buf_put(b, val, strlen(val));
       snprintf(line, sizeof line, ",\"source\":\"%s\"}", src_name[c->src[i]]);
     } else {

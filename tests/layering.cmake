@@ -10,7 +10,8 @@ add_test(NAME layering
                  base=$<TARGET_FILE:epmoe_base> kernels=$<TARGET_FILE:epmoe_kernels>
                  comm=$<TARGET_FILE:epmoe_comm> runtime=$<TARGET_FILE:epmoe_runtime>
                  client=$<TARGET_FILE:epmoe_client_static>
-                 daemon=$<TARGET_FILE:epmoe_srv> daemon=$<TARGET_FILE:epmoe_ctl>)
+                 daemon=$<TARGET_FILE:epmoe_srv> daemon=$<TARGET_FILE:epmoe_ctl>
+                 daemon=$<TARGET_FILE:epmoe_cli>)
 set_tests_properties(layering PROPERTIES LABELS cpu TIMEOUT 60)
 
 # No weak symbols, no CMake existence guards, no tracker letters (tests/hygiene.sh).

@@ -36,12 +36,13 @@ counts() { # counts A B C D -> first NP of them, comma separated
 }
 
 MPORT=$((20000 + $$ % 20000))
-"$EPMOED" --bogus-flag >/dev/null 2>&1; [ $? = 2 ] || fail "epmoed --bogus-flag did not exit 2"
-EPMOE_MAX_TOKENS_PER_RANK=abc "$EPMOED" >/dev/null 2>&1; [ $? = 2 ] || fail "a bad EPMOE_* value did not exit 2"
-"$CTL" forward --bogus >/dev/null 2>&1; [ $? = 2 ] || fail "epmoectl forward --bogus did not exit 2"
+"$EPMOED" --bogus-flag >/dev/null 2>&1; [ $? = 64 ] || fail "epmoed --bogus-flag did not exit 64"
+EPMOE_MAX_TOKENS_PER_RANK=abc "$EPMOED" >/dev/null 2>&1; [ $? = 64 ] || fail "a bad EPMOE_* value did not exit 64"
+"$CTL" forward --bogus >/dev/null 2>&1; [ $? = 64 ] || fail "epmoectl forward --bogus did not exit 64"
 # env is read, and the flag wins over it (checked in STATUS below)
 export EPMOE_MAX_CONNECTIONS=33 EPMOE_STEP_TIMEOUT=99
-$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" --step-timeout 3 \
+# (--x=v and --x v are the same option; both spellings are used here)
+$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend=cpu --socket-dir "$S" --step-timeout=3 \
   --step-delay-ms 600 --warmup-tokens 2 --metrics-port "$MPORT" >"$T/log" 2>&1 &
 MP=$!
 for _ in $(seq 1 150); do
@@ -59,9 +60,9 @@ unset EPMOE_MAX_CONNECTIONS EPMOE_STEP_TIMEOUT
 st=$("$CTL" status --socket-dir "$S" --rank 0) || fail "status"
 echo "$st" | grep -q "^config_max_connections:33" || fail "EPMOE_MAX_CONNECTIONS not applied"
 echo "$st" | grep -q "^config_step_timeout:3" || fail "--step-timeout did not win over EPMOE_STEP_TIMEOUT"
-"$CTL" status --socket-dir "$S" --rank 0 --json | grep -q '"max-connections":{"value":33,"source":"environment"}' ||
+"$CTL" status --socket-dir="$S" --rank=0 --json | grep -q '"max-connections":{"value":33,"source":"environment"}' ||
   fail "status --json does not name the environment as the source"
-ok "config: bad flag/env exit 2, env applied, flag wins over env"
+ok "config: bad flag/env exit 64, env applied, flag wins over env"
 
 if [ -n "$PROBE" ]; then
   for m in badmagic oversize partial peercred; do

@@ -13,9 +13,9 @@ expect() { # expect CODE PATTERN CMD...
   printf '%s' "$out" | grep -q -- "$pat" || fail "$* output lacks '$pat': $out"
 }
 expect 0 "usage: epmoectl ckpt make" "$ctl" ckpt --help
-expect 2 "required" "$ctl" ckpt make --preset tiny
-expect 2 "unknown model preset" "$ctl" ckpt make --preset nope --layers 1 --out "$tmp/x"
-expect 2 "outside" "$ctl" ckpt make --preset tiny --layers 0 --out "$tmp/x"
+expect 64 "required" "$ctl" ckpt make --preset tiny
+expect 64 "unknown model preset" "$ctl" ckpt make --preset nope --layers 1 --out "$tmp/x"
+expect 64 "outside" "$ctl" ckpt make --preset tiny --layers 0 --out "$tmp/x"
 expect 0 "wrote" "$ctl" ckpt make --preset tiny --layers 2 --out "$tmp/ok" --shard-mb 1
 expect 1 "already holds a checkpoint" "$ctl" ckpt make --preset tiny --layers 1 --out "$tmp/ok"
 expect 0 "^ok" "$ctl" ckpt inspect "$tmp/ok"

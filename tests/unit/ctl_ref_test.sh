@@ -7,11 +7,11 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 fnv() { sed -n 's/.*"fnv1a64":"\([0-9a-f]*\)".*/\1/p'; }
 
 "$ctl" ref --help | grep -q "usage: epmoectl ref" || fail "--help"
-"$ctl" ref --preset tiny --tokens 4 --seed 1 --bogus 2>/dev/null; [ $? = 2 ] || fail "unknown flag must exit 2"
-"$ctl" ref --preset tiny --tokens 4 2>/dev/null; [ $? = 2 ] || fail "missing --seed must exit 2"
-"$ctl" ref --preset nope --tokens 4 --seed 1 2>/dev/null; [ $? = 2 ] || fail "unknown preset must exit 2"
-"$ctl" ref --preset tiny --tokens 4 --seed 1 --local-experts 17 2>/dev/null; [ $? = 2 ] || fail "E_l > E must exit 2"
-"$ctl" ref --preset tiny --tokens -3 --seed 1 2>/dev/null; [ $? = 2 ] || fail "negative tokens must exit 2"
+"$ctl" ref --preset tiny --tokens 4 --seed 1 --bogus 2>/dev/null; [ $? = 64 ] || fail "unknown flag must exit 64"
+"$ctl" ref --preset tiny --tokens 4 2>/dev/null; [ $? = 64 ] || fail "missing --seed must exit 64"
+"$ctl" ref --preset nope --tokens 4 --seed 1 2>/dev/null; [ $? = 64 ] || fail "unknown preset must exit 64"
+"$ctl" ref --preset tiny --tokens 4 --seed 1 --local-experts 17 2>/dev/null; [ $? = 64 ] || fail "E_l > E must exit 64"
+"$ctl" ref --preset tiny --tokens -3 --seed 1 2>/dev/null; [ $? = 64 ] || fail "negative tokens must exit 64"
 
 a=$("$ctl" ref --preset tiny --tokens 64 --seed 1 --threads 1 --json | fnv)
 b=$("$ctl" ref --preset tiny --tokens 64 --seed 1 --threads 2 --json | fnv)

@@ -351,9 +351,9 @@ static void test_invariants(void **state) {
   assert_int_equal(epm_layer_generate(&d, 1, 99, E / 2, E / 2, &hi), EPM_OK);
   /* EP slices of the generator are slices of the full model */
   const size_t w = (size_t)(d.intermediate * H / 2);
-  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (E / 2) * w, (E / 2) * w);
-  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (E / 2) * w, (E / 2) * w);
-  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (E / 2) * w / 8);
+  assert_memory_equal(hi.experts.gate_w, full.experts.gate_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
+  assert_memory_equal(hi.experts.down_w, full.experts.down_w + (size_t)(E / 2) * w, (size_t)(E / 2) * w);
+  assert_memory_equal(lo.experts.up_sf, full.experts.up_sf, (size_t)(E / 2) * w / 8);
   assert_memory_equal(hi.router_w, full.router_w, (size_t)(E * H) * sizeof(float));
   assert_memory_equal(hi.shared.gate_w, full.shared.gate_w, (size_t)(d.shared_intermediate * H / 2));
 
