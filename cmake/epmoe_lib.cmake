@@ -4,6 +4,7 @@
 #   *_cuda.c, *_nccl.c, *.cu   only when CUDA is built (EPMOE_HAVE_CUDA)
 #   *_nocuda.c                 only when it is not (stubs returning NOT_SUPPORTED)
 file(GLOB _epm_c CONFIGURE_DEPENDS
+     ${PROJECT_SOURCE_DIR}/runtime/base/*.c
      ${PROJECT_SOURCE_DIR}/runtime/*.c
      ${PROJECT_SOURCE_DIR}/comm/*.c
      ${PROJECT_SOURCE_DIR}/kernels/*.c)
