@@ -8,6 +8,7 @@
 
 #include "comm_impl.h"
 #include "epmoe/log.h"
+#include "mpi_status.h"
 
 struct epm__boot_mpi {
   MPI_Comm local; /* ranks of this node */
@@ -16,13 +17,6 @@ struct epm__boot_mpi {
 
 void *epm__bootstrap_ep_mpi_comm(const epm_bootstrap_t *boot) {
   return (boot && boot->mpi) ? &boot->mpi->ep : NULL;
-}
-
-static epm_status_t boot_mpi_err(int rc, const char *what) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "unknown MPI error");
-  return epm_error(EPM_ERR_MPI, "bootstrap: %s: %s (MPI error code %d)", what, msg, rc);
 }
 
 /* Positive task count from a launcher variable, 0 when unset or not a number. */
@@ -82,7 +76,7 @@ epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opt
   MPI_Initialized(&inited);
   if (!inited) {
     rc = MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &out->thread_level);
-    if (rc != MPI_SUCCESS) return boot_mpi_err(rc, "MPI_Init_thread");
+    if (rc != MPI_SUCCESS) return epm__mpi_status(rc, "bootstrap: MPI_Init_thread");
     out->owns_mpi = 1;
   } else {
     MPI_Query_thread(&out->thread_level);
@@ -100,7 +94,7 @@ epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opt
   rc = MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, out->world_rank, MPI_INFO_NULL,
                            &out->mpi->local);
   if (rc != MPI_SUCCESS) {
-    st = boot_mpi_err(rc, "MPI_Comm_split_type(SHARED)");
+    st = epm__mpi_status(rc, "bootstrap: MPI_Comm_split_type(SHARED)");
     goto fail;
   }
   MPI_Comm_rank(out->mpi->local, &out->local_rank);
@@ -108,7 +102,7 @@ epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opt
   /* EP group = world. A later EP subset replaces this dup with a split. */
   rc = MPI_Comm_dup(MPI_COMM_WORLD, &out->mpi->ep);
   if (rc != MPI_SUCCESS) {
-    st = boot_mpi_err(rc, "MPI_Comm_dup(world)");
+    st = epm__mpi_status(rc, "bootstrap: MPI_Comm_dup(world)");
     goto fail;
   }
   MPI_Comm_set_errhandler(out->mpi->ep, MPI_ERRORS_RETURN);
@@ -129,7 +123,7 @@ epm_status_t epm_bootstrap_init(int *argc, char ***argv, const epm_bootstrap_opt
   int bad = mine != EPM_OK, any_bad = bad;
   rc = MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, out->mpi->ep);
   if (rc != MPI_SUCCESS) {
-    st = boot_mpi_err(rc, "MPI_Allreduce(launch check)");
+    st = epm__mpi_status(rc, "bootstrap: MPI_Allreduce(launch check)");
     goto fail;
   }
   if (bad) {

@@ -11,15 +11,10 @@
 #include "comm_impl.h"
 #include "epmoe/bootstrap.h"
 #include "mpi_chunk.h"
+#include "mpi_status.h"
 
 enum { TAG_GATHER = 7301 };
 
-static epm_status_t ctl_mpi_err(int rc, const char *what) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "unknown MPI error");
-  return epm_error(EPM_ERR_MPI, "%s failed: %s (code %d)", what, msg, rc);
-}
 
 static epm_status_t ep_comm(const epm_bootstrap_t *b, MPI_Comm *out) {
   MPI_Comm *c = epm__bootstrap_ep_mpi_comm(b);
@@ -34,9 +29,9 @@ epm_status_t epm_bootstrap_agree(const epm_bootstrap_t *b, int ok, int *n_failed
   /* Two small all-reduces: how many failed (sum), and the lowest that did (min). */
   int mine[2] = {ok ? 0 : 1, ok ? INT_MAX : b->ep_rank}, sum = 0, lowest = INT_MAX;
   int rc = MPI_Allreduce(&mine[0], &sum, 1, MPI_INT, MPI_SUM, c);
-  if (rc != MPI_SUCCESS) return ctl_mpi_err(rc, "MPI_Allreduce (set-up agreement)");
+  if (rc != MPI_SUCCESS) return epm__mpi_status(rc, "MPI_Allreduce (set-up agreement)");
   rc = MPI_Allreduce(&mine[1], &lowest, 1, MPI_INT, MPI_MIN, c);
-  if (rc != MPI_SUCCESS) return ctl_mpi_err(rc, "MPI_Allreduce (set-up agreement)");
+  if (rc != MPI_SUCCESS) return epm__mpi_status(rc, "MPI_Allreduce (set-up agreement)");
   *n_failed = sum;
   *first_failed = sum ? lowest : -1;
   return EPM_OK;
@@ -48,7 +43,7 @@ epm_status_t epm_bootstrap_allreduce_i64(const epm_bootstrap_t *b, int64_t *vals
   if (n < 0) return epm_error(EPM_ERR_INVALID_ARG, "allreduce of %d values", n);
   if (n == 0) return EPM_OK;
   int rc = MPI_Allreduce(MPI_IN_PLACE, vals, n, MPI_INT64_T, op == EPM_BOOT_MAX ? MPI_MAX : MPI_SUM, c);
-  return rc == MPI_SUCCESS ? EPM_OK : ctl_mpi_err(rc, "MPI_Allreduce (control)");
+  return rc == MPI_SUCCESS ? EPM_OK : epm__mpi_status(rc, "MPI_Allreduce (control)");
 }
 
 epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, const void *send, size_t bytes,
@@ -69,7 +64,7 @@ epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, cons
   int rc = MPI_Gather(&mine, 1, MPI_UINT64_T, sizes, 1, MPI_UINT64_T, root, c);
   if (rc != MPI_SUCCESS) {
     free(sizes);
-    return ctl_mpi_err(rc, "MPI_Gather (gather sizes)");
+    return epm__mpi_status(rc, "MPI_Gather (gather sizes)");
   }
   int64_t verdict = 0; /* 0 ok, else the total that did not fit */
   size_t total = 0;
@@ -86,7 +81,7 @@ epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, cons
   rc = MPI_Bcast(&verdict, 1, MPI_INT64_T, root, c);
   if (rc != MPI_SUCCESS) {
     free(sizes);
-    return ctl_mpi_err(rc, "MPI_Bcast (gather verdict)");
+    return epm__mpi_status(rc, "MPI_Bcast (gather verdict)");
   }
   if (verdict) {
     free(sizes);
@@ -99,7 +94,7 @@ epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, cons
     for (size_t done = 0; done < bytes && st == EPM_OK;) {
       int len = epm__mpi_chunk_len((int64_t)(bytes - done), 1);
       rc = MPI_Send(p + done, len, MPI_BYTE, root, TAG_GATHER, c);
-      if (rc != MPI_SUCCESS) st = ctl_mpi_err(rc, "MPI_Send (gather)");
+      if (rc != MPI_SUCCESS) st = epm__mpi_status(rc, "MPI_Send (gather)");
       done += (size_t)len;
     }
     return st;
@@ -114,7 +109,7 @@ epm_status_t epm_bootstrap_gather_bytes(const epm_bootstrap_t *b, int root, cons
       for (size_t done = 0; done < n && st == EPM_OK;) {
         int len = epm__mpi_chunk_len((int64_t)(n - done), 1);
         rc = MPI_Recv(out + off + done, len, MPI_BYTE, r, TAG_GATHER, c, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS) st = ctl_mpi_err(rc, "MPI_Recv (gather)");
+        if (rc != MPI_SUCCESS) st = epm__mpi_status(rc, "MPI_Recv (gather)");
         done += (size_t)len;
       }
     }
@@ -134,7 +129,7 @@ epm_status_t epm_bootstrap_bcast_bytes(const epm_bootstrap_t *b, int root, void 
   for (size_t done = 0; done < bytes;) {
     int len = epm__mpi_chunk_len((int64_t)(bytes - done), 1);
     int rc = MPI_Bcast(p + done, len, MPI_BYTE, root, c);
-    if (rc != MPI_SUCCESS) return ctl_mpi_err(rc, "MPI_Bcast (control)");
+    if (rc != MPI_SUCCESS) return epm__mpi_status(rc, "MPI_Bcast (control)");
     done += (size_t)len;
   }
   return EPM_OK;

@@ -138,17 +138,17 @@ epm_status_t epm_comm_allgatherv(epm_comm_t *c, const void *send, void *recv,
 
 epm_status_t epm_comm_reduce_scatterv(epm_comm_t *c, const void *send, void *recv,
                                       const int64_t *counts, int64_t row_elems,
-                                      epm_red_dtype_t dtype) {
+                                      epm_dtype_t dtype) {
   const char *what = "reduce_scatterv";
   EPM_TRY(comm_live(c, what));
-  if (dtype != EPM_RED_F32 && dtype != EPM_RED_BF16)
-    return epm_error(EPM_ERR_INVALID_ARG, "%s: unknown dtype %d", what, (int)dtype);
+  const size_t elem = epm_dtype_size(dtype);
+  if (elem == 0) return epm_error(EPM_ERR_INVALID_ARG, "%s: unknown dtype %d", what, (int)dtype);
   if (row_elems <= 0)
     return epm_error(EPM_ERR_INVALID_ARG, "%s: row_elems %lld <= 0", what, (long long)row_elems);
   int64_t total = 0;
   EPM_TRY(counts_total(c, what, counts, &total));
   size_t row_bytes, sb, rb;
-  if (epm_mul_size((size_t)row_elems, dtype == EPM_RED_F32 ? 4u : 2u, &row_bytes))
+  if (epm_mul_size((size_t)row_elems, elem, &row_bytes))
     return epm_error(EPM_ERR_OVERFLOW, "%s: row of %lld elements overflows size_t", what, (long long)row_elems);
   EPM_TRY(rows_bytes(what, "send", total, row_bytes, send, &sb));
   EPM_TRY(rows_bytes(what, "recv", counts[c->rank], row_bytes, recv, &rb));

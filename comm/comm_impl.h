@@ -22,7 +22,7 @@ typedef struct epm_comm_ops {
                              const int64_t *counts, int64_t total);
   epm_status_t (*reduce_scatterv)(epm_comm_t *c, const void *send, void *recv,
                                   const int64_t *counts, int64_t total, int64_t row_elems,
-                                  epm_red_dtype_t dtype);
+                                  epm_dtype_t dtype);
   epm_status_t (*allreduce_max_f32)(epm_comm_t *c, float *buf, int64_t n);
   epm_status_t (*barrier)(epm_comm_t *c);
   epm_status_t (*wait)(epm_comm_t *c, double timeout_s);

@@ -16,9 +16,11 @@
 #include <string.h>
 
 #include "comm_impl.h"
+#include "epmoe/bf16.h"
 #include "epmoe/checked.h"
 #include "epmoe/log.h"
 #include "mpi_chunk.h"
+#include "mpi_status.h"
 
 enum { RS_TAG = 0x4550 }; /* "EP": reduce-scatter pieces on the private dup'd comm */
 
@@ -33,19 +35,6 @@ typedef struct {
 } mpi_impl_t;
 
 static mpi_impl_t *impl_of(epm_comm_t *c) { return (mpi_impl_t *)c->impl; }
-
-static epm_status_t mpi_err(int rc, const char *what) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "unknown MPI error");
-  return epm_error(EPM_ERR_MPI, "%s: %s (MPI error code %d)", what, msg, rc);
-}
-
-#define MPI_TRY(call, what)                           \
-  do {                                                \
-    int mpi_rc_ = (call);                             \
-    if (mpi_rc_ != MPI_SUCCESS) return mpi_err(mpi_rc_, (what)); \
-  } while (0)
 
 static epm_status_t grow_scratch(mpi_impl_t *m, size_t bytes) {
   if (bytes <= m->scratch_bytes) return EPM_OK;
@@ -82,8 +71,8 @@ static epm_status_t mpi_alloc(epm_comm_t *c, size_t bytes, void **out) {
 static void mpi_free(epm_comm_t *c, void *p) { free(p); }
 
 static epm_status_t mpi_exchange_sizes(epm_comm_t *c, int64_t mine, int64_t *all) {
-  MPI_TRY(MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, impl_of(c)->comm),
-          "exchange_sizes: MPI_Allgather");
+  EPM__MPI_TRY(MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, impl_of(c)->comm),
+               "exchange_sizes: MPI_Allgather");
   return EPM_OK;
 }
 
@@ -99,7 +88,7 @@ static epm_status_t agv_chunked(epm_comm_t *c, const epm_comm_gather_buf_t *b,
     if (root == c->rank && nbytes > 0) memcpy(dst, b->send, nbytes);
     for (size_t done = 0; done < nbytes;) {
       int len = epm__mpi_chunk_len((int64_t)(nbytes - done), 1);
-      MPI_TRY(MPI_Bcast(dst + done, len, MPI_BYTE, root, comm), "allgatherv: MPI_Bcast");
+      EPM__MPI_TRY(MPI_Bcast(dst + done, len, MPI_BYTE, root, comm), "allgatherv: MPI_Bcast");
       done += (size_t)len;
     }
     off += nbytes;
@@ -117,13 +106,13 @@ static epm_status_t agv_one(epm_comm_t *c, const epm_comm_gather_buf_t *b, const
   switch (path) {
     case EPM__AGV_NONE: return EPM_OK;
     case EPM__AGV_EQUAL:
-      MPI_TRY(MPI_Allgather(send, m->bytes_each[0], MPI_BYTE, b->recv, m->bytes_each[0], MPI_BYTE, m->comm),
-              "allgatherv: MPI_Allgather");
+      EPM__MPI_TRY(MPI_Allgather(send, m->bytes_each[0], MPI_BYTE, b->recv, m->bytes_each[0], MPI_BYTE, m->comm),
+                   "allgatherv: MPI_Allgather");
       return EPM_OK;
     case EPM__AGV_VARIABLE:
-      MPI_TRY(MPI_Allgatherv(send, m->bytes_each[c->rank], MPI_BYTE, b->recv, m->bytes_each, m->displs,
-                             MPI_BYTE, m->comm),
-              "allgatherv: MPI_Allgatherv");
+      EPM__MPI_TRY(MPI_Allgatherv(send, m->bytes_each[c->rank], MPI_BYTE, b->recv, m->bytes_each, m->displs,
+                                  MPI_BYTE, m->comm),
+                   "allgatherv: MPI_Allgatherv");
       return EPM_OK;
     case EPM__AGV_CHUNKED: return agv_chunked(c, b, counts);
   }
@@ -173,31 +162,16 @@ static epm_status_t mpi_allgatherv(epm_comm_t *c, const epm_comm_gather_buf_t *b
 
 /* ---- reduce-scatter-v ---- */
 
-static float bf16_to_f32(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-static uint16_t f32_to_bf16(float f) { /* round to nearest even, NaN stays NaN */
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
 /* acc[i] = first ? x[i] : acc[i] + x[i], in fp32, for one piece. */
-static void accumulate(float *acc, const void *x, int64_t n, epm_red_dtype_t dt, int first) {
-  if (dt == EPM_RED_F32) {
+static void accumulate(float *acc, const void *x, int64_t n, epm_dtype_t dt, int first) {
+  if (dt == EPM_DTYPE_F32) {
     const float *xf = x;
     if (first) memcpy(acc, xf, (size_t)n * sizeof(float));
     else for (int64_t i = 0; i < n; i++) acc[i] += xf[i];
   } else {
-    const uint16_t *xb = x;
-    if (first) for (int64_t i = 0; i < n; i++) acc[i] = bf16_to_f32(xb[i]);
-    else for (int64_t i = 0; i < n; i++) acc[i] += bf16_to_f32(xb[i]);
+    const epm_bf16_t *xb = x;
+    if (first) for (int64_t i = 0; i < n; i++) acc[i] = epm_bf16_to_f32(xb[i]);
+    else for (int64_t i = 0; i < n; i++) acc[i] += epm_bf16_to_f32(xb[i]);
   }
 }
 
@@ -217,11 +191,11 @@ static int rs_next(int size, int me, int64_t n, size_t esz, int *src, int64_t *s
 
 static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *recv,
                                         const int64_t *counts, int64_t total, int64_t row_elems,
-                                        epm_red_dtype_t dt) {
+                                        epm_dtype_t dt) {
   mpi_impl_t *m = impl_of(c);
   const int P = c->size, me = c->rank;
-  const size_t esz = dt == EPM_RED_F32 ? 4 : 2;
-  MPI_Datatype type = dt == EPM_RED_F32 ? MPI_FLOAT : MPI_UINT16_T;
+  const size_t esz = epm_dtype_size(dt);
+  MPI_Datatype type = dt == EPM_DTYPE_F32 ? MPI_FLOAT : MPI_UINT16_T;
   const char *sbytes = send;
 
   /* Sends: my rows of every other rank's segment, in pieces. */
@@ -239,8 +213,8 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
     if (d != me) {
       for (int64_t s = 0; s < n;) {
         int len = epm__mpi_chunk_len(n - s, esz);
-        MPI_TRY(MPI_Isend(sbytes + (size_t)(off + s) * esz, len, type, d, RS_TAG, m->comm, &sreq[k++]),
-                "reduce_scatterv: MPI_Isend");
+        EPM__MPI_TRY(MPI_Isend(sbytes + (size_t)(off + s) * esz, len, type, d, RS_TAG, m->comm, &sreq[k++]),
+                     "reduce_scatterv: MPI_Isend");
         s += len;
       }
     }
@@ -253,16 +227,16 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
   for (int r = 0; r < me; r++) my_off += counts[r] * row_elems;
   if (n > 0) {
     const int64_t piece = epm__mpi_chunk_len(n, esz);
-    size_t buf_bytes = (size_t)piece * esz, acc_bytes = dt == EPM_RED_F32 ? 0 : (size_t)n * sizeof(float);
+    size_t buf_bytes = (size_t)piece * esz, acc_bytes = dt == EPM_DTYPE_F32 ? 0 : (size_t)n * sizeof(float);
     EPM_TRY(grow_scratch(m, 2 * buf_bytes + acc_bytes + 64));
     char *buf[2] = {(char *)m->scratch, (char *)m->scratch + buf_bytes};
-    float *acc = dt == EPM_RED_F32 ? (float *)recv : (float *)((char *)m->scratch + 2 * buf_bytes);
+    float *acc = dt == EPM_DTYPE_F32 ? (float *)recv : (float *)((char *)m->scratch + 2 * buf_bytes);
     int nsrc = -1, cur = 0;
     int64_t nstart = 0;
     int have = rs_next(P, me, n, esz, &nsrc, &nstart);
     if (have)
-      MPI_TRY(MPI_Irecv(buf[0], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm, &rreq[0]),
-              "reduce_scatterv: MPI_Irecv");
+      EPM__MPI_TRY(MPI_Irecv(buf[0], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm, &rreq[0]),
+                   "reduce_scatterv: MPI_Irecv");
     for (int s = 0; s < P; s++) {
       if (s == me) {
         accumulate(acc, sbytes + (size_t)my_off * esz, n, dt, s == 0);
@@ -270,24 +244,24 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
       }
       for (int64_t st = 0; st < n;) {
         int len = epm__mpi_chunk_len(n - st, esz);
-        MPI_TRY(MPI_Wait(&rreq[cur], MPI_STATUS_IGNORE), "reduce_scatterv: MPI_Wait (receive)");
+        EPM__MPI_TRY(MPI_Wait(&rreq[cur], MPI_STATUS_IGNORE), "reduce_scatterv: MPI_Wait (receive)");
         /* Post the next piece before summing this one. */
         if (rs_next(P, me, n, esz, &nsrc, &nstart))
-          MPI_TRY(MPI_Irecv(buf[cur ^ 1], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm,
-                            &rreq[cur ^ 1]),
-                  "reduce_scatterv: MPI_Irecv");
+          EPM__MPI_TRY(MPI_Irecv(buf[cur ^ 1], epm__mpi_chunk_len(n - nstart, esz), type, nsrc, RS_TAG, m->comm,
+                                 &rreq[cur ^ 1]),
+                       "reduce_scatterv: MPI_Irecv");
         accumulate(acc + st, buf[cur], len, dt, s == 0);
         cur ^= 1;
         st += len;
       }
     }
-    if (dt == EPM_RED_BF16) {
-      uint16_t *out = recv;
-      for (int64_t i = 0; i < n; i++) out[i] = f32_to_bf16(acc[i]);
+    if (dt == EPM_DTYPE_BF16) {
+      epm_bf16_t *out = recv;
+      for (int64_t i = 0; i < n; i++) out[i] = epm_bf16_from_f32(acc[i]);
     }
   }
   if (nsend > 0)
-    MPI_TRY(MPI_Waitall((int)nsend, sreq, MPI_STATUSES_IGNORE), "reduce_scatterv: MPI_Waitall (sends)");
+    EPM__MPI_TRY(MPI_Waitall((int)nsend, sreq, MPI_STATUSES_IGNORE), "reduce_scatterv: MPI_Waitall (sends)");
   (void)total;
   return EPM_OK;
 }
@@ -295,15 +269,15 @@ static epm_status_t mpi_reduce_scatterv(epm_comm_t *c, const void *send, void *r
 static epm_status_t mpi_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n) {
   for (int64_t s = 0; s < n;) {
     int len = epm__mpi_chunk_len(n - s, sizeof(float));
-    MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf + s, len, MPI_FLOAT, MPI_MAX, impl_of(c)->comm),
-            "allreduce_max: MPI_Allreduce");
+    EPM__MPI_TRY(MPI_Allreduce(MPI_IN_PLACE, buf + s, len, MPI_FLOAT, MPI_MAX, impl_of(c)->comm),
+                 "allreduce_max: MPI_Allreduce");
     s += len;
   }
   return EPM_OK;
 }
 
 static epm_status_t mpi_barrier(epm_comm_t *c) {
-  MPI_TRY(MPI_Barrier(impl_of(c)->comm), "barrier: MPI_Barrier");
+  EPM__MPI_TRY(MPI_Barrier(impl_of(c)->comm), "barrier: MPI_Barrier");
   return EPM_OK;
 }
 
@@ -355,7 +329,7 @@ epm_status_t epm__comm_mpi_open(epm_comm_t *c, const epm_bootstrap_t *boot) {
   epm_status_t st = EPM_OK;
   int rc = MPI_Comm_dup(*ep, &m->comm);
   if (rc != MPI_SUCCESS) {
-    st = mpi_err(rc, "comm_create(mpi): MPI_Comm_dup");
+    st = epm__mpi_status(rc, "comm_create(mpi): MPI_Comm_dup");
     goto fail;
   }
   MPI_Comm_set_errhandler(m->comm, MPI_ERRORS_RETURN);

@@ -21,7 +21,10 @@
 #include <time.h>
 
 #include "comm_impl.h"
+#include "epmoe/clock.h"
+#include "epmoe/cuda_status.h"
 #include "epmoe/log.h"
+#include "mpi_status.h"
 
 typedef struct {
   ncclComm_t nc;
@@ -33,12 +36,6 @@ typedef struct {
 } nccl_impl_t;
 
 static nccl_impl_t *impl_of(epm_comm_t *c) { return (nccl_impl_t *)c->impl; }
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 static void nap(void) {
   struct timespec ts = {0, 50 * 1000}; /* 50 us: cheap next to a collective */
@@ -69,7 +66,7 @@ static epm_status_t nccl_fail(epm_comm_t *c, ncclResult_t rc, const char *what) 
 static epm_status_t settle(epm_comm_t *c, ncclResult_t rc, const char *what) {
   nccl_impl_t *n = impl_of(c);
   if (rc != ncclSuccess && rc != ncclInProgress) return nccl_fail(c, rc, what);
-  double t0 = now_s();
+  double t0 = epm_clock_s();
   for (;;) {
     ncclResult_t state = ncclSuccess;
     ncclResult_t q = ncclCommGetAsyncError(n->nc, &state);
@@ -77,7 +74,7 @@ static epm_status_t settle(epm_comm_t *c, ncclResult_t rc, const char *what) {
     if (state == ncclSuccess) return EPM_OK;
     if (state != ncclInProgress) return nccl_fail(c, state, what);
     EPM_TRY(epm__comm_abort_point(c, what));
-    if (now_s() - t0 > n->timeout_s) {
+    if (epm_clock_s() - t0 > n->timeout_s) {
       nccl_abort_now(c);
       return epm_error(EPM_ERR_TIMEOUT, "%s: still in progress after %.1f s; communicator aborted", what,
                        n->timeout_s);
@@ -86,33 +83,21 @@ static epm_status_t settle(epm_comm_t *c, ncclResult_t rc, const char *what) {
   }
 }
 
-static epm_status_t cuda_fail(cudaError_t e, const char *what) {
-  return epm_error(EPM_ERR_CUDA, "%s: %s", what, cudaGetErrorString(e));
-}
-
-static epm_status_t mpi_fail(int rc, const char *what) {
-  char msg[MPI_MAX_ERROR_STRING];
-  int len = 0;
-  if (MPI_Error_string(rc, msg, &len) != MPI_SUCCESS) snprintf(msg, sizeof msg, "unknown MPI error");
-  return epm_error(EPM_ERR_MPI, "%s: %s (MPI error code %d)", what, msg, rc);
-}
-
 static epm_status_t nccl_alloc(epm_comm_t *c, size_t bytes, void **out) {
-  cudaError_t e = cudaSetDevice(impl_of(c)->device); /* the caller may be another thread */
-  if (e == cudaSuccess) e = cudaMalloc(out, bytes);
-  if (e != cudaSuccess) {
-    *out = NULL;
-    return epm_error(EPM_ERR_NOMEM, "comm_alloc: cudaMalloc(%zu bytes) on GPU %d: %s", bytes,
-                     impl_of(c)->device, cudaGetErrorString(e));
-  }
-  return EPM_OK;
+  const int dev = impl_of(c)->device;
+  *out = NULL;
+  /* Set the device each time: the caller may be another thread. */
+  EPM_TRY(epm_cuda_status(cudaSetDevice(dev), "comm_alloc: cudaSetDevice(%d)", dev));
+  epm_status_t st = epm_cuda_status(cudaMalloc(out, bytes), "comm_alloc: cudaMalloc(%zu bytes) on GPU %d", bytes, dev);
+  if (st != EPM_OK) *out = NULL;
+  return st;
 }
 
 static void nccl_free(epm_comm_t *c, void *p) { cudaFree(p); }
 
 static epm_status_t nccl_exchange_sizes(epm_comm_t *c, int64_t mine, int64_t *all) {
   int rc = MPI_Allgather(&mine, 1, MPI_INT64_T, all, 1, MPI_INT64_T, impl_of(c)->mpi);
-  return rc == MPI_SUCCESS ? EPM_OK : mpi_fail(rc, "exchange_sizes: MPI_Allgather");
+  return epm__mpi_status(rc, "exchange_sizes: MPI_Allgather");
 }
 
 static int all_equal(const int64_t *counts, int p) {
@@ -164,11 +149,11 @@ static epm_status_t nccl_allgatherv(epm_comm_t *c, const epm_comm_gather_buf_t *
 
 static epm_status_t nccl_reduce_scatterv(epm_comm_t *c, const void *send, void *recv,
                                          const int64_t *counts, int64_t total, int64_t row_elems,
-                                         epm_red_dtype_t dt) {
+                                         epm_dtype_t dt) {
   nccl_impl_t *n = impl_of(c);
   if (total == 0) return EPM_OK;
-  ncclDataType_t type = dt == EPM_RED_F32 ? ncclFloat32 : ncclBfloat16;
-  size_t esz = dt == EPM_RED_F32 ? 4 : 2;
+  ncclDataType_t type = dt == EPM_DTYPE_F32 ? ncclFloat32 : ncclBfloat16;
+  size_t esz = epm_dtype_size(dt);
   if (!recv) recv = n->dummy; /* this rank has 0 rows; NCCL still wants a pointer */
   if (all_equal(counts, c->size)) {
     ncclResult_t rc = ncclReduceScatter(send, recv, (size_t)counts[0] * (size_t)row_elems, type, ncclSum,
@@ -201,12 +186,12 @@ static epm_status_t nccl_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n)
 static epm_status_t nccl_wait(epm_comm_t *c, double timeout_s) {
   nccl_impl_t *n = impl_of(c);
   if (timeout_s <= 0) timeout_s = n->timeout_s;
-  double t0 = now_s();
+  double t0 = epm_clock_s();
   for (;;) {
     cudaError_t e = cudaStreamQuery(n->stream);
     if (e == cudaSuccess) return EPM_OK;
     if (e != cudaErrorNotReady) {
-      epm_status_t st = cuda_fail(e, "comm wait: cudaStreamQuery");
+      epm_status_t st = epm_cuda_status(e, "comm wait: cudaStreamQuery");
       nccl_abort_now(c);
       return st;
     }
@@ -215,7 +200,7 @@ static epm_status_t nccl_wait(epm_comm_t *c, double timeout_s) {
     if (q != ncclSuccess) return nccl_fail(c, q, "comm wait: ncclCommGetAsyncError");
     if (state != ncclSuccess && state != ncclInProgress) return nccl_fail(c, state, "comm wait: async error");
     EPM_TRY(epm__comm_abort_point(c, "comm wait"));
-    if (now_s() - t0 > timeout_s) {
+    if (epm_clock_s() - t0 > timeout_s) {
       nccl_abort_now(c);
       return epm_error(EPM_ERR_TIMEOUT, "comm wait: stream not done after %.1f s; communicator aborted", timeout_s);
     }
@@ -226,7 +211,7 @@ static epm_status_t nccl_wait(epm_comm_t *c, double timeout_s) {
 static epm_status_t nccl_barrier(epm_comm_t *c) {
   EPM_TRY(nccl_wait(c, 0));
   int rc = MPI_Barrier(impl_of(c)->mpi);
-  return rc == MPI_SUCCESS ? EPM_OK : mpi_fail(rc, "barrier: MPI_Barrier");
+  return epm__mpi_status(rc, "barrier: MPI_Barrier");
 }
 
 static epm_status_t nccl_check_async(epm_comm_t *c) {
@@ -285,7 +270,7 @@ epm_status_t epm__comm_nccl_open(epm_comm_t *c, const epm_bootstrap_t *boot,
   /* Agree first: a rank without a GPU must not leave its peers in NCCL init. */
   int bad = boot->gpu < 0, any_bad = bad;
   int rc = MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, *ep);
-  if (rc != MPI_SUCCESS) return mpi_fail(rc, "comm_create(nccl): MPI_Allreduce");
+  if (rc != MPI_SUCCESS) return epm__mpi_status(rc, "comm_create(nccl): MPI_Allreduce");
   if (any_bad)
     return epm_error(EPM_ERR_NOT_SUPPORTED, "comm_create(nccl): %s has no GPU (bootstrap gpu = %d)",
                      bad ? "this rank" : "another rank", boot->gpu);
@@ -302,7 +287,7 @@ epm_status_t epm__comm_nccl_open(epm_comm_t *c, const epm_bootstrap_t *boot,
 
   rc = MPI_Comm_dup(*ep, &n->mpi);
   if (rc != MPI_SUCCESS) {
-    st = mpi_fail(rc, "comm_create(nccl): MPI_Comm_dup");
+    st = epm__mpi_status(rc, "comm_create(nccl): MPI_Comm_dup");
     goto fail;
   }
   MPI_Comm_set_errhandler(n->mpi, MPI_ERRORS_RETURN);
@@ -318,17 +303,17 @@ epm_status_t epm__comm_nccl_open(epm_comm_t *c, const epm_bootstrap_t *boot,
   if (c->rank == 0) nr = ncclGetUniqueId(&id);
   rc = MPI_Bcast(&id, (int)sizeof id, MPI_BYTE, 0, n->mpi);
   if (rc != MPI_SUCCESS) {
-    st = mpi_fail(rc, "comm_create(nccl): MPI_Bcast(unique id)");
+    st = epm__mpi_status(rc, "comm_create(nccl): MPI_Bcast(unique id)");
     goto fail;
   }
   bad = ce != cudaSuccess || nr != ncclSuccess;
   rc = MPI_Allreduce(&bad, &any_bad, 1, MPI_INT, MPI_MAX, n->mpi);
   if (rc != MPI_SUCCESS) {
-    st = mpi_fail(rc, "comm_create(nccl): MPI_Allreduce");
+    st = epm__mpi_status(rc, "comm_create(nccl): MPI_Allreduce");
     goto fail;
   }
   if (ce != cudaSuccess) {
-    st = cuda_fail(ce, "comm_create(nccl): cudaSetDevice/cudaMalloc");
+    st = epm_cuda_status(ce, "comm_create(nccl): cudaSetDevice(%d)/cudaMalloc(256 bytes)", n->device);
     goto fail;
   }
   if (nr != ncclSuccess) {

@@ -2,6 +2,7 @@
 #include <cuda_runtime_api.h>
 
 #include "epmoe/bootstrap.h"
+#include "epmoe/cuda_status.h"
 
 epm_status_t epm_gpu_count(int *count) {
   int n = 0;
@@ -17,8 +18,5 @@ epm_status_t epm_gpu_count(int *count) {
 }
 
 epm_status_t epm_gpu_select(int dev) {
-  cudaError_t e = cudaSetDevice(dev);
-  if (e != cudaSuccess)
-    return epm_error(EPM_ERR_CUDA, "cudaSetDevice(%d): %s", dev, cudaGetErrorString(e));
-  return EPM_OK;
+  return epm_cuda_status(cudaSetDevice(dev), "cudaSetDevice(%d)", dev);
 }

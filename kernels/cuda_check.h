@@ -1,28 +1,19 @@
-/* kernels/cuda_check.h — CUDA error -> epm_status_t for the launchers. */
+/* kernels/cuda_check.h — launcher helpers. CUDA errors go through the one
+ * translation of epmoe/cuda_status.h (EPM_CUDA_TRY, epm_cuda_status). */
 #ifndef EPMOE_KERNELS_CUDA_CHECK_H
 #define EPMOE_KERNELS_CUDA_CHECK_H
 
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "epmoe/cuda_status.h"
 #include "epmoe/status.h"
 
-/* Map a CUDA call's error, naming the call and CUDA's own text. */
-#define EPM_CUDA_TRY(call)                                                            \
-  do {                                                                                \
-    cudaError_t epm__ce = (call);                                                     \
-    if (epm__ce != cudaSuccess)                                                       \
-      return epm_error(EPM_ERR_CUDA, "%s failed: %s (%s)", #call,                     \
-                       cudaGetErrorString(epm__ce), cudaGetErrorName(epm__ce));       \
-  } while (0)
-
 /* After a <<<>>> launch: configuration errors show up here. */
-#define EPM_CUDA_LAUNCHED(what)                                                       \
-  do {                                                                                \
-    cudaError_t epm__ce = cudaGetLastError();                                         \
-    if (epm__ce != cudaSuccess)                                                       \
-      return epm_error(EPM_ERR_CUDA, "launch of %s failed: %s (%s)", (what),          \
-                       cudaGetErrorString(epm__ce), cudaGetErrorName(epm__ce));       \
+#define EPM_CUDA_LAUNCHED(what)                                                          \
+  do {                                                                                   \
+    cudaError_t epm__ce = cudaGetLastError();                                            \
+    if (epm__ce != cudaSuccess) return epm_cuda_status(epm__ce, "launch of %s", (what)); \
   } while (0)
 
 #define EPM_STREAM(s) ((cudaStream_t)(s))

@@ -19,13 +19,13 @@ namespace {
 __global__ void bf16_to_f32_kernel(const uint16_t *__restrict__ s, float *__restrict__ d, int64_t n) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    d[i] = epm_core_bf16_to_f32(s[i]);
+    d[i] = epm_bf16_to_f32(s[i]);
 }
 
 __global__ void f32_to_bf16_kernel(const float *__restrict__ s, uint16_t *__restrict__ d, int64_t n) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    d[i] = epm_core_bf16_from_f32(s[i]);
+    d[i] = epm_bf16_from_f32(s[i]);
 }
 
 /* y = float(bf16(y)) + float(s): the routed sum is rounded to bf16 before
@@ -33,7 +33,7 @@ __global__ void f32_to_bf16_kernel(const float *__restrict__ s, uint16_t *__rest
 __global__ void shared_combine_kernel(float *__restrict__ y, const uint16_t *__restrict__ s, int64_t n) {
   const int64_t stride = (int64_t)gridDim.x * blockDim.x;
   for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
-    y[i] = epm_core_bf16_round(y[i]) + epm_core_bf16_to_f32(s[i]);
+    y[i] = epm_bf16_round(y[i]) + epm_bf16_to_f32(s[i]);
 }
 
 epm_status_t check(const char *op, const void *a, const void *b, int64_t n) {

@@ -25,13 +25,13 @@ __global__ void epm__moe_finalize_kernel(const uint16_t *__restrict__ y,
     for (int64_t j = 0; j < k; j++) {
       const int64_t row = pair_row[t * k + j];
       if (row < 0) continue;
-      const float w = epm_core_bf16_round(weights[t * k + j]);
+      const float w = epm_bf16_round(weights[t * k + j]);
       const uint4 v = *reinterpret_cast<const uint4 *>(y + row * hidden + h);
       const uint32_t wd[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int q = 0; q < 4; q++) {
-        acc[2 * q] = __fadd_rn(acc[2 * q], __fmul_rn(w, epm_core_bf16_to_f32((uint16_t)(wd[q] & 0xFFFFu))));
-        acc[2 * q + 1] = __fadd_rn(acc[2 * q + 1], __fmul_rn(w, epm_core_bf16_to_f32((uint16_t)(wd[q] >> 16))));
+        acc[2 * q] = __fadd_rn(acc[2 * q], __fmul_rn(w, epm_bf16_to_f32((uint16_t)(wd[q] & 0xFFFFu))));
+        acc[2 * q + 1] = __fadd_rn(acc[2 * q + 1], __fmul_rn(w, epm_bf16_to_f32((uint16_t)(wd[q] >> 16))));
       }
     }
     if (out_f32) {
@@ -42,8 +42,8 @@ __global__ void epm__moe_finalize_kernel(const uint16_t *__restrict__ y,
       uint32_t pk[4];
 #pragma unroll
       for (int q = 0; q < 4; q++)
-        pk[q] = (uint32_t)epm_core_bf16_from_f32(acc[2 * q]) |
-                ((uint32_t)epm_core_bf16_from_f32(acc[2 * q + 1]) << 16);
+        pk[q] = (uint32_t)epm_bf16_from_f32(acc[2 * q]) |
+                ((uint32_t)epm_bf16_from_f32(acc[2 * q + 1]) << 16);
       *reinterpret_cast<uint4 *>(static_cast<uint16_t *>(out) + t * hidden + h) =
           make_uint4(pk[0], pk[1], pk[2], pk[3]);
     }

@@ -211,7 +211,7 @@ __global__ void __launch_bounds__(THREADS) gemm1_kernel(Gemm1Args a) {
         float gate = sm.c[r][q * 16 + j] * alpha;
         float upv = sm.c[r][BN / 2 + q * 16 + j] * alpha;
         float silu = gate / (1.0f + expf(-gate));
-        act[j] = epm_core_bf16_round(silu * upv);
+        act[j] = epm_bf16_round(silu * upv);
       }
       uint8_t pk[8];
       uint8_t s = epm_core_quantize_block(act, a.g_mid, pk);
@@ -263,8 +263,8 @@ __global__ void __launch_bounds__(THREADS) gemm2_kernel(Gemm2Args a) {
       const int r = idx / (BN / 2), c2 = (idx % (BN / 2)) * 2;
       const int64_t n = n0 + c2;
       if (n < H) { /* H % 16 == 0: both columns valid */
-        uint32_t lo = epm_core_bf16_from_f32(sm.c[r][c2] * alpha);
-        uint32_t hi = epm_core_bf16_from_f32(sm.c[r][c2 + 1] * alpha);
+        uint32_t lo = epm_bf16_from_f32(sm.c[r][c2] * alpha);
+        uint32_t hi = epm_bf16_from_f32(sm.c[r][c2 + 1] * alpha);
         *reinterpret_cast<uint32_t *>(a.y + (m0 + r) * H + n) = lo | (hi << 16);
       }
     }

@@ -17,6 +17,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "epmoe/bf16.h" /* bf16 <-> fp32: the one conversion, host and device */
+
 #ifdef __CUDACC__
 #define EPM_HD __host__ __device__ __forceinline__
 #else
@@ -41,20 +43,6 @@ EPM_HD float epm_core_bits_f32(uint32_t u) {
   memcpy(&x, &u, sizeof x);
   return x;
 #endif
-}
-
-EPM_HD float epm_core_bf16_to_f32(uint16_t b) { return epm_core_bits_f32((uint32_t)b << 16); }
-
-/* fp32 -> bf16, round to nearest even; NaN stays a quiet NaN. */
-EPM_HD uint16_t epm_core_bf16_from_f32(float x) {
-  uint32_t u = epm_core_f32_bits(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (uint16_t)((u >> 16) | 0x0040u);
-  u += 0x7FFFu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
-}
-
-EPM_HD float epm_core_bf16_round(float x) {
-  return epm_core_bf16_to_f32(epm_core_bf16_from_f32(x));
 }
 
 /* E2M1 magnitude of code & 7. */

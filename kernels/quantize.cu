@@ -23,8 +23,8 @@ __global__ void epm__quantize_bf16_kernel(const uint4 *__restrict__ x, const flo
     float f[16];
 #pragma unroll
     for (int i = 0; i < 8; i++) {
-      f[2 * i] = epm_core_bf16_to_f32((uint16_t)(w[i] & 0xFFFFu));
-      f[2 * i + 1] = epm_core_bf16_to_f32((uint16_t)(w[i] >> 16));
+      f[2 * i] = epm_bf16_to_f32((uint16_t)(w[i] & 0xFFFFu));
+      f[2 * i + 1] = epm_bf16_to_f32((uint16_t)(w[i] >> 16));
     }
     uint8_t q[8];
     uint8_t s = epm_core_quantize_block(f, g, q);

@@ -186,7 +186,7 @@ epm_status_t epm_backend_experts(epm_backend_t *be, const epm_backend_weights_t 
                                  const float *weights, int64_t M, epm_dtype_t partial_dtype, void *partial) {
   EPM_TRY(check_w(be, w, "experts"));
   EPM_TRY(check_rows(M, "experts"));
-  if (partial_dtype != EPM_DTYPE_F32 && partial_dtype != EPM_DTYPE_BF16)
+  if (epm_dtype_size(partial_dtype) == 0)
     return epm_error(EPM_ERR_INVALID_ARG, "experts: partial dtype %d is not f32 (0) or bf16 (1)", (int)partial_dtype);
   if (M > w->max_gathered)
     return epm_error(EPM_ERR_INVALID_ARG, "experts over %lld rows; the weights were loaded for at most %lld",

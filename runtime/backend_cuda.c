@@ -1,7 +1,7 @@
 /* backend_cuda.c — the `cuda` backend: device memory on one GPU, every op
  * ordered on the backend's one stream (epm_backend_stream), which the NCCL
- * comm of the same step must also use. CUDA errors map to EPM_ERR_CUDA with
- * the CUDA error string.
+ * comm of the same step must also use. CUDA errors go through
+ * epmoe/cuda_status.h: EPM_ERR_NOMEM when out of memory, else EPM_ERR_CUDA.
  *
  * Stage ops run the kernels of include/epmoe/kernels.h:
  *   route     epm_kernel_routing (router bias uploaded at load)
@@ -24,6 +24,7 @@
 
 #include "backend_impl.h"
 #include "epmoe/checked.h"
+#include "epmoe/cuda_status.h"
 #include "epmoe/kernels.h"
 
 typedef struct {
@@ -59,17 +60,6 @@ typedef struct {
   int has_shared;
 } cuda_weights_t;
 
-static epm_status_t cuda_fail(cudaError_t e, const char *call) {
-  (void)cudaGetLastError(); /* clear a non-sticky error so the next call is not blamed */
-  return epm_error(e == cudaErrorMemoryAllocation ? EPM_ERR_NOMEM : EPM_ERR_CUDA, "%s: %s (%s)", call,
-                   cudaGetErrorString(e), cudaGetErrorName(e));
-}
-#define CUDA_TRY(call)                                            \
-  do {                                                            \
-    cudaError_t epm__e = (call);                                  \
-    if (epm__e != cudaSuccess) return cuda_fail(epm__e, #call);   \
-  } while (0)
-
 static cuda_ctx_t *ctx_of(const epm_backend_t *be) { return (cuda_ctx_t *)be->ctx; }
 
 static void cuda_destroy(epm_backend_t *be) {
@@ -91,12 +81,7 @@ static void cuda_destroy(epm_backend_t *be) {
 static epm_status_t cuda_alloc(epm_backend_t *be, size_t bytes, void **out) {
   void *p = NULL;
   (void)be;
-  cudaError_t e = cudaMalloc(&p, bytes ? bytes : 256);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return epm_error(e == cudaErrorMemoryAllocation ? EPM_ERR_NOMEM : EPM_ERR_CUDA, "cudaMalloc(%zu bytes): %s",
-                     bytes, cudaGetErrorString(e));
-  }
+  EPM_TRY(epm_cuda_status(cudaMalloc(&p, bytes ? bytes : 256), "cudaMalloc(%zu bytes)", bytes));
   *out = p;
   return EPM_OK;
 }
@@ -107,27 +92,27 @@ static void cuda_free(epm_backend_t *be, void *p) {
 }
 
 static epm_status_t cuda_h2d(epm_backend_t *be, void *dst, const void *src, size_t bytes) {
-  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx_of(be)->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, ctx_of(be)->stream));
   return EPM_OK;
 }
 
 /* Host results are read right after, so this one waits. */
 static epm_status_t cuda_d2h(epm_backend_t *be, void *dst, const void *src, size_t bytes) {
-  CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_of(be)->stream));
-  CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_of(be)->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
   return EPM_OK;
 }
 
 static epm_status_t cuda_sync(epm_backend_t *be) {
-  CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
   return EPM_OK;
 }
 
 /* ---- weights ----------------------------------------------------------- */
 
 static epm_status_t upload(const void *src, size_t bytes, void **dst) {
-  CUDA_TRY(cudaMalloc(dst, bytes ? bytes : 256));
-  if (bytes) CUDA_TRY(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice));
+  EPM_TRY(epm_cuda_status(cudaMalloc(dst, bytes ? bytes : 256), "cudaMalloc(%zu bytes) for weights", bytes));
+  if (bytes) EPM_CUDA_TRY(cudaMemcpy(*dst, src, bytes, cudaMemcpyHostToDevice));
   return EPM_OK;
 }
 
@@ -174,8 +159,8 @@ static epm_status_t grow_host(cuda_ctx_t *c, int64_t elems) {
   c->host_f32 = NULL;
   c->host_bf16 = NULL;
   c->host_elems = 0;
-  CUDA_TRY(cudaMallocHost((void **)&c->host_f32, (size_t)elems * sizeof(float)));
-  CUDA_TRY(cudaMallocHost((void **)&c->host_bf16, (size_t)elems * sizeof(epm_bf16_t)));
+  EPM_CUDA_TRY(cudaMallocHost((void **)&c->host_f32, (size_t)elems * sizeof(float)));
+  EPM_CUDA_TRY(cudaMallocHost((void **)&c->host_bf16, (size_t)elems * sizeof(epm_bf16_t)));
   c->host_elems = elems;
   return EPM_OK;
 }
@@ -183,14 +168,14 @@ static epm_status_t grow_host(cuda_ctx_t *c, int64_t elems) {
 /* Device scratch grows at load time only (never inside a step). */
 static epm_status_t grow_dev(cuda_ctx_t *c, void **p, size_t *cap, size_t need, const char *what) {
   if (need <= *cap && *p) return EPM_OK;
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(c->stream));
   cudaFree(*p);
   *p = NULL;
   *cap = 0;
   cudaError_t e = cudaMalloc(p, need ? need : 256);
   if (e != cudaSuccess) {
     *p = NULL;
-    return epm_error_wrap(cuda_fail(e, "cudaMalloc"), "%s (%zu bytes)", what, need);
+    return epm_cuda_status(e, "cudaMalloc(%zu bytes) for %s", need, what);
   }
   *cap = need;
   return EPM_OK;
@@ -215,13 +200,13 @@ static epm_status_t load_shared(cuda_ctx_t *c, cuda_weights_t *w, const epm_laye
   EPM_TRY(grow_dev(c, (void **)&c->sh_ids, &cap, (size_t)R * sizeof(int32_t), "shared expert ids"));
   cap = 0;
   EPM_TRY(grow_dev(c, (void **)&c->sh_w, &cap, (size_t)R * sizeof(float), "shared expert weights"));
-  CUDA_TRY(cudaMemset(c->sh_ids, 0, (size_t)R * sizeof(int32_t)));
+  EPM_CUDA_TRY(cudaMemset(c->sh_ids, 0, (size_t)R * sizeof(int32_t)));
   float *ones = malloc((size_t)R * sizeof *ones);
   if (!ones) return epm_error(EPM_ERR_NOMEM, "shared expert weights of %lld rows", (long long)R);
   for (int64_t i = 0; i < R; i++) ones[i] = 1.0f;
   cudaError_t e = cudaMemcpy(c->sh_w, ones, (size_t)R * sizeof *ones, cudaMemcpyHostToDevice);
   free(ones);
-  if (e != cudaSuccess) return cuda_fail(e, "cudaMemcpy(shared weights)");
+  EPM_TRY(epm_cuda_status(e, "cudaMemcpy(shared expert weights, %lld rows)", (long long)R));
   c->sh_rows = R;
   c->sh_H = HH;
   return EPM_OK;
@@ -235,10 +220,7 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
   if (!w) return epm_error(EPM_ERR_NOMEM, "cuda weights handle");
   epm_status_t st;
   epm_moe_plan_t p;
-  if (cudaSetDevice(c->device) != cudaSuccess) {
-    st = cuda_fail(cudaGetLastError(), "cudaSetDevice");
-    goto fail;
-  }
+  EPM_TRY_GOTO(epm_cuda_status(cudaSetDevice(c->device), "cudaSetDevice(%d)", c->device), st, fail);
   EPM_TRY_GOTO(upload_bank(&l->experts, &w->routed), st, fail);
   if (l->router_bias)
     EPM_TRY_GOTO(upload(l->router_bias, (size_t)d->num_experts * sizeof(float), (void **)&w->bias_dev), st, fail);
@@ -272,7 +254,7 @@ static epm_status_t quantize_on(epm_backend_t *be, const epm_bf16_t *x, int64_t 
   epm_quantize_plan_t p;
   EPM_TRY(epm_quantize_plan(m, hidden, EPM_SF_LINEAR, &p));
   /* Pageable source: the copy is staged before cudaMemcpyAsync returns. */
-  CUDA_TRY(cudaMemcpyAsync(c->scale_dev, &G, sizeof G, cudaMemcpyHostToDevice, c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(c->scale_dev, &G, sizeof G, cudaMemcpyHostToDevice, c->stream));
   return epm_kernel_quantize_bf16(&p, x, c->scale_dev, packed, sf, c->stream);
 }
 
@@ -284,13 +266,13 @@ static epm_status_t cuda_weight_on_input(epm_backend_t *be, const epm_bf16_t *x,
   if (n > c->host_elems || m > c->host_elems)
     return epm_error(EPM_ERR_INVALID_ARG, "cuda weight_on_input of %lld values; staging holds %lld", (long long)n,
                      (long long)c->host_elems);
-  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaMemcpyAsync(c->host_f32, weights, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(c->host_f32, weights, (size_t)m * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(c->stream));
   epm__host_weight_on_input(c->host_bf16, m, hidden, c->host_f32, c->host_bf16); /* in place: row by row */
-  CUDA_TRY(cudaMemcpyAsync(x_out, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
-  CUDA_TRY(cudaMemcpyAsync(weights, c->host_f32, (size_t)m * sizeof(float), cudaMemcpyHostToDevice, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(x_out, c->host_bf16, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyHostToDevice, c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(weights, c->host_f32, (size_t)m * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(c->stream));
   return EPM_OK;
 }
 
@@ -353,8 +335,8 @@ static epm_status_t need_host(const cuda_ctx_t *c, int64_t n, const char *op) {
 static epm_status_t cuda_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t n, float *amax) {
   cuda_ctx_t *c = ctx_of(be);
   EPM_TRY(need_host(c, n, "amax"));
-  CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
-  CUDA_TRY(cudaStreamSynchronize(c->stream));
+  EPM_CUDA_TRY(cudaMemcpyAsync(c->host_bf16, x, (size_t)n * sizeof(epm_bf16_t), cudaMemcpyDeviceToHost, c->stream));
+  EPM_CUDA_TRY(cudaStreamSynchronize(c->stream));
   *amax = epm_amax_bf16(c->host_bf16, n);
   return EPM_OK;
 }
@@ -394,14 +376,14 @@ static const epm__backend_ops_t cuda_ops = {
 epm_status_t epm__backend_cuda_init(epm_backend_t *be) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
-  if (e != cudaSuccess || n == 0) {
-    (void)cudaGetLastError();
-    return epm_error(EPM_ERR_NOT_SUPPORTED, "backend 'cuda': no CUDA device visible (%s)",
-                     e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+  if (e != cudaSuccess) { /* no driver or no device: nothing to run on, not a device fault */
+    (void)epm_cuda_status(e, "cudaGetDeviceCount"); /* records CUDA's reason, resets the error */
+    return epm_error_wrap(EPM_ERR_NOT_SUPPORTED, "backend 'cuda': no CUDA device visible");
   }
+  if (n == 0) return epm_error(EPM_ERR_NOT_SUPPORTED, "backend 'cuda': no CUDA device visible (0 devices)");
   if (be->cfg.device < 0 || be->cfg.device >= n)
     return epm_error(EPM_ERR_INVALID_ARG, "backend 'cuda': device %d is outside [0, %d)", be->cfg.device, n);
-  CUDA_TRY(cudaSetDevice(be->cfg.device));
+  EPM_CUDA_TRY(cudaSetDevice(be->cfg.device));
   cuda_ctx_t *c = calloc(1, sizeof *c);
   if (!c) return epm_error(EPM_ERR_NOMEM, "cuda backend context");
   c->device = be->cfg.device;
@@ -410,7 +392,7 @@ epm_status_t epm__backend_cuda_init(epm_backend_t *be) {
   e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);
   if (e == cudaSuccess) e = cudaMalloc((void **)&c->scale_dev, sizeof(float));
   if (e != cudaSuccess) {
-    epm_status_t st = cuda_fail(e, "cuda backend init (stream, scale slot)");
+    epm_status_t st = epm_cuda_status(e, "cuda backend init on device %d (stream, scale slot)", c->device);
     cuda_destroy(be);
     return st;
   }

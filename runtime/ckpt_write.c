@@ -15,6 +15,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "epmoe/bf16.h"
 #include "epmoe/checked.h"
 #include "epmoe/log.h"
 #include "epmoe/weights.h"
@@ -144,12 +145,11 @@ static epm_status_t entry_bytes(mk_t *m, const entry_t *e, void *scratch, size_t
     uint16_t *bf = scratch;
     if (scratch_len < e->nbytes) return epm_error(EPM_ERR_INTERNAL, "router scratch too small");
     for (size_t i = 0; i < n; i++) {
-      uint32_t u;
-      memcpy(&u, &l->router_w[i], sizeof u);
-      if (u & 0xffffu)
+      bf[i] = epm_bf16_from_f32(l->router_w[i]);
+      const float back = epm_bf16_to_f32(bf[i]);
+      if (memcmp(&back, &l->router_w[i], sizeof back) != 0) /* bit compare: NaN too */
         return epm_error(EPM_ERR_INTERNAL, "layer %lld router weight %zu (%g) is not bf16-exact",
                          (long long)e->layer, i, (double)l->router_w[i]);
-      bf[i] = (uint16_t)(u >> 16);
     }
     *out = bf;
     return EPM_OK;

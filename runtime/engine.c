@@ -12,9 +12,9 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "epmoe/checked.h"
+#include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "epmoe/plan.h"
 
@@ -66,12 +66,6 @@ static const char *const stage_names[EPM_STAGE_COUNT] = {
 const char *epm_engine_stage_name(epm_engine_stage_t s) {
   if ((int)s < 0 || s >= EPM_STAGE_COUNT) return "invalid";
   return stage_names[s];
-}
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* One buffer of the plan (capacity case), as `elem`-byte elements: the plan
@@ -209,7 +203,7 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   if (cfg->scale_mode != EPM_SCALE_STATIC && cfg->scale_mode != EPM_SCALE_DYNAMIC)
     return epm_error(EPM_ERR_INVALID_ARG, "scale mode %d is not static (0) or dynamic (1)",
                      (int)cfg->scale_mode);
-  if (cfg->partial_dtype != EPM_DTYPE_F32 && cfg->partial_dtype != EPM_DTYPE_BF16)
+  if (epm_dtype_size(cfg->partial_dtype) == 0)
     return epm_error(EPM_ERR_INVALID_ARG, "partial dtype %d is not f32 (0) or bf16 (1)",
                      (int)cfg->partial_dtype);
   EPM_TRY(epm_model_dims_validate(&layer->dims));
@@ -242,7 +236,7 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   /* As the reference layer (and vLLM) does for llama4: the top-1 weight is
    * applied to the input before quantization, the experts sum with weight 1. */
   e->weight_on_input = layer->dims.routing == EPM_ROUTING_LLAMA4;
-  e->partial_elem = cfg->partial_dtype == EPM_DTYPE_F32 ? sizeof(float) : sizeof(epm_bf16_t);
+  e->partial_elem = epm_dtype_size(cfg->partial_dtype);
   pthread_mutex_init(&e->stats_mu, NULL);
   if (epm_mul_i64(e->max_m, size, &e->max_M)) {
     st = epm_error(EPM_ERR_OVERFLOW, "max tokens %lld x EP %d overflows", (long long)e->max_m, size);
@@ -265,7 +259,7 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
           (long long)(layer->expert_offset + layer->experts.count), (long long)e->E,
           (long long)e->max_m, (long long)e->max_M,
           cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic", e->use_shared ? "on" : "off",
-          cfg->partial_dtype == EPM_DTYPE_F32 ? "fp32" : "bf16", e->buffer_bytes,
+          epm_dtype_name(cfg->partial_dtype), e->buffer_bytes,
           e->owns_buffers ? "" : " (buffers shared with another engine)", epm_backend_name(be));
   *out = e;
   return EPM_OK;
@@ -306,7 +300,7 @@ typedef struct {
 
 static epm_status_t stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
   if (epm_backend_is_device(tm->e->be)) EPM_TRY(epm_backend_sync(tm->e->be));
-  double t = now_s();
+  double t = epm_clock_s();
   tm->s[stage] += t - tm->t;
   tm->t = t;
   return EPM_OK;
@@ -425,8 +419,7 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
                               e->cfg.partial_dtype, e->partial_all));
   EPM_TRY(stage_end(tm, EPM_STAGE_EXPERTS));
 
-  const epm_red_dtype_t rd = e->cfg.partial_dtype == EPM_DTYPE_F32 ? EPM_RED_F32 : EPM_RED_BF16;
-  EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, rd));
+  EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, e->cfg.partial_dtype));
   EPM_TRY(epm_comm_wait(e->comm, 0));
   EPM_TRY(stage_end(tm, EPM_STAGE_REDUCE_SCATTER));
 
@@ -447,7 +440,7 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
                          epm_bf16_t *y_local, int in_backend_mem) {
   if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_step: NULL engine");
   e->stage_io = epm_backend_is_device(e->be) && !in_backend_mem;
-  step_timer_t tm = {.e = e, .t = now_s()};
+  step_timer_t tm = {.e = e, .t = epm_clock_s()};
   const double t0 = tm.t;
   /* Decode scale a1 of the gathered activations; encode scale G = fp32(1/a1). */
   float a1 = e->layer->input_scale, amax = 0.0f;
@@ -475,7 +468,7 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
     record(e, &tm, m_r, M, a1, 0);
     return st;
   }
-  tm.s[EPM_STAGE_TOTAL] = now_s() - t0;
+  tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
   record(e, &tm, m_r, M, a1, 1);
   return EPM_OK;
 }

@@ -19,6 +19,7 @@
 #endif
 
 #include "epmoe/checked.h"
+#include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "moe_ref_math.h"
 
@@ -64,7 +65,7 @@ epm_status_t epm__expert_forward(const epm_expert_bank_t *b, int64_t e, const fl
     goto out;
   }
 
-  double t0 = epm__now_s();
+  double t0 = epm_clock_s();
 #pragma omp parallel num_threads(nthreads)
   {
     float *wt = malloc((size_t)(2 * GEMM1_TILE * H) * sizeof(float));
@@ -91,7 +92,7 @@ epm_status_t epm__expert_forward(const epm_expert_bank_t *b, int64_t e, const fl
     }
     free(wt);
   }
-  double t1 = epm__now_s();
+  double t1 = epm_clock_s();
   if (failed) {
     st = epm_error(EPM_ERR_NOMEM, "expert %lld: weight tile of %d x %lld floats", (long long)e,
                    2 * GEMM1_TILE, (long long)H);
@@ -120,7 +121,7 @@ epm_status_t epm__expert_forward(const epm_expert_bank_t *b, int64_t e, const fl
     free(row);
     free(pk);
   }
-  double t2 = epm__now_s();
+  double t2 = epm_clock_s();
   if (failed) {
     st = failed == 1 ? epm_error(EPM_ERR_NOMEM, "expert %lld: requant row buffers", (long long)e)
                      : epm_error_wrap(EPM_ERR_INTERNAL, "expert %lld: re-quantizing the intermediate",
@@ -151,7 +152,7 @@ epm_status_t epm__expert_forward(const epm_expert_bank_t *b, int64_t e, const fl
     }
     free(wt);
   }
-  double t3 = epm__now_s();
+  double t3 = epm_clock_s();
   if (failed) {
     st = epm_error(EPM_ERR_NOMEM, "expert %lld: down tile of %d x %lld floats", (long long)e, GEMM2_TILE,
                    (long long)I);
@@ -256,7 +257,7 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
   const int nt = epm_moe_ref_threads(opts->threads);
   const int64_t mk = m * k; /* checked above */
   size_t ybytes, tbytes;
-  double t0 = epm__now_s();
+  double t0 = epm_clock_s();
   if (tm) tm->gather_s = tm->gemm1_s = tm->requant_s = tm->gemm2_s = tm->finalize_s = 0.0;
   if (epm_mul_size((size_t)mk, sizeof(int64_t), &tbytes))
     return epm_error(EPM_ERR_OVERFLOW, "%lld tokens x top_k %lld pair table overflows size_t", (long long)m,
@@ -307,18 +308,18 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
                    (long long)H);
     goto out;
   }
-  if (tm) tm->gather_s += epm__now_s() - t0;
+  if (tm) tm->gather_s += epm_clock_s() - t0;
 
   for (int64_t e = 0; e < el; e++) {
     const int64_t n = start[e + 1] - start[e];
     if (n == 0) continue;
-    double tg = epm__now_s();
+    double tg = epm_clock_s();
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t p = 0; p < n; p++) {
       const int64_t t = tok[start[e] + p];
       epm__nvfp4_decode_exact(x_fp4 + t * (H / 2), x_sf + t * (H / 16), 1, H, a + p * H);
     }
-    if (tm) tm->gather_s += epm__now_s() - tg;
+    if (tm) tm->gather_s += epm_clock_s() - tg;
     st = epm__expert_forward(&l->experts, e, a, n, x_decode_scale, g_mid, d_mid, !opts->expert_out_fp32, nt,
                              y + start[e] * H, tm);
     if (st != EPM_OK) {
@@ -328,7 +329,7 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
   }
 
   /* Finalize: slots in stored order, fp32 accumulation from +0. */
-  double tf = epm__now_s();
+  double tf = epm_clock_s();
   int failed = 0;
 #pragma omp parallel num_threads(nt)
   {
@@ -355,7 +356,7 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
     free(row);
   }
   if (failed) st = epm_error(EPM_ERR_NOMEM, "finalize row of hidden %lld floats", (long long)H);
-  if (tm) tm->finalize_s = epm__now_s() - tf;
+  if (tm) tm->finalize_s = epm_clock_s() - tf;
 out:
   free(start);
   free(row_of);

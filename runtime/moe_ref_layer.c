@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "epmoe/checked.h"
+#include "epmoe/clock.h"
 #include "epmoe/moe_ref.h"
 #include "moe_ref_math.h"
 
@@ -105,7 +106,7 @@ epm_status_t epm_moe_ref_layer(const epm_layer_t *l, const epm_bf16_t *hidden, c
   if (!hidden) return epm_error(EPM_ERR_INVALID_ARG, "epm_moe_ref_layer: hidden is NULL for %lld tokens", (long long)m);
   const int with_shared = opts->include_shared && l->shared.count > 0;
   const int nt = epm_moe_ref_threads(opts->threads);
-  double t0 = epm__now_s(), t;
+  double t0 = epm_clock_s(), t;
   epm_moe_ref_timing_t sub;
   memset(&sub, 0, sizeof sub);
 
@@ -124,17 +125,17 @@ epm_status_t epm_moe_ref_layer(const epm_layer_t *l, const epm_bf16_t *hidden, c
     goto out;
   }
 
-  t = epm__now_s();
+  t = epm_clock_s();
   if (!logits) {
     EPM_TRY_GOTO(epm_moe_ref_router_logits(l, hidden, m, opts->threads, lg), st, out);
     logits = lg;
   }
-  sub.router_s = epm__now_s() - t;
-  t = epm__now_s();
+  sub.router_s = epm_clock_s() - t;
+  t = epm_clock_s();
   EPM_TRY_GOTO(epm_route_f32(&rc, logits, l->router_bias, m, ids, w, NULL), st, out);
-  sub.route_s = epm__now_s() - t;
+  sub.route_s = epm_clock_s() - t;
 
-  t = epm__now_s();
+  t = epm_clock_s();
   const epm_bf16_t *src = hidden;
   if (woi) {
     /* vLLM apply_router_weight_on_input: bf16 x bf16 rounded to bf16, then
@@ -149,26 +150,26 @@ epm_status_t epm_moe_ref_layer(const epm_layer_t *l, const epm_bf16_t *hidden, c
   }
   EPM_TRY_GOTO(epm_nvfp4_quantize_bf16(src, m, H, 1.0f / l->input_scale, EPM_SF_LINEAR, xq, xq + m * (H / 2)),
                st, out);
-  sub.quantize_s = epm__now_s() - t;
+  sub.quantize_s = epm_clock_s() - t;
 
   EPM_TRY_GOTO(epm_moe_ref_experts(l, xq, xq + m * (H / 2), l->input_scale, m, k, ids, woi ? wexp : w, opts, r,
                                    NULL, &sub),
                st, out);
 
   if (with_shared) {
-    t = epm__now_s();
+    t = epm_clock_s();
     st = shared_expert(l, hidden, m, opts, s);
     if (st != EPM_OK) goto out;
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int64_t i = 0; i < m * H; i++) r[i] = bf16_round(r[i]) + s[i];
-    sub.shared_s = epm__now_s() - t;
+    sub.shared_s = epm_clock_s() - t;
   }
   if (out_f32) memcpy(out_f32, r, (size_t)(m * H) * sizeof(float));
   if (out_bf16)
     for (int64_t i = 0; i < m * H; i++) out_bf16[i] = epm_bf16_from_f32(r[i]);
   if (ids_out) memcpy(ids_out, ids, (size_t)(m * k) * sizeof(int32_t));
   if (w_out) memcpy(w_out, w, (size_t)(m * k) * sizeof(float));
-  sub.total_s = epm__now_s() - t0;
+  sub.total_s = epm_clock_s() - t0;
   if (tm) *tm = sub;
 out:
   free(lg);

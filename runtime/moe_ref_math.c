@@ -12,7 +12,6 @@
 
 #include <pthread.h>
 #include <string.h>
-#include <time.h>
 
 #include "epmoe/nvfp4.h"
 
@@ -105,8 +104,3 @@ void epm__dot_rows(const float *a, const float *w, int64_t ld, int64_t nrows, in
   for (; r < nrows; r++) out[r] = dot1(a, w + r * ld, n);
 }
 
-double epm__now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}

@@ -30,7 +30,4 @@ epm_status_t epm__bank_check(const char *what, const epm_expert_bank_t *b, int64
 /* G_mid and its decode scale from down_input_scale or an override (> 0). */
 epm_status_t epm__mid_scales(float down_input_scale, float override_g, float *g_mid, float *d_mid);
 
-/* Wall clock in seconds (CLOCK_MONOTONIC). */
-double epm__now_s(void);
-
 #endif

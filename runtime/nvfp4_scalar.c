@@ -1,4 +1,4 @@
-/* nvfp4_scalar.c — bf16, E2M1 and E4M3 (fn) conversions and the global scale
+/* nvfp4_scalar.c — E2M1 and E4M3 (fn) conversions and the global scale
  * (spec/nvfp4-moe.md §1).
  *
  * Every conversion works on the binary32 bit pattern with integer rounding,
@@ -48,17 +48,6 @@ static inline uint32_t round_to_quantum(uint32_t a, int frac_bits) {
   if (shift > 25) return 0; /* < quarter quantum: rounds to 0 */
   return shr_rne(mant, (unsigned)shift);
 }
-
-/* ---- bf16 ---------------------------------------------------------------- */
-
-epm_bf16_t epm_bf16_from_f32(float x) {
-  uint32_t u = f32_bits(x);
-  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return (epm_bf16_t)((u >> 16) | 0x0040u); /* quiet NaN */
-  uint32_t lsb = (u >> 16) & 1u;
-  return (epm_bf16_t)((u + 0x7FFFu + lsb) >> 16);
-}
-
-float epm_bf16_to_f32(epm_bf16_t b) { return f32_from_bits((uint32_t)b << 16); }
 
 /* ---- E2M1 ---------------------------------------------------------------- */
 

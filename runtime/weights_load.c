@@ -6,10 +6,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <time.h>
 #include <unistd.h>
 
+#include "epmoe/bf16.h"
 #include "epmoe/checked.h"
+#include "epmoe/clock.h"
 
 /* Copy threads per load: enough to overlap page faults and storage queues;
  * more only contends on a shared host. */
@@ -51,16 +52,10 @@ int epm_router_name(epm_model_family_t fam, int64_t layer, int bias, char *buf, 
 }
 
 /* ---- progress ---- */
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 void epm_load_progress_begin(epm_load_progress_t *p, size_t total_bytes, int quiet) {
   memset(p, 0, sizeof *p);
   p->total = total_bytes;
-  p->t0 = p->last_print = now_s();
+  p->t0 = p->last_print = epm_clock_s();
   p->quiet = quiet;
   p->live = !quiet && isatty(STDERR_FILENO);
 }
@@ -68,7 +63,7 @@ void epm_load_progress_begin(epm_load_progress_t *p, size_t total_bytes, int qui
 void epm_load_progress_add(epm_load_progress_t *p, size_t bytes) {
   p->done += bytes;
   if (!p->live) return;
-  double t = now_s();
+  double t = epm_clock_s();
   if (t - p->last_print < 0.25 && p->done < p->total) return;
   p->last_print = t;
   double el = t - p->t0, mbs = el > 0 ? (double)p->done / 1e6 / el : 0.0;
@@ -80,7 +75,7 @@ void epm_load_progress_add(epm_load_progress_t *p, size_t bytes) {
 }
 
 double epm_load_progress_end(epm_load_progress_t *p, const char *what) {
-  double el = now_s() - p->t0;
+  double el = epm_clock_s() - p->t0;
   if (p->live) fputc('\n', stderr);
   if (!p->quiet)
     fprintf(stderr, "%s: %.3f GB in %.2f s, %.0f MB/s\n", what, (double)p->done / 1e9, el,
@@ -234,10 +229,8 @@ static epm_status_t load_router_tensor(ctx_t *c, int bias, int64_t E, int64_t H,
   if (t->dtype == EPM_ST_F32) {
     memcpy(dst, t->data, n * sizeof(float));
   } else {
-    for (size_t i = 0; i < n; i++) {
-      uint32_t u = (uint32_t)(t->data[2 * i] | (t->data[2 * i + 1] << 8)) << 16;
-      memcpy(&dst[i], &u, sizeof u);
-    }
+    for (size_t i = 0; i < n; i++) /* safetensors is little-endian */
+      dst[i] = epm_bf16_to_f32((epm_bf16_t)(t->data[2 * i] | (t->data[2 * i + 1] << 8)));
   }
   if (c->prog) epm_load_progress_add(c->prog, t->nbytes);
   return EPM_OK;

@@ -29,6 +29,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epmoe/dtype.h"
 #include "epmoe/layer.h"
 #include "epmoe/nvfp4.h"
 #include "epmoe/status.h"
@@ -41,12 +42,6 @@ typedef enum {
   EPM_BACKEND_CPU = 0,
   EPM_BACKEND_CUDA = 1,
 } epm_backend_kind_t;
-
-/* Element type of a float buffer handed between stages. */
-typedef enum {
-  EPM_DTYPE_F32 = 0,
-  EPM_DTYPE_BF16 = 1,
-} epm_dtype_t;
 
 typedef struct epm_backend epm_backend_t;
 /* A layer's weights prepared for one backend (repacked / uploaded). */

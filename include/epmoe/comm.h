@@ -33,6 +33,7 @@
 #include <stdint.h>
 
 #include "epmoe/bootstrap.h"
+#include "epmoe/dtype.h"
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -43,8 +44,6 @@ typedef struct epm_comm epm_comm_t;
 
 typedef enum { EPM_COMM_MPI = 0, EPM_COMM_NCCL = 1 } epm_comm_backend_t;
 typedef enum { EPM_MEM_HOST = 0, EPM_MEM_DEVICE = 1 } epm_mem_kind_t;
-/* Element types of reductions. bf16 is raw bfloat16 bits (uint16_t). */
-typedef enum { EPM_RED_F32 = 0, EPM_RED_BF16 = 1 } epm_red_dtype_t;
 
 typedef struct {
   epm_comm_backend_t backend;
@@ -107,7 +106,7 @@ epm_status_t epm_comm_allgatherv_multi(epm_comm_t *c, const epm_comm_gather_buf_
  * NCCL: NCCL's own reduction order (for bf16, per-step bf16 rounding). */
 epm_status_t epm_comm_reduce_scatterv(epm_comm_t *c, const void *send, void *recv,
                                       const int64_t *counts, int64_t row_elems,
-                                      epm_red_dtype_t dtype);
+                                      epm_dtype_t dtype);
 
 /* In-place all-reduce max of n floats in the comm's memory kind (the dynamic
  * global scale: every rank's amax -> the group's amax). */

@@ -18,22 +18,20 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epmoe/bf16.h" /* epm_bf16_t, epm_bf16_from_f32 / epm_bf16_to_f32 */
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
-typedef uint16_t epm_bf16_t; /* raw bfloat16 bits: the upper half of a binary32 */
-
 #define EPM_NVFP4_BLOCK 16      /* elements per E4M3 block scale */
 #define EPM_E2M1_MAX 6.0f
 #define EPM_E4M3_MAX 448.0f
 
 /* ---- scalars ---------------------------------------------------------- */
-/* bf16 <-> fp32. fp32 -> bf16 rounds to nearest even; NaN stays a (quiet) NaN. */
-epm_bf16_t epm_bf16_from_f32(float x);
-float epm_bf16_to_f32(epm_bf16_t b);
+/* bf16 <-> fp32 are the inline ones of epmoe/bf16.h (round to nearest even;
+ * NaN stays a quiet NaN). */
 
 /* E2M1: round to nearest even, saturating to +-6 (+-Inf -> 0x7/0xF). Equal to
  * __nv_cvt_float2_to_fp4x2(..., __NV_E2M1, cudaRoundNearest) on every float

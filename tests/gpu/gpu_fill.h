@@ -29,7 +29,7 @@ EPM_HD uint16_t epm_fill_act_bf16(uint64_t seed, int64_t row, int64_t col, int64
   if (epm_fill_mix(seed ^ 0xABCDull ^ (uint64_t)(i / 16)) % 61u == 0) return 0;
   float mag = (float)(1u << (row % 7)) * 0x1p-4f;
   float u = epm_fill_unit(seed, i);
-  return epm_core_bf16_from_f32(u * u * u * 4.0f * mag);
+  return epm_bf16_from_f32(u * u * u * 4.0f * mag);
 }
 
 /* Router logit (row, e): roughly N(0, 1)-shaped from three uniforms. */

@@ -6,7 +6,8 @@ extern "C" void gpu_require_device(const char *test_name) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess || n == 0) {
-    printf("%s: no CUDA device (%s); skipping\n", test_name, e == cudaSuccess ? "0 devices" : cudaGetErrorString(e));
+    if (e != cudaSuccess) (void)epm_cuda_status(e, "cudaGetDeviceCount");
+    printf("%s: no CUDA device (%s); skipping\n", test_name, e == cudaSuccess ? "0 devices" : epm_last_error());
     exit(77);
   }
   cudaDeviceProp p;

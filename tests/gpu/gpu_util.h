@@ -10,6 +10,7 @@
 
 #include <cuda_runtime.h>
 
+#include "epmoe/cuda_status.h"
 #include "epmoe/kernels.h"
 #include "epmoe/layer.h"
 #include "epmoe/status.h"
@@ -21,12 +22,13 @@ extern "C" {
 /* Exit 77 (ctest: skipped) when no CUDA device is usable; print the device. */
 void gpu_require_device(const char *test_name);
 
+/* A failed CUDA call ends the test, described by epmoe's own translation. */
 #define GPU_CHECK(call)                                                                \
   do {                                                                                 \
-    cudaError_t gpu__e = (call);                                                       \
-    if (gpu__e != cudaSuccess) {                                                       \
-      fprintf(stderr, "%s:%d: %s -> %s\n", __FILE__, __LINE__, #call,                  \
-              cudaGetErrorString(gpu__e));                                             \
+    epm_status_t gpu__c = epm_cuda_status((call), "%s", #call);                        \
+    if (gpu__c != EPM_OK) {                                                            \
+      fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, epm_status_name(gpu__c),   \
+              epm_last_error());                                                       \
       exit(1);                                                                         \
     }                                                                                  \
   } while (0)

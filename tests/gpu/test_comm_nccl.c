@@ -12,12 +12,9 @@
 
 #include "../mpi/comm_check.h"
 #include "epmoe/comm.h"
+#include "epmoe/cuda_status.h"
 
-#define CUDA_OK(expr)                                                         \
-  do {                                                                        \
-    cudaError_t e_ = (expr);                                                  \
-    CHECK(e_ == cudaSuccess, "%s: %s", #expr, cudaGetErrorString(e_));         \
-  } while (0)
+#define CUDA_OK(expr) CHECK_OK(epm_cuda_status((expr), "%s", #expr))
 
 static int P, me;
 static epm_comm_t *cm, *cn; /* MPI (host) and NCCL (device) */
@@ -76,19 +73,19 @@ static void gather_case(int pat, const size_t *esz, int nbufs) {
   }
 }
 
-static void reduce_case(int pat, int64_t row, epm_red_dtype_t dt) {
+static void reduce_case(int pat, int64_t row, epm_dtype_t dt) {
   int64_t counts[64] = {0}, total = 0, my_off = 0;
   for (int r = 0; r < P; r++) {
     if (r == me) my_off = total;
     total += counts[r] = pat_count(pat, r);
   }
-  const size_t esz = dt == EPM_RED_F32 ? 4 : 2;
+  const size_t esz = dt == EPM_DTYPE_F32 ? 4 : 2;
   const int64_t ne = total * row, mine = counts[me] * row;
   char *hs = ne ? malloc((size_t)ne * esz) : NULL;
   for (int64_t i = 0; i < ne; i++) {
     float v = cc_f32(me, 7, i);
-    if (dt == EPM_RED_F32) ((float *)hs)[i] = v;
-    else ((uint16_t *)hs)[i] = cc_f32_to_bf16(v);
+    if (dt == EPM_DTYPE_F32) ((float *)hs)[i] = v;
+    else ((uint16_t *)hs)[i] = epm_bf16_from_f32(v);
   }
   char *hm = mine ? malloc((size_t)mine * esz) : NULL, *hn = mine ? malloc((size_t)mine * esz) : NULL;
   void *ds = dev_copy(hs, (size_t)ne * esz), *dr = NULL;
@@ -101,24 +98,24 @@ static void reduce_case(int pat, int64_t row, epm_red_dtype_t dt) {
   if (mine) CUDA_OK(cudaMemcpy(hn, dr, (size_t)mine * esz, cudaMemcpyDeviceToHost));
   /* Any summation order of P terms is within (P-1) u sum|x| of the exact sum
    * (u = 2^-24 fp32; NCCL's bf16 path may round every step, u = 2^-8). */
-  const double u = dt == EPM_RED_F32 ? 0x1p-24 : 0x1p-8;
+  const double u = dt == EPM_DTYPE_F32 ? 0x1p-24 : 0x1p-8;
   double worst = 0;
   for (int64_t j = 0; j < mine; j++) {
     int64_t g = my_off * row + j;
     double sabs = 0;
     for (int r = 0; r < P; r++) {
       float x = cc_f32(r, 7, g);
-      sabs += fabs(dt == EPM_RED_F32 ? x : cc_bf16_to_f32(cc_f32_to_bf16(x)));
+      sabs += fabs(dt == EPM_DTYPE_F32 ? x : epm_bf16_to_f32(epm_bf16_from_f32(x)));
     }
-    double a = dt == EPM_RED_F32 ? ((float *)hm)[j] : cc_bf16_to_f32(((uint16_t *)hm)[j]);
-    double b = dt == EPM_RED_F32 ? ((float *)hn)[j] : cc_bf16_to_f32(((uint16_t *)hn)[j]);
+    double a = dt == EPM_DTYPE_F32 ? ((float *)hm)[j] : epm_bf16_to_f32(((uint16_t *)hm)[j]);
+    double b = dt == EPM_DTYPE_F32 ? ((float *)hn)[j] : epm_bf16_to_f32(((uint16_t *)hn)[j]);
     double tol = 2.0 * P * u * sabs + 1e-30;
     CHECK(isfinite(b) && fabs(a - b) <= tol, "reduce_scatterv %s pattern %d row %lld element %lld: nccl %.9g mpi %.9g tol %.3g",
-          dt == EPM_RED_F32 ? "f32" : "bf16", pat, (long long)row, (long long)j, b, a, tol);
+          epm_dtype_name(dt), pat, (long long)row, (long long)j, b, a, tol);
     if (sabs > 0 && fabs(a - b) / sabs > worst) worst = fabs(a - b) / sabs;
   }
   if (me == 0 && pat == 0)
-    printf("reduce_scatterv %s row %lld: max |nccl-mpi|/sum|x| = %.3g\n", dt == EPM_RED_F32 ? "f32" : "bf16",
+    printf("reduce_scatterv %s row %lld: max |nccl-mpi|/sum|x| = %.3g\n", epm_dtype_name(dt),
            (long long)row, worst);
   free(hs);
   free(hm);
@@ -176,8 +173,8 @@ int main(int argc, char **argv) {
     gather_case(p, multi, 4);
     const int64_t rows[] = {1, 8, 129};
     for (int k = 0; k < 3; k++) {
-      reduce_case(p, rows[k], EPM_RED_F32);
-      reduce_case(p, rows[k], EPM_RED_BF16);
+      reduce_case(p, rows[k], EPM_DTYPE_F32);
+      reduce_case(p, rows[k], EPM_DTYPE_BF16);
     }
   }
   epm_comm_destroy(cn);

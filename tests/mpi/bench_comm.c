@@ -73,10 +73,10 @@ int main(int argc, char **argv) {
     CHECK_OK(epm_comm_allgatherv_multi(c, bufs, 4, counts));
     CHECK_OK(epm_comm_wait(c, 120));
     double t1 = MPI_Wtime();
-    CHECK_OK(epm_comm_reduce_scatterv(c, part, out, counts, H, EPM_RED_BF16));
+    CHECK_OK(epm_comm_reduce_scatterv(c, part, out, counts, H, EPM_DTYPE_BF16));
     CHECK_OK(epm_comm_wait(c, 120));
     double t2 = MPI_Wtime();
-    CHECK_OK(epm_comm_reduce_scatterv(c, part, out, counts, H, EPM_RED_F32));
+    CHECK_OK(epm_comm_reduce_scatterv(c, part, out, counts, H, EPM_DTYPE_F32));
     CHECK_OK(epm_comm_wait(c, 120));
     double t3 = MPI_Wtime();
     if (it < 0) continue;

@@ -11,6 +11,7 @@
 
 #include <mpi.h>
 
+#include "epmoe/bf16.h"
 #include "epmoe/bootstrap.h"
 
 #define CHECK(cond, ...)                                                     \
@@ -55,21 +56,6 @@ static inline float cc_f32(int rank, int tag, int64_t i) {
   float f;
   memcpy(&f, &bits, sizeof f);
   return f;
-}
-
-/* bf16 helpers written for the tests (round to nearest even via the
- * textbook "add half minus one plus lsb" on the upper half). */
-static inline float cc_bf16_to_f32(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
-static inline uint16_t cc_f32_to_bf16(float f) {
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  uint32_t lsb = (u >> 16) & 1u;
-  return (uint16_t)((u + 0x7fffu + lsb) >> 16); /* inputs here are finite */
 }
 
 /* GPU tests: every rank exits 77 together unless every rank can have a GPU

@@ -74,19 +74,19 @@ static void check_gather(const pattern_t *pt, const size_t *esz, int nbufs, epm_
 
 /* ---- reduce-scatter-v ---- */
 
-static void check_reduce(const pattern_t *pt, int64_t row_elems, epm_red_dtype_t dt, epm_comm_t *c,
+static void check_reduce(const pattern_t *pt, int64_t row_elems, epm_dtype_t dt, epm_comm_t *c,
                          int64_t limit) {
   int64_t counts[64], total, my_off = 0;
   fill_counts(pt, counts, &total, &my_off);
   const int64_t ne = total * row_elems, mine = counts[me] * row_elems;
-  const size_t esz = dt == EPM_RED_F32 ? 4 : 2;
+  const size_t esz = dt == EPM_DTYPE_F32 ? 4 : 2;
   const int tag = 7 + (int)dt;
   char *send = ne ? malloc((size_t)ne * esz) : NULL;
   char *out = mine ? malloc((size_t)mine * esz) : NULL, *out2 = mine ? malloc((size_t)mine * esz) : NULL;
   for (int64_t i = 0; i < ne; i++) {
     float v = cc_f32(me, tag, i);
-    if (dt == EPM_RED_F32) ((float *)send)[i] = v;
-    else ((uint16_t *)send)[i] = cc_f32_to_bf16(v);
+    if (dt == EPM_DTYPE_F32) ((float *)send)[i] = v;
+    else ((uint16_t *)send)[i] = epm_bf16_from_f32(v);
   }
   if (mine) memset(out, 0xA5, (size_t)mine * esz);
   CHECK_OK(epm_comm_reduce_scatterv(c, send, out, counts, row_elems, dt));
@@ -97,15 +97,15 @@ static void check_reduce(const pattern_t *pt, int64_t row_elems, epm_red_dtype_t
     int64_t g = my_off * row_elems + j; /* global element index */
     float acc = 0.0f;
     for (int r = 0; r < P; r++) {
-      float x = dt == EPM_RED_F32 ? cc_f32(r, tag, g) : cc_bf16_to_f32(cc_f32_to_bf16(cc_f32(r, tag, g)));
+      float x = dt == EPM_DTYPE_F32 ? cc_f32(r, tag, g) : epm_bf16_to_f32(epm_bf16_from_f32(cc_f32(r, tag, g)));
       acc = r == 0 ? x : acc + x;
     }
-    if (dt == EPM_RED_F32) {
+    if (dt == EPM_DTYPE_F32) {
       float got = ((float *)out)[j];
       CHECK(memcmp(&got, &acc, 4) == 0, "%s f32 limit %lld row %lld: element %lld = %.9g, rank-order sum %.9g",
             pt->name, (long long)limit, (long long)row_elems, (long long)j, got, acc);
     } else {
-      uint16_t got = ((uint16_t *)out)[j], want = cc_f32_to_bf16(acc);
+      uint16_t got = ((uint16_t *)out)[j], want = epm_bf16_from_f32(acc);
       CHECK(got == want, "%s bf16 limit %lld: element %lld = 0x%04x, want 0x%04x", pt->name,
             (long long)limit, (long long)j, got, want);
     }
@@ -157,7 +157,7 @@ static void check_bad_args(epm_comm_t *c) {
   CHECK(epm_comm_allgatherv(c, b, b + 8, counts, 1) == EPM_ERR_INVALID_ARG, "negative count accepted");
   CHECK(strstr(epm_last_error(), "< 0") != NULL, "message: %s", epm_last_error());
   counts[P - 1] = 1;
-  CHECK(epm_comm_reduce_scatterv(c, b, b, counts, 0, EPM_RED_F32) == EPM_ERR_INVALID_ARG,
+  CHECK(epm_comm_reduce_scatterv(c, b, b, counts, 0, EPM_DTYPE_F32) == EPM_ERR_INVALID_ARG,
         "row_elems 0 accepted");
   CHECK(epm_comm_allgatherv(c, NULL, b, counts, 4) == EPM_ERR_INVALID_ARG, "NULL send accepted");
   /* Sizes exchange carries any value (sentinels), never failing on one rank only. */
@@ -215,8 +215,8 @@ int main(int argc, char **argv) {
       check_gather(&patterns[p], multi, 4, c, lim);
       const int64_t rows[] = {1, 3, 8};
       for (int k = 0; k < 3; k++) {
-        check_reduce(&patterns[p], rows[k], EPM_RED_F32, c, lim);
-        check_reduce(&patterns[p], rows[k], EPM_RED_BF16, c, lim);
+        check_reduce(&patterns[p], rows[k], EPM_DTYPE_F32, c, lim);
+        check_reduce(&patterns[p], rows[k], EPM_DTYPE_BF16, c, lim);
       }
     }
     check_sizes_max_barrier(c);

@@ -178,7 +178,7 @@ static void run_engine(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *l
   CHECK(s.steps == 3 && s.tokens_gathered == 3 * (uint64_t)t.M, "counters after 3 steps");
   if (me == 0)
     printf("scale %s partial %s shared %d: M %lld, max_err %.3g (%lld elements of rank 0 differ), %ld stats reads\n",
-           scale == EPM_SCALE_STATIC ? "static" : "dynamic", partial == EPM_DTYPE_F32 ? "f32" : "bf16", shared,
+           scale == EPM_SCALE_STATIC ? "static" : "dynamic", epm_dtype_name(partial), shared,
            (long long)t.M, err, (long long)diffs, rd.reads);
   free(y1);
   free(ref);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "epmoe/bf16.h"
 #include "epmoe/safetensors.h"
 #include "epmoe/weights.h"
 
@@ -82,12 +83,8 @@ static int dump_model(const char *dir) {
     char name[256];
     int64_t rs[2] = {d->num_experts, d->hidden};
     const size_t n = (size_t)(d->num_experts * d->hidden);
-    uint16_t *bf = malloc(n * 2);
-    for (size_t k = 0; k < n; k++) {
-      uint32_t u;
-      memcpy(&u, &l.router_w[k], 4);
-      bf[k] = (uint16_t)(u >> 16);
-    }
+    epm_bf16_t *bf = malloc(n * 2);
+    for (size_t k = 0; k < n; k++) bf[k] = epm_bf16_from_f32(l.router_w[k]); /* exact: loaded from bf16 */
     epm_router_name(fam, L, 0, name, sizeof name);
     line(name, "BF16", 2, rs, bf, n * 2);
     free(bf);

@@ -32,7 +32,6 @@ static void test_scalars_match_codec(void **state) {
     float x = epm_core_bits_f32(u);
     if (epm_core_e2m1_from_f32(x) != epm_e2m1_from_f32(x)) fail_msg("e2m1(%a) bits %08x", (double)x, u);
     if (epm_core_e4m3_from_f32(x) != epm_e4m3_from_f32(x)) fail_msg("e4m3(%a) bits %08x", (double)x, u);
-    if (epm_core_bf16_from_f32(x) != epm_bf16_from_f32(x)) fail_msg("bf16(%a) bits %08x", (double)x, u);
     /* scaled small values stress the E4M3 subnormal path */
     float s = x * 0x1p-100f;
     if (epm_core_e4m3_from_f32(s) != epm_e4m3_from_f32(s)) fail_msg("e4m3(%a)", (double)s);
@@ -54,7 +53,7 @@ static void quantize_core(const epm_bf16_t *x, int64_t rows, int64_t cols, float
   for (int64_t r = 0; r < rows; r++)
     for (int64_t k = 0; k < nsf; k++) {
       float v[16];
-      for (int i = 0; i < 16; i++) v[i] = epm_core_bf16_to_f32(x[r * cols + k * 16 + i]);
+      for (int i = 0; i < 16; i++) v[i] = epm_bf16_to_f32(x[r * cols + k * 16 + i]);
       uint8_t s = epm_core_quantize_block(v, g, packed + r * (cols / 2) + k * 8);
       sf[swz ? epm_core_sf_offset_128x4(r, k, nsf) : r * nsf + k] = s;
     }
