@@ -1,14 +1,19 @@
 # Daemon, protocol and client tests (issue F).
-#   test_protocol   codec round-trips and malformed input (cpu)
+#   test_protocol   codec round-trips and malformed input for every message of
+#                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)
 if(TARGET epmoe_client)
-  epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client TIMEOUT 60)
+  epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client TIMEOUT 60
+               ARGS ${PROJECT_SOURCE_DIR}/docs/PROTOCOL.md)
 endif()
-# The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a file replayer
-# so it keeps compiling; see the file for the libFuzzer command line.
+# The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a replayer;
+# fuzz_frame_replay (test) runs it on every message of the table, each
+# truncation and bit flip. See the file for the libFuzzer command line.
 if(TARGET epmoe_client)
   add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
   target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
   target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client)
+  add_test(NAME fuzz_frame_replay COMMAND fuzz_frame_replay --table)
+  set_tests_properties(fuzz_frame_replay PROPERTIES LABELS cpu TIMEOUT 120)
 endif()
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
