@@ -211,7 +211,7 @@ epm_status_t epm_client_hello(epm_client_t *c, const char *client_name, epm_clie
   epm_hello_req_t rq = {EPM_PROTO_MIN_VERSION, EPM_PROTO_VERSION, {nm, (uint32_t)strlen(nm)}};
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  EPM_TRY_GOTO(epm_hello_req_encode(&b, rid, &rq), st, out);
+  EPM_TRY_GOTO(epm_hello_req_encode(&b, EPM_MSG_HELLO, rid, &rq), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HELLO, 1 << 20, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_hello_resp_decode(&f, &rs), st, out);
   memset(&c->info, 0, sizeof c->info);
@@ -239,13 +239,15 @@ static epm_status_t text_call(epm_client_t *c, uint16_t type, uint32_t fmt, char
   epm_buf_t b = {0};
   uint8_t *raw = NULL;
   epm_frame_t f;
-  epm_str_t s;
+  epm_fmt_req_t rq = {fmt};
+  epm_text_resp_t rs;
   epm_status_t st;
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  EPM_TRY_GOTO(epm_u32_req_encode(&b, type, rid, fmt), st, out);
+  EPM_TRY_GOTO(epm_fmt_req_encode(&b, type, rid, &rq), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, type, EPM_PROTO_MAX_TEXT, &raw, &f), st, out);
-  EPM_TRY_GOTO(epm_text_resp_decode(&f, &s), st, out);
+  EPM_TRY_GOTO(epm_text_resp_decode(&f, &rs), st, out);
+  epm_str_t s = rs.text;
   *text = malloc((size_t)s.len + 1);
   if (!*text) {
     st = epm_error(EPM_ERR_NOMEM, "status text");
@@ -276,7 +278,7 @@ epm_status_t epm_client_health(epm_client_t *c, epm_health_t *state, char *reaso
   epm_status_t st;
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  EPM_TRY_GOTO(epm_empty_encode(&b, EPM_MSG_HEALTH, 0, rid), st, out);
+  EPM_TRY_GOTO(epm_empty_req_encode(&b, EPM_MSG_HEALTH, rid, NULL), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HEALTH, 1 << 20, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_health_resp_decode(&f, &h), st, out);
   *state = (epm_health_t)h.state;
@@ -304,7 +306,7 @@ static epm_status_t forward_common(epm_client_t *c, const epm_fwd_req_t *rq, uin
     goto out;
   }
   EPM_TRY_GOTO(epm_fwd_data_bytes(rq->m, rq->hidden, rq->num_experts, &xb, &lb), st, out);
-  EPM_TRY_GOTO(epm_fwd_req_encode(&b, rid, rq, 0), st, out);
+  EPM_TRY_GOTO(epm_msg_encode_head(&b, EPM_MSG_FORWARD, 0, rid, rq), st, out); /* data goes by writev */
   if (rq->data_mode == EPM_DATA_INLINE) {
     extra[0] = (struct iovec){(void *)rq->x, xb};
     extra[1] = (struct iovec){(void *)rq->logits, lb};
@@ -364,8 +366,9 @@ epm_status_t epm_client_shm_create(epm_client_t *c, size_t bytes, void **base) {
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   epm_shm_attach_t a = {bytes};
-  EPM_TRY_GOTO(epm_shm_attach_encode(&b, rid, &a), st, out);
+  EPM_TRY_GOTO(epm_shm_attach_encode(&b, EPM_MSG_SHM_ATTACH, rid, &a), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_SHM_ATTACH, 0, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
   if (c->shm) munmap(c->shm, c->shm_size);
   c->shm = p;
   c->shm_size = bytes;
@@ -420,8 +423,9 @@ static epm_status_t devmem_attach(epm_client_t *c, size_t bytes, int device, int
   a.size = epm_devmem_size(m);
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  EPM_TRY_GOTO(epm_dev_attach_encode(&b, rid, &a), st, out);
+  EPM_TRY_GOTO(epm_dev_attach_encode(&b, EPM_MSG_DEV_ATTACH, rid, &a), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_DEV_ATTACH, 0, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
   epm_devmem_free(c->dev);
   c->dev = m;
   *dptr = epm_devmem_ptr(m);
@@ -450,8 +454,9 @@ epm_status_t epm_client_shutdown(epm_client_t *c) {
   epm_status_t st;
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
-  EPM_TRY_GOTO(epm_empty_encode(&b, EPM_MSG_SHUTDOWN, 0, rid), st, out);
+  EPM_TRY_GOTO(epm_empty_req_encode(&b, EPM_MSG_SHUTDOWN, rid, NULL), st, out);
   EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_SHUTDOWN, 1 << 20, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
 out:
   pthread_mutex_unlock(&c->mu);
   free(raw);

@@ -1,7 +1,8 @@
-/* protocol.c — frame codec: header decode/encode and the growable buffer.
- * Typed payloads live in protocol_msg.c. Invariant: nothing here reads a byte
- * at or past `len`, and every size taken from the wire is compared against a
- * limit before it is added to anything. */
+/* protocol.c — frame codec: header decode/encode, the growable buffer, and
+ * the message-table lookups (type name, which body a frame carries). Bodies
+ * live in protocol_msg.c. Invariant: nothing here reads a byte at or past
+ * `len`, and every size taken from the wire is compared against a limit
+ * before it is added to anything. */
 #include "epmoe/protocol.h"
 
 #include <stdlib.h>
@@ -9,18 +10,36 @@
 
 #include "protocol_wire.h"
 
+/* The table must stay dense from 1: epm_frame_decode() checks 1..MAX, and
+ * the daemon counts requests in an array indexed by type. */
+enum {
+  EPM__MSG_SEQ_ZERO = 0,
+#define EPM__MSG_SEQ(name, val, req, resp, desc) EPM__MSG_SEQ_##name,
+  EPM_MSG_MAP(EPM__MSG_SEQ)
+#undef EPM__MSG_SEQ
+};
+#define EPM__MSG_DENSE(name, val, req, resp, desc) \
+  _Static_assert(EPM__MSG_SEQ_##name == (val), "EPM_MSG_MAP values must run 1, 2, 3... in row order: " #name);
+EPM_MSG_MAP(EPM__MSG_DENSE)
+#undef EPM__MSG_DENSE
+
 const char *epm_msg_type_name(uint16_t type) {
   switch (type) {
-    case EPM_MSG_HELLO: return "HELLO";
-    case EPM_MSG_STATUS: return "STATUS";
-    case EPM_MSG_STATS: return "STATS";
-    case EPM_MSG_HEALTH: return "HEALTH";
-    case EPM_MSG_FORWARD: return "FORWARD";
-    case EPM_MSG_SHM_ATTACH: return "SHM_ATTACH";
-    case EPM_MSG_SHUTDOWN: return "SHUTDOWN";
-    case EPM_MSG_ERROR: return "ERROR";
-    case EPM_MSG_DEV_ATTACH: return "DEV_ATTACH";
+#define EPM__MSG_NAME(name, val, req, resp, desc) \
+  case val: return #name;
+    EPM_MSG_MAP(EPM__MSG_NAME)
+#undef EPM__MSG_NAME
     default: return "UNKNOWN";
+  }
+}
+
+epm_body_t epm_msg_body(uint16_t type, int response) {
+  switch (type) {
+#define EPM__MSG_BODY(name, val, req, resp, desc) \
+  case val: return response ? EPM_BODY_##resp : EPM_BODY_##req;
+    EPM_MSG_MAP(EPM__MSG_BODY)
+#undef EPM__MSG_BODY
+    default: return EPM_BODY_none;
   }
 }
 

@@ -166,7 +166,8 @@ static void send_buf(srv_conn_t *c, epm_buf_t *b) {
 static void send_error(srv_conn_t *c, uint64_t rid, epm_status_t st, const char *msg) {
   epm_buf_t b = {0};
   srv_stats_error(&c->s->stats, st);
-  if (epm_error_resp_encode(&b, rid, st, msg) == EPM_OK) send_buf(c, &b);
+  epm_error_resp_t e = {(uint32_t)st, epm_str_of(msg, msg ? strlen(msg) : 0)};
+  if (epm_error_resp_encode(&b, EPM_MSG_ERROR, rid, &e) == EPM_OK) send_buf(c, &b);
   else epm_buf_free(&b);
 }
 
@@ -310,7 +311,7 @@ void srv_net_deliver(srv_t *s, srv_req_t *r) {
       srv_model_info_t info;
       srv_get_info(s, &info);
       rs.hidden = info.hidden;
-      if (epm_fwd_resp_encode(&b, r->rid, &rs, 1) == EPM_OK) send_buf(c, &b);
+      if (epm_fwd_resp_encode(&b, EPM_MSG_FORWARD, r->rid, &rs) == EPM_OK) send_buf(c, &b);
       else {
         epm_buf_free(&b);
         send_error(c, r->rid, EPM_ERR_NOMEM, epm_last_error());
@@ -365,7 +366,7 @@ static void handle_shm_attach(srv_conn_t *c, const epm_frame_t *f) {
   EPM_LOG(EPM_LOG_INFO, "net", "connection %llu attached a %llu-byte shared region", (unsigned long long)c->id,
           (unsigned long long)a.size);
   epm_buf_t b = {0};
-  epm_empty_encode(&b, EPM_MSG_SHM_ATTACH, EPM_FRAME_F_RESPONSE, f->request_id);
+  epm_empty_resp_encode(&b, EPM_MSG_SHM_ATTACH, f->request_id, NULL);
   send_buf(c, &b);
 }
 
@@ -402,7 +403,7 @@ static void handle_dev_attach(srv_conn_t *c, const epm_frame_t *f) {
           (unsigned long long)c->id, (unsigned long long)a.size, a.device,
           a.kind == EPM_DEV_ATTACH_IPC ? "CUDA IPC handle" : "cuMemCreate fd");
   epm_buf_t b = {0};
-  epm_empty_encode(&b, EPM_MSG_DEV_ATTACH, EPM_FRAME_F_RESPONSE, f->request_id);
+  epm_empty_resp_encode(&b, EPM_MSG_DEV_ATTACH, f->request_id, NULL);
   send_buf(c, &b);
 }
 
@@ -447,31 +448,36 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
                              {EPMOE_VERSION_STRING, (uint32_t)strlen(EPMOE_VERSION_STRING)},
                              {info.model, (uint32_t)strlen(info.model)},
                              {info.backend, (uint32_t)strlen(info.backend)}};
-      epm_hello_resp_encode(&b, f->request_id, &rs);
+      epm_hello_resp_encode(&b, EPM_MSG_HELLO, f->request_id, &rs);
       break;
     }
     case EPM_MSG_STATUS:
     case EPM_MSG_STATS: {
-      uint32_t fmt;
+      epm_fmt_req_t rq;
       epm_buf_t text = {0};
-      if (epm_u32_req_decode(f, &fmt) != EPM_OK) {
+      if (epm_fmt_req_decode(f, &rq) != EPM_OK) {
         send_error(c, f->request_id, EPM_ERR_PROTOCOL, epm_last_error());
         return;
       }
-      if (f->type == EPM_MSG_STATUS) srv_render_status(s, &text, fmt == EPM_FMT_JSON);
-      else srv_render_stats(s, &text, (int)fmt);
-      epm_text_resp_encode(&b, f->type, f->request_id, (const char *)text.data, text.len);
+      if (f->type == EPM_MSG_STATUS) srv_render_status(s, &text, rq.format == EPM_FMT_JSON);
+      else srv_render_stats(s, &text, (int)rq.format);
+      epm_text_resp_t rs = {epm_str_of((const char *)text.data, text.len)};
+      epm_text_resp_encode(&b, f->type, f->request_id, &rs);
       epm_buf_free(&text);
       break;
     }
     case EPM_MSG_HEALTH: {
+      if (epm_empty_req_decode(f, NULL) != EPM_OK) {
+        send_error(c, f->request_id, EPM_ERR_PROTOCOL, epm_last_error());
+        return;
+      }
       srv_state_t st = srv_get_state(s, reason, sizeof reason);
       epm_health_resp_t h;
       h.state = st == SRV_ST_READY ? EPM_HEALTH_OK : st == SRV_ST_FAILED ? EPM_HEALTH_FAILED : EPM_HEALTH_NOT_READY;
       if (st == SRV_ST_DRAINING && !reason[0]) snprintf(reason, sizeof reason, "draining");
       h.reason.ptr = reason;
       h.reason.len = (uint32_t)strlen(reason);
-      epm_health_resp_encode(&b, f->request_id, &h);
+      epm_health_resp_encode(&b, EPM_MSG_HEALTH, f->request_id, &h);
       break;
     }
     case EPM_MSG_FORWARD:
@@ -484,8 +490,12 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
       handle_dev_attach(c, f);
       return;
     case EPM_MSG_SHUTDOWN:
+      if (epm_empty_req_decode(f, NULL) != EPM_OK) { /* a malformed SHUTDOWN must not stop the group */
+        send_error(c, f->request_id, EPM_ERR_PROTOCOL, epm_last_error());
+        return;
+      }
       EPM_LOG(EPM_LOG_INFO, "net", "SHUTDOWN requested by pid %d", (int)c->pid);
-      epm_empty_encode(&b, EPM_MSG_SHUTDOWN, EPM_FRAME_F_RESPONSE, f->request_id);
+      epm_empty_resp_encode(&b, EPM_MSG_SHUTDOWN, f->request_id, NULL);
       send_buf(c, &b);
       srv_net_stop_accepting(s);
       srv_worker_request_shutdown(s, "SHUTDOWN request");

@@ -2,7 +2,8 @@
 # daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
 #   daemon_it.sh MPIEXEC NP BINDIR [PRESET [PROBE]]
 # PROBE: tests/daemon/daemon_probe (hostile clients: garbage, oversize header,
-# half a frame held open, a foreign uid refused by SO_PEERCRED).
+# half a frame held open, HEALTH/SHUTDOWN with trailing bytes, a foreign uid
+# refused by SO_PEERCRED).
 # PRESET: tiny (default; the step engine on the cpu backend, --check against
 # the EP=1 CPU reference) or mix (the stand-in step, daemon/mixstep.h).
 # Starts NP daemons under mpirun with a temporary socket dir and checks, in
@@ -65,7 +66,7 @@ echo "$st" | grep -q "^config_step_timeout:3" || fail "--step-timeout did not wi
 ok "config: bad flag/env exit 64, env applied, flag wins over env"
 
 if [ -n "$PROBE" ]; then
-  for m in badmagic oversize partial peercred; do
+  for m in badmagic oversize partial trailing peercred; do
     out=$("$PROBE" "$S/epmoe.0.sock" $m 2>&1); rc=$?
     [ $rc = 77 ] && { echo "skip: probe $m (needs root)"; continue; }
     [ $rc = 0 ] || fail "probe $m: $out"

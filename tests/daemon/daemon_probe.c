@@ -5,6 +5,9 @@
  *   daemon_probe SOCKET oversize   header announcing 2^40 bytes -> ERROR (OVERFLOW), EOF,
  *                                  without the daemon waiting for (or allocating) the payload
  *   daemon_probe SOCKET partial    half a frame held open: another connection's HEALTH still answers
+ *   daemon_probe SOCKET trailing   HEALTH and SHUTDOWN with a trailing byte -> ERROR (PROTOCOL)
+ *                                  each, the connection stays open (a clean HEALTH answers)
+ *                                  and the group keeps running (the script checks health)
  *   daemon_probe SOCKET peercred   (root only) with the dir/socket modes opened up, a
  *                                  uid-65534 peer is refused by SO_PEERCRED; modes restored */
 #include <errno.h>
@@ -70,9 +73,24 @@ static int expect_error_then_eof(int fd, epm_status_t want) {
   return 0;
 }
 
+/* Read exactly one frame (3 s per read); 0 if none came. */
+static size_t read_frame(int fd, uint8_t *buf, size_t cap, epm_frame_t *f) {
+  size_t n = 0, need = EPM_FRAME_HEADER_SIZE;
+  for (;;) {
+    epm_status_t st = epm_frame_decode(buf, n, NULL, f, &need);
+    if (st == EPM_OK) return n;
+    if (st != EPM_ERR_NOT_READY || need > cap) return 0;
+    struct pollfd p = {fd, POLLIN, 0};
+    if (poll(&p, 1, 3000) <= 0) return 0;
+    ssize_t k = read(fd, buf + n, need - n);
+    if (k <= 0) return 0;
+    n += (size_t)k;
+  }
+}
+
 int main(int argc, char **argv) {
   if (argc != 3) {
-    fprintf(stderr, "usage: daemon_probe SOCKET badmagic|oversize|partial|peercred\n");
+    fprintf(stderr, "usage: daemon_probe SOCKET badmagic|oversize|partial|trailing|peercred\n");
     return 2;
   }
   const char *sock = argv[1], *mode = argv[2];
@@ -104,6 +122,33 @@ int main(int argc, char **argv) {
     }
     printf("HEALTH answered (%s) while another connection holds half a frame\n", epm_health_name(st));
     epm_client_close(c);
+    close(fd);
+    return 0;
+  }
+  if (!strcmp(mode, "trailing")) {
+    uint8_t fr[EPM_FRAME_HEADER_SIZE + 1] = {0}, buf[4096];
+    epm_frame_t f;
+    epm_error_resp_t e;
+    int fd = dial(sock);
+    if (fd < 0) return 1;
+    const uint16_t types[2] = {EPM_MSG_HEALTH, EPM_MSG_SHUTDOWN};
+    for (int i = 0; i < 2; i++) {
+      epm_frame_header_encode(fr, types[i], 0, 5, 1);
+      if (write(fd, fr, sizeof fr) != (ssize_t)sizeof fr || !read_frame(fd, buf, sizeof buf, &f) ||
+          epm_error_resp_decode(&f, &e) != EPM_OK || e.code != EPM_ERR_PROTOCOL || f.request_id != 5) {
+        fprintf(stderr, "%s with a trailing byte was not refused with one ERROR (PROTOCOL)\n",
+                epm_msg_type_name(types[i]));
+        return 1;
+      }
+      printf("%s + 1 byte refused: %.*s; ", epm_msg_type_name(types[i]), (int)e.message.len, e.message.ptr);
+    }
+    epm_frame_header_encode(fr, EPM_MSG_HEALTH, 0, 6, 0);
+    if (write(fd, fr, EPM_FRAME_HEADER_SIZE) != EPM_FRAME_HEADER_SIZE || !read_frame(fd, buf, sizeof buf, &f) ||
+        epm_health_resp_decode(&f, NULL) != EPM_OK) {
+      fprintf(stderr, "the connection did not answer a clean HEALTH afterwards\n");
+      return 1;
+    }
+    printf("a clean HEALTH still answers\n");
     close(fd);
     return 0;
   }

@@ -1,23 +1,120 @@
-/* test_protocol: the wire codec. Every message type round-trips; truncated,
- * oversized, wrong magic/version/type/flags, and size-overflow frames are
- * errors; a seeded mutation loop over valid frames (each decoded from an
- * exactly-sized heap copy, so ASan sees any over-read) never crashes. */
+/* test_protocol: the wire codec, driven by the message and body tables of
+ * include/epmoe/protocol.h. For every message type and direction in
+ * EPM_MSG_MAP and every sample of its body (tests/fuzz/protocol_samples.h):
+ * the encoding equals frames captured from the codec before it was
+ * table-driven (wire compatibility), decodes back to the sample, and every
+ * truncation, trailing bytes, a wrong type, the other direction, a wrong
+ * HAS_FD flag and every other body's decoder are refused. Hand-built frames
+ * check the FORWARD and DEV_ATTACH size rules; docs/PROTOCOL.md must list
+ * exactly the table's messages; a seeded mutation loop over the samples
+ * (each decoded from an exactly-sized heap copy, so ASan sees any over-read)
+ * never crashes. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "epmoe/protocol.h"
+#include "../fuzz/protocol_samples.h"
 
-static epm_str_t S(const char *s) {
-  epm_str_t v = {s, (uint32_t)strlen(s)};
-  return v;
+static const char *doc_path; /* docs/PROTOCOL.md, from argv[1] */
+
+/* ---- facts about each body, generated from EPM_BODY_MAP ----------------- */
+
+#define IS_RESP_REQ 0
+#define IS_RESP_RESP 1
+#define FD_RULE_NOFD 0
+#define FD_RULE_FD 1
+#define FD_RULE_KIND 2
+#define OPEN_U16
+#define OPEN_U32
+#define OPEN_U64
+#define OPEN_I64
+#define OPEN_STR
+#define OPEN_TEXT +1
+#define OPEN_PAD16
+#define OPEN_PAD32
+#define OPEN_VIEW
+#define OPEN_HANDLE
+#define OPEN(kind, n) OPEN_##kind
+
+/* direction, fd rule, and whether the body ends in TEXT (its length is the
+ * payload's, so no truncation or extension can be detected) */
+static const struct {
+  const char *name;
+  int resp, fd, open_ended;
+} body_facts[EPM_BODY_COUNT] = {
+#define FACTS(B, T, dir, fd, FIELDS) [EPM_BODY_##B] = {#B, IS_RESP_##dir, FD_RULE_##fd, (0 FIELDS(OPEN)) != 0},
+    EPM_BODY_MAP(FACTS)
+#undef FACTS
+};
+
+static epm_status_t typed_encode(epm_body_t body, epm_buf_t *b, uint16_t type, uint64_t rid, const epm_msg_body_t *m) {
+  switch (body) {
+#define ENC(B, T, dir, fd, FIELDS) \
+  case EPM_BODY_##B: return epm_##B##_encode(b, type, rid, &m->B);
+    EPM_BODY_MAP(ENC)
+#undef ENC
+    default: fail_msg("no body %d", (int)body);
+  }
+  return EPM_ERR_INTERNAL;
 }
 
-static int str_eq(epm_str_t v, const char *s) { return v.len == strlen(s) && memcmp(v.ptr, s, v.len) == 0; }
+static epm_status_t typed_decode(epm_body_t body, const epm_frame_t *f, epm_msg_body_t *out) {
+  switch (body) {
+#define DEC(B, T, dir, fd, FIELDS) \
+  case EPM_BODY_##B: return epm_##B##_decode(f, out ? &out->B : NULL);
+    EPM_BODY_MAP(DEC)
+#undef DEC
+    default: fail_msg("no body %d", (int)body);
+  }
+  return EPM_ERR_INTERNAL;
+}
+
+/* Field-by-field equality from the field lists; views compared by content. */
+#define CMP_U16(n) assert_int_equal(a->n, b->n);
+#define CMP_U32(n) assert_int_equal(a->n, b->n);
+#define CMP_U64(n) assert_int_equal(a->n, b->n);
+#define CMP_I64(n) assert_int_equal(a->n, b->n);
+#define CMP_STR(n)                                       \
+  assert_int_equal(a->n.len, b->n.len);                  \
+  if (a->n.len) assert_memory_equal(a->n.ptr, b->n.ptr, a->n.len);
+#define CMP_TEXT(n) CMP_STR(n)
+#define CMP_PAD16(n)
+#define CMP_PAD32(n)
+#define CMP_VIEW(n) /* below: their length depends on other fields */
+#define CMP_HANDLE(n) assert_memory_equal(a->n, b->n, EPM_DEV_IPC_HANDLE_BYTES);
+#define CMP(kind, n) CMP_##kind(n)
+
+static void body_equal(epm_body_t body, const epm_msg_body_t *ua, const epm_msg_body_t *ub) {
+  switch (body) {
+#define EQ(B, T, dir, fd, FIELDS) \
+  case EPM_BODY_##B: {             \
+    const T *a = &ua->B;           \
+    const T *b = &ub->B;           \
+    (void)a;                       \
+    (void)b;                       \
+    FIELDS(CMP) break;             \
+  }
+    EPM_BODY_MAP(EQ)
+#undef EQ
+    default: fail_msg("no body %d", (int)body);
+  }
+  size_t xb, lb;
+  if (body == EPM_BODY_fwd_req && ua->fwd_req.data_mode == EPM_DATA_INLINE) {
+    assert_int_equal(epm_fwd_data_bytes(ua->fwd_req.m, ua->fwd_req.hidden, ua->fwd_req.num_experts, &xb, &lb), EPM_OK);
+    if (xb) assert_memory_equal(ua->fwd_req.x, ub->fwd_req.x, xb);
+    if (lb) assert_memory_equal(ua->fwd_req.logits, ub->fwd_req.logits, lb);
+  }
+  if (body == EPM_BODY_fwd_resp && ua->fwd_resp.data_mode == EPM_DATA_INLINE) {
+    assert_int_equal(epm_fwd_data_bytes(ua->fwd_resp.m, ua->fwd_resp.hidden, 1, &xb, &lb), EPM_OK);
+    if (xb) assert_memory_equal(ua->fwd_resp.y, ub->fwd_resp.y, xb);
+  }
+}
 
 /* Decode the single frame in b; assert it consumes every byte. */
 static epm_frame_t decode_one(const epm_buf_t *b) {
@@ -28,34 +125,334 @@ static epm_frame_t decode_one(const epm_buf_t *b) {
   return f;
 }
 
-static void test_hello_roundtrip(void **state) {
+/* A frame (type, flags) around payload[0, n) in an exactly-sized heap
+ * buffer, decoded into *f. The caller frees the returned buffer. */
+static uint8_t *frame_of(uint16_t type, uint32_t flags, const uint8_t *payload, size_t n, uint8_t fill,
+                         size_t nfill, epm_frame_t *f) {
+  size_t total = EPM_FRAME_HEADER_SIZE + n + nfill, used = 0;
+  uint8_t *buf = malloc(total);
+  assert_non_null(buf);
+  epm_frame_header_encode(buf, type, flags, 99, n + nfill);
+  if (n) memcpy(buf + EPM_FRAME_HEADER_SIZE, payload, n);
+  memset(buf + EPM_FRAME_HEADER_SIZE + n, fill, nfill);
+  assert_int_equal(epm_frame_decode(buf, total, NULL, f, &used), EPM_OK);
+  assert_int_equal(used, total);
+  return buf;
+}
+
+/* Calls fn for every message type, direction and sample of its body. */
+typedef void (*sample_fn)(uint16_t type, int resp, epm_body_t body, int variant, const epm_msg_body_t *m);
+static int for_each_sample(sample_fn fn) {
+  int n = 0;
+  for (uint16_t t = 1; t <= EPM_MSG_TYPE_MAX; t++)
+    for (int resp = 0; resp < 2; resp++) {
+      epm_body_t body = epm_msg_body(t, resp);
+      epm_msg_body_t m;
+      if (body == EPM_BODY_none) continue;
+      for (int v = 0; epm_sample_body(body, v, &m); v++, n++) fn(t, resp, body, v, &m);
+    }
+  return n;
+}
+
+/* ---- the tables themselves --------------------------------------------- */
+
+static void test_tables_agree(void **state) {
+  (void)state;
+  int used[EPM_BODY_COUNT] = {0}, rows = 0;
+#define ROW(name, val, rq, rs, desc)                                                  \
+  rows++;                                                                                \
+  assert_string_equal(epm_msg_type_name(val), #name);                                   \
+  assert_int_equal(epm_msg_body(val, 0), EPM_BODY_##rq);                                \
+  assert_int_equal(epm_msg_body(val, 1), EPM_BODY_##rs);                               \
+  if (EPM_BODY_##rq != EPM_BODY_none) assert_int_equal(body_facts[EPM_BODY_##rq].resp, 0); \
+  assert_int_not_equal(EPM_BODY_##rs, EPM_BODY_none); /* every request has an answer */ \
+  assert_int_equal(body_facts[EPM_BODY_##rs].resp, 1);                                 \
+  used[EPM_BODY_##rq]++;                                                                \
+  used[EPM_BODY_##rs]++;
+  EPM_MSG_MAP(ROW)
+#undef ROW
+  assert_int_equal(rows, EPM_MSG_TYPE_MAX);
+  assert_string_equal(epm_msg_type_name(0), "UNKNOWN");
+  assert_string_equal(epm_msg_type_name(EPM_MSG_TYPE_MAX + 1), "UNKNOWN");
+  assert_int_equal(epm_msg_body(0, 0), EPM_BODY_none);
+  assert_int_equal(epm_msg_body(EPM_MSG_TYPE_MAX + 1, 1), EPM_BODY_none);
+  for (int b = 1; b < EPM_BODY_COUNT; b++) {
+    epm_msg_body_t m;
+    assert_string_equal(epm_body_name((epm_body_t)b), body_facts[b].name);
+    if (!used[b]) fail_msg("body %s is carried by no message", body_facts[b].name);
+    if (!epm_sample_body((epm_body_t)b, 0, &m)) fail_msg("body %s has no sample", body_facts[b].name);
+  }
+  /* the FORWARD fixed parts documented in docs/PROTOCOL.md */
+  assert_int_equal(EPM_FWD_REQ_FIXED, 64);
+  assert_int_equal(EPM_FWD_RESP_FIXED, 40);
+}
+
+/* ---- wire compatibility: frames from the codec before the tables -------- */
+
+/* Captured from the hand-written encoders (commit 59b0423) for the samples
+ * in protocol_samples.h, request id 0x0807060504030201: type, response,
+ * sample variant, whole frame in hex. */
+static const struct {
+  uint16_t type;
+  int resp, variant;
+  const char *hex;
+} golden[] = {
+    {EPM_MSG_HELLO, 0, 0,
+       "45504d4f01000100000000000000000001020304050607081000000000000000010003000800000065706d6f6563746c"},
+    {EPM_MSG_HELLO, 1, 0,
+       "45504d4f0100010001000000000000000102030405060708570000000000000001000000030000000400000000000000"
+       "001c000000000000000100000000000008000000000000000028000000000000000000400000000005000000302e312e"
+       "300b000000646565707365656b2d723103000000637075"},
+    {EPM_MSG_STATUS, 0, 0,
+       "45504d4f0100020000000000000000000102030405060708040000000000000001000000"},
+    {EPM_MSG_STATUS, 1, 0,
+       "45504d4f0100020001000000000000000102030405060708190000000000000023205365727665720d0a76657273696f"
+       "6e3a302e312e300d0a"},
+    {EPM_MSG_STATS, 0, 1,
+       "45504d4f0100030000000000000000000102030405060708040000000000000002000000"},
+    {EPM_MSG_STATS, 1, 0,
+       "45504d4f0100030001000000000000000102030405060708190000000000000023205365727665720d0a76657273696f"
+       "6e3a302e312e300d0a"},
+    {EPM_MSG_HEALTH, 0, 0,
+       "45504d4f01000400000000000000000001020304050607080000000000000000"},
+    {EPM_MSG_HEALTH, 1, 0,
+       "45504d4f01000400010000000000000001020304050607081c0000000000000001000000140000007761726d2d757020"
+       "737465702070656e64696e67"},
+    {EPM_MSG_FORWARD, 0, 0,
+       "45504d4f0100050000000000000000000102030405060708a00000000000000005000000000000002a00000000000000"
+       "020000000000000010000000000000000400000000000000000000000000000000000000000000000000000000000000"
+       "000025004a006f009400b900de00030128014d0172019701bc01e10106022b02500275029a02bf02e40209032e035303"
+       "78039d03c203e7030c04310456047b04000040c0000030c0000020c0000010c0000000c00000e0bf0000c0bf0000a0bf"},
+    {EPM_MSG_FORWARD, 0, 1,
+       "45504d4f0100050000000000000000000102030405060708400000000000000001000000010000000900000000000000"
+       "030000000000000020000000000000000800000000000000000000000000000000100000000000000020000000000000"},
+    {EPM_MSG_FORWARD, 0, 2,
+       "45504d4f010005000000000000000000010203040506070840000000000000003c000000020000000000000000010000"
+       "0000000000000000001c0000000000000001000000000000400000000000000080000000000000000001000000000000"},
+    {EPM_MSG_FORWARD, 1, 0,
+       "45504d4f010005000100000000000000010203040506070868000000000000002a000000000000000200000000000000"
+       "10000000000000000000000000000000393000000000000001000c00170022002d00380043004e00590064006f007a00"
+       "850090009b00a600b100bc00c700d200dd00e800f300fe00090114011f012a01350140014b015601"},
+    {EPM_MSG_FORWARD, 1, 1,
+       "45504d4f0100050001000000000000000102030405060708280000000000000009000000000000000300000000000000"
+       "200000000000000001000000000000000903000000000000"},
+    {EPM_MSG_SHM_ATTACH, 0, 0,
+       "45504d4f010006000200000000000000010203040506070808000000000000000000100000000000"},
+    {EPM_MSG_SHM_ATTACH, 1, 0,
+       "45504d4f01000600010000000000000001020304050607080000000000000000"},
+    {EPM_MSG_SHUTDOWN, 0, 0,
+       "45504d4f01000700000000000000000001020304050607080000000000000000"},
+    {EPM_MSG_SHUTDOWN, 1, 0,
+       "45504d4f01000700010000000000000001020304050607080000000000000000"},
+    {EPM_MSG_ERROR, 1, 0,
+       "45504d4f01000800010000000000000001020304050607082b0000000000000009000000230000007374657020342074"
+       "696d6564206f75743b206d697373696e672072616e6b7320312c33"},
+    {EPM_MSG_DEV_ATTACH, 0, 0,
+       "45504d4f0100090002000000000000000102030405060708100000000000000000000000020000000300000000000000"},
+    {EPM_MSG_DEV_ATTACH, 0, 1,
+       "45504d4f0100090000000000000000000102030405060708500000000000000039300000010000000100000001000000"
+       "052a4f7499bee3082d52779cc1e60b30557a9fc4e90e33587da2c7ec11365b80a5caef14395e83a8cdf2173c6186abd0"
+       "f51a3f6489aed3f81d42678cb1d6fb20"},
+    {EPM_MSG_DEV_ATTACH, 1, 0,
+       "45504d4f01000900010000000000000001020304050607080000000000000000"},
+};
+
+static size_t unhex(const char *hex, uint8_t *out, size_t cap) {
+  size_t n = strlen(hex) / 2;
+  assert_true(n <= cap);
+  for (size_t i = 0; i < n; i++) {
+    unsigned v;
+    assert_int_equal(sscanf(hex + 2 * i, "%2x", &v), 1);
+    out[i] = (uint8_t)v;
+  }
+  return n;
+}
+
+static void test_golden_frames(void **state) {
+  (void)state;
+  int seen[EPM_MSG_TYPE_MAX + 1][2] = {{0}};
+  uint8_t want[512];
+  for (size_t i = 0; i < sizeof golden / sizeof golden[0]; i++) {
+    epm_body_t body = epm_msg_body(golden[i].type, golden[i].resp);
+    epm_msg_body_t s, d;
+    epm_buf_t b = {0}, t = {0};
+    size_t n = unhex(golden[i].hex, want, sizeof want);
+    assert_int_not_equal(body, EPM_BODY_none);
+    assert_true(epm_sample_body(body, golden[i].variant, &s));
+    /* new encoders, generic and typed, write the old bytes */
+    assert_int_equal(epm_msg_encode(&b, golden[i].type, golden[i].resp, 0x0807060504030201ull, &s), EPM_OK);
+    assert_int_equal(typed_encode(body, &t, golden[i].type, 0x0807060504030201ull, &s), EPM_OK);
+    assert_int_equal(b.len, n);
+    assert_memory_equal(b.data, want, n);
+    assert_int_equal(t.len, n);
+    assert_memory_equal(t.data, want, n);
+    /* and new decoders read the old bytes */
+    epm_buf_t g = {0};
+    assert_int_equal(epm_buf_put(&g, want, n), EPM_OK);
+    epm_frame_t f = decode_one(&g);
+    memset(&d, 0xee, sizeof d);
+    assert_int_equal(epm_msg_decode(&f, &d), EPM_OK);
+    body_equal(body, &s, &d);
+    seen[golden[i].type][golden[i].resp]++;
+    epm_buf_free(&b);
+    epm_buf_free(&t);
+    epm_buf_free(&g);
+  }
+  /* every message and direction of the table has one */
+  for (uint16_t ty = 1; ty <= EPM_MSG_TYPE_MAX; ty++)
+    for (int r = 0; r < 2; r++)
+      if (epm_msg_body(ty, r) != EPM_BODY_none && !seen[ty][r])
+        fail_msg("no golden frame for the %s %s", epm_msg_type_name(ty), r ? "response" : "request");
+}
+
+/* ---- every message: round trip and strictness --------------------------- */
+
+static void check_message(uint16_t type, int resp, epm_body_t body, int variant, const epm_msg_body_t *s) {
+  epm_buf_t b = {0}, t = {0};
+  epm_msg_body_t d;
+  uint8_t *buf;
+  epm_frame_t g;
+  const uint64_t rid = 0x1122334455667788ull;
+  print_message("%s %s (%s, sample %d)\n", epm_msg_type_name(type), resp ? "response" : "request",
+                body_facts[body].name, variant);
+
+  /* encode (generic and typed agree), frame, flags */
+  assert_int_equal(epm_msg_encode(&b, type, resp, rid, s), EPM_OK);
+  assert_int_equal(typed_encode(body, &t, type, rid, s), EPM_OK);
+  assert_int_equal(t.len, b.len);
+  assert_memory_equal(t.data, b.data, b.len);
+  epm_frame_t f = decode_one(&b);
+  assert_int_equal(f.type, type);
+  assert_int_equal(f.request_id, rid);
+  assert_int_equal(!!(f.flags & EPM_FRAME_F_RESPONSE), resp);
+  if (body_facts[body].fd != FD_RULE_KIND)
+    assert_int_equal(!!(f.flags & EPM_FRAME_F_HAS_FD), body_facts[body].fd == FD_RULE_FD);
+
+  /* round trip, generic and typed */
+  memset(&d, 0xee, sizeof d);
+  assert_int_equal(epm_msg_decode(&f, &d), EPM_OK);
+  body_equal(body, s, &d);
+  memset(&d, 0xee, sizeof d);
+  assert_int_equal(typed_decode(body, &f, &d), EPM_OK);
+  body_equal(body, s, &d);
+  assert_int_equal(typed_decode(body, &f, NULL), EPM_OK); /* validate only */
+
+  /* every truncation */
+  for (size_t k = 0; k < f.payload_len; k++) {
+    buf = frame_of(type, f.flags, f.payload, k, 0, 0, &g);
+    epm_status_t st = typed_decode(body, &g, &d);
+    if (body_facts[body].open_ended) { /* the text is the payload: a shorter one */
+      assert_int_equal(st, EPM_OK);
+      assert_int_equal(d.text_resp.text.len, k);
+    } else if (st != EPM_ERR_PROTOCOL) {
+      fail_msg("%s %s cut to %zu of %llu bytes: %s", epm_msg_type_name(type), resp ? "response" : "request", k,
+               (unsigned long long)f.payload_len, epm_status_name(st));
+    }
+    free(buf);
+  }
+
+  /* trailing bytes: one zero byte, and eight 0xA5 */
+  for (int e = 0; e < 2; e++) {
+    size_t extra = e ? 8 : 1;
+    buf = frame_of(type, f.flags, f.payload, (size_t)f.payload_len, e ? 0xA5 : 0, extra, &g);
+    epm_status_t st = typed_decode(body, &g, &d);
+    if (body_facts[body].open_ended) {
+      assert_int_equal(st, EPM_OK);
+      assert_int_equal(d.text_resp.text.len, f.payload_len + extra);
+    } else if (st != EPM_ERR_PROTOCOL) {
+      fail_msg("%s %s with %zu trailing bytes: %s", epm_msg_type_name(type), resp ? "response" : "request", extra,
+               epm_status_name(st));
+    }
+    assert_int_equal(epm_msg_decode(&g, &d), st);
+    free(buf);
+  }
+
+  /* every other body's decoder refuses the frame */
+  for (int ob = 1; ob < EPM_BODY_COUNT; ob++)
+    if (ob != (int)body) assert_int_equal(typed_decode((epm_body_t)ob, &f, &d), EPM_ERR_PROTOCOL);
+
+  /* the same payload under every other type: refused unless that type
+   * carries the same body (STATUS/STATS, HEALTH/SHUTDOWN requests, the
+   * acks); the encoder refuses the mismatches too */
+  for (uint16_t t2 = 1; t2 <= EPM_MSG_TYPE_MAX; t2++) {
+    if (t2 == type) continue;
+    int same = epm_msg_body(t2, resp) == body;
+    buf = frame_of(t2, f.flags, f.payload, (size_t)f.payload_len, 0, 0, &g);
+    assert_int_equal(typed_decode(body, &g, &d), same ? EPM_OK : EPM_ERR_PROTOCOL);
+    free(buf);
+    t.len = 0;
+    assert_int_equal(typed_encode(body, &t, t2, rid, s), same ? EPM_OK : EPM_ERR_INVALID_ARG);
+  }
+  t.len = 0;
+  assert_int_equal(typed_encode(body, &t, 0, rid, s), EPM_ERR_INVALID_ARG);
+  assert_int_equal(typed_encode(body, &t, EPM_MSG_TYPE_MAX + 1, rid, s), EPM_ERR_INVALID_ARG);
+
+  /* the other direction, and the HAS_FD flag flipped */
+  buf = frame_of(type, f.flags ^ EPM_FRAME_F_RESPONSE, f.payload, (size_t)f.payload_len, 0, 0, &g);
+  assert_int_equal(typed_decode(body, &g, &d), EPM_ERR_PROTOCOL);
+  free(buf);
+  buf = frame_of(type, f.flags ^ EPM_FRAME_F_HAS_FD, f.payload, (size_t)f.payload_len, 0, 0, &g);
+  assert_int_equal(typed_decode(body, &g, &d), EPM_ERR_PROTOCOL);
+  assert_int_equal(epm_msg_decode(&g, &d), EPM_ERR_PROTOCOL);
+  free(buf);
+
+  epm_buf_free(&b);
+  epm_buf_free(&t);
+}
+
+static void test_every_message(void **state) {
+  (void)state;
+  /* 12 bodies, 17 (type, direction) pairs, more with the variants */
+  assert_true(for_each_sample(check_message) >= 17);
+}
+
+/* Rules on values, beyond the layout: the encoders write these values (they
+ * only refuse what cannot be framed), the decoders refuse them. */
+static void test_value_rules(void **state) {
   (void)state;
   epm_buf_t b = {0};
-  epm_hello_req_t rq = {1, 3, S("epmoectl")}, rq2;
-  assert_int_equal(epm_hello_req_encode(&b, 77, &rq), EPM_OK);
-  epm_frame_t f = decode_one(&b);
-  assert_int_equal(f.type, EPM_MSG_HELLO);
-  assert_int_equal(f.request_id, 77);
-  assert_int_equal(epm_hello_req_decode(&f, &rq2), EPM_OK);
-  assert_int_equal(rq2.min_version, 1);
-  assert_int_equal(rq2.max_version, 3);
-  assert_true(str_eq(rq2.client_name, "epmoectl"));
-  /* a response is not a request */
-  assert_int_equal(epm_hello_resp_decode(&f, &(epm_hello_resp_t){0}), EPM_ERR_PROTOCOL);
+  epm_frame_t f;
+  epm_msg_body_t m;
+
+  assert_int_equal(epm_fmt_req_encode(&b, EPM_MSG_STATUS, 5, &(epm_fmt_req_t){7}), EPM_OK);
+  f = decode_one(&b);
+  assert_int_equal(epm_fmt_req_decode(&f, &m.fmt_req), EPM_ERR_PROTOCOL);
+  assert_non_null(strstr(epm_last_error(), "format 7"));
 
   b.len = 0;
-  epm_hello_resp_t rs = {1, 3, 4, 7168, 256, 8, 10240, 1u << 30, S("0.1.0"), S("deepseek-r1"), S("cpu")}, rs2;
-  assert_int_equal(epm_hello_resp_encode(&b, 78, &rs), EPM_OK);
+  assert_int_equal(epm_health_resp_encode(&b, EPM_MSG_HEALTH, 5, &(epm_health_resp_t){3, epm_str_of("x", 1)}), EPM_OK);
   f = decode_one(&b);
-  assert_true(f.flags & EPM_FRAME_F_RESPONSE);
-  assert_int_equal(epm_hello_resp_decode(&f, &rs2), EPM_OK);
-  assert_int_equal(rs2.rank, 3);
-  assert_int_equal(rs2.world_size, 4);
-  assert_int_equal(rs2.hidden, 7168);
-  assert_int_equal(rs2.num_experts, 256);
-  assert_int_equal(rs2.top_k, 8);
-  assert_int_equal(rs2.max_tokens_per_rank, 10240);
-  assert_true(str_eq(rs2.model, "deepseek-r1") && str_eq(rs2.backend, "cpu") && str_eq(rs2.server_version, "0.1.0"));
+  assert_int_equal(epm_health_resp_decode(&f, &m.health_resp), EPM_ERR_PROTOCOL);
+  assert_string_equal(epm_health_name(EPM_HEALTH_FAILED), "failed");
+
+  epm_sample_body(EPM_BODY_hello_resp, 0, &m);
+  m.hello_resp.rank = m.hello_resp.world_size; /* rank 4 of 4 */
+  b.len = 0;
+  assert_int_equal(epm_hello_resp_encode(&b, EPM_MSG_HELLO, 5, &m.hello_resp), EPM_OK);
+  f = decode_one(&b);
+  assert_int_equal(epm_hello_resp_decode(&f, &m.hello_resp), EPM_ERR_PROTOCOL);
+  assert_non_null(strstr(epm_last_error(), "rank 4 of 4"));
+
+  b.len = 0;
+  assert_int_equal(epm_shm_attach_encode(&b, EPM_MSG_SHM_ATTACH, 5, &(epm_shm_attach_t){0}), EPM_OK);
+  f = decode_one(&b);
+  assert_int_equal(epm_shm_attach_decode(&f, &m.shm_attach), EPM_ERR_PROTOCOL);
+
+  /* the encoders refuse what cannot be framed */
+  char big_dummy = 'x';
+  epm_error_resp_t e = {EPM_ERR_IO, {&big_dummy, (uint32_t)EPM_PROTO_MAX_TEXT + 1}};
+  b.len = 0;
+  assert_int_equal(epm_error_resp_encode(&b, EPM_MSG_ERROR, 5, &e), EPM_ERR_OVERFLOW);
+  assert_non_null(strstr(epm_last_error(), "error_resp.message"));
+  assert_int_equal(epm_str_of("x", (size_t)UINT32_MAX + 5).len, UINT32_MAX); /* saturates: refused, not cut */
+  e.message = (epm_str_t){NULL, 3};
+  assert_int_equal(epm_error_resp_encode(&b, EPM_MSG_ERROR, 5, &e), EPM_ERR_INVALID_ARG);
+  epm_sample_body(EPM_BODY_fwd_req, 0, &m);
+  m.fwd_req.x = NULL;
+  assert_int_equal(epm_fwd_req_encode(&b, EPM_MSG_FORWARD, 5, &m.fwd_req), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm_hello_req_encode(&b, EPM_MSG_HELLO, 5, NULL), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm_msg_encode(&b, EPM_MSG_ERROR, 0, 5, &m), EPM_ERR_INVALID_ARG); /* no ERROR request */
+  assert_int_equal(b.len, 0); /* nothing written by a refused encode */
   epm_buf_free(&b);
 }
 
@@ -67,71 +464,6 @@ static void test_negotiate(void **state) {
   assert_int_equal(epm_proto_negotiate(2, 9, &v), EPM_ERR_PROTOCOL); /* server speaks only 1 */
   assert_non_null(strstr(epm_last_error(), "client speaks 2..9"));
   assert_int_equal(epm_proto_negotiate(3, 1, &v), EPM_ERR_PROTOCOL);
-}
-
-static void test_text_health_error_shutdown(void **state) {
-  (void)state;
-  epm_buf_t b = {0};
-  uint32_t fmt;
-  epm_str_t txt;
-  assert_int_equal(epm_u32_req_encode(&b, EPM_MSG_STATS, 5, EPM_FMT_PROMETHEUS), EPM_OK);
-  epm_frame_t f = decode_one(&b);
-  assert_int_equal(epm_u32_req_decode(&f, &fmt), EPM_OK);
-  assert_int_equal(fmt, EPM_FMT_PROMETHEUS);
-  b.len = 0;
-  assert_int_equal(epm_u32_req_encode(&b, EPM_MSG_STATUS, 5, 7), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_u32_req_decode(&f, &fmt), EPM_ERR_PROTOCOL); /* format 7 unknown */
-
-  b.len = 0;
-  const char *info = "# Server\r\nversion:0.1.0\r\n";
-  assert_int_equal(epm_text_resp_encode(&b, EPM_MSG_STATUS, 6, info, strlen(info)), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_text_resp_decode(&f, &txt), EPM_OK);
-  assert_true(str_eq(txt, info));
-
-  b.len = 0;
-  epm_health_resp_t h = {EPM_HEALTH_NOT_READY, S("warm-up step pending")}, h2;
-  assert_int_equal(epm_health_resp_encode(&b, 9, &h), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_health_resp_decode(&f, &h2), EPM_OK);
-  assert_int_equal(h2.state, EPM_HEALTH_NOT_READY);
-  assert_true(str_eq(h2.reason, "warm-up step pending"));
-  assert_string_equal(epm_health_name(EPM_HEALTH_FAILED), "failed");
-
-  b.len = 0;
-  epm_error_resp_t e;
-  assert_int_equal(epm_error_resp_encode(&b, 10, EPM_ERR_TIMEOUT, "step 4 timed out; missing ranks 1,3"), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_error_resp_decode(&f, &e), EPM_OK);
-  assert_int_equal(e.code, EPM_ERR_TIMEOUT);
-  assert_true(str_eq(e.message, "step 4 timed out; missing ranks 1,3"));
-
-  b.len = 0;
-  assert_int_equal(epm_empty_encode(&b, EPM_MSG_SHUTDOWN, 0, 11), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(f.type, EPM_MSG_SHUTDOWN);
-  assert_int_equal(f.payload_len, 0);
-  assert_null(f.payload);
-
-  b.len = 0;
-  epm_shm_attach_t sa = {1 << 20}, sa2;
-  assert_int_equal(epm_shm_attach_encode(&b, 12, &sa), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_shm_attach_decode(&f, &sa2), EPM_OK);
-  assert_int_equal(sa2.size, 1 << 20);
-  b.len = 0;
-  epm_dev_attach_t da = {(uint64_t)1 << 33, 3, EPM_DEV_ATTACH_FD, {0}}, da2;
-  assert_int_equal(epm_dev_attach_encode(&b, 13, &da), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_OK);
-  assert_int_equal(da2.size, (uint64_t)1 << 33);
-  assert_int_equal(da2.device, 3);
-  assert_int_equal(da2.kind, EPM_DEV_ATTACH_FD);
-  b.data[8] &= (uint8_t)~EPM_FRAME_F_HAS_FD; /* without the fd flag it is refused */
-  f = decode_one(&b);
-  assert_int_equal(epm_dev_attach_decode(&f, &da2), EPM_ERR_PROTOCOL);
-  epm_buf_free(&b);
 }
 
 /* Builds a DEV_ATTACH frame by hand (independent of the encoder):
@@ -167,7 +499,7 @@ static void test_dev_attach_ipc(void **state) {
   a.device = 1;
   a.kind = EPM_DEV_ATTACH_IPC;
   memcpy(a.ipc_handle, h, sizeof h);
-  assert_int_equal(epm_dev_attach_encode(&b, 20, &a), EPM_OK);
+  assert_int_equal(epm_dev_attach_encode(&b, EPM_MSG_DEV_ATTACH, 20, &a), EPM_OK);
   assert_int_equal(b.len, EPM_FRAME_HEADER_SIZE + 16 + EPM_DEV_IPC_HANDLE_BYTES);
   /* the encoder's bytes equal the hand-built layout */
   size_t n = dev_attach_raw(raw, 0, a.size, 1, EPM_DEV_ATTACH_IPC, h, sizeof h);
@@ -210,73 +542,56 @@ static void test_dev_attach_ipc(void **state) {
   assert_int_equal(a2.device, 7);
   /* the encoder refuses an unknown kind */
   a.kind = 5;
-  assert_int_equal(epm_dev_attach_encode(&b, 22, &a), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm_dev_attach_encode(&b, EPM_MSG_DEV_ATTACH, 22, &a), EPM_ERR_INVALID_ARG);
   epm_buf_free(&b);
 }
 
-static void test_forward_roundtrip(void **state) {
+/* The client sends the header and fixed part, then the data by writev:
+ * the head-only encoding is a prefix of the whole frame and announces the
+ * same length. */
+static void test_forward_head_only(void **state) {
   (void)state;
-  enum { M = 3, H = 32, E = 8 };
-  uint16_t x[M * H], y[M * H];
-  float lg[M * E];
-  for (int i = 0; i < M * H; i++) x[i] = (uint16_t)((unsigned)i * 37u), y[i] = (uint16_t)((unsigned)i * 11u + 1);
-  for (int i = 0; i < M * E; i++) lg[i] = (float)i * 0.25f - 3.0f;
-  epm_buf_t b = {0};
-  epm_fwd_req_t rq = {.layer = 5, .data_mode = EPM_DATA_INLINE, .step_id = 42, .m = M, .hidden = H,
-                      .num_experts = E, .x = x, .logits = lg}, rq2;
-  assert_int_equal(epm_fwd_req_encode(&b, 1, &rq, 1), EPM_OK);
-  assert_int_equal(b.len, EPM_FRAME_HEADER_SIZE + EPM_FWD_REQ_FIXED + sizeof x + sizeof lg);
-  epm_frame_t f = decode_one(&b);
-  assert_int_equal(epm_fwd_req_decode(&f, &rq2), EPM_OK);
-  assert_int_equal(rq2.layer, 5);
-  assert_int_equal(rq2.step_id, 42);
-  assert_int_equal(rq2.m, M);
-  assert_memory_equal(rq2.x, x, sizeof x);
-  assert_memory_equal(rq2.logits, lg, sizeof lg);
-
-  /* header-only encoding announces the same payload length */
-  epm_buf_t h = {0};
-  assert_int_equal(epm_fwd_req_encode(&h, 1, &rq, 0), EPM_OK);
+  epm_msg_body_t m, d;
+  epm_buf_t b = {0}, h = {0};
+  epm_sample_body(EPM_BODY_fwd_req, 0, &m);
+  assert_int_equal(epm_msg_encode(&b, EPM_MSG_FORWARD, 0, 1, &m), EPM_OK);
+  assert_int_equal(b.len, EPM_FRAME_HEADER_SIZE + EPM_FWD_REQ_FIXED + sizeof epm_sample_x + sizeof epm_sample_logits);
+  assert_int_equal(epm_msg_encode_head(&h, EPM_MSG_FORWARD, 0, 1, &m), EPM_OK);
   assert_int_equal(h.len, EPM_FRAME_HEADER_SIZE + EPM_FWD_REQ_FIXED);
   assert_memory_equal(h.data, b.data, h.len);
-  epm_buf_free(&h);
-
+  /* inline requests carry no offsets, whatever the struct held */
+  m.fwd_req.y_offset = 4096;
+  b.len = 0;
+  assert_int_equal(epm_fwd_req_encode(&b, EPM_MSG_FORWARD, 1, &m.fwd_req), EPM_OK);
+  epm_frame_t f = decode_one(&b);
+  assert_int_equal(epm_fwd_req_decode(&f, &d.fwd_req), EPM_OK);
+  assert_int_equal(d.fwd_req.y_offset, 0);
   /* zero tokens: joins the step with no data */
+  m.fwd_req.m = 0;
   b.len = 0;
-  rq.m = 0;
-  assert_int_equal(epm_fwd_req_encode(&b, 2, &rq, 1), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_fwd_req_decode(&f, &rq2), EPM_OK);
-  assert_int_equal(rq2.m, 0);
-
-  /* shm mode */
-  b.len = 0;
-  epm_fwd_req_t sq = {.layer = 1, .data_mode = EPM_DATA_SHM, .step_id = 9, .m = M, .hidden = H,
-                      .num_experts = E, .x_offset = 0, .logits_offset = 4096, .y_offset = 8192};
-  assert_int_equal(epm_fwd_req_encode(&b, 3, &sq, 1), EPM_OK);
+  assert_int_equal(epm_fwd_req_encode(&b, EPM_MSG_FORWARD, 2, &m.fwd_req), EPM_OK);
   f = decode_one(&b);
   assert_int_equal(f.payload_len, EPM_FWD_REQ_FIXED);
-  assert_int_equal(epm_fwd_req_decode(&f, &rq2), EPM_OK);
-  assert_int_equal(rq2.logits_offset, 4096);
-  assert_int_equal(rq2.y_offset, 8192);
-
-  b.len = 0;
-  epm_fwd_resp_t rs = {.step_id = 42, .m = M, .hidden = H, .data_mode = EPM_DATA_INLINE, .step_ns = 12345, .y = y}, rs2;
-  assert_int_equal(epm_fwd_resp_encode(&b, 1, &rs, 1), EPM_OK);
-  f = decode_one(&b);
-  assert_int_equal(epm_fwd_resp_decode(&f, &rs2), EPM_OK);
-  assert_int_equal(rs2.step_ns, 12345);
-  assert_memory_equal(rs2.y, y, sizeof y);
+  assert_int_equal(epm_fwd_req_decode(&f, &d.fwd_req), EPM_OK);
+  assert_int_equal(d.fwd_req.m, 0);
+  /* the response's head leaves y out the same way */
+  epm_sample_body(EPM_BODY_fwd_resp, 0, &m);
+  b.len = h.len = 0;
+  assert_int_equal(epm_msg_encode(&b, EPM_MSG_FORWARD, 1, 3, &m), EPM_OK);
+  assert_int_equal(epm_msg_encode_head(&h, EPM_MSG_FORWARD, 1, 3, &m), EPM_OK);
+  assert_int_equal(h.len, EPM_FRAME_HEADER_SIZE + EPM_FWD_RESP_FIXED);
+  assert_int_equal(b.len, h.len + sizeof epm_sample_y);
+  assert_memory_equal(h.data, b.data, h.len);
   epm_buf_free(&b);
+  epm_buf_free(&h);
 }
 
-static void test_incremental_and_truncated(void **state) {
+static void test_incremental(void **state) {
   (void)state;
   epm_buf_t b = {0};
-  epm_hello_req_t rq = {1, 1, S("x")};
   epm_frame_t f;
   size_t used;
-  assert_int_equal(epm_hello_req_encode(&b, 1, &rq), EPM_OK);
+  assert_int_equal(epm_hello_req_encode(&b, EPM_MSG_HELLO, 1, &(epm_hello_req_t){1, 1, epm_str_of("x", 1)}), EPM_OK);
   for (size_t n = 0; n < b.len; n++) {
     uint8_t *copy = malloc(n ? n : 1);
     memcpy(copy, b.data, n);
@@ -285,21 +600,11 @@ static void test_incremental_and_truncated(void **state) {
     assert_int_equal(used, n < EPM_FRAME_HEADER_SIZE ? EPM_FRAME_HEADER_SIZE : b.len);
     free(copy);
   }
-  /* a payload cut short inside a decodable frame: declare fewer bytes */
-  epm_frame_t full = decode_one(&b), cut = full;
-  cut.payload_len -= 1;
-  epm_hello_req_t out;
-  assert_int_equal(epm_hello_req_decode(&cut, &out), EPM_ERR_PROTOCOL);
-  /* trailing bytes are refused too */
-  epm_buf_t big = {0};
-  assert_int_equal(epm_frame_encode(&big, EPM_MSG_HELLO, 0, 1, full.payload, full.payload_len), EPM_OK);
-  uint8_t extra = 0;
-  assert_int_equal(epm_buf_put(&big, &extra, 1), EPM_OK);
-  big.data[24] += 1; /* payload_len + 1 */
-  f = decode_one(&big);
-  assert_int_equal(epm_hello_req_decode(&f, &out), EPM_ERR_PROTOCOL);
-  assert_non_null(strstr(epm_last_error(), "trailing"));
-  epm_buf_free(&big);
+  /* trailing bytes are named as such */
+  uint8_t *buf = frame_of(EPM_MSG_SHUTDOWN, 0, NULL, 0, 0, 3, &f);
+  assert_int_equal(epm_empty_req_decode(&f, NULL), EPM_ERR_PROTOCOL);
+  assert_non_null(strstr(epm_last_error(), "3 trailing bytes"));
+  free(buf);
   epm_buf_free(&b);
 }
 
@@ -410,51 +715,39 @@ static epm_status_t decode_all(const uint8_t *p, size_t n) {
   size_t used;
   epm_status_t st = epm_frame_decode(copy, n, NULL, &f, &used);
   if (st == EPM_OK) {
-    union {
-      epm_hello_req_t a; epm_hello_resp_t b; uint32_t c; epm_str_t d; epm_health_resp_t e;
-      epm_fwd_req_t g; epm_fwd_resp_t h; epm_shm_attach_t i; epm_error_resp_t j; epm_dev_attach_t k;
-    } u;
-    (void)epm_dev_attach_decode(&f, &u.k);
-    (void)epm_hello_req_decode(&f, &u.a);
-    (void)epm_hello_resp_decode(&f, &u.b);
-    (void)epm_u32_req_decode(&f, &u.c);
-    (void)epm_text_resp_decode(&f, &u.d);
-    (void)epm_health_resp_decode(&f, &u.e);
-    if (epm_fwd_req_decode(&f, &u.g) == EPM_OK && u.g.data_mode == EPM_DATA_INLINE) {
+    epm_msg_body_t u;
+    for (int b = 1; b < EPM_BODY_COUNT; b++) (void)typed_decode((epm_body_t)b, &f, &u);
+    if (epm_msg_decode(&f, &u) == EPM_OK && f.type == EPM_MSG_FORWARD && !(f.flags & EPM_FRAME_F_RESPONSE) &&
+        u.fwd_req.data_mode == EPM_DATA_INLINE) {
       /* touch the views: they must lie inside the copy */
       volatile uint8_t s = 0;
       size_t xb, lb;
-      assert_int_equal(epm_fwd_data_bytes(u.g.m, u.g.hidden, u.g.num_experts, &xb, &lb), EPM_OK);
-      for (size_t k = 0; k < xb; k++) s ^= ((const uint8_t *)u.g.x)[k];
-      for (size_t k = 0; k < lb; k++) s ^= ((const uint8_t *)u.g.logits)[k];
+      assert_int_equal(epm_fwd_data_bytes(u.fwd_req.m, u.fwd_req.hidden, u.fwd_req.num_experts, &xb, &lb), EPM_OK);
+      for (size_t k = 0; k < xb; k++) s ^= ((const uint8_t *)u.fwd_req.x)[k];
+      for (size_t k = 0; k < lb; k++) s ^= ((const uint8_t *)u.fwd_req.logits)[k];
     }
-    (void)epm_fwd_resp_decode(&f, &u.h);
-    (void)epm_shm_attach_decode(&f, &u.i);
-    (void)epm_error_resp_decode(&f, &u.j);
   }
   free(copy);
   return st;
 }
 
+static epm_buf_t seeds[64];
+static int nseeds;
+static void add_seed(uint16_t type, int resp, epm_body_t body, int variant, const epm_msg_body_t *m) {
+  (void)body, (void)variant;
+  assert_true(nseeds < 64);
+  assert_int_equal(epm_msg_encode(&seeds[nseeds++], type, resp, 1, m), EPM_OK);
+}
+
 static void test_mutations_never_crash(void **state) {
   (void)state;
-  epm_buf_t seeds[6] = {{0}};
-  uint16_t x[4 * 16] = {0};
-  float lg[4 * 4] = {0};
-  epm_hello_req_encode(&seeds[0], 1, &(epm_hello_req_t){1, 1, S("fuzz")});
-  epm_hello_resp_t rs = {1, 0, 2, 16, 4, 2, 64, 1 << 20, S("v"), S("tiny"), S("cpu")};
-  epm_hello_resp_encode(&seeds[1], 1, &rs);
-  epm_fwd_req_t rq = {.data_mode = EPM_DATA_INLINE, .m = 4, .hidden = 16, .num_experts = 4, .x = x, .logits = lg};
-  epm_fwd_req_encode(&seeds[2], 1, &rq, 1);
-  epm_health_resp_encode(&seeds[3], 1, &(epm_health_resp_t){2, S("comm aborted")});
-  epm_error_resp_encode(&seeds[4], 1, EPM_ERR_PROTOCOL, "bad");
-  epm_fwd_resp_t rp = {.m = 4, .hidden = 16, .y = x};
-  epm_fwd_resp_encode(&seeds[5], 1, &rp, 1);
+  for_each_sample(add_seed);
   uint64_t s = 0x9E3779B97F4A7C15ull;
   int ok = 0, errs = 0;
   uint8_t buf[4096];
-  for (int it = 0; it < 20000; it++) {
-    const epm_buf_t *seed = &seeds[it % 6];
+  for (int it = 0; it < 40000; it++) {
+    const epm_buf_t *seed = &seeds[it % nseeds];
+    assert_true(seed->len <= sizeof buf);
     memcpy(buf, seed->data, seed->len);
     s ^= s << 13, s ^= s >> 7, s ^= s << 17;
     int flips = 1 + (int)(s % 3);
@@ -468,16 +761,65 @@ static void test_mutations_never_crash(void **state) {
     else errs++;
   }
   assert_true(ok > 0 && errs > 0); /* both paths exercised */
-  for (int i = 0; i < 6; i++) epm_buf_free(&seeds[i]);
+  for (int i = 0; i < nseeds; i++) epm_buf_free(&seeds[i]);
 }
 
-int main(void) {
+/* A cell of the doc's message list names the body first: "`fwd_req`: ..."
+ * or "—" where the table has none. */
+static void check_body_cell(const char *cell, uint16_t type, int resp) {
+  char want[64];
+  epm_body_t body = epm_msg_body(type, resp);
+  while (*cell == ' ') cell++;
+  if (body == EPM_BODY_none) snprintf(want, sizeof want, "\u2014");
+  else snprintf(want, sizeof want, "`%s`", epm_body_name(body));
+  if (strncmp(cell, want, strlen(want)))
+    fail_msg("PROTOCOL.md's %s %s cell does not start with %s: %.40s", epm_msg_type_name(type),
+             resp ? "response" : "request", want, cell);
+}
+
+/* docs/PROTOCOL.md lists exactly the table's messages, by value, name and
+ * bodies, and its frame table names the right range of types. */
+static void test_doc_lists_every_message(void **state) {
+  (void)state;
+  FILE *fp = doc_path ? fopen(doc_path, "r") : NULL;
+  char line[4096], want[64];
+  int in_list = 0, rows = 0, range_ok = 0, seen[EPM_MSG_TYPE_MAX + 1] = {0};
+  if (!fp) fail_msg("cannot open docs/PROTOCOL.md (argv[1] = %s)", doc_path ? doc_path : "(none)");
+  snprintf(want, sizeof want, "| type | 1..%u,", (unsigned)EPM_MSG_TYPE_MAX);
+  while (fgets(line, sizeof line, fp)) {
+    unsigned v;
+    char name[64];
+    if (strstr(line, want)) range_ok = 1;
+    if (!strncmp(line, "## ", 3) || !strncmp(line, "### ", 4)) in_list = !strncmp(line, "## Message types", 16);
+    if (!in_list || sscanf(line, "| %u | %63[A-Z_] |", &v, name) != 2) continue;
+    rows++;
+    if (v < 1 || v > EPM_MSG_TYPE_MAX) fail_msg("PROTOCOL.md lists type %u %s, not in EPM_MSG_MAP", v, name);
+    if (strcmp(name, epm_msg_type_name((uint16_t)v)))
+      fail_msg("PROTOCOL.md lists type %u as %s; EPM_MSG_MAP says %s", v, name, epm_msg_type_name((uint16_t)v));
+    char *cells[4], *save = NULL;
+    int nc = 0;
+    for (char *c = strtok_r(line, "|", &save); c && nc < 4; c = strtok_r(NULL, "|", &save)) cells[nc++] = c;
+    assert_int_equal(nc, 4); /* type, name, request, response */
+    check_body_cell(cells[2], (uint16_t)v, 0);
+    check_body_cell(cells[3], (uint16_t)v, 1);
+    seen[v]++;
+  }
+  fclose(fp);
+  for (unsigned v = 1; v <= EPM_MSG_TYPE_MAX; v++)
+    if (seen[v] != 1) fail_msg("PROTOCOL.md lists %s (type %u) %d times", epm_msg_type_name((uint16_t)v), v, seen[v]);
+  assert_int_equal(rows, EPM_MSG_TYPE_MAX);
+  if (!range_ok) fail_msg("PROTOCOL.md's frame table does not say \"%s\"", want);
+}
+
+int main(int argc, char **argv) {
+  doc_path = argc > 1 ? argv[1] : NULL;
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test(test_hello_roundtrip),        cmocka_unit_test(test_negotiate),
-      cmocka_unit_test(test_text_health_error_shutdown), cmocka_unit_test(test_dev_attach_ipc),
-      cmocka_unit_test(test_forward_roundtrip),
-      cmocka_unit_test(test_incremental_and_truncated), cmocka_unit_test(test_bad_headers),
-      cmocka_unit_test(test_forward_size_overflow),  cmocka_unit_test(test_mutations_never_crash),
+      cmocka_unit_test(test_tables_agree),      cmocka_unit_test(test_golden_frames),
+      cmocka_unit_test(test_every_message),     cmocka_unit_test(test_value_rules),
+      cmocka_unit_test(test_negotiate),         cmocka_unit_test(test_dev_attach_ipc),
+      cmocka_unit_test(test_forward_head_only), cmocka_unit_test(test_incremental),
+      cmocka_unit_test(test_bad_headers),       cmocka_unit_test(test_forward_size_overflow),
+      cmocka_unit_test(test_mutations_never_crash), cmocka_unit_test(test_doc_lists_every_message),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
