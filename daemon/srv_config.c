@@ -30,7 +30,7 @@ typedef struct {
 
 static const opt_t opts[] = {
     {"model", T_STR, F(model), "", 0, 0, NULL, "checkpoint directory (NVFP4 safetensors); overrides --preset"},
-    {"preset", T_STR, F(preset), "tiny", 0, 0, NULL, "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick, or mix (a stand-in step for tests)"},
+    {"preset", T_STR, F(preset), "tiny", 0, 0, NULL, "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick"},
     {"seed", T_I64, F(seed), "1", 0, INT64_MAX, NULL, "seed of the generated preset weights"},
     {"layers", T_I64, F(layers), "1", 0, 4096, NULL, "MoE layers served: preset layers 0..N-1, or a checkpoint's first N (0 = all)"},
     {"backend", T_STR, F(backend), "auto", 0, 0, "cpu|cuda|auto", "where the experts run (auto: cuda when a GPU is visible)"},
