@@ -66,6 +66,14 @@ static epm_status_t rdv_mpi_err(int rc, const char *call) {
     if (rdv_rc_ != MPI_SUCCESS) return rdv_mpi_err(rdv_rc_, (name)); \
   } while (0)
 
+/* destroy cannot return a status: an MPI failure there is logged. 1 = ok. */
+static int warn_mpi(int rc, const char *call) {
+  if (rc == MPI_SUCCESS) return 1;
+  rdv_mpi_err(rc, call);
+  EPM_LOG(EPM_LOG_WARN, "rdv", "%s", epm_last_error());
+  return 0;
+}
+
 static uint64_t now_ns(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -152,7 +160,7 @@ static epm_status_t pump_coordinator(epm_rendezvous_t *r) {
                          (long long)msg[0]);
       EPM_TRY(epm__rdv_coord_join(r->coord, st.MPI_SOURCE, (uint32_t)msg[0], (uint64_t)msg[1], msg[2], now_ns()));
     } else {
-      EPM_LOG(EPM_LOG_INFO, "rdv", "rank %d asked the group to shut down", st.MPI_SOURCE);
+      if (!epm__rdv_coord_shutdown(r->coord)) EPM_LOG(EPM_LOG_INFO, "rdv", "rank %d asked the group to shut down", st.MPI_SOURCE);
       EPM_TRY(epm__rdv_coord_leave(r->coord, st.MPI_SOURCE, now_ns()));
     }
     EPM_TRY(send_outbox(r));
@@ -268,15 +276,19 @@ fail:
 
 void epm_rendezvous_destroy(epm_rendezvous_t *r) {
   if (!r) return;
-  /* Sends still in flight (a drain that did not finish) are cancelled so
-   * their buffers can go. */
+  /* Sends still in flight (no finished drain): cancelled; a buffer MPI may
+   * still read is left allocated rather than freed under it. An unfinished
+   * barrier request may not be freed (MPI forbids it for collectives). */
   for (int i = 0; i < r->nsends; i++) {
-    if (MPI_Cancel(&r->sends[i].req) == MPI_SUCCESS) MPI_Request_free(&r->sends[i].req);
-    free(r->sends[i].buf);
+    int flag = 0;
+    warn_mpi(MPI_Cancel(&r->sends[i].req), "MPI_Cancel(control send)");
+    if (warn_mpi(MPI_Test(&r->sends[i].req, &flag, MPI_STATUS_IGNORE), "MPI_Test(cancelled send)") && flag)
+      free(r->sends[i].buf);
+    else
+      warn_mpi(MPI_Request_free(&r->sends[i].req), "MPI_Request_free(control send)");
   }
-  if (r->barrier != MPI_REQUEST_NULL) MPI_Request_free(&r->barrier);
-  if (r->up != MPI_COMM_NULL) MPI_Comm_free(&r->up);
-  if (r->down != MPI_COMM_NULL) MPI_Comm_free(&r->down);
+  if (r->up != MPI_COMM_NULL) warn_mpi(MPI_Comm_free(&r->up), "MPI_Comm_free(up)");
+  if (r->down != MPI_COMM_NULL) warn_mpi(MPI_Comm_free(&r->down), "MPI_Comm_free(down)");
   epm__rdv_coord_destroy(r->coord);
   free(r->sends);
   free(r->rbuf);
