@@ -160,7 +160,8 @@ static epm_status_t pump_coordinator(epm_rendezvous_t *r) {
                          (long long)msg[0]);
       EPM_TRY(epm__rdv_coord_join(r->coord, st.MPI_SOURCE, (uint32_t)msg[0], (uint64_t)msg[1], msg[2], now_ns()));
     } else {
-      if (!epm__rdv_coord_shutdown(r->coord)) EPM_LOG(EPM_LOG_INFO, "rdv", "rank %d asked the group to shut down", st.MPI_SOURCE);
+      if (!epm__rdv_coord_shutdown(r->coord))
+        EPM_LOG(EPM_LOG_INFO, "rdv", "rank %d asked the group to shut down", st.MPI_SOURCE);
       EPM_TRY(epm__rdv_coord_leave(r->coord, st.MPI_SOURCE, now_ns()));
     }
     EPM_TRY(send_outbox(r));
@@ -348,7 +349,8 @@ epm_status_t epm_rendezvous_drain(epm_rendezvous_t *r, int *done) {
   }
   if (r->joined)
     return epm_error(EPM_ERR_INVALID_ARG,
-                     "rendezvous: drain on rank %d with its join of (layer %u, id %llu) open; poll for its GO/ABORT first",
+                     "rendezvous: drain on rank %d with its join of (layer %u, id %llu) open; "
+                     "poll for its GO/ABORT first",
                      r->rank, r->layer, (unsigned long long)r->step_id);
   EPM_TRY(epm_rendezvous_leave(r));
   EPM_TRY(progress_sends(r));

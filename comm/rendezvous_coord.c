@@ -183,7 +183,8 @@ epm_status_t epm__rdv_coord_join(epm__rdv_coord_t *c, int rank, uint32_t layer, 
   join_t *j = &c->joins[rank];
   if (c->shutdown) return push(c, rank, EPM_RDV_ABORT, EPM_RDV_ABORT_SHUTDOWN, layer, step_id);
   if (j->open) return push(c, rank, EPM_RDV_ABORT, EPM_RDV_ABORT_DUPLICATE, layer, step_id);
-  if (recently_aborted(c, layer, step_id, now_ns)) return push(c, rank, EPM_RDV_ABORT, EPM_RDV_ABORT_LATE, layer, step_id);
+  if (recently_aborted(c, layer, step_id, now_ns))
+    return push(c, rank, EPM_RDV_ABORT, EPM_RDV_ABORT_LATE, layer, step_id);
   j->open = 1;
   j->layer = layer;
   j->step_id = step_id;

@@ -285,12 +285,14 @@ static void abort_request(srv_worker_t *w, srv_req_t *r, const epm_rendezvous_ev
   switch (ev->reason) {
     case EPM_RDV_ABORT_TIMEOUT:
       fmt_ranks(ranks, sizeof ranks, ev->missing, ev->nmissing);
-      EPM_LOG(EPM_LOG_WARN, "step", "step (layer %u, id %llu) aborted: not all ranks joined within --step-timeout %llds; "
-              "missing ranks %s", r->layer, (unsigned long long)r->step_id, (long long)s->cfg.step_timeout_s,
+      EPM_LOG(EPM_LOG_WARN, "step",
+              "step (layer %u, id %llu) aborted: not all ranks joined within --step-timeout %llds; missing ranks %s",
+              r->layer, (unsigned long long)r->step_id, (long long)s->cfg.step_timeout_s,
               ev->nmissing ? ranks : "none");
       fail_req(w, r, EPM_ERR_TIMEOUT,
                "step (layer %u, id %llu) failed on every rank: not all ranks joined within %llds; missing ranks %s",
-               r->layer, (unsigned long long)r->step_id, (long long)s->cfg.step_timeout_s, ev->nmissing ? ranks : "none");
+               r->layer, (unsigned long long)r->step_id, (long long)s->cfg.step_timeout_s,
+               ev->nmissing ? ranks : "none");
       break;
     case EPM_RDV_ABORT_LATE:
       fail_req(w, r, EPM_ERR_TIMEOUT,
