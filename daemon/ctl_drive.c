@@ -12,7 +12,6 @@
 #include "epmoe/moe_ref.h"
 #include "epmoe/tokens.h"
 #include "epmoe/weights.h"
-#include "mixstep.h"
 
 /* config.<key>.value of rank 0's STATUS JSON, as a string (or NULL). */
 static const char *cfg_value(json_t *root, const char *key, char *buf, size_t n) {
@@ -42,7 +41,7 @@ static void learn_model(ctl_drive_t *d) {
       d->have_dims = 1;
     }
     epm_model_dir_close(md);
-  } else if (strcmp(d->preset, "mix") != 0 && epm_model_preset(d->preset, &d->dims) == EPM_OK) {
+  } else if (epm_model_preset(d->preset, &d->dims) == EPM_OK) {
     d->have_dims = 1;
   }
   if (d->have_dims && (d->dims.hidden != d->info.hidden || d->dims.num_experts != d->info.num_experts))
@@ -219,14 +218,6 @@ void ctl_drive_close(ctl_drive_t *d) {
 }
 
 int ctl_reference(const ctl_drive_t *d, uint32_t layer, uint16_t *y_ref, char *why, size_t n) {
-  if (strcmp(d->info.model, "mix") == 0) {
-    double *sum = calloc((size_t)d->info.hidden, sizeof(double));
-    if (!sum) return -1;
-    epm_mix_colsum(d->x, d->total, d->info.hidden, sum);
-    epm_mix_apply(d->x, d->logits, d->total, d->info.hidden, d->info.num_experts, sum, d->total, y_ref);
-    free(sum);
-    return 0;
-  }
   if (!d->have_dims) {
     snprintf(why, n, "no CPU reference for model '%s' (preset or checkpoint not readable here)", d->info.model);
     return -1;

@@ -43,15 +43,15 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
                    const char *cmd);
 /* Fill x/logits from a file (x then logits), or the seeded global token set
  * (epm_tokens_generate for a real model, so `epmoectl step --seed S` sends the
- * same tokens; a simple generator for the mix stand-in). */
+ * same tokens; a simple generator when the model is not readable here). */
 int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const char *cmd);
 /* One collective step: every rank's thread sends its share at once. Returns
  * the number of ranks that failed (messages in d->err). */
 int ctl_drive_step(ctl_drive_t *d, uint32_t layer, uint64_t step_id);
 void ctl_drive_close(ctl_drive_t *d);
 
-/* Reference output for the global set, when this build knows the model's
- * reference (the "mix" stand-in; the MoE layer when the engine is built).
+/* Reference output for the global set (the MoE layer's CPU reference), when
+ * the served model (preset or checkpoint) is readable here.
  * Returns 0, or -1 with a reason in why. */
 int ctl_reference(const ctl_drive_t *d, uint32_t layer, uint16_t *y_ref, char *why, size_t n);
 

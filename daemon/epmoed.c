@@ -5,9 +5,9 @@
  * the group down (fail-stop). SIGTERM/SIGINT or a SHUTDOWN frame drain the
  * whole group and exit 0.
  *
- * Threads: this file's libuv loop on the main thread; the worker (srv_step.c)
- * owns MPI after MPI_Init_thread. */
-#include <mpi.h>
+ * Threads: this file's libuv loop on the main thread, which also starts and
+ * ends MPI (epm_bootstrap_init / _finalize); the worker (srv_step.c) makes
+ * every MPI call in between. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,8 +60,8 @@ int srv_get_info(srv_t *s, srv_model_info_t *out) {
 static void fatal_exit(srv_t *s, int code) {
   if (s->sock_path[0]) unlink(s->sock_path);
   fflush(NULL);
-  /* No MPI_Finalize: peers may be inside a collective with us. A non-zero
-   * exit makes mpirun/srun end the job (fail-stop). */
+  /* No epm_bootstrap_finalize: peers may be inside a collective with us. A
+   * non-zero exit makes mpirun/srun end the job (fail-stop). */
   _exit(code);
 }
 
@@ -137,7 +137,7 @@ static void on_watchdog(uv_timer_t *h) {
 
 int main(int argc, char **argv) {
   srv_t *s = &g_srv;
-  int rc, provided = 0;
+  int rc;
   epm_log_level_t lvl;
 
   if (srv_config_load(&s->cfg, argc, argv, &rc) != EPM_OK) {
@@ -156,19 +156,21 @@ int main(int argc, char **argv) {
   s->start_ns = srv_now_ns();
   srv_set_state(s, SRV_ST_STARTING, "loading weights");
 
-  if (MPI_Init_thread(&argc, &argv, MPI_THREAD_MULTIPLE, &provided) != MPI_SUCCESS) {
-    fprintf(stderr, "epmoed: MPI_Init_thread failed\n");
-    return 1;
+  {
+    /* GPU mode from --backend, so the group agrees on it at start-up. */
+    epm_bootstrap_opts_t bo = {.gpu_mode = !strcmp(s->cfg.backend, "cpu")    ? EPM_GPU_OFF
+                                           : !strcmp(s->cfg.backend, "cuda") ? EPM_GPU_REQUIRE
+                                                                             : EPM_GPU_AUTO};
+    epm_status_t bst = epm_bootstrap_init(&argc, &argv, &bo, &s->boot);
+    if (bst != EPM_OK) {
+      /* Every rank fails the launch check alike, so all finalize together. */
+      EPM_LOG(EPM_LOG_ERROR, "daemon", "fatal: %s", epm_last_error());
+      epm_bootstrap_finalize(&s->boot);
+      return 1;
+    }
   }
-  MPI_Comm_rank(MPI_COMM_WORLD, &s->rank);
-  MPI_Comm_size(MPI_COMM_WORLD, &s->size);
-  epm_log_set_rank(s->rank, s->size);
-  if (provided < MPI_THREAD_SERIALIZED) {
-    /* The worker, not main, makes every MPI call after this point. */
-    EPM_LOG(EPM_LOG_ERROR, "daemon", "MPI gives thread level %d; epmoed needs MPI_THREAD_SERIALIZED (%d) or better",
-            provided, MPI_THREAD_SERIALIZED);
-    fatal_exit(s, 1);
-  }
+  s->rank = s->boot.ep_rank;
+  s->size = s->boot.ep_size;
   EPM_LOG(EPM_LOG_INFO, "daemon", "epmoed %s starting: rank %d of %d, pid %d, preset %s, backend %s",
           EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), s->cfg.model[0] ? s->cfg.model : s->cfg.preset,
           s->cfg.backend);
@@ -201,7 +203,7 @@ int main(int argc, char **argv) {
   uv_run(s->loop, UV_RUN_DEFAULT);
   srv_worker_join(s);
   uv_loop_close(s->loop);
-  MPI_Finalize();
+  epm_bootstrap_finalize(&s->boot);
   EPM_LOG(EPM_LOG_INFO, "daemon", "exit %d", s->exit_code);
   return s->exit_code;
 }

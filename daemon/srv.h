@@ -1,8 +1,8 @@
 /* srv.h — epmoed internals shared by epmoed.c and daemon/srv_*.c.
  *
  * Threads: the main thread runs the libuv loop (sockets, signals, timers,
- * metrics HTTP); one worker thread owns every MPI call after MPI_Init and runs
- * the collective steps (srv_step.c). They meet in two places only:
+ * metrics HTTP) and starts/ends MPI through the bootstrap; one worker thread
+ * makes every MPI call in between (rendezvous, steps; srv_step.c). They meet in two places only:
  *  - the request queue (srv_worker_submit, mutex) main -> worker, and
  *  - the completion queue + uv_async_t worker -> main.
  * Counters in srv_stats_t are updated under their own mutex, so STATUS and
@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <uv.h>
 
+#include "epmoe/bootstrap.h"
 #include "epmoe/protocol.h"
 #include "epmoe/status.h"
 
@@ -99,7 +100,8 @@ typedef struct srv_worker srv_worker_t;
 
 typedef struct srv {
   srv_config_t cfg;
-  int rank, size;
+  epm_bootstrap_t boot; /* MPI and the EP group (epmoed.c: init at start, finalize at exit) */
+  int rank, size;       /* boot.ep_rank, boot.ep_size */
   uv_loop_t *loop;
   uv_signal_t sigterm, sigint;
   uv_timer_t watchdog;
@@ -157,7 +159,7 @@ void srv_worker_submit(srv_t *s, srv_req_t *r);
 srv_req_t *srv_worker_take_done(srv_t *s);
 /* Ask the group to drain: local queue fails, peers are told. */
 void srv_worker_request_shutdown(srv_t *s, const char *why);
-int srv_worker_finished(srv_t *s); /* the worker left its loop (MPI finalized) */
+int srv_worker_finished(srv_t *s); /* the worker left its loop (group drained, or failed) */
 void srv_worker_join(srv_t *s);
 /* > 0: ns the worker has been inside the current collective; 0 if none. */
 uint64_t srv_worker_in_step_ns(srv_t *s, uint64_t *step_id, uint32_t *layer);

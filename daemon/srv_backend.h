@@ -1,27 +1,24 @@
 /* srv_backend.h — what the worker thread calls to run one collective step.
  *
- * Two implementations:
- *  - srv_step_engine.c: the real step engine (include/epmoe/engine.h) over the
- *    comm layer, cpu or cuda backend; every preset and --model DIR.
- *  - srv_step_builtin.c: "mix", a small collective stand-in with a closed-form
- *    reference (daemon/mixstep.h), so the daemon, protocol and rendezvous are
- *    testable without the engine. Selected with --preset mix.
- * Both are COLLECTIVE: every rank calls step() for the same step, with its own
- * m (0 allowed), and step() returns an error on every rank or on none.
+ * One implementation today, srv_step_engine.c: the step engine
+ * (include/epmoe/engine.h) over the comm layer, cpu or cuda backend; every
+ * preset and --model DIR. The table keeps the worker independent of how the
+ * step is assembled. step() is COLLECTIVE: every rank calls it for the same
+ * step, with its own m (0 allowed), and it returns an error on every rank or
+ * on none.
  */
 #ifndef EPMOE_SRV_BACKEND_H
 #define EPMOE_SRV_BACKEND_H
 
-#include <mpi.h>
 #include <stdint.h>
 
 #include "srv.h"
 
 typedef struct {
   const char *name;
-  /* Load weights / build state. Called on the worker thread after MPI init.
-   * Fills *info. Not collective unless the implementation documents it. */
-  epm_status_t (*create)(const srv_config_t *cfg, MPI_Comm comm, srv_model_info_t *info, void **ctx);
+  /* Load weights / build state over the daemon's EP group (boot outlives
+   * ctx). Called on the worker thread. Fills *info. Collective. */
+  epm_status_t (*create)(const srv_config_t *cfg, const epm_bootstrap_t *boot, srv_model_info_t *info, void **ctx);
   /* x bf16 [m, H], logits fp32 [m, E] -> y bf16 [m, H]; host memory, aligned. */
   epm_status_t (*step)(void *ctx, uint32_t layer, const uint16_t *x, const float *logits, int64_t m,
                        uint16_t *y);
@@ -33,7 +30,6 @@ typedef struct {
   int (*has_layer)(void *ctx, uint32_t layer);
 } srv_backend_ops_t;
 
-extern const srv_backend_ops_t srv_backend_builtin;
 const srv_backend_ops_t *srv_backend_engine(void);
 
 #endif

@@ -22,7 +22,7 @@ static const epm_opt_t opts[] = {
     {.name = "model", .kind = EPM_OPT_STRBUF, AT(model), .def = "", .env = "EPMOE_MODEL", .arg = "DIR",
      .help = "checkpoint directory (NVFP4 safetensors); overrides --preset"},
     {.name = "preset", .kind = EPM_OPT_STRBUF, AT(preset), .def = "tiny", .env = "EPMOE_PRESET", .arg = "NAME",
-     .help = "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick,\nor mix (a stand-in step for tests)"},
+     .help = "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick"},
     {.name = "seed", .kind = EPM_OPT_INT64, AT(seed), .def = "1", .min = 0, .max = INT64_MAX, .env = "EPMOE_SEED",
      .help = "seed of the generated preset weights"},
     {.name = "layers", .kind = EPM_OPT_INT64, AT(layers), .def = "1", .min = 0, .max = 4096, .env = "EPMOE_LAYERS",

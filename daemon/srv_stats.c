@@ -329,11 +329,10 @@ static void http_accept(uv_stream_t *server, int status) {
 epm_status_t srv_metrics_listen(srv_t *s) {
   struct sockaddr_in a;
   int rc, port;
-  const char *lr = getenv("OMPI_COMM_WORLD_LOCAL_RANK");
   if (!s->cfg.metrics_port) return EPM_OK;
-  if (!lr) lr = getenv("SLURM_LOCALID");
-  /* one port per rank on a node: --metrics-port + local rank */
-  port = (int)s->cfg.metrics_port + (lr ? atoi(lr) : s->rank);
+  /* one port per rank on a node: --metrics-port + local rank (the bootstrap's,
+   * from MPI itself rather than a launcher-specific variable) */
+  port = (int)s->cfg.metrics_port + s->boot.local_rank;
   if (port > 65535) return epm_error(EPM_ERR_INVALID_ARG, "metrics port %d (base + local rank) exceeds 65535", port);
   uv_ip4_addr("127.0.0.1", port, &a);
   uv_tcp_init(s->loop, &s->metrics);

@@ -1,10 +1,11 @@
 /* srv_step_engine.c — the worker's step backend on the real step engine
- * (include/epmoe/engine.h): bootstrap + comm over the EP group, one engine
+ * (include/epmoe/engine.h): comm over the daemon's EP group, one engine
  * per served MoE layer, weights generated from --preset/--seed or loaded
  * from --model DIR (this rank's expert slice only).
  *
- * Backend choice: --backend cpu -> cpu + MPI comm; cuda -> cuda + NCCL
- * (a GPU per rank required); auto -> cuda when this rank sees a GPU.
+ * Backend choice follows the daemon's bootstrap, whose GPU mode epmoed.c
+ * takes from --backend: cpu -> cpu + MPI comm; cuda -> cuda + NCCL (a GPU per
+ * rank required); auto -> cuda when this rank sees a GPU.
  * Served layers: presets serve layers 0..--layers-1; a checkpoint serves its
  * first --layers MoE layers (0 = all), under their checkpoint layer numbers.
  * A FORWARD for a layer not served is refused before the rendezvous, on every
@@ -25,8 +26,7 @@
 #include "srv_backend.h"
 
 typedef struct {
-  epm_bootstrap_t boot;
-  int booted;
+  const epm_bootstrap_t *boot; /* the daemon's (srv_t), not owned */
   epm_backend_t *be;
   epm_comm_t *comm;
   int64_t nlayers;
@@ -48,12 +48,11 @@ static void eng_destroy(void *ctx) {
   free(e->layer_id);
   epm_comm_destroy(e->comm);
   epm_backend_destroy(e->be);
-  if (e->booted) epm_bootstrap_finalize(&e->boot);
   free(e);
 }
 
 static epm_status_t load_layers(eng_t *e, const srv_config_t *cfg, epm_model_dims_t *dims) {
-  int P = e->boot.ep_size, r = e->boot.ep_rank;
+  int P = e->boot->ep_size, r = e->boot->ep_rank;
   epm_model_dir_t *md = NULL;
   if (cfg->model[0]) {
     EPM_TRY(epm_model_dir_open(cfg->model, &md));
@@ -95,29 +94,25 @@ out:
   return st;
 }
 
-static epm_status_t eng_create(const srv_config_t *cfg, MPI_Comm comm, srv_model_info_t *info, void **ctx) {
+static epm_status_t eng_create(const srv_config_t *cfg, const epm_bootstrap_t *boot, srv_model_info_t *info,
+                               void **ctx) {
   eng_t *e = calloc(1, sizeof *e);
   epm_model_dims_t dims;
   epm_status_t st;
-  (void)comm; /* the engine talks through the bootstrap's own EP communicator */
   if (!e) return epm_error(EPM_ERR_NOMEM, "engine state");
-  epm_bootstrap_opts_t bo = {.gpu_mode = !strcmp(cfg->backend, "cpu")    ? EPM_GPU_OFF
-                                         : !strcmp(cfg->backend, "cuda") ? EPM_GPU_REQUIRE
-                                                                         : EPM_GPU_AUTO};
-  EPM_TRY_GOTO(epm_bootstrap_init(NULL, NULL, &bo, &e->boot), st, fail);
-  e->booted = 1;
+  e->boot = boot; /* its gpu follows --backend (epmoed.c) */
   epm_backend_config_t bc = EPM_BACKEND_CONFIG_INIT;
-  bc.kind = e->boot.gpu >= 0 ? EPM_BACKEND_CUDA : EPM_BACKEND_CPU;
-  bc.device = e->boot.gpu >= 0 ? e->boot.gpu : 0;
+  bc.kind = boot->gpu >= 0 ? EPM_BACKEND_CUDA : EPM_BACKEND_CPU;
+  bc.device = boot->gpu >= 0 ? boot->gpu : 0;
   {
-    int cores = epm_moe_ref_threads(0), local = e->boot.local_size > 0 ? e->boot.local_size : 1;
+    int cores = epm_moe_ref_threads(0), local = boot->local_size > 0 ? boot->local_size : 1;
     bc.threads = cores / local > 0 ? cores / local : 1;
   }
   EPM_TRY_GOTO(epm_backend_create(&bc, &e->be), st, fail);
   epm_comm_opts_t co = {.backend = bc.kind == EPM_BACKEND_CUDA ? EPM_COMM_NCCL : EPM_COMM_MPI,
                         .stream = epm_backend_stream(e->be),
                         .timeout_s = (double)cfg->step_timeout_s};
-  EPM_TRY_GOTO(epm_comm_create(&e->boot, &co, &e->comm), st, fail);
+  EPM_TRY_GOTO(epm_comm_create(boot, &co, &e->comm), st, fail);
   EPM_TRY_GOTO(load_layers(e, cfg, &dims), st, fail);
   info->hidden = dims.hidden;
   info->num_experts = dims.num_experts;

@@ -34,3 +34,12 @@ epm_add_mpi_test(comm_large_np2 NP 2 COMMAND test_comm_large LABELS mpi large TI
 add_executable(bench_comm mpi/bench_comm.c)
 target_link_libraries(bench_comm PRIVATE epmoe)
 epm_add_mpi_test(bench_comm_np3 NP 3 COMMAND bench_comm 5 64 4 2 LABELS mpi TIMEOUT 60)
+
+# The rendezvous (control plane): the coordinator state machine driven input
+# by input (cpu), and the MPI driver on 2 and 3 ranks (mpi).
+epm_add_test(test_rendezvous_coord SOURCES unit/test_rendezvous_coord.c LABELS cpu)
+add_executable(test_rendezvous_mpi mpi/test_rendezvous_mpi.c)
+target_link_libraries(test_rendezvous_mpi PRIVATE epmoe)
+foreach(np 2 3)
+  epm_add_mpi_test(rendezvous_mpi_np${np} NP ${np} COMMAND test_rendezvous_mpi LABELS mpi TIMEOUT 120)
+endforeach()

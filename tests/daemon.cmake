@@ -13,19 +13,19 @@ add_test(NAME fuzz_frame_replay COMMAND fuzz_frame_replay --table)
 set_tests_properties(fuzz_frame_replay PROPERTIES LABELS cpu TIMEOUT 120)
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
-# epmoectl from a bash script (tests/daemon/daemon_it.sh): the step engine
-# (preset tiny, --check vs the EP=1 CPU reference) on 2 and 4 ranks, and the
-# mix stand-in on 2 ranks.
+# epmoectl from a bash script (tests/daemon/daemon_it.sh), all on the step
+# engine's tiny preset (--check vs the EP=1 CPU reference): the full run on 2
+# and 4 ranks, and the fault rows (a rank hung or killed mid-step) on 2.
 add_executable(daemon_probe daemon/daemon_probe.c)
 target_link_libraries(daemon_probe PRIVATE epmoe_client_static)
 if(TRUE)
-  foreach(cfg "2;tiny" "4;tiny" "2;mix")
+  foreach(cfg "2;tiny" "4;tiny" "2;faults")
     list(GET cfg 0 np)
-    list(GET cfg 1 preset)
-    add_test(NAME daemon_it_np${np}_${preset}
+    list(GET cfg 1 mode)
+    add_test(NAME daemon_it_np${np}_${mode}
              COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/daemon_it.sh ${MPIEXEC_EXECUTABLE} ${np}
-                     $<TARGET_FILE_DIR:epmoed> ${preset} $<TARGET_FILE:daemon_probe>)
-    set_tests_properties(daemon_it_np${np}_${preset} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
+                     $<TARGET_FILE_DIR:epmoed> ${mode} $<TARGET_FILE:daemon_probe>)
+    set_tests_properties(daemon_it_np${np}_${mode} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2
                          ENVIRONMENT "${EPMOE_MPI_ENV}")
   endforeach()
 endif()

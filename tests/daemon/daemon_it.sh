@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
-#   daemon_it.sh MPIEXEC NP BINDIR [PRESET [PROBE]]
+#   daemon_it.sh MPIEXEC NP BINDIR [MODE [PROBE]]
 # PROBE: tests/daemon/daemon_probe (hostile clients: garbage, oversize header,
 # half a frame held open, HEALTH/SHUTDOWN with trailing bytes, a foreign uid
 # refused by SO_PEERCRED).
-# PRESET: tiny (default; the step engine on the cpu backend, --check against
-# the EP=1 CPU reference) or mix (the stand-in step, daemon/mixstep.h).
-# Starts NP daemons under mpirun with a temporary socket dir and checks, in
+# MODE: tiny (default) or faults; both run the step engine's tiny preset on
+# the cpu backend (--check against the EP=1 CPU reference).
+# faults (NP > 1): a rank hung mid-step (SIGSTOP; the others' watchdog
+# fail-stops the group) and a restart over the stale socket of a SIGKILLed
+# rank, with --step-delay-ms making each step last long enough to hit.
+# tiny: starts NP daemons under mpirun with a temporary socket dir and checks, in
 # order: readiness, socket/dir modes, a second daemon refusing the same
 # sockets, FORWARDs with unequal and zero token counts (inline and memfd)
 # against the reference (--check), STATUS answering during a step, a client
@@ -15,7 +18,8 @@
 # a short bench, and SIGTERM draining to exit 0 with the sockets removed.
 # Every wait is bounded; the trap kills what this script started.
 set -u
-MPIEXEC=$1 NP=$2 BIN=$3 PRESET=${4:-tiny} PROBE=${5:-}
+MPIEXEC=$1 NP=$2 BIN=$3 MODE=${4:-tiny} PROBE=${5:-}
+PRESET=tiny
 CTL=$BIN/epmoectl EPMOED=$BIN/epmoed
 T=$(mktemp -d /tmp/epmoe-it.XXXXXX)
 chmod 755 "$T" # lets the peercred probe reach the 0750 socket dir once it opens it up
@@ -35,6 +39,59 @@ counts() { # counts A B C D -> first NP of them, comma separated
   for c in "$@"; do [ $i -lt "$NP" ] && out="$out${out:+,}$c"; i=$((i + 1)); done
   echo "$out"
 }
+
+# A rank that hangs inside a step (SIGSTOP, as Redis' tests do): the others
+# must not hang forever. Their watchdog fails the step after --step-timeout
+# and exits 3 (fail-stop), and mpirun ends the group.
+faults() {
+  S2=$T/s2
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --step-timeout 2 \
+    --step-delay-ms 800 --warmup-tokens 1 >"$T/log3" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+  "$CTL" forward --socket-dir "$S2" --tokens-per-rank "$(counts 4 4 4 4)" >"$T/hung" 2>&1 &
+  FWD=$!
+  sleep 0.4
+  kill -STOP "$victim"
+  t0=$(date +%s)
+  for _ in $(seq 1 150); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
+  t1=$(date +%s)
+  kill -CONT "$victim" 2>/dev/null
+  alive=0; kill -0 "$MP2" 2>/dev/null && alive=1
+  wait "$FWD"; frc=$?
+  [ $alive = 0 ] || fail "group still running 15 s after rank 1 hung inside a step"
+  wait "$MP2"; rc=$?; MP2=""
+  [ $rc != 0 ] || fail "mpirun exit 0 after a hung rank (want non-zero)"
+  [ $frc != 0 ] || fail "the forward through a hung rank reported success"
+  grep -q "inside the collective for .* exiting 3" "$T/log3" || fail "no watchdog line: $(tail -5 "$T/log3")"
+  ok "rank 1 hung mid-step (SIGSTOP): watchdog failed the step after $((t1 - t0)) s, daemons exited non-zero ($rc), client got an error"
+  # SIGKILL leaves a stale socket behind; a new group removes it and starts
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --warmup-tokens 1 >"$T/log4" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
+  kill -KILL "$victim"
+  for _ in $(seq 1 100); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
+  wait "$MP2"; MP2=""
+  [ -S "$S2/epmoe.1.sock" ] || fail "expected a stale socket from the SIGKILLed rank"
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --warmup-tokens 1 >"$T/log5" 2>&1 &
+  MP2=$!
+  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  "$CTL" health --socket-dir "$S2" --quiet || fail "restart over a stale socket failed: $(tail -3 "$T/log5")"
+  grep -q "removing stale socket" "$T/log5" || fail "the stale socket was not reported"
+  "$CTL" shutdown --socket-dir "$S2" --rank 0 >/dev/null
+  wait "$MP2"; rc=$?; MP2=""
+  [ $rc = 0 ] || fail "restarted group exit $rc"
+  ok "restart over a stale socket (SIGKILLed rank): removed, started, shut down (exit 0)"
+}
+if [ "$MODE" = faults ]; then
+  [ "$NP" -gt 1 ] || fail "the faults mode needs NP > 1 (got $NP)"
+  faults
+  echo "PASS: daemon faults, $NP ranks, preset $PRESET"
+  exit 0
+fi
+[ "$MODE" = tiny ] || fail "unknown mode '$MODE' (tiny | faults)"
 
 MPORT=$((20000 + $$ % 20000))
 "$EPMOED" --bogus-flag >/dev/null 2>&1; [ $? = 64 ] || fail "epmoed --bogus-flag did not exit 64"
@@ -177,67 +234,20 @@ ls "$S"/*.sock >/dev/null 2>&1 && fail "sockets left behind: $(ls "$S")"
 ok "SIGTERM drains: every rank exit 0, sockets removed"
 # --model DIR: a ModelOpt-style checkpoint written by `epmoectl ckpt make`;
 # every MoE layer served (--layers 0), each rank loading only its experts.
-if [ "$PRESET" = tiny ]; then
-  "$CTL" ckpt make --preset tiny --layers 2 --out "$T/ckpt" --seed 5 --quiet || fail "ckpt make"
-  S3=$T/s3
-  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --model "$T/ckpt" --layers 0 --backend cpu --socket-dir "$S3" \
-    --warmup-tokens 1 >"$T/log6" 2>&1 &
-  MP2=$!
-  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S3" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
-  "$CTL" health --socket-dir "$S3" --quiet || fail "--model daemons not healthy: $(tail -3 "$T/log6")"
-  for layer in 0 1; do
-    out=$("$CTL" forward --socket-dir "$S3" --tokens-per-rank "$(counts 7 0 9 2)" --layer $layer --seed 6 --check 2>&1) ||
-      fail "--model forward layer $layer: $out"
-  done
-  "$CTL" shutdown --socket-dir "$S3" --rank 0 >/dev/null
-  wait "$MP2"; rc=$?; MP2=""
-  [ $rc = 0 ] || fail "--model group exit $rc"
-  ok "--model DIR (2 MoE layers from a checkpoint): forward --check PASS on both layers"
-fi
+"$CTL" ckpt make --preset tiny --layers 2 --out "$T/ckpt" --seed 5 --quiet || fail "ckpt make"
+S3=$T/s3
+$MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --model "$T/ckpt" --layers 0 --backend cpu --socket-dir "$S3" \
+  --warmup-tokens 1 >"$T/log6" 2>&1 &
+MP2=$!
+for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S3" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+"$CTL" health --socket-dir "$S3" --quiet || fail "--model daemons not healthy: $(tail -3 "$T/log6")"
+for layer in 0 1; do
+  out=$("$CTL" forward --socket-dir "$S3" --tokens-per-rank "$(counts 7 0 9 2)" --layer $layer --seed 6 --check 2>&1) ||
+    fail "--model forward layer $layer: $out"
+done
+"$CTL" shutdown --socket-dir "$S3" --rank 0 >/dev/null
+wait "$MP2"; rc=$?; MP2=""
+[ $rc = 0 ] || fail "--model group exit $rc"
+ok "--model DIR (2 MoE layers from a checkpoint): forward --check PASS on both layers"
 
-# A rank that hangs inside a step (SIGSTOP, as Redis' tests do): the others
-# must not hang forever. Their watchdog fails the step after --step-timeout
-# and exits 3 (fail-stop), and mpirun ends the group.
-if [ "$PRESET" = mix ] && [ "$NP" -gt 1 ]; then
-  S2=$T/s2
-  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --step-timeout 2 \
-    --step-delay-ms 800 --warmup-tokens 1 >"$T/log3" 2>&1 &
-  MP2=$!
-  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
-  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
-  "$CTL" forward --socket-dir "$S2" --tokens-per-rank "$(counts 4 4 4 4)" >"$T/hung" 2>&1 &
-  FWD=$!
-  sleep 0.4
-  kill -STOP "$victim"
-  t0=$(date +%s)
-  for _ in $(seq 1 150); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
-  t1=$(date +%s)
-  kill -CONT "$victim" 2>/dev/null
-  alive=0; kill -0 "$MP2" 2>/dev/null && alive=1
-  wait "$FWD"; frc=$?
-  [ $alive = 0 ] || fail "group still running 15 s after rank 1 hung inside a step"
-  wait "$MP2"; rc=$?; MP2=""
-  [ $rc != 0 ] || fail "mpirun exit 0 after a hung rank (want non-zero)"
-  [ $frc != 0 ] || fail "the forward through a hung rank reported success"
-  grep -q "inside the collective for .* exiting 3" "$T/log3" || fail "no watchdog line: $(tail -5 "$T/log3")"
-  ok "rank 1 hung mid-step (SIGSTOP): watchdog failed the step after $((t1 - t0)) s, daemons exited non-zero ($rc), client got an error"
-  # SIGKILL leaves a stale socket behind; a new group removes it and starts
-  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --warmup-tokens 1 >"$T/log4" 2>&1 &
-  MP2=$!
-  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
-  victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
-  kill -KILL "$victim"
-  for _ in $(seq 1 100); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
-  wait "$MP2"; MP2=""
-  [ -S "$S2/epmoe.1.sock" ] || fail "expected a stale socket from the SIGKILLed rank"
-  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset mix --socket-dir "$S2" --warmup-tokens 1 >"$T/log5" 2>&1 &
-  MP2=$!
-  for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
-  "$CTL" health --socket-dir "$S2" --quiet || fail "restart over a stale socket failed: $(tail -3 "$T/log5")"
-  grep -q "removing stale socket" "$T/log5" || fail "the stale socket was not reported"
-  "$CTL" shutdown --socket-dir "$S2" --rank 0 >/dev/null
-  wait "$MP2"; rc=$?; MP2=""
-  [ $rc = 0 ] || fail "restarted group exit $rc"
-  ok "restart over a stale socket (SIGKILLed rank): removed, started, shut down (exit 0)"
-fi
 echo "PASS: daemon integration, $NP ranks, preset $PRESET"
