@@ -82,7 +82,7 @@ void srv_stats_init(srv_stats_t *s);
 void srv_hist_add(srv_stats_t *s, srv_hist_id_t h, double seconds);
 void srv_stats_error(srv_stats_t *s, epm_status_t st);
 
-/* ---- the step backend seen by the worker (srv_step.c) ------------------- */
+/* ---- what the worker reports of its epm_group (srv_step.c) ------------- */
 typedef struct {
   int64_t hidden, num_experts, top_k, num_layers;
   uint64_t weight_bytes; /* this rank's expert slices + shared expert + router */

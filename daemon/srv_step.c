@@ -22,8 +22,9 @@
 
 #include "devmem.h"
 #include "epmoe/log.h"
+#include "epmoe/group.h"
 #include "epmoe/rendezvous.h"
-#include "srv_backend.h"
+#include "srv.h"
 
 struct srv_worker {
   srv_t *s;
@@ -38,8 +39,7 @@ struct srv_worker {
   uint64_t in_step_since;           /* ns; 0 when not inside a collective */
   uint64_t in_step_id;
   uint32_t in_step_layer;
-  const srv_backend_ops_t *ops;
-  void *ctx;
+  epm_group_t *group; /* backend, comm, layers, engines (epmoe/group.h) */
   epm_rendezvous_t *rdv;
   srv_req_t *cur;    /* head request: joined, or about to be */
   int shutdown_seen; /* the group's SHUTDOWN arrived */
@@ -56,20 +56,6 @@ void srv_req_free(srv_req_t *r) {
   free(r->frame);
   if (r->data_mode != EPM_DATA_SHM) free(r->y);
   free(r);
-}
-
-/* Device mode: the engine takes host memory, so x and logits are staged
- * through host buffers (one D2H copy in, one H2D copy of y out). */
-static epm_status_t stage_in(srv_req_t *r, int64_t hidden, int64_t experts) {
-  size_t xb = (size_t)(r->m * hidden) * 2, lb = (size_t)(r->m * experts) * 4;
-  r->frame = malloc(xb + lb + 4);
-  r->y = malloc(xb + 2);
-  if (!r->frame || !r->y) return epm_error(EPM_ERR_NOMEM, "host staging of %zu bytes", xb + lb);
-  EPM_TRY(epm_devmem_to_host(r->dev, r->x_off, r->frame, xb));
-  EPM_TRY(epm_devmem_to_host(r->dev, r->logits_off, r->frame + xb + (xb % 4), lb));
-  r->x = (const uint16_t *)r->frame;
-  r->logits = (const float *)(r->frame + xb + (xb % 4));
-  return EPM_OK;
 }
 
 static void push_done(srv_worker_t *w, srv_req_t *r) {
@@ -162,9 +148,13 @@ static void record_stages(srv_worker_t *w) {
   srv_stats_t *st = &w->s->stats;
   const char *names[16];
   double last[16];
-  int n;
-  if (!w->ops->stages) return;
-  n = w->ops->stages(w->ctx, names, last, 16);
+  epm_engine_stats_t es;
+  int n = EPM_STAGE_COUNT < 16 ? EPM_STAGE_COUNT : 16;
+  epm_engine_stats(epm_group_last_engine(w->group), &es);
+  for (int i = 0; i < n; i++) {
+    names[i] = epm_engine_stage_name((epm_engine_stage_t)i);
+    last[i] = es.last_s[i];
+  }
   pthread_mutex_lock(&st->mu);
   st->nstages = n;
   for (int i = 0; i < n; i++) {
@@ -175,8 +165,7 @@ static void record_stages(srv_worker_t *w) {
   pthread_mutex_unlock(&st->mu);
 }
 
-static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const uint16_t *x,
-                             const float *logits, int64_t m, uint16_t *y) {
+static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_group_io_t *io) {
   epm_status_t st;
   pthread_mutex_lock(&w->mu);
   w->in_step_since = srv_now_ns();
@@ -187,7 +176,7 @@ static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, 
     struct timespec d = {w->s->cfg.step_delay_ms / 1000, (w->s->cfg.step_delay_ms % 1000) * 1000000L};
     nanosleep(&d, NULL);
   }
-  st = w->ops->step(w->ctx, layer, x, logits, m, y);
+  st = epm_group_step(w->group, layer, io);
   pthread_mutex_lock(&w->mu);
   w->in_step_since = 0;
   pthread_mutex_unlock(&w->mu);
@@ -197,20 +186,40 @@ static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, 
 
 /* ---- start-up: model, warm-up ---------------------------------------------- */
 
+/* The group from the daemon's options: a checkpoint directory or a preset,
+ * the served layers, the capacity; the backend follows the bootstrap's GPU
+ * choice (--backend). Collective and agreed across the ranks. */
 static int load_model(srv_worker_t *w) {
   srv_t *s = w->s;
   srv_model_info_t info;
+  epm_group_info_t gi;
   uint64_t t0 = srv_now_ns();
-  memset(&info, 0, sizeof info);
-  if (w->ops->create(&s->cfg, &s->boot, &info, &w->ctx) != EPM_OK) {
+  epm_group_config_t gc = EPM_GROUP_CONFIG_INIT;
+  gc.model_dir = s->cfg.model[0] ? s->cfg.model : NULL;
+  gc.preset = s->cfg.preset;
+  gc.seed = (uint64_t)s->cfg.seed;
+  gc.num_layers = s->cfg.layers;
+  gc.comm_timeout_s = (double)s->cfg.step_timeout_s;
+  gc.max_tokens_per_rank = s->cfg.max_tokens_per_rank;
+  if (epm_group_create(&gc, &s->boot, &w->group) != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "loading the model failed: %s", epm_last_error());
     return 0;
   }
+  epm_group_info(w->group, &gi);
+  memset(&info, 0, sizeof info);
+  info.hidden = gi.hidden;
+  info.num_experts = gi.num_experts;
+  info.top_k = gi.top_k;
+  info.num_layers = gi.num_layers;
+  info.weight_bytes = gi.weight_bytes;
+  info.buffer_bytes = gi.buffer_bytes;
+  snprintf(info.model, sizeof info.model, "%s", gi.model);
+  snprintf(info.backend, sizeof info.backend, "%s", gi.backend);
   srv_set_info(s, &info);
   srv_set_state(s, SRV_ST_STARTING, "weights loaded; warm-up step pending");
-  EPM_LOG(EPM_LOG_INFO, "step", "model %s (H %lld, E %lld) on %s loaded in %.2f s", s->info.model,
-          (long long)s->info.hidden, (long long)s->info.num_experts, s->info.backend,
-          (double)(srv_now_ns() - t0) * 1e-9);
+  EPM_LOG(EPM_LOG_INFO, "step", "model %s (H %lld, E %lld, experts [%lld, +%lld) here) on %s loaded in %.2f s",
+          s->info.model, (long long)s->info.hidden, (long long)s->info.num_experts, (long long)gi.first_expert,
+          (long long)gi.local_experts, s->info.backend, (double)(srv_now_ns() - t0) * 1e-9);
   uv_async_send(&s->wake);
   return 1;
 }
@@ -221,13 +230,16 @@ static int warm_up(srv_worker_t *w) {
   int64_t m = s->cfg.warmup_tokens < s->cfg.max_tokens_per_rank ? s->cfg.warmup_tokens : s->cfg.max_tokens_per_rank;
   uint16_t *x = calloc((size_t)(m * s->info.hidden + 1), 2), *y = calloc((size_t)(m * s->info.hidden + 1), 2);
   float *lg = calloc((size_t)(m * s->info.num_experts + 1), 4);
-  uint64_t seed = 0x2545F4914F6CDD1Dull ^ (uint64_t)s->rank;
+  uint64_t seed = UINT64_C(0x2545F4914F6CDD1D) ^ (uint64_t)s->rank;
   epm_status_t st;
   for (int64_t i = 0; x && i < m * s->info.hidden; i++) {
     seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
     x[i] = (uint16_t)(0x3c00u + (seed & 0x7f)) ^ (uint16_t)((seed >> 8) & 0x8000u); /* |v| in [2^-7, 2^-6) */
   }
-  st = x && y && lg ? run_step(w, 0, UINT64_MAX, x, lg, m, y) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
+  /* The first served layer (layer 0 of a preset; a checkpoint's first MoE layer). */
+  const int64_t layer = epm_group_layer_id(w->group, 0);
+  epm_group_io_t io = {EPM_MEM_HOST, x, lg, y, m};
+  st = x && y && lg ? run_step(w, (uint32_t)layer, UINT64_MAX, &io) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
   free(x), free(y), free(lg);
   if (st != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "warm-up step failed: %s", epm_last_error());
@@ -241,26 +253,40 @@ static int warm_up(srv_worker_t *w) {
 
 /* ---- one request ------------------------------------------------------------- */
 
+/* Where the request's x / logits / y are. Device memory mapped from the
+ * client (CUDA IPC / cuMem fd) goes to the engine in place: no staging copy.
+ * On a backend without device memory it is refused, and the rank still joins
+ * the step with no tokens so the others are not left inside a collective. */
+static epm_status_t request_io(srv_worker_t *w, const srv_req_t *r, epm_group_io_t *io) {
+  io->mem = EPM_MEM_HOST;
+  io->x = r->x;
+  io->logits = r->logits;
+  io->y = r->y;
+  io->m = r->m;
+  if (r->data_mode != EPM_DATA_DEVICE) return EPM_OK;
+  if (!epm_backend_is_device(epm_group_backend(w->group))) {
+    io->x = NULL, io->logits = NULL, io->y = NULL, io->m = 0;
+    return epm_error(EPM_ERR_INVALID_ARG, "device-memory FORWARD on rank %d, but this daemon runs the %s backend",
+                     w->s->rank, w->s->info.backend);
+  }
+  const uint64_t base = epm_devmem_ptr(r->dev);
+  io->mem = EPM_MEM_DEVICE;
+  io->x = (const epm_bf16_t *)(uintptr_t)(base + r->x_off);
+  io->logits = (const float *)(uintptr_t)(base + r->logits_off);
+  io->y = (epm_bf16_t *)(uintptr_t)(base + r->y_off);
+  return EPM_OK;
+}
+
 /* GO: run the head request's step and hand it back. */
 static void run_request(srv_worker_t *w, srv_req_t *r) {
   srv_t *s = w->s;
-  epm_status_t st;
+  epm_group_io_t io;
   r->t_go_ns = srv_now_ns();
-  /* A staging failure still joins the step (with m = 0 and no data) so the
-   * other ranks are not left inside a collective; this FORWARD then reports
-   * the staging error. */
-  epm_status_t sst = r->data_mode == EPM_DATA_DEVICE ? stage_in(r, s->info.hidden, s->info.num_experts) : EPM_OK;
-  char serr[256] = "";
-  if (sst != EPM_OK) snprintf(serr, sizeof serr, "%s", epm_last_error());
-  st = run_step(w, r->layer, r->step_id, sst == EPM_OK ? r->x : NULL, sst == EPM_OK ? r->logits : NULL,
-                sst == EPM_OK ? r->m : 0, r->y);
-  if (st == EPM_OK && sst == EPM_OK && r->data_mode == EPM_DATA_DEVICE)
-    sst = epm_devmem_from_host(r->dev, r->y_off, r->y, (size_t)(r->m * s->info.hidden) * 2);
-  if (sst != EPM_OK && st == EPM_OK) {
-    st = sst;
-    epm_error(sst, "device data of step (layer %u, id %llu): %s", r->layer, (unsigned long long)r->step_id,
-              serr[0] ? serr : epm_last_error());
-  }
+  epm_status_t ist = request_io(w, r, &io);
+  char ierr[256] = "";
+  if (ist != EPM_OK) snprintf(ierr, sizeof ierr, "%s", epm_last_error());
+  epm_status_t st = run_step(w, r->layer, r->step_id, &io);
+  if (st == EPM_OK && ist != EPM_OK) st = epm_error(ist, "%s", ierr);
   r->t_done_ns = srv_now_ns();
   r->st = st;
   if (st != EPM_OK) snprintf(r->err, sizeof r->err, "%s", epm_last_error());
@@ -336,7 +362,7 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
     return EPM_OK;
   }
   while (!w->cur && (r = pop_queue(w)) != NULL) {
-    if (w->ops->has_layer && !w->ops->has_layer(w->ctx, r->layer)) {
+    if (!epm_group_has_layer(w->group, r->layer)) {
       fail_req(w, r, EPM_ERR_INVALID_ARG, "layer %u is not served by this daemon (model %s, %lld layers)", r->layer,
                s->info.model, (long long)s->info.num_layers);
       continue;
@@ -404,8 +430,8 @@ static void *worker_main(void *arg) {
     srv_set_state(s, SRV_ST_FAILED, "control plane: %s", epm_last_error());
   else if (load_model(w) && warm_up(w) && serve(w) != EPM_OK)
     srv_set_state(s, SRV_ST_FAILED, "control plane on rank %d: %s", s->rank, epm_last_error());
-  if (w->ops && w->ctx) w->ops->destroy(w->ctx);
-  w->ctx = NULL;
+  epm_group_destroy(w->group);
+  w->group = NULL;
   if (srv_get_state(s, NULL, 0) != SRV_ST_FAILED) epm_rendezvous_destroy(w->rdv); /* collective: drained ranks only */
   w->rdv = NULL;
   {
@@ -434,7 +460,6 @@ epm_status_t srv_worker_start(srv_t *s) {
     pthread_cond_init(&w->wake, &ca);
     pthread_condattr_destroy(&ca);
   }
-  w->ops = srv_backend_engine();
   s->worker = w;
   rc = pthread_create(&w->thread, NULL, worker_main, w);
   if (rc) return epm_error(EPM_ERR_SYSTEM, "pthread_create: %s", strerror(rc));
