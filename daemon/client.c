@@ -4,6 +4,7 @@
  * payload cap derived from what we asked for. */
 #define _GNU_SOURCE
 #include "epmoe/client.h"
+#include "epmoe/clock.h"
 #include "devmem.h"
 
 #include <errno.h>
@@ -32,15 +33,9 @@ struct epm_client {
   epm_devmem_t *dev;
 };
 
-static int64_t now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static epm_status_t wait_fd(epm_client_t *c, short ev, int64_t deadline, const char *what) {
   for (;;) {
-    int64_t left = deadline - now_ms();
+    int64_t left = deadline - (int64_t)(epm_clock_ns() / 1000000u);
     struct pollfd p = {c->fd, ev, 0};
     if (left <= 0)
       return epm_error(EPM_ERR_TIMEOUT, "%s: no progress within %d ms on %s", what, c->timeout_ms, c->path);
@@ -151,7 +146,7 @@ static epm_status_t read_response(epm_client_t *c, uint64_t rid, uint64_t max_pa
 static epm_status_t roundtrip(epm_client_t *c, epm_buf_t *b, struct iovec *extra, int nextra, int pass_fd,
                               uint64_t rid, uint16_t type, uint64_t max_payload, uint8_t **raw, epm_frame_t *f) {
   struct iovec iov[4];
-  int64_t deadline = now_ms() + c->timeout_ms;
+  int64_t deadline = (int64_t)(epm_clock_ns() / 1000000u) + c->timeout_ms;
   iov[0].iov_base = b->data;
   iov[0].iov_len = b->len;
   for (int i = 0; i < nextra; i++) iov[1 + i] = extra[i];

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "epmoe/cuda_status.h"
 #include "devmem.h"
 
 struct epm_devmem {
@@ -69,7 +70,7 @@ static epm_status_t ready(int device, int vmm) {
   pthread_once(&drv_once, load_driver);
   if (vmm && !drv_ok) return epm_error(EPM_ERR_CUDA, "the CUDA driver's VMM entry points are unavailable (no driver?)");
   if ((e = cudaSetDevice(device)) != cudaSuccess || (e = cudaFree(NULL)) != cudaSuccess)
-    return epm_error(EPM_ERR_CUDA, "cudaSetDevice(%d): %s", device, cudaGetErrorString(e));
+    return epm_cuda_status(e, "cudaSetDevice(%d)", device);
   return EPM_OK;
 }
 
@@ -156,7 +157,7 @@ epm_status_t epm_devmem_create_ipc(int device, size_t bytes, epm_devmem_t **out)
   if (!m) return epm_error(EPM_ERR_NOMEM, "devmem");
   if ((e = cudaMalloc(&p, bytes)) != cudaSuccess) {
     free(m);
-    return epm_error(EPM_ERR_CUDA, "cudaMalloc(%zu) on device %d: %s", bytes, device, cudaGetErrorString(e));
+    return epm_cuda_status(e, "cudaMalloc(%zu) on device %d", bytes, device);
   }
   m->device = device;
   m->size = bytes;
@@ -171,7 +172,7 @@ epm_status_t epm_devmem_ipc_handle(epm_devmem_t *m, uint8_t handle[64]) {
   cudaError_t e;
   if (m->ipc != 1) return epm_error(EPM_ERR_INVALID_ARG, "only a region allocated with cudaMalloc here has an IPC handle");
   if ((e = cudaSetDevice(m->device)) != cudaSuccess || (e = cudaIpcGetMemHandle(&h, (void *)(uintptr_t)m->ptr)) != cudaSuccess)
-    return epm_error(EPM_ERR_CUDA, "cudaIpcGetMemHandle on device %d: %s", m->device, cudaGetErrorString(e));
+    return epm_cuda_status(e, "cudaIpcGetMemHandle on device %d", m->device);
   memcpy(handle, &h, sizeof h);
   return EPM_OK;
 }
@@ -187,8 +188,9 @@ epm_status_t epm_devmem_open_ipc(const uint8_t handle[64], size_t bytes, int dev
   if (!drv.range) return epm_error(EPM_ERR_CUDA, "cuMemGetAddressRange is unavailable; cannot check a CUDA IPC region");
   memcpy(&h, handle, sizeof h);
   if ((e = cudaIpcOpenMemHandle(&p, h, cudaIpcMemLazyEnablePeerAccess)) != cudaSuccess) {
-    (void)cudaGetLastError(); /* a peer's bad handle must not look like a later kernel's error */
-    return epm_error(EPM_ERR_CUDA, "cudaIpcOpenMemHandle on device %d: %s", device, cudaGetErrorString(e));
+    /* epm_cuda_status also resets the last error: a peer's bad handle must not
+     * look like a later kernel's error. */
+    return epm_cuda_status(e, "cudaIpcOpenMemHandle on device %d", device);
   }
   epm_devmem_t *m = calloc(1, sizeof *m);
   if (!m) {
@@ -237,8 +239,7 @@ static epm_status_t copy(epm_devmem_t *m, size_t off, void *host, size_t n, int 
       (e = cudaMemcpy(to_host ? host : (void *)(uintptr_t)(m->ptr + off),
                       to_host ? (const void *)(uintptr_t)(m->ptr + off) : host, n,
                       to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice)) != cudaSuccess)
-    return epm_error(EPM_ERR_CUDA, "copy of %zu bytes %s device region: %s", n, to_host ? "from" : "to",
-                     cudaGetErrorString(e));
+    return epm_cuda_status(e, "copy of %zu bytes %s device region", n, to_host ? "from" : "to");
   return EPM_OK;
 }
 

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "epmoe/clock.h"
 #include "ctl.h"
 #include "ctl_drive.h"
 
@@ -70,14 +71,14 @@ int epm_ctl_bench(int argc, char **argv) {
   size_t cap = 1024, n = 0;
   double *lat = malloc(cap * sizeof *lat), *srv = malloc(cap * sizeof *srv);
   for (long long w = 0; w < warmup && !rc; w++) rc = ctl_drive_step(&d, 0, step++) ? 1 : 0;
-  double t0 = ctl_now_s(), t = t0;
+  double t0 = epm_clock_s(), t = t0;
   while (!rc && t - t0 < duration && lat && srv) {
-    double s0 = ctl_now_s();
+    double s0 = epm_clock_s();
     if (ctl_drive_step(&d, 0, step++)) {
       rc = 1;
       break;
     }
-    t = ctl_now_s();
+    t = epm_clock_s();
     if (n == cap) {
       cap *= 2;
       double *nl = realloc(lat, cap * sizeof *lat), *ns = realloc(srv, cap * sizeof *srv);

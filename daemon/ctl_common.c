@@ -1,6 +1,8 @@
 /* ctl_common.c — socket selection and input generation shared by the
  * daemon-facing epmoectl subcommands (status, stats, health, forward, bench,
  * shutdown). */
+#include "epmoe/clock.h"
+#include "epmoe/bf16.h"
 #include "ctl_common.h"
 
 #include <dirent.h>
@@ -96,22 +98,13 @@ static float gauss(uint64_t h) {
 }
 
 uint16_t ctl_rand_x(uint64_t seed, int64_t t, int64_t j) {
-  float f = gauss(mix64(seed ^ mix64((uint64_t)t * 0x100000001B3ull + (uint64_t)j)));
-  uint32_t u;
-  memcpy(&u, &f, sizeof u);
-  u += 0x7fffu + ((u >> 16) & 1u);
-  return (uint16_t)(u >> 16);
+  return epm_bf16_from_f32(gauss(mix64(seed ^ mix64((uint64_t)t * 0x100000001B3ull + (uint64_t)j))));
 }
 
 float ctl_rand_logit(uint64_t seed, int64_t t, int64_t j) {
   return gauss(mix64(~seed ^ mix64((uint64_t)t * 0xC2B2AE3D27D4EB4Full + (uint64_t)j)));
 }
 
-double ctl_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 int ctl_cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;

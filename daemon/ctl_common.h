@@ -43,7 +43,6 @@ int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out);
 uint16_t ctl_rand_x(uint64_t seed, int64_t t, int64_t j);
 float ctl_rand_logit(uint64_t seed, int64_t t, int64_t j);
 
-double ctl_now_s(void);
 int ctl_cmp_double(const void *a, const void *b);
 
 #endif

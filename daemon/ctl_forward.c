@@ -12,15 +12,10 @@
 #include <string.h>
 #include <time.h>
 
+#include "epmoe/bf16.h"
+#include "epmoe/clock.h"
 #include "ctl.h"
 #include "ctl_drive.h"
-
-static float bf16f(uint16_t b) {
-  uint32_t u = (uint32_t)b << 16;
-  float f;
-  memcpy(&f, &u, sizeof f);
-  return f;
-}
 
 typedef struct {
   epm_opt_list_t counts;
@@ -104,9 +99,9 @@ int epm_ctl_forward(int argc, char **argv) {
          (long long)d.info.hidden, (long long)d.info.num_experts, d.info.backend);
   for (int r = 0; r < d.nranks; r++) printf("%s%lld", r ? "," : " ", (long long)d.m[r]);
   printf(" (M = %lld), %s data, layer %lld, step %lld\n", (long long)d.total, ctl_drive_mode_name(shm), layer, step_id);
-  double t0 = ctl_now_s();
+  double t0 = epm_clock_s();
   int failed = ctl_drive_step(&d, (uint32_t)layer, (uint64_t)step_id);
-  double wall = ctl_now_s() - t0;
+  double wall = epm_clock_s() - t0;
   if (failed) {
     for (int r = 0; r < d.nranks; r++)
       if (d.st[r] != EPM_OK) fprintf(stderr, "epmoectl forward: %s\n", d.err[r]);
@@ -127,13 +122,13 @@ int epm_ctl_forward(int argc, char **argv) {
       double maxerr = 0, maxref = 0;
       size_t bad = 0, worst = 0;
       for (size_t i = 0; i < n; i++) {
-        double e = fabs((double)bf16f(d.y[i]) - (double)bf16f(ref[i]));
+        double e = fabs((double)epm_bf16_to_f32(d.y[i]) - (double)epm_bf16_to_f32(ref[i]));
         if (!(e <= maxerr)) maxerr = e, worst = i; /* NaN counts as worst */
-        maxref = fmax(maxref, fabs((double)bf16f(ref[i])));
+        maxref = fmax(maxref, fabs((double)epm_bf16_to_f32(ref[i])));
       }
       double rel = maxref > 0 ? maxerr / maxref : maxerr;
       for (size_t i = 0; i < n; i++)
-        if (!(fabs((double)bf16f(d.y[i]) - (double)bf16f(ref[i])) <= tol * maxref)) bad++;
+        if (!(fabs((double)epm_bf16_to_f32(d.y[i]) - (double)epm_bf16_to_f32(ref[i])) <= tol * maxref)) bad++;
       printf("check: %zu values vs CPU reference: max relative error %.3g (max|y-ref| %.3g at token %zu, max|ref| %.3g), "
              "%zu above tolerance %.3g: %s\n",
              n, rel, maxerr, n ? worst / (size_t)d.info.hidden : 0, maxref, bad, tol, rel <= tol ? "PASS" : "FAIL");

@@ -9,16 +9,11 @@
 #include <string.h>
 #include <time.h>
 
+#include "epmoe/clock.h"
 #include "ctl.h"
 #include "epmoe/layer.h"
 #include "epmoe/model.h"
 #include "epmoe/moe_ref.h"
-
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 typedef struct {
   const char *preset;
@@ -115,12 +110,12 @@ int epm_ctl_ref(int argc, char **argv) {
   epm_bf16_t *x = NULL, *out = NULL;
   int32_t *ids = NULL;
   int ret = 1;
-  double g0 = now_s();
+  double g0 = epm_clock_s();
   if (epm_layer_generate(&d, o.layer, (uint64_t)o.seed, o.offset, o.local, &l) != EPM_OK) {
     fprintf(stderr, "epmoectl ref: generating the layer: %s\n", epm_last_error());
     return 1;
   }
-  double gen_s = now_s() - g0;
+  double gen_s = epm_clock_s() - g0;
   x = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
   out = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
   ids = malloc((size_t)(m > 0 ? m : 1) * (size_t)k * sizeof(int32_t));

@@ -16,7 +16,7 @@
  * ulps at the output's scale, 2^-6. Default tolerance 2^-6 = 0.015625;
  * EP=1 is bit-identical to the reference (use --tolerance 0 to demand it).
  *
- * Exit: 0 ok, 1 step failed / check above tolerance / repeats differ, 2 usage.
+ * Exit: 0 ok, 1 step failed / check above tolerance / repeats differ, 64 usage (EPM_EXIT_USAGE).
  */
 #include <errno.h>
 #include <jansson.h>
@@ -27,6 +27,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "epmoe/clock.h"
 #include "ctl.h"
 #include "epmoe/backend.h"
 #include "epmoe/bootstrap.h"
@@ -190,12 +191,6 @@ static epm_status_t gather_output(step_t *s) {
                                     s->rank == 0 ? (size_t)s->M * row : 0, NULL);
 }
 
-static double now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static epm_status_t setup(step_t *s) {
   step_opts_t *o = &s->o;
   EPM_TRY(epm_model_preset(o->preset, &s->dims));
@@ -269,7 +264,7 @@ static epm_status_t run_check(step_t *s, float input_scale, check_result_t *cr) 
   epm_bf16_t *x = malloc((size_t)(n > 0 ? n : 1) * sizeof *x), *ref = malloc((size_t)(n > 0 ? n : 1) * sizeof *ref);
   float *logits = malloc((size_t)(s->M * E > 0 ? s->M * E : 1) * sizeof *logits);
   epm_status_t st = EPM_OK;
-  double t0 = now_s();
+  double t0 = epm_clock_s();
   if (!x || !ref || !logits) {
     st = epm_error(EPM_ERR_NOMEM, "check buffers for %lld tokens", (long long)s->M);
     goto out;
@@ -297,7 +292,7 @@ static epm_status_t run_check(step_t *s, float input_scale, check_result_t *cr) 
   epm_moe_checksum_bf16(ref, n, &cr->ref_sum);
   cr->done = 1;
 out:
-  cr->seconds = now_s() - t0;
+  cr->seconds = epm_clock_s() - t0;
   epm_layer_free(&full);
   free(x);
   free(ref);
@@ -433,7 +428,7 @@ int epm_ctl_step(int argc, char **argv) {
               "rank (mpirun -np %d)\n",
               s.o.ntokens, s.o.ntokens == 1 ? "" : "s", s.P, s.P == 1 ? "" : "s", s.o.ntokens);
     step_free(&s);
-    return 2;
+    return EPM_EXIT_USAGE;
   }
   /* Setup failures are the same on every rank (same arguments) or local
    * (memory); agree on the outcome before the first step. */
@@ -451,7 +446,7 @@ int epm_ctl_step(int argc, char **argv) {
     fprintf(stderr, "epmoectl step: rank %d: setup: %s\n", s.rank, epm_last_error());
   if (n_bad) {
     step_free(&s);
-    return st == EPM_ERR_INVALID_ARG ? 2 : 1;
+    return st == EPM_ERR_INVALID_ARG ? EPM_EXIT_USAGE : 1;
   }
 
   const int64_t n_all = s.M * s.dims.hidden;

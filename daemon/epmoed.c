@@ -14,6 +14,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
@@ -153,7 +154,7 @@ int main(int argc, char **argv) {
   pthread_mutex_init(&s->state_mu, NULL);
   srv_stats_init(&s->stats);
   s->listen_fd = -1;
-  s->start_ns = srv_now_ns();
+  s->start_ns = epm_clock_ns();
   srv_set_state(s, SRV_ST_STARTING, "loading weights");
 
   {

@@ -125,7 +125,6 @@ typedef struct srv {
   int exit_code;
 } srv_t;
 
-uint64_t srv_now_ns(void);
 void srv_set_state(srv_t *s, srv_state_t st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 srv_state_t srv_get_state(srv_t *s, char *reason, size_t n);
 /* The model info is written once by the worker; readers get 0 before that. */

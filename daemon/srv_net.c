@@ -27,6 +27,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "epmoe/clock.h"
 #include "devmem.h"
 #include "epmoe/log.h"
 #include "srv.h"
@@ -216,7 +217,7 @@ static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
   r->step_id = rq.step_id;
   r->m = rq.m;
   r->data_mode = rq.data_mode;
-  r->t_recv_ns = srv_now_ns();
+  r->t_recv_ns = epm_clock_ns();
   if (rq.data_mode == EPM_DATA_INLINE) {
     /* One aligned copy of x and logits: the frame buffer is reused for the
      * next frame while the step runs. */

@@ -11,6 +11,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
@@ -75,7 +76,7 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
   uint64_t step_id = 0;
   uint32_t layer = 0;
   uint64_t in_ns = s->worker ? srv_worker_in_step_ns(s, &step_id, &layer) : 0;
-  double up = (double)(srv_now_ns() - s->start_ns) * 1e-9;
+  double up = (double)(epm_clock_ns() - s->start_ns) * 1e-9;
   srv_stats_t c;
   pthread_mutex_lock(&s->stats.mu);
   c = s->stats;

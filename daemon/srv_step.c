@@ -20,6 +20,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "epmoe/clock.h"
 #include "devmem.h"
 #include "epmoe/log.h"
 #include "epmoe/group.h"
@@ -44,12 +45,6 @@ struct srv_worker {
   srv_req_t *cur;    /* head request: joined, or about to be */
   int shutdown_seen; /* the group's SHUTDOWN arrived */
 };
-
-uint64_t srv_now_ns(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
 
 void srv_req_free(srv_req_t *r) {
   if (!r) return;
@@ -76,7 +71,7 @@ static void fail_req(srv_worker_t *w, srv_req_t *r, epm_status_t st, const char 
   vsnprintf(r->err, sizeof r->err, fmt, ap);
   va_end(ap);
   r->st = st;
-  r->t_done_ns = srv_now_ns();
+  r->t_done_ns = epm_clock_ns();
   push_done(w, r);
 }
 
@@ -126,7 +121,7 @@ uint64_t srv_worker_in_step_ns(srv_t *s, uint64_t *step_id, uint32_t *layer) {
   if (step_id) *step_id = w->in_step_id;
   if (layer) *layer = w->in_step_layer;
   pthread_mutex_unlock(&w->mu);
-  return since ? srv_now_ns() - since : 0;
+  return since ? epm_clock_ns() - since : 0;
 }
 
 static srv_req_t *pop_queue(srv_worker_t *w) {
@@ -168,7 +163,7 @@ static void record_stages(srv_worker_t *w) {
 static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_group_io_t *io) {
   epm_status_t st;
   pthread_mutex_lock(&w->mu);
-  w->in_step_since = srv_now_ns();
+  w->in_step_since = epm_clock_ns();
   w->in_step_id = step_id;
   w->in_step_layer = layer;
   pthread_mutex_unlock(&w->mu);
@@ -193,7 +188,7 @@ static int load_model(srv_worker_t *w) {
   srv_t *s = w->s;
   srv_model_info_t info;
   epm_group_info_t gi;
-  uint64_t t0 = srv_now_ns();
+  uint64_t t0 = epm_clock_ns();
   epm_group_config_t gc = EPM_GROUP_CONFIG_INIT;
   gc.model_dir = s->cfg.model[0] ? s->cfg.model : NULL;
   gc.preset = s->cfg.preset;
@@ -219,7 +214,7 @@ static int load_model(srv_worker_t *w) {
   srv_set_state(s, SRV_ST_STARTING, "weights loaded; warm-up step pending");
   EPM_LOG(EPM_LOG_INFO, "step", "model %s (H %lld, E %lld, experts [%lld, +%lld) here) on %s loaded in %.2f s",
           s->info.model, (long long)s->info.hidden, (long long)s->info.num_experts, (long long)gi.first_expert,
-          (long long)gi.local_experts, s->info.backend, (double)(srv_now_ns() - t0) * 1e-9);
+          (long long)gi.local_experts, s->info.backend, (double)(epm_clock_ns() - t0) * 1e-9);
   uv_async_send(&s->wake);
   return 1;
 }
@@ -281,13 +276,13 @@ static epm_status_t request_io(srv_worker_t *w, const srv_req_t *r, epm_group_io
 static void run_request(srv_worker_t *w, srv_req_t *r) {
   srv_t *s = w->s;
   epm_group_io_t io;
-  r->t_go_ns = srv_now_ns();
+  r->t_go_ns = epm_clock_ns();
   epm_status_t ist = request_io(w, r, &io);
   char ierr[256] = "";
   if (ist != EPM_OK) snprintf(ierr, sizeof ierr, "%s", epm_last_error());
   epm_status_t st = run_step(w, r->layer, r->step_id, &io);
   if (st == EPM_OK && ist != EPM_OK) st = epm_error(ist, "%s", ierr);
-  r->t_done_ns = srv_now_ns();
+  r->t_done_ns = epm_clock_ns();
   r->st = st;
   if (st != EPM_OK) snprintf(r->err, sizeof r->err, "%s", epm_last_error());
   if (st == EPM_ERR_ABORTED || st == EPM_ERR_MPI || st == EPM_ERR_NCCL || st == EPM_ERR_CUDA) {

@@ -6,8 +6,8 @@
 #            tokens give bit-identical global outputs (each row's partials
 #            are summed over the same ranks in the same order wherever the
 #            row lives), and so does a second job
-#   badlen   a list of 3 counts in a job of 2 ranks -> exit 2 with a message
-#   badexp   E = 16 over 3 ranks without --experts -> exit 2 naming the fix
+#   badlen   a list of 3 counts in a job of 2 ranks -> exit 64 with a message
+#   badexp   E = 16 over 3 ranks without --experts -> exit 64 naming the fix
 #   cuda     (label gpu; exit 77 without a GPU) the cuda backend + NCCL comm
 #            against the EP=1 CPU reference: EP 1, and EP 2 with 2 GPUs;
 #            tolerance 0.05 = the kernels' documented max|diff|/max|ref| vs
@@ -44,14 +44,14 @@ case "$case_" in
   badlen)
     run 2 $common --tokens-per-rank 1,2,3
     cat "$tmp.err"
-    [ $rc = 2 ] || fail "expected exit 2, got $rc"
+    [ $rc = 64 ] || fail "expected exit 64, got $rc"
     grep -q "has 3 values but the job has 2 ranks" "$tmp.err" || fail "message missing"
     [ "$(grep -c 'has 3 values' "$tmp.err")" = 1 ] || fail "message printed more than once"
     ;;
   badexp)
     run 3 $common --tokens-per-rank 1,2,3
     cat "$tmp.err"
-    [ $rc = 2 ] || fail "expected exit 2, got $rc"
+    [ $rc = 64 ] || fail "expected exit 64, got $rc"
     grep -q "16 experts do not split over 3 ranks; pass --experts" "$tmp.err" || fail "message missing"
     ;;
   json)
