@@ -154,7 +154,7 @@ static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
   const epm_model_dims_t *d = epm_model_dir_dims(md);
   epm_model_family_t fam = epm_model_dir_family(md);
   float in = 0, down = 0;
-  int64_t bad = 0, mism = 0, router_numel = 0;
+  int64_t bad = 0, mism = 0;
   char name[256];
   for (int64_t e = -1; e < d->num_experts && s->bad < EPM__INSPECT_MAX_BAD; e++) {
     if (e == EPM_EXPERT_SHARED && !d->shared_experts) continue;
@@ -195,17 +195,16 @@ static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
     }
     if (s2[0] != s2[1]) mism++;
   }
-  if (epm_mul_i64(d->num_experts, d->hidden, &router_numel)) router_numel = -1; /* bounded; never in practice */
   for (int b = 0; b < 2; b++) {
     const epm_st_tensor_t *t;
     const epm_st_file_t *f;
+    const int64_t want[2] = {d->num_experts, d->hidden};
     if (b && d->routing != EPM_ROUTING_DEEPSEEK_V3) continue;
     epm_router_name(fam, L, b, name, sizeof name);
     epm_status_t st = epm_model_dir_tensor(md, name, &t, &f);
-    if (st == EPM_OK && ((t->dtype != EPM_ST_BF16 && t->dtype != EPM_ST_F32) ||
-                         t->numel != (b ? d->num_experts : router_numel)))
-      st = epm_error(EPM_ERR_FORMAT, "tensor '%s' is %s with %lld elements", name, epm_st_dtype_name(t->dtype),
-                     (long long)t->numel);
+    /* The loader's rule: BF16 or F32, [E, H] (weight) or [E] (bias). */
+    if (st == EPM_OK)
+      st = epm_st_expect(f, name, t->dtype == EPM_ST_F32 ? EPM_ST_F32 : EPM_ST_BF16, b ? 1 : 2, want, &t);
     if (st == EPM_OK) st = epm_check_finite(epm_st_path(f), t);
     if (st != EPM_OK) {
       bad++;

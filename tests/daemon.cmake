@@ -1,11 +1,8 @@
 # Daemon, protocol and client tests.
 #   test_protocol   codec round-trips and malformed input (cpu)
 epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60)
-# The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a file replayer
-# so it keeps compiling; see the file for the libFuzzer command line.
-add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
-target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
-target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client_static)
+# The frame decoder's fuzz target (tests/fuzz/fuzz_frame.c) is built and run
+# with the other fuzz targets: tests/fuzz.cmake.
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
 # epmoectl from a bash script (tests/daemon/daemon_it.sh): the step engine

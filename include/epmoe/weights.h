@@ -73,8 +73,9 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
 
 /* Load checkpoint layer `layer` (must be a MoE layer) for rank ep_rank of
  * ep_size into *out (allocated here; free with epm_layer_free). Every tensor
- * read is checked for presence, dtype and shape; errors name the tensor and
- * the file. progress may be NULL. */
+ * read is checked for presence, dtype and shape before the layer is
+ * allocated, and its values as it is copied (epm_check_* below); errors name
+ * the tensor and the file. progress may be NULL. */
 epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_rank, int ep_size,
                                     epm_layer_t *out, epm_load_progress_t *progress);
 

@@ -64,6 +64,12 @@ expect 1 "e_score_correction_bias': element \[5\] is inf" "$ctl" ckpt inspect "$
 expect 1 "e_score_correction_bias': element \[5\] is inf" "$ctl" ckpt load "$tmp/inf_bias"
 damage nan_router $P.gate.weight 518 '\300\177'
 expect 1 "gate.weight': element \[1, 3\] is nan" "$ctl" ckpt inspect "$tmp/nan_router" --json
+# A transposed router (same size): refused by inspect as by the loader.
+rm -rf "$tmp/router_t"; cp -r "$tmp/one" "$tmp/router_t"
+sed -i 's/"model.layers.0.mlp.gate.weight":{"dtype":"BF16","shape":\[16,256\]/"model.layers.0.mlp.gate.weight":{"dtype":"BF16","shape":[256,16]/' \
+  "$tmp/router_t/model.safetensors"
+expect 1 "gate.weight' is BF16 \[256, 16\], expected BF16 or F32 \[16, 256\]" "$ctl" ckpt load "$tmp/router_t"
+expect 1 "gate.weight' is BF16 \[256, 16\], expected BF16 \[16, 256\]" "$ctl" ckpt inspect "$tmp/router_t"
 
 # config.json: bounds named with value and limit; inspect time bounded by the
 # files (an expert count of 10^9 fails at once, 4096 stops after 1000 misses).
