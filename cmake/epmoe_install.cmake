@@ -27,11 +27,12 @@ set(EPM_PC_INCLUDEDIR "\${prefix}/${CMAKE_INSTALL_INCLUDEDIR}")
 
 # The runtime's parts are static archives, so epmoe.pc lists everything they
 # need on the link line: MPI (as this build found it: any MPI, not only one
-# that ships a .pc file), OpenMP, libm, pthreads and, in CUDA builds, cudart
-# and NCCL. jansson has its own .pc file.
+# that ships a .pc file), OpenMP, libm, pthreads and, in CUDA builds, cudart,
+# NCCL and libstdc++. jansson has its own .pc file.
 set(_epm_libs -lepmoe_runtime -lepmoe_comm -lepmoe_kernels -lepmoe_base)
 if(EPMOE_HAVE_CUDA)
-  list(APPEND _epm_libs ${CUDA_cudart_LIBRARY} ${NCCL_LIBRARY})
+  # The kernels' host code is C++ (nvcc's host compiler): its runtime too.
+  list(APPEND _epm_libs ${CUDA_cudart_LIBRARY} ${NCCL_LIBRARY} -lstdc++)
 endif()
 list(APPEND _epm_libs ${MPI_C_LINK_FLAGS} ${MPI_C_LIBRARIES})
 if(OpenMP_C_FOUND)
@@ -55,6 +56,12 @@ install(FILES ${PROJECT_BINARY_DIR}/pkgconfig/epmoe.pc ${PROJECT_BINARY_DIR}/pkg
         DESTINATION ${CMAKE_INSTALL_LIBDIR}/pkgconfig)
 
 # ---- CMake package --------------------------------------------------------------
+if(EPMOE_HAVE_CUDA)
+  # Inside this build CMake links the kernels with the CUDA linker; a consumer
+  # project in plain C links with the C linker, which leaves out the C++
+  # runtime that nvcc's host code needs.
+  target_link_libraries(epmoe_kernels INTERFACE $<INSTALL_INTERFACE:stdc++>)
+endif()
 set(_epm_cmakedir ${CMAKE_INSTALL_LIBDIR}/cmake/epmoe)
 install(EXPORT epmoeClientTargets NAMESPACE epmoe:: DESTINATION ${_epm_cmakedir})
 install(EXPORT epmoeRuntimeTargets NAMESPACE epmoe:: DESTINATION ${_epm_cmakedir})
