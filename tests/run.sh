@@ -65,7 +65,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 if [ "$sanitize" = 1 ]; then
   bdir=build-san
-  cfg=(-DEPMOE_SANITIZE=address,undefined -DEPMOE_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug)
+  cfg=("-DEPMOE_SANITIZE=address,undefined" -DEPMOE_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug)
   # DeepSeek-size and >2^31 work is far too slow under ASan on 2 cores.
   exclude="${exclude:+$exclude|}large"
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"

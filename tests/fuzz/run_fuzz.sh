@@ -13,8 +13,10 @@ root=$(cd "$(dirname "$0")/../.." && pwd)
 secs=${1:-${EPMOE_FUZZ_SECONDS:-30}}
 bdir=${EPMOE_FUZZ_BUILD:-$root/build-fuzz}
 targets=${EPMOE_FUZZ_TARGETS:-frame safetensors model_config}
-command -v clang >/dev/null && command -v clang++ >/dev/null ||
-  { echo "SKIP: clang not found (apt-get install clang)"; exit 77; }
+if ! command -v clang >/dev/null || ! command -v clang++ >/dev/null; then
+  echo "SKIP: clang not found (apt-get install clang)"
+  exit 77
+fi
 
 echo "== fuzz: configure $bdir (clang, fuzzer-no-link,address,undefined)"
 mkdir -p "$bdir"

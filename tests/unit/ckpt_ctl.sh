@@ -40,12 +40,14 @@ patch_tensor() { # FILE TENSOR BYTE_OFFSET BYTES (printf octal escapes)
   hl=$(od -An -tu8 -N8 "$1" | tr -d ' ')
   b=$(head -c $((8 + hl)) "$1" | tail -c "$hl" | grep -o "\"$2\":{[^}]*}" | sed 's/.*"data_offsets":\[\([0-9]*\),.*/\1/')
   [ -n "$b" ] || fail "tensor $2 not in $1"
+  # $4 holds escapes such as '\x7f' that printf must interpret.
+  # shellcheck disable=SC2059
   printf "$4" | dd of="$1" bs=1 seek=$((8 + hl + b + $3)) conv=notrunc 2>/dev/null
 }
 P=model.layers.0.mlp
 expect 0 "wrote" "$ctl" ckpt make --preset tiny --layers 1 --out "$tmp/one" --shard-mb 0
 damage() { # NAME TENSOR BYTE_OFFSET BYTES
-  rm -rf "$tmp/$1"; cp -r "$tmp/one" "$tmp/$1"
+  rm -rf "${tmp:?}/${1:?}"; cp -r "$tmp/one" "$tmp/$1"
   patch_tensor "$tmp/$1/model.safetensors" "$2" "$3" "$4"
 }
 damage nan_sf $P.experts.5.up_proj.weight_scale 49 '\177'
@@ -74,7 +76,7 @@ expect 1 "gate.weight' is BF16 \[256, 16\], expected BF16 \[16, 256\]" "$ctl" ck
 # config.json: bounds named with value and limit; inspect time bounded by the
 # files (an expert count of 10^9 fails at once, 4096 stops after 1000 misses).
 setcfg() { # NAME KEY VALUE
-  rm -rf "$tmp/$1"; cp -r "$tmp/one" "$tmp/$1"
+  rm -rf "${tmp:?}/${1:?}"; cp -r "$tmp/one" "$tmp/$1"
   sed -i "s/\"$2\": [0-9]*/\"$2\": $3/" "$tmp/$1/config.json"
   grep -q "\"$2\": $3" "$tmp/$1/config.json" || fail "could not set $2 in config.json"
 }
