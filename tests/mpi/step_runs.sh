@@ -66,7 +66,7 @@ j = json.loads(lines[0])
 assert j["ep"] == 4 and j["tokens_per_rank"] == [3, 5, 0, 8] and j["tokens"] == 16, j
 assert [r["tokens"] for r in j["ranks"]] == [3, 5, 0, 8]
 for r in j["ranks"]:
-    assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "experts", "reduce_scatter", "shared", "total"}, r
+    assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "a2a_dispatch", "experts", "reduce_scatter", "a2a_combine", "shared", "total"}, r
     assert all(v >= 0 for v in r["stage_ms"].values()), r
 assert j["check"]["pass"] is True and j["check"]["max_err"] <= j["check"]["tolerance"], j["check"]
 assert j["checksum"]["fnv1a64"] == sys.argv[1], (j["checksum"], sys.argv[1])
