@@ -9,7 +9,8 @@
  *                rank: every rank holds the whole count matrix, checks it,
  *                checks every rank's receive total against the capacity and
  *                picks the mode, all from the same numbers, so every rank
- *                takes the same branch (or returns the same error)
+ *                takes the same branch (or returns the same error; auto
+ *                takes the allgather mode instead when a rank would overflow)
  *   dispatch     pack the 4 arrays (fp4 row, scales, ids, weights) by
  *                send_tok; one all-to-all-v
  *   experts      the backend's own op over the received rows: their ids are
@@ -245,12 +246,15 @@ static epm_status_t check_rows(epm_engine_t *e, epm__step_plan_t *sp) {
       in += c;
       if (c > most) most = c, from = r;
     }
-    if (in > e->recv_cap)
+    if (in > e->recv_cap && e->cfg.dispatch == EPM_DISPATCH_AUTO) {
+      sp->a2a_over = 1; /* auto runs the allgather mode, which needs no capacity */
+    } else if (in > e->recv_cap) {
       return epm_error(EPM_ERR_OVERFLOW,
                        "alltoall dispatch: rank %d would receive %lld token rows this step (the most, %lld, from "
                        "rank %d), above its receive capacity of %lld rows (recv_capacity; 0 sizes it for any "
                        "routing: EP x max_tokens_per_rank = %lld)",
                        d, (long long)in, (long long)most, from, (long long)e->recv_cap, (long long)e->max_M);
+    }
   }
   sp->M = M;
   sp->rows_out = sp->rows_in = 0;
@@ -278,8 +282,9 @@ epm_status_t epm__a2a_exchange(epm_engine_t *e, int64_t m_or_failed, epm_status_
                                e->bytes_r, &sp->model_bytes[i]));
     sp->model_s[i] = epm_dispatch_seconds(&e->cost, (epm_dispatch_mode_t)i, sp->model_bytes[i]);
   }
-  sp->mode = sp->model_s[EPM_DISPATCH_ALLTOALL] < sp->model_s[EPM_DISPATCH_ALLGATHER] ? EPM_DISPATCH_ALLTOALL
-                                                                                       : EPM_DISPATCH_ALLGATHER;
+  sp->mode = !sp->a2a_over && sp->model_s[EPM_DISPATCH_ALLTOALL] < sp->model_s[EPM_DISPATCH_ALLGATHER]
+                 ? EPM_DISPATCH_ALLTOALL
+                 : EPM_DISPATCH_ALLGATHER;
   return EPM_OK;
 }
 

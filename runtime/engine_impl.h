@@ -97,6 +97,7 @@ typedef struct {
   int64_t M;              /* tokens of all ranks */
   int64_t rows_in;        /* alltoall: rows this rank receives */
   int64_t rows_out;       /* alltoall: rows this rank sends */
+  int a2a_over;           /* auto: some rank's rows exceed the receive capacity */
   double model_s[EPM_DISPATCH_MODES];
   uint64_t model_bytes[EPM_DISPATCH_MODES];
 } epm__step_plan_t;

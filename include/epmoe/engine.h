@@ -70,7 +70,8 @@ typedef struct {
    * batch); 0 = EP x max_tokens_per_rank, which no routing can exceed. A
    * step whose routing would send more to some rank fails on every rank
    * with EPM_ERR_OVERFLOW naming that rank and the numbers (before any
-   * data moves), never dropping a row. */
+   * data moves), never dropping a row; auto runs such a step in allgather
+   * mode instead. */
   int64_t recv_capacity;
   /* auto: the cost model's terms; all zero = epm_dispatch_cost_default(). */
   epm_dispatch_cost_t dispatch_cost;
