@@ -35,6 +35,9 @@ typedef struct {
   int64_t warmup_tokens;
   int64_t layers;        /* MoE layers served (0 = all of a checkpoint) */
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
+  char dispatch[16];     /* allgather | alltoall | auto (epmoe/dispatch.h) */
+  int64_t recv_capacity; /* alltoall receive rows per rank (0 = any routing) */
+  char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 

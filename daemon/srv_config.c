@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "epmoe/dispatch.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
@@ -44,6 +45,10 @@ static const opt_t opts[] = {
     {"max-connections", T_I64, F(max_connections), "64", 1, 4096, NULL, "simultaneous client connections"},
     {"warmup-tokens", T_I64, F(warmup_tokens), "4", 0, 1 << 20, NULL, "tokens per rank of the start-up warm-up step"},
     {"step-delay-ms", T_I64, F(step_delay_ms), "0", 0, 600000, NULL, "testing: sleep this long inside every step"},
+    {"dispatch", T_STR, F(dispatch), "allgather", 0, 0, "allgather|alltoall|auto", "how tokens reach the experts (auto: per step, by the cost terms below)"},
+    {"recv-capacity", T_I64, F(recv_capacity), "0", 0, (int64_t)1 << 40, NULL, "alltoall: most token rows a rank receives per step (0 = any routing fits)"},
+    {"dispatch-latency-us", T_STR, F(dispatch_latency_us), "", 0, 0, NULL, "auto: fixed cost per step ALLGATHER,ALLTOALL in us (epmoectl step --calibrate-dispatch)"},
+    {"dispatch-gbps", T_STR, F(dispatch_gbps), "", 0, 0, NULL, "auto: bandwidth ALLGATHER,ALLTOALL in GB/s (from the same calibration)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");
@@ -174,6 +179,12 @@ int srv_config_load(srv_config_t *c, int argc, char **argv) {
     }
     if (set(c, o, val, "flag")) return 2;
     c->src[idx] = 2;
+  }
+  epm_dispatch_cost_t dc; /* a typo in the cost terms stops the start, not the first step */
+  epm_dispatch_cost_default(&dc);
+  if (epm_dispatch_cost_parse(c->dispatch_latency_us, c->dispatch_gbps, &dc) != EPM_OK) {
+    fprintf(stderr, "epmoed: %s\n", epm_last_error());
+    return 2;
   }
   if (c->socket_dir[0] == '\0') {
     const char *x = getenv("XDG_RUNTIME_DIR");
