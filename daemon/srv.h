@@ -37,6 +37,8 @@ typedef struct {
   int64_t warmup_tokens;
   int64_t layers;        /* MoE layers served (0 = all of a checkpoint) */
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
+  char placement[512];   /* expert placement map (JSON file), "" = default split */
+  int64_t redundant_experts; /* extra slots of the default split */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 
@@ -76,6 +78,11 @@ typedef struct {
   int nstages;
   const char *stage_name[16];
   double stage_sum[16], stage_last[16];
+  /* per logical expert: (token, expert) pairs of this rank's own tokens,
+   * summed over completed steps of every layer, and of the last step;
+   * allocated once the model is loaded (n_experts 0 before) */
+  int64_t n_experts;
+  uint64_t *expert_tokens, *expert_tokens_last;
 } srv_stats_t;
 
 void srv_stats_init(srv_stats_t *s);

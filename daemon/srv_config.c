@@ -50,6 +50,11 @@ static const epm_opt_t opts[] = {
      .env = "EPMOE_WARMUP_TOKENS", .help = "tokens per rank of the start-up warm-up step"},
     {.name = "step-delay-ms", .kind = EPM_OPT_INT64, AT(step_delay_ms), .def = "0", .min = 0, .max = 600000,
      .env = "EPMOE_STEP_DELAY_MS", .arg = "MS", .help = "testing: sleep this long inside every step"},
+    {.name = "placement", .kind = EPM_OPT_STRBUF, AT(placement), .def = "", .env = "EPMOE_PLACEMENT", .arg = "FILE",
+     .help = "expert placement map (JSON, docs/PLACEMENT.md; `epmoectl\nplacement` writes one); default: the contiguous split"},
+    {.name = "redundant-experts", .kind = EPM_OPT_INT64, AT(redundant_experts), .def = "0", .min = 0, .max = 1 << 16,
+     .env = "EPMOE_REDUNDANT_EXPERTS", .arg = "N",
+     .help = "extra slots of the default split: second copies of\nexperts 0..N-1 (ignored with --placement)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");
