@@ -226,8 +226,9 @@ int epm_ctl_placement(int argc, char **argv) {
     rc = st == EPM_ERR_INVALID_ARG ? EPM_EXIT_USAGE : 1;
   } else {
     FILE *sum = o.out ? stdout : stderr;
-    fprintf(sum, "load: %lld experts, %.0f tokens%s%d ranks' STATS\n", (long long)l.n, l.tokens,
-            l.ranks ? " from " : "", l.ranks);
+    fprintf(sum, "load: %lld experts, %.0f tokens", (long long)l.n, l.tokens);
+    if (l.ranks) fprintf(sum, " from %d ranks' STATS", l.ranks);
+    fputc('\n', sum);
     fprintf(sum, "default split (%lld slots over %lld ranks): max/mean rank load %.4f (max %.0f, mean %.1f)\n",
             (long long)dflt.num_slots, (long long)P, imb_d, mx_d, mean);
     fprintf(sum, "balanced map  (%lld redundant): max/mean rank load %.4f (max %.0f)\n", (long long)o.redundant,

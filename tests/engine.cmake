@@ -3,7 +3,7 @@
 # "Engine"), bit-identical repeats (--repeat inside a job; step_runs.sh across
 # jobs and across splits of one token set), unequal / zero / all-zero token
 # counts, usage errors. tiny: H 256, I 128, E 16, top-4, deepseek-v3 groups,
-# shared expert. EP 3 needs E % 3 == 0: --experts 24.
+# shared expert. (E not divisible by P: tests/placement.cmake.)
 add_executable(test_engine_mpi mpi/test_engine_mpi.c)
 target_link_libraries(test_engine_mpi PRIVATE epmoe)
 foreach(np 1 2 4)

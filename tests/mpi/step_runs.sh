@@ -7,7 +7,7 @@
 #            are summed over the same ranks in the same order wherever the
 #            row lives), and so does a second job
 #   badlen   a list of 3 counts in a job of 2 ranks -> exit 64 with a message
-#   badexp   E = 16 over 3 ranks without --experts -> exit 64 naming the fix
+#   badexp   2 experts over 3 ranks (a rank without a slot) -> exit 64 naming the fix
 #   cuda     (label gpu; exit 77 without a GPU) the cuda backend + NCCL comm
 #            against the EP=1 CPU reference: EP 1, and EP 2 with 2 GPUs;
 #            tolerance 0.05 = the kernels' documented max|diff|/max|ref| vs
@@ -49,10 +49,10 @@ case "$case_" in
     [ "$(grep -c 'has 3 values' "$tmp.err")" = 1 ] || fail "message printed more than once"
     ;;
   badexp)
-    run 3 $common --tokens-per-rank 1,2,3
+    run 3 $common --experts 2 --routing topk --top-k 1 --tokens-per-rank 1,2,3
     cat "$tmp.err"
     [ $rc = 64 ] || fail "expected exit 64, got $rc"
-    grep -q "16 experts do not split over 3 ranks; pass --experts" "$tmp.err" || fail "message missing"
+    grep -q "2 slots (2 experts + 0 redundant) cannot give each of 3 ranks a slot; use at most 2 ranks or add redundant experts" "$tmp.err" || fail "message missing"
     ;;
   json)
     run 4 $common --tokens-per-rank 3,5,0,8 --check; [ $rc = 0 ] || fail "text job rc $rc"; a=$(fnv)
