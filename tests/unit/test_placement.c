@@ -353,7 +353,7 @@ static void test_balance(void **state) {
   expect_err(epm_placement_balance(16, 2, 0, load, &p), EPM_ERR_INVALID_ARG, "load of expert 3 is nan");
 }
 
-/* The skewed synthetic routing of the issue: a few hot experts. T tokens
+/* A skewed synthetic routing: a few hot experts. T tokens
  * each pick k distinct experts, with experts 0..3 (of E) 24 times as likely
  * as the rest. The load is counted from the routing, the balanced map is
  * computed from it, and the pairs each rank serves are counted through the
