@@ -215,6 +215,9 @@ static epm_status_t setup(step_t *s) {
   if (o->top_k) s->dims.top_k = o->top_k;
   EPM_TRY(epm_model_dims_validate(&s->dims));
   if (o->placement) EPM_TRY(epm_placement_load_file(o->placement, &s->placement));
+  if (o->placement && o->redundant && o->redundant != s->placement.num_slots - s->placement.num_experts)
+    return epm_error(EPM_ERR_INVALID_ARG, "--redundant-experts %lld but the placement %s has %lld redundant slots",
+                     o->redundant, o->placement, (long long)(s->placement.num_slots - s->placement.num_experts));
   /* Every check above depends only on the arguments, so all ranks return
    * here alike or all reach the (collective) group creation below. */
   s->M = 0;
