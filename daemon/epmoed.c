@@ -164,19 +164,25 @@ static void on_watchdog(uv_timer_t *h) {
 
 int main(int argc, char **argv) {
   srv_t *s = &g_srv;
-  int rc;
+  srv_config_action_t act;
   epm_log_level_t lvl;
+  epm_log_format_t fmt;
 
-  if (srv_config_load(&s->cfg, argc, argv, &rc) != EPM_OK) {
+  if (srv_config_load(&s->cfg, argc, argv, &act) != EPM_OK) {
     fprintf(stderr, "epmoed: %s\n", epm_last_error());
     srv_config_usage(stderr, 0);
     return 64; /* EX_USAGE: bad command line or EPMOE_* value */
   }
-  if (rc) { /* --help */
+  if (act == SRV_CONFIG_HELP) {
     srv_config_usage(stdout, 1);
     return 0;
   }
+  if (act == SRV_CONFIG_VERSION) {
+    printf("epmoed %s\n", EPMOE_VERSION_STRING);
+    return 0;
+  }
   if (epm_log_level_parse(s->cfg.log_level, &lvl) == 0) epm_log_set_level(lvl);
+  if (epm_log_format_parse(s->cfg.log_format, &fmt) == 0) epm_log_set_format(fmt);
   pthread_mutex_init(&s->state_mu, NULL);
   srv_stats_init(&s->stats);
   s->listen_fd = -1;
