@@ -441,6 +441,10 @@ int epm_ctl_ckpt(int argc, char **argv) {
     help_all(stdout);
     return 0;
   }
+  if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
+    printf("epmoectl %s\n", EPMOE_VERSION_STRING);
+    return 0;
+  }
   int (*const run[ACT_COUNT])(int, char **) = {cmd_make, cmd_inspect, cmd_load};
   for (int a = 0; argc >= 2 && a < ACT_COUNT; a++)
     if (strcmp(argv[1], action_names[a]) == 0) return run[a](argc - 1, argv + 1);

@@ -30,6 +30,7 @@ typedef struct {
   int64_t max_tokens_per_rank;
   char log_level[8];
   char log_format[8];   /* text | json */
+  char log_prefix[8];   /* auto | syslog | none */
   int64_t step_timeout_s;
   int64_t metrics_port; /* 0 = off */
   int64_t max_frame;    /* bytes of one frame's payload */

@@ -19,6 +19,7 @@ extern char **environ;
 static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
+static const epm_opt_choice_t log_prefixes[] = {{"auto", 0}, {"syslog", 0}, {"none", 0}, {NULL, 0}};
 
 /* The environment variable of --name is EPMOE_NAME (dashes -> underscores);
  * scripts and unit files depend on these names. */
@@ -44,8 +45,13 @@ static const epm_opt_t opts[] = {
      .env = "EPMOE_LOG_LEVEL", .help = "log verbosity"},
     {.name = "log-format", .kind = EPM_OPT_STRBUF, AT(log_format), .def = "text", .choices = log_formats,
      .env = "EPMOE_LOG_FORMAT",
-     .help = "log lines on stderr: text, or one JSON object per line\n"
-             "(with \"<N>\" syslog priorities when stderr is the journal)"},
+     .help = "log lines on stderr: text, or one JSON object per line"},
+    {.name = "log-prefix", .kind = EPM_OPT_STRBUF, AT(log_prefix), .def = "auto", .choices = log_prefixes,
+     .env = "EPMOE_LOG_PREFIX",
+     .help = "\"<N>\" syslog priority before each line, which journald\n"
+             "stores as PRIORITY: auto = when stderr is the journal\n"
+             "(JOURNAL_STREAM); syslog = always (ranks under mpirun\n"
+             "in a systemd unit reach the journal through mpirun)"},
     {.name = "step-timeout", .kind = EPM_OPT_INT64, AT(step_timeout_s), .def = "30", .min = 1, .max = 86400,
      .env = "EPMOE_STEP_TIMEOUT", .arg = "S", .help = "seconds a step may wait for all ranks / run before it fails"},
     {.name = "metrics-port", .kind = EPM_OPT_INT64, AT(metrics_port), .def = "0", .min = 0, .max = 65535,

@@ -3,6 +3,9 @@
 #                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)
 epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60
              ARGS ${PROJECT_SOURCE_DIR}/docs/PROTOCOL.md)
+#   test_srv_stats  the daemon's STATS (Prometheus, JSON, INFO) from hand-set
+#                   counters and measured process values (cpu)
+epm_add_test(test_srv_stats SOURCES unit/test_srv_stats.c LABELS cpu LIBS epmoe_srv TIMEOUT 60)
 # The frame decoder's fuzz target (tests/fuzz/fuzz_frame.c) is built and run
 # with the other fuzz targets: tests/fuzz.cmake.
 

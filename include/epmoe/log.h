@@ -5,9 +5,10 @@
  *          "line":88,"message":"message"}
  * (JSON: one object per line, the message escaped to valid UTF-8 JSON; rank
  * and size are null in single-process tools.) When stderr is the systemd
- * journal (JOURNAL_STREAM names stderr's device and inode), each line starts
- * with the syslog priority "<N>" (3 error, 4 warning, 6 info, 7 debug), which
- * journald strips and stores as the entry's PRIORITY.
+ * journal (JOURNAL_STREAM names stderr's device and inode), or when asked to
+ * (epm_log_set_prefix), each line starts with the syslog priority "<N>"
+ * (3 error, 4 warning, 6 info, 7 debug), which journald strips and stores as
+ * the entry's PRIORITY.
  * The level and subsystem checks happen before formatting. Rank and size are
  * set once by the bootstrap (or stay -1 for single-process tools).
  */
@@ -43,6 +44,13 @@ int epm_log_priority(epm_log_level_t level);
  * fstat(2) of file descriptor 2. The first line logged runs this once; call
  * it again after redirecting stderr. Returns 1 (prefix "<N>") or 0. */
 int epm_log_detect_journal(void);
+/* The "<N>" prefix: AUTO as epm_log_detect_journal says (the default);
+ * SYSLOG always, for a process whose stderr reaches the journal through
+ * another one (MPI ranks: mpirun's output forwarding); NONE never. */
+typedef enum { EPM_LOG_PREFIX_AUTO = 0, EPM_LOG_PREFIX_SYSLOG = 1, EPM_LOG_PREFIX_NONE = 2 } epm_log_prefix_t;
+void epm_log_set_prefix(epm_log_prefix_t prefix);
+/* Parse "auto|syslog|none"; returns 0 on success. */
+int epm_log_prefix_parse(const char *s, epm_log_prefix_t *out);
 void epm_log_set_rank(int rank, int size);
 void epm_log_write(epm_log_level_t level, const char *subsys, const char *file, int line,
                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));

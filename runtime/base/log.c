@@ -18,7 +18,7 @@ int epm__log_level = EPM_LOG_INFO;
 static int epm__log_rank = -1;
 static int epm__log_size = -1;
 static epm_log_format_t epm__log_format = EPM_LOG_FMT_TEXT;
-static int epm__log_journal = -1; /* -1: not looked at yet */
+static int epm__log_journal = -1; /* "<N>" prefix: 1 on, 0 off, -1 not looked at yet (auto) */
 static pthread_mutex_t epm__log_mu = PTHREAD_MUTEX_INITIALIZER;
 
 static const char *const level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
@@ -74,6 +74,20 @@ int epm_log_detect_journal(void) {
   int on = journal_locked();
   pthread_mutex_unlock(&epm__log_mu);
   return on;
+}
+
+void epm_log_set_prefix(epm_log_prefix_t prefix) {
+  pthread_mutex_lock(&epm__log_mu);
+  epm__log_journal = prefix == EPM_LOG_PREFIX_SYSLOG ? 1 : prefix == EPM_LOG_PREFIX_NONE ? 0 : -1;
+  pthread_mutex_unlock(&epm__log_mu);
+}
+
+int epm_log_prefix_parse(const char *s, epm_log_prefix_t *out) {
+  if (strcmp(s, "auto") == 0) *out = EPM_LOG_PREFIX_AUTO;
+  else if (strcmp(s, "syslog") == 0) *out = EPM_LOG_PREFIX_SYSLOG;
+  else if (strcmp(s, "none") == 0) *out = EPM_LOG_PREFIX_NONE;
+  else return 1;
+  return 0;
 }
 
 void epm_log_set_rank(int rank, int size) {
