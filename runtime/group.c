@@ -128,6 +128,9 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
     ec.scale_mode = cfg->scale_mode;
     ec.shared_expert = cfg->shared_expert;
     ec.partial_dtype = cfg->partial_dtype;
+    ec.dispatch = cfg->dispatch;
+    ec.recv_capacity = cfg->recv_capacity;
+    ec.dispatch_cost = cfg->dispatch_cost;
     /* Layers step one after another, so one set of step buffers serves all. */
     ec.share_buffers = i > 0 ? g->eng[0] : NULL;
     EPM_TRY_GOTO(epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &g->eng[i]), st, out);

@@ -27,6 +27,14 @@ if(TRUE)
   endforeach()
 endif()
 
+# ops_it (mpi): the operator's conventions on 2 CPU daemons serving a
+# checkpoint: every layer by default, JSON logs with syslog priorities and
+# load progress, probes quiet at info, one --json shape for status/stats/
+# health/shutdown, the /metrics series (tests/daemon/ops_it.sh).
+add_test(NAME ops_it COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/ops_it.sh ${MPIEXEC_EXECUTABLE}
+                             $<TARGET_FILE_DIR:epmoed>)
+set_tests_properties(ops_it PROPERTIES LABELS mpi TIMEOUT 180 PROCESSORS 2 ENVIRONMENT "${EPMOE_MPI_ENV}")
+
 # GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
 # device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).
 if(EPMOE_HAVE_CUDA)
