@@ -192,7 +192,9 @@ expect 0 "^epmoectl $ver\$" "$ctl" --version
 for s in $subs "ckpt make" "ckpt inspect" "ckpt load"; do
   # shellcheck disable=SC2086  # "ckpt make" is two words on purpose
   out=$("$ctl" $s --version 2>&1); rc=$?
-  [ $rc = 0 ] && [ "$out" = "epmoectl $ver" ] || fail "epmoectl $s --version: exit $rc, '$out' (want 'epmoectl $ver')"
+  if [ $rc != 0 ] || [ "$out" != "epmoectl $ver" ]; then
+    fail "epmoectl $s --version: exit $rc, '$out' (want 'epmoectl $ver')"
+  fi
 done
 
 [ $fails = 0 ] || { echo "$fails failure(s)"; exit 1; }
