@@ -199,6 +199,9 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
       RW_LANES { RW_V(om) = RW_XOR(mx, m); }
       RW_LANES { RW_V(mx) = RW_V(om) > RW_V(mx) ? RW_V(om) : RW_V(mx); }
     }
+    /* -0 and +0 compare equal, so lanes may keep different zeros: make it +0
+     * (x - (+-0) gives the same exp as the reference's zero either way) */
+    RW_LANES { RW_V(mx) = RW_V(mx) + 0.0f; }
     const double mxd = (double)RW_UNI(mx);
     RW_LANES {
       RW_UNROLL
