@@ -37,6 +37,7 @@ typedef struct {
   int64_t warmup_tokens;
   int64_t layers;        /* MoE layers served (0 = all of a checkpoint) */
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
+  char kernels[4];       /* v1 | v2: the cuda backend's kernels */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 

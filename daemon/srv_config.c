@@ -14,6 +14,7 @@
 #define AT(field) EPM_OPT_AT(srv_config_t, field)
 
 static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
+static const epm_opt_choice_t kernels[] = {{"v1", 0}, {"v2", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
 
 /* The environment variable of --name is EPMOE_NAME (dashes -> underscores);
@@ -50,6 +51,8 @@ static const epm_opt_t opts[] = {
      .env = "EPMOE_WARMUP_TOKENS", .help = "tokens per rank of the start-up warm-up step"},
     {.name = "step-delay-ms", .kind = EPM_OPT_INT64, AT(step_delay_ms), .def = "0", .min = 0, .max = 600000,
      .env = "EPMOE_STEP_DELAY_MS", .arg = "MS", .help = "testing: sleep this long inside every step"},
+    {.name = "kernels", .kind = EPM_OPT_STRBUF, AT(kernels), .def = "v1", .choices = kernels, .env = "EPMOE_KERNELS",
+     .help = "cuda kernels: v1 (reference) or v2 (fast: sm_90a wgmma, warp routing)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");

@@ -196,6 +196,7 @@ static int load_model(srv_worker_t *w) {
   gc.num_layers = s->cfg.layers;
   gc.comm_timeout_s = (double)s->cfg.step_timeout_s;
   gc.max_tokens_per_rank = s->cfg.max_tokens_per_rank;
+  gc.kernels = strcmp(s->cfg.kernels, "v2") == 0 ? EPM_KERNELS_V2 : EPM_KERNELS_V1;
   if (epm_group_create(&gc, &s->boot, &w->group) != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "loading the model failed: %s", epm_last_error());
     return 0;

@@ -54,9 +54,10 @@ typedef struct {
   epm_scale_mode_t scale_mode;
   int shared_expert;           /* 1: add the layer's shared expert when it has one */
   epm_dtype_t partial_dtype;
+  epm_kernels_t kernels;       /* cuda backend: v1 (reference) or v2 (fast) kernels */
 } epm_group_config_t;
 
-#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_KERNELS_V1}
 
 /* What HELLO/STATUS report. */
 typedef struct {
