@@ -49,6 +49,13 @@
 #define EPM_MOE2_SMEM_MAX 232448
 #define EPM_MOE2_SMEM_ALIGN 1024 /* swizzled tiles need 1024-byte aligned bases */
 
+/* The sm_100a path: per-expert rows pad to the 128-row scale-factor tile; its
+ * argument arrays and CUTLASS's workspace take this much of the workspace's
+ * schedule piece (moe2_sm100_cutlass.cu checks its needs against it). */
+#define EPM_MOE2_SM100_ROW_ALIGN 128
+#define EPM_MOE2_SM100_GROUP_BYTES 2048
+#define EPM_MOE2_SM100_CUTLASS_WS ((int64_t)8 << 20)
+
 /* Regimes (epm_moe2_plan_t.regime): decode streams every weight tile once
  * for few tokens; prefill reuses a weight tile over up to 256 tokens. */
 #define EPM_MOE2_REGIME_DECODE 0

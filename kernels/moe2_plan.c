@@ -114,9 +114,16 @@ epm_status_t epm_moe2_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_
   out->w13_expert_bytes = (size_t)b13;
   out->w2_expert_bytes = (size_t)b2;
 
-  /* Rows: every local pair, each expert padded to 8, plus the tile slack. */
+  if (o.arch == 100 && (hidden % 64 != 0 || inter % 64 != 0))
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "moe2 plan: the sm_100a path needs hidden = %lld and intermediate = %lld to be multiples of 64 "
+                     "(4 scale blocks per 128x4 tile column)",
+                     (long long)hidden, (long long)inter);
+  /* Rows: every local pair, each expert padded to 8 (sm_100a: 128), plus the tile slack. */
   int64_t lp = 0, tiles = 0, rows = 0, nt_bound = 0;
-  EPM_TRY(epm_plan_local_rows_bound(tokens, top_k, local_experts, EPM_MOE2_ROW_ALIGN, &lp, &tiles, &rows));
+  EPM_TRY(epm_plan_local_rows_bound(tokens, top_k, local_experts,
+                                    o.arch == 100 ? EPM_MOE2_SM100_ROW_ALIGN : EPM_MOE2_ROW_ALIGN, &lp, &tiles,
+                                    &rows));
   if (epm_add_i64(rows, EPM_MOE2_ROW_SLACK, &out->max_rows)) return too_big("permuted rows", rows, 1);
   /* sum over experts of ceil(count / bn) <= E_l + pairs / bn */
   nt_bound = local_experts + lp / t.bn_max;
@@ -133,6 +140,21 @@ epm_status_t epm_moe2_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_
     return too_big("NVFP4 intermediate", out->max_rows, inter);
   if (epm_mul_i64(v1.pairs, 8, &b_pair)) return too_big("pair map", v1.pairs, 8);
   if (epm_mul3_i64(local_experts + 1, 8, 4, &b_sched)) return too_big("schedule", local_experts, 32);
+  if (o.arch == 100) {
+    /* tokens: NVFP4 rows + 128x4 scales; intermediate: the fp32 GEMM output
+     * (GEMM1 [rows, 2I], then GEMM2 [rows, H] in the same place) + NVFP4 rows
+     * + 128x4 scales; schedule piece: CUTLASS arguments and workspace. */
+    int64_t xq = 0, xsf = 0, d = 0, iq = 0, isf = 0, wmax = 2 * inter > hidden ? 2 * inter : hidden;
+    if (epm_mul_i64(out->max_rows, hidden / 2, &xq) || epm_mul_i64(out->max_rows, epm_core_round_up(hidden / 16, 4), &xsf) ||
+        epm_mul3_i64(out->max_rows, wmax, 4, &d) || epm_mul_i64(out->max_rows, inter / 2, &iq) ||
+        epm_mul_i64(out->max_rows, epm_core_round_up(inter / 16, 4), &isf) ||
+        epm_add_i64(epm_core_round_up(xq, EPM__WS_ALIGN), xsf, &b_x16) ||
+        epm_add_i64(epm_core_round_up(d, EPM__WS_ALIGN) + epm_core_round_up(iq, EPM__WS_ALIGN), isf, &b_i16) ||
+        epm_mul_i64(local_experts, EPM_MOE2_SM100_GROUP_BYTES, &b_sched) ||
+        epm_add_i64(b_sched, EPM_MOE2_SM100_CUTLASS_WS, &b_sched))
+      return too_big("sm_100a rows x dims", out->max_rows, wmax);
+    b_ip = b_isf = 0;
+  }
   out->counts_bytes = (size_t)local_experts * 2 * sizeof(int32_t);
   out->offsets_bytes = (size_t)(local_experts + 1) * sizeof(int64_t);
   out->sched_bytes = (size_t)b_sched;
