@@ -102,6 +102,10 @@ expect 64 "bad value for --seed: 'x' is not an integer" "$ctl" step --preset tin
 expect 64 "bad value for --partial: 'f16' is not one of f32\|bf16" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --partial=f16
 expect 64 "bad value for --tolerance: 'nan' is not a finite number" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --tolerance nan
 expect 64 "bad value for --routing" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --routing=nope
+expect 64 "bad value for --kernels: 'v3' is not one of v1\|v2" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --kernels=v3
+# --kernels picks the cuda backend's kernels; the cpu reference ignores it
+d=$("$ctl" step --preset tiny --tokens-per-rank 3 --seed 5 --partial bf16 --kernels v2 --json 2>/dev/null | fnv)
+same "$a" "$d" "step --kernels v2 on the cpu backend"
 
 # --- the daemon-facing subcommands: the shared --socket-dir/--rank/--timeout,
 # and their own values. No daemon runs: the path in the runtime error (exit 1,
@@ -153,6 +157,7 @@ if [ -n "$epmoed" ]; then
   expect 64 "usage: mpirun -np N epmoed" "$epmoed" --layers
   expect 64 "bad value for --max-frame \(from EPMOE_MAX_FRAME\): '1X' is not an integer" env EPMOE_MAX_FRAME=1X "$epmoed"
   expect 64 "unexpected argument 'stray'" "$epmoed" stray
+  expect 64 "bad value for --kernels \(from EPMOE_KERNELS\): 'v9' is not one of v1\|v2" env EPMOE_KERNELS=v9 "$epmoed"
 fi
 
 [ $fails = 0 ] || { echo "$fails failure(s)"; exit 1; }
