@@ -287,6 +287,16 @@ EPM_HD int epm_core_w13_source(int64_t R, int64_t inter, int *is_up, int64_t *ro
   return j < inter;
 }
 
+/* Accumulator register r (0 .. N/2-1) of m64 block b of consumer warpgroup
+ * wg, thread tid (wgmma m64nN f32 layout: register 4i + q holds row g + 8 *
+ * (q >> 1), token column 8i + 2t + (q & 1)): its row within the bm-row tile
+ * and its token column within the tile. */
+EPM_HD void epm_core_moe2_acc_pos(int bm, int wg, int b, int tid, int r, int *row, int *col) {
+  const int w = tid / 32, g = (tid % 32) / 4, t = tid % 4, i = r / 4, q = r % 4;
+  *row = wg * (bm / 2) + b * 64 + 16 * w + g + ((q & 2) ? 8 : 0);
+  *col = 8 * i + 2 * t + (q & 1);
+}
+
 /* Byte offset of chunk (row block rb, k chunk kc) of one prepacked matrix. */
 EPM_HD int64_t epm_core_w4_chunk_offset(int64_t rb, int64_t kc, int64_t k_chunks) {
   return (rb * k_chunks + kc) * EPM_MOE2_CHUNK_BYTES;

@@ -241,19 +241,19 @@ __device__ void epilogue_gemm1(const GemmArgs &a, uint8_t *base, int wg, int tid
   using T = Tile<R>;
   const float alpha = (a.alpha0 * a.scale2[x.e]) * a.fold;
   uint16_t *epi = reinterpret_cast<uint16_t *>(base + T::STAGES * T::STAGE_BYTES) + wg * T::BN * T::EPI_PITCH;
-  const int w = tid / 32, g = (tid % 32) / 4, t4 = tid % 4;
 #pragma unroll
-  for (int b = 0; b < T::MB; b++) {
-    const int jl = b * 32 + w * 8 + g;
+  for (int b = 0; b < T::MB; b++)
 #pragma unroll
-    for (int i = 0; i < N / 8; i++) {
-      const int col = 8 * i + 2 * t4;
-      const float g0 = acc[b][4 * i + 0] * alpha, u0 = acc[b][4 * i + 2] * alpha;
-      const float g1 = acc[b][4 * i + 1] * alpha, u1 = acc[b][4 * i + 3] * alpha;
+    for (int r = 0; r < N / 2; r += 4) {
+      /* registers r, r+1: gate (row g) of tokens col, col+1; r+2, r+3: up (row g+8) */
+      int row, col;
+      epm_core_moe2_acc_pos(T::BM, wg, b, tid, r, &row, &col);
+      const int jl = (row / 16) * 8 + row % 8 - wg * T::JW;
+      const float g0 = acc[b][r + 0] * alpha, u0 = acc[b][r + 2] * alpha;
+      const float g1 = acc[b][r + 1] * alpha, u1 = acc[b][r + 3] * alpha;
       epi[col * T::EPI_PITCH + jl] = epm_bf16_from_f32(silu(g0) * u0);
       epi[(col + 1) * T::EPI_PITCH + jl] = epm_bf16_from_f32(silu(g1) * u1);
     }
-  }
   wg_barrier(wg);
   constexpr int JB = T::JW / 16;
   const int64_t jbase = x.mt * (T::BM / 2) + wg * T::JW;
@@ -292,26 +292,27 @@ __device__ void epilogue_gemm2(const GemmArgs &a, int wg, int tid, const epm_cor
                                float (&acc)[Tile<R>::MB][N / 2]) {
   using T = Tile<R>;
   const float alpha = (a.alpha0 * a.scale2[x.e]) * a.fold;
-  const int w = tid / 32, g = (tid % 32) / 4, t4 = tid % 4;
-  const bool even = (g & 1) == 0;
+  const bool even = (((tid % 32) / 4) & 1) == 0;
   const int64_t prow0 = a.offsets[x.e] + x.nt * T::BN;
 #pragma unroll
   for (int b = 0; b < T::MB; b++)
 #pragma unroll
-    for (int i = 0; i < N / 8; i++)
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        /* v0 = (row g + 8h, token 2t), v1 = (same row, token 2t + 1); lanes g
-         * and g ^ 1 swap so each holds two adjacent rows of one token */
-        const float v0 = acc[b][4 * i + 2 * h] * alpha, v1 = acc[b][4 * i + 2 * h + 1] * alpha;
-        const float r = __shfl_xor_sync(0xffffffffu, even ? v1 : v0, 4);
-        const float lo = even ? v0 : r, hi = even ? r : v1;
-        const int col = 8 * i + 2 * t4 + (even ? 0 : 1);
-        const int64_t n = x.mt * T::BM + wg * (T::BM / 2) + b * 64 + 16 * w + 8 * h + (even ? g : g - 1);
-        if (col < x.rows && n < a.hidden)
-          *reinterpret_cast<uint32_t *>(a.y + (prow0 + col) * a.hidden + n) =
-              (uint32_t)epm_bf16_from_f32(lo) | ((uint32_t)epm_bf16_from_f32(hi) << 16);
-      }
+    for (int r = 0; r < N / 2; r += 2) {
+      /* v0 = (row, token col), v1 = (row, token col + 1); lanes g and g ^ 1
+       * (lane ^ 4) swap so each holds two adjacent rows of one token: the
+       * even lane stores rows (row, row + 1) of token col, the odd lane rows
+       * (row - 1, row) of token col + 1 */
+      int row, col;
+      epm_core_moe2_acc_pos(T::BM, wg, b, tid, r, &row, &col);
+      const float v0 = acc[b][r] * alpha, v1 = acc[b][r + 1] * alpha;
+      const float o = __shfl_xor_sync(0xffffffffu, even ? v1 : v0, 4);
+      const float lo = even ? v0 : o, hi = even ? o : v1;
+      const int c = even ? col : col + 1;
+      const int64_t n = x.mt * T::BM + (even ? row : row - 1);
+      if (c < x.rows && n < a.hidden)
+        *reinterpret_cast<uint32_t *>(a.y + (prow0 + c) * a.hidden + n) =
+            (uint32_t)epm_bf16_from_f32(lo) | ((uint32_t)epm_bf16_from_f32(hi) << 16);
+    }
 }
 
 template <int R, int EPI, int N>
@@ -389,19 +390,6 @@ __global__ void __launch_bounds__(EPM_MOE2_THREADS, 1) moe2_gemm_kernel(const __
 #endif
 }
 
-} // namespace
-
-epm_core_sched_t epm__moe2_sched(const epm_moe2_plan_t *p, int gemm) {
-  epm_core_sched_t s;
-  s.m_tiles = gemm == 1 ? p->m_tiles1 : p->m_tiles2;
-  s.k_pad = gemm == 1 ? p->hidden_pad : p->inter_pad;
-  s.w_tile_bytes = gemm == 1 ? p->w1_tile_bytes : p->w2_tile_bytes;
-  s.bn_max = p->bn_max;
-  s.regime = (int32_t)p->opts.tiles;
-  return s;
-}
-
-namespace {
 
 template <int R, int EPI>
 epm_status_t launch(const epm_moe2_plan_t *p, const GemmArgs &a, void *stream, const char *what) {

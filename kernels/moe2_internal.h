@@ -10,8 +10,8 @@
 extern "C" {
 #endif
 
-/* Schedule parameters of GEMM 1 or 2: the permute's scan builds the prefix
- * arrays with exactly what the GEMM kernels read them with. */
+/* Schedule parameters of GEMM 1 or 2 (moe2_plan.c): the permute's scan
+ * builds the prefix arrays with exactly what the GEMM kernels read them with. */
 epm_core_sched_t epm__moe2_sched(const epm_moe2_plan_t *p, int gemm);
 
 /* The sm_100a path (opts.arch == 100, moe2_sm100.cu): permuted NVFP4 rows

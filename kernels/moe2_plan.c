@@ -13,6 +13,7 @@
 #include "epmoe/kernels.h"
 #include "epmoe/plan.h"
 #include "moe2_core.h"
+#include "moe2_internal.h"
 #include "plan_util.h"
 
 #define EPM__WS_ALIGN 1024 /* the tiled FP16 buffers are read by 1024-byte atoms */
@@ -218,4 +219,14 @@ epm_status_t epm_moe2_workspace_carve(const epm_moe2_plan_t *p, void *base_dev, 
 #undef EPM__TAKE
   if (!p->opts.packed_intermediate) ws->inter_packed = ws->inter_sf = NULL;
   return EPM_OK;
+}
+
+epm_core_sched_t epm__moe2_sched(const epm_moe2_plan_t *p, int gemm) {
+  epm_core_sched_t s;
+  s.m_tiles = gemm == 1 ? p->m_tiles1 : p->m_tiles2;
+  s.k_pad = gemm == 1 ? p->hidden_pad : p->inter_pad;
+  s.w_tile_bytes = gemm == 1 ? p->w1_tile_bytes : p->w2_tile_bytes;
+  s.bn_max = p->bn_max;
+  s.regime = (int32_t)p->opts.tiles;
+  return s;
 }
