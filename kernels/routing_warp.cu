@@ -12,8 +12,9 @@
 
 namespace {
 
+/* The body twice: arrays for 8 experts per lane (E <= 256, fewer registers,
+ * more warps per SM) and for 16 (E <= 512). */
 #define RW_FN __device__ __forceinline__
-#define RW_NAME rw_route_token
 #define RW_LANE_DECL const int lane = (int)(threadIdx.x & 31u)
 #define RW_VAR(T, x) T x
 #define RW_ARR(T, x, n) T x[n]
@@ -28,8 +29,16 @@ namespace {
 #define RW_ATOMIC_ADD(p, v) atomicAdd((p), (v))
 #define RW_UNROLL _Pragma("unroll")
 
+#define RW_NAME rw_route_token8
+#define RW_MAXPL 8
+#include "routing_warp_body.h"
+#undef RW_NAME
+#undef RW_MAXPL
+#define RW_NAME rw_route_token16
+#define RW_MAXPL EPM_RW_MAX_PER_LANE
 #include "routing_warp_body.h"
 
+template <int MAXPL>
 __global__ void __launch_bounds__(128) routing_warp_kernel(epm_rw_cfg_t cfg, const float *__restrict__ lf,
                                                            const uint16_t *__restrict__ lb,
                                                            const float *__restrict__ bias, int64_t tokens,
@@ -37,8 +46,12 @@ __global__ void __launch_bounds__(128) routing_warp_kernel(epm_rw_cfg_t cfg, con
                                                            int32_t *ec, int32_t *rt) {
   const int64_t per_block = blockDim.x / 32, warps = (int64_t)gridDim.x * per_block;
   const int64_t E = cfg.num_experts, k = cfg.top_k;
-  for (int64_t t = (int64_t)blockIdx.x * per_block + threadIdx.x / 32; t < tokens; t += warps)
-    rw_route_token(&cfg, lf ? lf + t * E : nullptr, lb ? lb + t * E : nullptr, bias, ids + t * k, w + t * k, ec, rt);
+  for (int64_t t = (int64_t)blockIdx.x * per_block + threadIdx.x / 32; t < tokens; t += warps) {
+    const float *l32 = lf ? lf + t * E : nullptr;
+    const uint16_t *l16 = lb ? lb + t * E : nullptr;
+    if (MAXPL == 8) rw_route_token8(&cfg, l32, l16, bias, ids + t * k, w + t * k, ec, rt);
+    else rw_route_token16(&cfg, l32, l16, bias, ids + t * k, w + t * k, ec, rt);
+  }
 }
 
 } // namespace
@@ -60,10 +73,14 @@ extern "C" epm_status_t epm_kernel_routing_warp(const epm_routing_plan_t *p, con
   if (!logits_dev || !ids_dev || !weights_dev)
     return epm_error(EPM_ERR_INVALID_ARG, "warp routing: NULL logits, ids or weights");
   const float *bias = p->method == EPM_ROUTING_DEEPSEEK_V3 ? bias_dev : nullptr;
-  routing_warp_kernel<<<p->warp_grid, p->warp_block, 0, s>>>(
-      cfg, logits_dtype == EPM_DTYPE_F32 ? static_cast<const float *>(logits_dev) : nullptr,
-      logits_dtype == EPM_DTYPE_BF16 ? static_cast<const uint16_t *>(logits_dev) : nullptr, bias, p->tokens, ids_dev,
-      weights_dev, ec, rt);
+  const float *lf = logits_dtype == EPM_DTYPE_F32 ? static_cast<const float *>(logits_dev) : nullptr;
+  const uint16_t *lb = logits_dtype == EPM_DTYPE_BF16 ? static_cast<const uint16_t *>(logits_dev) : nullptr;
+  if (cfg.epl <= 8)
+    routing_warp_kernel<8><<<p->warp_grid, p->warp_block, 0, s>>>(cfg, lf, lb, bias, p->tokens, ids_dev, weights_dev,
+                                                                   ec, rt);
+  else
+    routing_warp_kernel<EPM_RW_MAX_PER_LANE><<<p->warp_grid, p->warp_block, 0, s>>>(cfg, lf, lb, bias, p->tokens,
+                                                                                     ids_dev, weights_dev, ec, rt);
   EPM_CUDA_LAUNCHED("routing_warp_kernel");
   return EPM_OK;
 }

@@ -16,6 +16,7 @@
  *   RW_BALLOT(x)             in uniform code: bit l set when lane l's int x != 0
  *   RW_ATOMIC_ADD(p, v)      in a lane block: *p += v for every lane
  *   RW_UNROLL                unroll hint for loops over the per-lane slots
+ *   RW_MAXPL                 experts per lane the arrays hold (>= epl; <= EPM_RW_MAX_PER_LANE)
  * A collective (RW_XOR, RW_BCAST, RW_BALLOT) never appears under a
  * lane-dependent condition, and a lane block never writes the variable it
  * reads through RW_XOR, so both expansions compute the same thing.
@@ -34,15 +35,15 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
   const int epl = c->epl;
   const int ds = c->method == EPM_CORE_ROUTE_DEEPSEEK_V3;
   RW_LANE_DECL;
-  RW_ARR(float, lg, EPM_RW_MAX_PER_LANE);  /* logits as fp32 */
-  RW_ARR(float, sc, EPM_RW_MAX_PER_LANE);  /* selection score */
-  RW_ARR(float, sg, EPM_RW_MAX_PER_LANE);  /* deepseek-v3: fp32 sigmoid */
-  RW_ARR(uint64_t, key, EPM_RW_MAX_PER_LANE);
+  RW_ARR(float, lg, RW_MAXPL);  /* logits as fp32 */
+  RW_ARR(float, sc, RW_MAXPL);  /* selection score */
+  RW_ARR(float, sg, RW_MAXPL);  /* deepseek-v3: fp32 sigmoid */
+  RW_ARR(uint64_t, key, RW_MAXPL);
 
   /* ---- load: scores once per expert ---- */
   RW_LANES {
     RW_UNROLL
-    for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) {
+    for (int j = 0; j < RW_MAXPL; j++) {
       const int64_t i = (int64_t)lane * epl + j;
       const int valid = j < epl && i < E;
       float x = 0.0f, s = 0.0f, sv = 0.0f;
@@ -79,7 +80,7 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
         RW_V(b1) = -INFINITY;
         RW_V(b2) = -INFINITY;
         RW_UNROLL
-        for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) {
+        for (int j = 0; j < RW_MAXPL; j++) {
           const int64_t i = (int64_t)lane * epl + j;
           if (j < epl && i < E && i / per == gi) epm_rw_top2_push(&RW_V(b1), &RW_V(b2), RW_A(sc, j));
         }
@@ -120,7 +121,7 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
     const uint64_t keep = (uint64_t)RW_BALLOT(k0) | ((uint64_t)RW_BALLOT(k1) << 32);
     RW_LANES {
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) {
+      for (int j = 0; j < RW_MAXPL; j++) {
         const int64_t i = (int64_t)lane * epl + j;
         if (j < epl && i < E && !((keep >> (i / per)) & 1u)) RW_A(key, j) = 0u;
       }
@@ -142,7 +143,7 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
     RW_LANES {
       uint64_t b = 0u;
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) b = RW_A(key, j) > b ? RW_A(key, j) : b;
+      for (int j = 0; j < RW_MAXPL; j++) b = RW_A(key, j) > b ? RW_A(key, j) : b;
       RW_V(best) = b;
     }
     for (int m = 16; m >= 1; m >>= 1) {
@@ -155,7 +156,7 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
       RW_V(tl) = 0.0f;
       RW_V(ts) = 0.0f;
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++)
+      for (int j = 0; j < RW_MAXPL; j++)
         if (j == jo) {
           RW_V(tl) = RW_A(lg, j);
           RW_V(ts) = RW_A(sg, j);
@@ -187,11 +188,11 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
   if (c->method == EPM_CORE_ROUTE_DEFAULT || c->method == EPM_CORE_ROUTE_RENORMALIZE_NAIVE) {
     RW_VAR(float, mx);
     RW_VAR(float, om);
-    RW_ARR(double, ex, EPM_RW_MAX_PER_LANE);
+    RW_ARR(double, ex, RW_MAXPL);
     RW_LANES {
       float mm = -INFINITY;
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++)
+      for (int j = 0; j < RW_MAXPL; j++)
         if (j < epl && (int64_t)lane * epl + j < E) mm = RW_A(lg, j) > mm ? RW_A(lg, j) : mm;
       RW_V(mx) = mm;
     }
@@ -205,13 +206,13 @@ RW_FN void RW_NAME(const epm_rw_cfg_t *c, const float *lf, const uint16_t *lb, c
     const double mxd = (double)RW_UNI(mx);
     RW_LANES {
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) RW_A(ex, j) = exp((double)RW_A(lg, j) - mxd);
+      for (int j = 0; j < RW_MAXPL; j++) RW_A(ex, j) = exp((double)RW_A(lg, j) - mxd);
     }
     /* sum in expert index order: lane 0's slots, then lane 1's, ... */
     double den = 0.0;
     for (int src = 0; src < EPM_RW_LANES; src++) {
       RW_UNROLL
-      for (int j = 0; j < EPM_RW_MAX_PER_LANE; j++) {
+      for (int j = 0; j < RW_MAXPL; j++) {
         const double v = RW_BCAST_A(ex, j, src);
         if (j < epl && (int64_t)src * epl + j < E) den += v;
       }

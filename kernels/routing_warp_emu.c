@@ -41,6 +41,7 @@ static int rw_check_uniform(const void *x, size_t size) {
 #define RW_BALLOT(x) rw_ballot(x)
 #define RW_ATOMIC_ADD(p, v) (*(p) += (v))
 #define RW_UNROLL
+#define RW_MAXPL EPM_RW_MAX_PER_LANE
 
 #include "routing_warp_body.h"
 
