@@ -51,9 +51,14 @@ typedef struct {
    * dtype, must outlive this engine, and the two must never step at the
    * same time. NULL = own buffers. */
   const struct epm_engine *share_buffers;
+  /* Called on the stepping thread each time a stage ends (ended: an
+   * epm_engine_stage_t), e.g. to report progress to a liveness monitor.
+   * NULL = none. It must not call into the engine. */
+  void (*on_stage)(void *arg, int ended);
+  void *on_stage_arg;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, NULL, NULL}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \

@@ -54,9 +54,12 @@ typedef struct {
   epm_scale_mode_t scale_mode;
   int shared_expert;           /* 1: add the layer's shared expert when it has one */
   epm_dtype_t partial_dtype;
+  /* Every engine's stage hook (epm_engine_config_t.on_stage); NULL = none. */
+  void (*on_stage)(void *arg, int ended);
+  void *on_stage_arg;
 } epm_group_config_t;
 
-#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, NULL}
 
 /* What HELLO/STATUS report. */
 typedef struct {
