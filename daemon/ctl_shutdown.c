@@ -26,7 +26,7 @@ int epm_ctl_shutdown(int argc, char **argv) {
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
-    epm_status_t st = epm_client_connect(socks[i].path, o.timeout_ms, &c);
+    epm_status_t st = ctl_connect(&o, socks[i].path, &c);
     if (st == EPM_OK) st = epm_client_shutdown(c);
     if (st == EPM_OK) printf("rank %d: shutting down\n", socks[i].rank);
     else if (i > 0 && (st == EPM_ERR_IO)) printf("rank %d: already gone\n", socks[i].rank);

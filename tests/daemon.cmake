@@ -30,6 +30,13 @@ if(TRUE)
   endforeach()
 endif()
 
+# Fault suite (label fault): the socket-directory policy and the client's
+# server check as root with two users the script creates (exit 77 otherwise).
+add_test(NAME sockdir_perm COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/sockdir_perm.sh ${MPIEXEC_EXECUTABLE}
+                                   $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
+set_tests_properties(sockdir_perm PROPERTIES LABELS fault TIMEOUT 240 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
+
 # GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
 # device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).
 if(EPMOE_HAVE_CUDA)

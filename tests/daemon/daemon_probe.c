@@ -304,9 +304,9 @@ static int mode_fakeserver(const char *path, const char *record) {
     uint8_t buf[65536];
     epm_frame_t f;
     size_t n = read_frame(fd, buf, sizeof buf, &f);
-    FILE *rf = fopen(record, "a");
+    FILE *rf = n ? fopen(record, "a") : NULL; /* a frame received: what the client check must prevent */
     if (rf) {
-      fprintf(rf, "%zu\n", n);
+      fprintf(rf, "%s frame of %zu bytes\n", epm_msg_type_name(f.type), n);
       fclose(rf);
     }
     if (n) { /* "ok" to whatever it was: a HEALTH answer */
