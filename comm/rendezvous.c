@@ -345,9 +345,9 @@ static epm_status_t receive_ctrl(epm_rendezvous_t *r) {
   }
 }
 
-/* Heartbeats up (the coordinator's own rank reports straight into it, before
- * its tick), and the rank's watch on the coordinator. */
-static epm_status_t liveness(epm_rendezvous_t *r) {
+/* Heartbeats up; the coordinator's own rank reports straight into it,
+ * before its tick. */
+static epm_status_t heartbeat(epm_rendezvous_t *r) {
   if (!r->live_ns || r->barrier_started) return EPM_OK;
   const uint64_t t = now_ns();
   if (t - r->t_hb_sent >= r->hb_period_ns) {
@@ -360,19 +360,28 @@ static epm_status_t liveness(epm_rendezvous_t *r) {
       EPM_TRY(send_up(r, TAG_HB, hb, HB_LEN, "MPI_Isend(heartbeat)"));
     }
   }
-  if (!r->coord && t > r->t_coord_heard && t - r->t_coord_heard > r->live_ns)
+  return EPM_OK;
+}
+
+/* The rank's watch on the coordinator, after reading what arrived (a rank
+ * that was itself paused finds the coordinator's queued heartbeats first). */
+static void watch_coordinator(epm_rendezvous_t *r) {
+  if (!r->live_ns || r->barrier_started || r->coord) return;
+  const uint64_t t = now_ns();
+  if (t > r->t_coord_heard && t - r->t_coord_heard > r->live_ns)
     set_failed(r, "rank %d (the rendezvous coordinator) sent nothing for %.1f s (dead, stopped or unreachable)",
                r->coord_rank, (double)(t - r->t_coord_heard) * 1e-9);
-  return EPM_OK;
 }
 
 /* Everything that moves without the caller: sends, the coordinator, answers,
  * heartbeats. Under r->mu. */
 static epm_status_t pump(epm_rendezvous_t *r) {
   EPM_TRY(progress_sends(r));
-  EPM_TRY(liveness(r));
+  EPM_TRY(heartbeat(r));
   if (r->coord && !r->barrier_started) EPM_TRY(pump_coordinator(r));
-  return receive_ctrl(r);
+  EPM_TRY(receive_ctrl(r));
+  watch_coordinator(r);
+  return EPM_OK;
 }
 
 static void *control_main(void *arg) {

@@ -30,8 +30,17 @@ if(TRUE)
   endforeach()
 endif()
 
-# Fault suite (label fault): the socket-directory policy and the client's
-# server check as root with two users the script creates (exit 77 otherwise).
+# Fault suite (label fault), one case at a time (RUN_SERIAL: timings are
+# asserted): the rank-death matrix (SIGKILL, SIGSTOP, exit, abort x idle,
+# rendezvous, dispatch, experts, combine) on 2 ranks at the default
+# liveness (every client and survivor ends in error within 10 s); the
+# listener limits (metrics flood, descriptor exhaustion); the
+# socket-directory policy and the client's server check as root with two
+# users the script creates (exit 77 otherwise).
+add_test(NAME fault_matrix_np2 COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/fault_matrix.sh ${MPIEXEC_EXECUTABLE} 2
+                                       $<TARGET_FILE_DIR:epmoed>)
+set_tests_properties(fault_matrix_np2 PROPERTIES LABELS fault TIMEOUT 420 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
 add_test(NAME sockdir_perm COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/sockdir_perm.sh ${MPIEXEC_EXECUTABLE}
                                    $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
 set_tests_properties(sockdir_perm PROPERTIES LABELS fault TIMEOUT 240 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
