@@ -41,6 +41,16 @@ add_test(NAME fault_matrix_np2 COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/f
                                        $<TARGET_FILE_DIR:epmoed>)
 set_tests_properties(fault_matrix_np2 PROPERTIES LABELS fault TIMEOUT 420 RUN_SERIAL TRUE
                      ENVIRONMENT "${EPMOE_MPI_ENV}")
+# The soak (label large): 10 minutes of random checked steps, RSS and
+# descriptors asserted flat (tests/daemon/soak.sh; its last argument is the
+# duration in seconds).
+add_test(NAME daemon_soak COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/soak.sh ${MPIEXEC_EXECUTABLE} 2
+                                  $<TARGET_FILE_DIR:epmoed> 600)
+set_tests_properties(daemon_soak PROPERTIES LABELS large TIMEOUT 900 PROCESSORS 2 ENVIRONMENT "${EPMOE_MPI_ENV}")
+add_test(NAME listener_limits COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/limits.sh ${MPIEXEC_EXECUTABLE}
+                                      $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
+set_tests_properties(listener_limits PROPERTIES LABELS fault TIMEOUT 180 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
 add_test(NAME sockdir_perm COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/sockdir_perm.sh ${MPIEXEC_EXECUTABLE}
                                    $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
 set_tests_properties(sockdir_perm PROPERTIES LABELS fault TIMEOUT 240 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE

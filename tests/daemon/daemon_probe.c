@@ -21,13 +21,20 @@
  *                                  instead of queueing 20000 replies; then every reply arrives
  *   daemon_probe SOCKET idle S     a silent connection and one holding half a header are both
  *                                  closed by the daemon after S seconds (--idle-timeout), not before
+ *   daemon_probe SOCKET unixflood N S  one connection, then N more held for S seconds
+ *                                  (past the daemon's descriptors): the first still gets
+ *                                  STATUS answered every 0.5 s, each within 1 s
+ *   daemon_probe HOST:PORT tcpflood N S  N idle TCP connections to the metrics port, held
+ *                                  up to S seconds: prints how many the server closed
  *   daemon_probe PATH fakeserver F a fake daemon on PATH that answers HEALTH "ok" to anything;
  *                                  the bytes it received go to file F (for the client's check
  *                                  of who serves a socket); runs until killed */
 #include <errno.h>
 #include <fcntl.h>
 #include <time.h>
+#include <arpa/inet.h>
 #include <libgen.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -320,6 +327,83 @@ static int mode_fakeserver(const char *path, const char *record) {
   }
 }
 
+static int mode_unixflood(const char *sock, int n, double secs) {
+  int ctl = dial(sock), opened = 0;
+  int *fds = calloc((size_t)n, sizeof *fds);
+  uint8_t fr[EPM_FRAME_HEADER_SIZE + 4], buf[1 << 16];
+  if (ctl < 0 || !fds) return 1;
+  for (int i = 0; i < n; i++) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", sock);
+    fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0) opened++;
+  }
+  int answered = 0, asked = 0;
+  double worst = 0, t0 = now_s();
+  while (now_s() - t0 < secs) {
+    epm_frame_t f;
+    epm_frame_header_encode(fr, EPM_MSG_STATUS, 0, (uint64_t)asked + 1, 4);
+    memset(fr + EPM_FRAME_HEADER_SIZE, 0, 4);
+    double t = now_s();
+    asked++;
+    if (write_all(ctl, fr, sizeof fr) == 0 && read_frame(ctl, buf, sizeof buf, &f) && f.type == EPM_MSG_STATUS &&
+        now_s() - t < 1.0)
+      answered++;
+    if (now_s() - t > worst) worst = now_s() - t;
+    usleep(500000);
+  }
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0) close(fds[i]);
+  free(fds);
+  close(ctl);
+  printf("%d of %d flood connections opened; an established connection had %d of %d STATUS answered "
+         "(slowest %.0f ms)\n", opened, n, answered, asked, worst * 1e3);
+  return answered == asked ? 0 : 1;
+}
+
+static int mode_tcpflood(const char *hostport, int n, double secs) {
+  char host[64];
+  int port;
+  if (sscanf(hostport, "%63[^:]:%d", host, &port) != 2) return 2;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  if (inet_pton(AF_INET, host, &a.sin_addr) != 1) return 2;
+  int *fds = calloc((size_t)n, sizeof *fds), *closed_at = calloc((size_t)n, sizeof *closed_at);
+  if (!fds || !closed_at) return 1;
+  for (int i = 0; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) != 0) {
+      close(fds[i]);
+      fds[i] = -1;
+    }
+  }
+  int closed = 0, early = 0;
+  double t0 = now_s();
+  while (closed < n && now_s() - t0 < secs) {
+    for (int i = 0; i < n; i++) {
+      if (fds[i] < 0) {
+        if (!closed_at[i]) closed_at[i] = 1, closed++, early++;
+        continue;
+      }
+      struct pollfd p = {fds[i], POLLIN, 0};
+      uint8_t b[64];
+      if (poll(&p, 1, 0) > 0 && read(fds[i], b, sizeof b) <= 0) {
+        close(fds[i]);
+        fds[i] = -1;
+        closed_at[i] = 1;
+        closed++;
+      }
+    }
+    usleep(50000);
+  }
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0) close(fds[i]);
+  free(fds);
+  free(closed_at);
+  printf("%d idle TCP connections: %d closed by the server within %.1f s\n", n, closed, now_s() - t0);
+  (void)early;
+  return 0;
+}
+
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: daemon_probe SOCKET badmagic|oversize|partial|trailing|peercred|typecap|noread|"
@@ -333,6 +417,8 @@ int main(int argc, char **argv) {
   if (!strcmp(mode, "flood") && argc == 4) return mode_flood(sock, atoi(argv[3]));
   if (!strcmp(mode, "idle") && argc == 4) return mode_idle(sock, atof(argv[3]));
   if (!strcmp(mode, "fakeserver") && argc == 4) return mode_fakeserver(sock, argv[3]);
+  if (!strcmp(mode, "unixflood") && argc == 5) return mode_unixflood(sock, atoi(argv[3]), atof(argv[4]));
+  if (!strcmp(mode, "tcpflood") && argc == 5) return mode_tcpflood(sock, atoi(argv[3]), atof(argv[4]));
   uint8_t h[EPM_FRAME_HEADER_SIZE];
   if (!strcmp(mode, "badmagic")) {
     int fd = dial(sock);
