@@ -50,9 +50,9 @@ start() {
   local who=root
   if [ "$1" = "-u" ]; then who=$2; shift 2; fi
   if [ "$who" = root ]; then
-    $MPIEXEC -np 1 "$EPMOED" --preset tiny --backend cpu --warmup-tokens 1 --liveness-timeout 0 "$@" >"$T/log" 2>&1 &
+    $MPIEXEC -np 1 "$EPMOED" --preset tiny --backend cpu --warmup-tokens 1 "$@" >"$T/log" 2>&1 &
   else
-    as_bg "$who" $MPIEXEC -np 1 "$EPMOED" --preset tiny --backend cpu --warmup-tokens 1 --liveness-timeout 0 "$@" \
+    as_bg "$who" $MPIEXEC -np 1 "$EPMOED" --preset tiny --backend cpu --warmup-tokens 1 "$@" \
       >"$T/log" 2>&1 &
   fi
   MP=$!
