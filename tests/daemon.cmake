@@ -3,6 +3,9 @@
 #                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)
 epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60
              ARGS ${PROJECT_SOURCE_DIR}/docs/PROTOCOL.md)
+#   test_sockdir    the socket-directory policy as any user (cpu; the cases
+#                   with a second user are tests/daemon/sockdir_perm.sh)
+epm_add_test(test_sockdir SOURCES unit/test_sockdir.c LABELS cpu LIBS epmoe_srv TIMEOUT 60)
 # The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a replayer;
 # fuzz_frame_replay (test) runs it on every message of the table, each
 # truncation and bit flip. See the file for the libFuzzer command line.
