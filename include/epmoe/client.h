@@ -9,8 +9,13 @@
  * message in epm_last_error() ("rank 1: step (layer 0, id 7) failed ...").
  *
  * A FORWARD is this rank's share of ONE collective step: it returns only when
- * every rank's daemon received a FORWARD with the same (layer, step_id) and
- * the step ran, or when the step failed on every rank (e.g. --step-timeout).
+ * every rank's daemon received a FORWARD with the same (layer, step_id) — the
+ * step's tag, unique among the steps in flight — and the step ran, or when
+ * the step failed on every rank (--step-timeout, a client that left before
+ * the step ran, a failed group). Closing a connection with FORWARDs that have
+ * not started cancels those steps on every rank.
+ * The daemon closes a connection with nothing in flight after --idle-timeout
+ * (default 300 s): a long-lived client reconnects on EPM_ERR_IO.
  */
 #ifndef EPMOE_CLIENT_H
 #define EPMOE_CLIENT_H
