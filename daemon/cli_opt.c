@@ -165,11 +165,16 @@ static epm_status_t parse_list(const epm_opt_t *o, const char *s, epm_opt_list_t
     /* strtok would merge "1,,2" into two values; an empty element is an error. */
     const char *comma = strchr(p, ',');
     size_t len = comma ? (size_t)(comma - p) : strlen(p);
-    char tok[40];
-    if (len >= sizeof tok) len = sizeof tok - 1; /* still fails: too many digits for int64 */
-    memcpy(tok, p, len);
-    tok[len] = '\0';
-    if (epm_opt_parse_i64(tok, (o->flags & EPM_OPT_KMG) != 0, o->min, o->max, &v[i]) != EPM_OK) {
+    /* The whole element, however long: cutting it to a fixed buffer read
+     * "000...0007" as 0. */
+    char *tok = strndup(p, len);
+    if (!tok) {
+      free(v);
+      return epm_error(EPM_ERR_NOMEM, "no memory for a list value of %zu characters", len);
+    }
+    epm_status_t st = epm_opt_parse_i64(tok, (o->flags & EPM_OPT_KMG) != 0, o->min, o->max, &v[i]);
+    free(tok);
+    if (st != EPM_OK) {
       free(v);
       return epm_error_wrap(EPM_ERR_INVALID_ARG, "value %zu of '%s'", i + 1, s);
     }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
@@ -154,7 +155,48 @@ static epm_status_t roundtrip(epm_client_t *c, epm_buf_t *b, struct iovec *extra
   return read_response(c, rid, max_payload, type, raw, f, deadline);
 }
 
+/* Who may serve path: expect_uid, or (expect_uid < 0) the owner of the
+ * directory that holds the socket — the only user, besides root, who can put
+ * a socket there when the directory is the daemon's (docs/RELIABILITY.md). */
+static epm_status_t expected_uid(const char *path, long expect_uid, uid_t *uid) {
+  if (expect_uid >= 0) {
+    *uid = (uid_t)expect_uid;
+    return EPM_OK;
+  }
+  char dir[108];
+  struct stat st;
+  const char *slash = strrchr(path, '/');
+  if (!slash) snprintf(dir, sizeof dir, ".");
+  else if (slash == path) snprintf(dir, sizeof dir, "/");
+  else snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode))
+    return epm_error(EPM_ERR_IO, "cannot check who owns the socket directory %s: %s", dir, strerror(errno));
+  *uid = st.st_uid;
+  return EPM_OK;
+}
+
+/* SO_PEERCRED before any byte goes out: a socket served by another user (a
+ * fake daemon in a directory someone else can write) is refused. */
+static epm_status_t check_server(int fd, const char *path, long expect_uid) {
+  struct ucred cr;
+  socklen_t len = sizeof cr;
+  uid_t want = 0;
+  EPM_TRY(expected_uid(path, expect_uid, &want));
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0)
+    return epm_error(EPM_ERR_SYSTEM, "SO_PEERCRED on %s: %s", path, strerror(errno));
+  if (cr.uid != want)
+    return epm_error(EPM_ERR_IO,
+                     "%s is served by uid %u (pid %d), not by uid %u (%s); refusing to talk to it", path,
+                     (unsigned)cr.uid, (int)cr.pid, (unsigned)want,
+                     expect_uid >= 0 ? "the expected uid" : "the owner of its directory");
+  return EPM_OK;
+}
+
 epm_status_t epm_client_connect(const char *path, int timeout_ms, epm_client_t **out) {
+  return epm_client_connect_as(path, timeout_ms, -1, out);
+}
+
+epm_status_t epm_client_connect_as(const char *path, int timeout_ms, long expect_uid, epm_client_t **out) {
   struct sockaddr_un a = {.sun_family = AF_UNIX};
   epm_client_t *c;
   if (!path || strlen(path) >= sizeof a.sun_path)
@@ -171,6 +213,12 @@ epm_status_t epm_client_connect(const char *path, int timeout_ms, epm_client_t *
     epm_status_t st = epm_error(errno == ENOENT || errno == ECONNREFUSED ? EPM_ERR_IO : EPM_ERR_SYSTEM,
                                 "cannot connect to %s: %s", path, strerror(errno));
     if (c->fd >= 0) close(c->fd);
+    free(c);
+    return st;
+  }
+  epm_status_t st = check_server(c->fd, path, expect_uid);
+  if (st != EPM_OK) {
+    close(c->fd);
     free(c);
     return st;
   }

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "ctl.h"
 
@@ -24,6 +25,9 @@ static const epm_opt_t target_opts[] = {
     {.name = "timeout", .kind = EPM_OPT_INT64, EPM_OPT_AT(ctl_target_opts_t, timeout_ms), .min = 1,
      .max = 86400000, .flags = EPM_OPT_KMG | EPM_OPT_SHOW_INIT, .arg = "MS",
      .help = "per-call timeout in milliseconds"},
+    {.name = "expect-uid", .kind = EPM_OPT_INT64, EPM_OPT_AT(ctl_target_opts_t, expect_uid), .min = -1,
+     .max = 0x7fffffff, .env = "EPMOE_EXPECT_UID", .arg = "UID",
+     .help = "the uid the daemons must run as (checked with SO_PEERCRED before\nanything is sent; default -1: the owner of the socket directory)"},
 };
 
 epm_opt_group_t ctl_target_group(ctl_target_opts_t *o) {
@@ -37,6 +41,52 @@ void ctl_target_defaults(ctl_target_opts_t *o, int timeout_ms) {
   else snprintf(o->socket_dir, sizeof o->socket_dir, "/run/epmoe");
   o->rank = -1;
   o->timeout_ms = timeout_ms;
+  o->expect_uid = -1;
+}
+
+epm_status_t ctl_connect(const ctl_target_opts_t *o, const char *path, epm_client_t **c) {
+  return epm_client_connect_as(path, o->timeout_ms, (long)o->expect_uid, c);
+}
+
+static int has_sockets(const char *dir) {
+  DIR *d = opendir(dir);
+  int found = 0;
+  if (!d) return 0;
+  for (struct dirent *e; !found && (e = readdir(d)) != NULL;) {
+    int r;
+    char tail[8];
+    found = sscanf(e->d_name, "epmoe.%d.soc%1s", &r, tail) == 2;
+  }
+  closedir(d);
+  return found;
+}
+
+/* The directory that holds the sockets: --socket-dir itself, or the
+ * daemon's own subdirectory epmoe-<uid> that it makes inside a shared
+ * --socket-dir (ours first, then the first other one that holds sockets). */
+static void socket_dir(const ctl_target_opts_t *o, char *out, size_t n) {
+  snprintf(out, n, "%s", o->socket_dir);
+  if (has_sockets(o->socket_dir)) return;
+  char sub[300];
+  snprintf(sub, sizeof sub, "%s/epmoe-%u", o->socket_dir,
+           (unsigned)(o->expect_uid >= 0 ? (uid_t)o->expect_uid : geteuid()));
+  if (has_sockets(sub)) {
+    snprintf(out, n, "%s", sub);
+    return;
+  }
+  DIR *d = opendir(o->socket_dir);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d)) != NULL;) {
+    unsigned u;
+    char tail[2];
+    if (sscanf(e->d_name, "epmoe-%u%1s", &u, tail) != 1) continue;
+    snprintf(sub, sizeof sub, "%s/%s", o->socket_dir, e->d_name);
+    if (has_sockets(sub)) {
+      snprintf(out, n, "%s", sub);
+      break;
+    }
+  }
+  closedir(d);
 }
 
 static int cmp_sock(const void *a, const void *b) {
@@ -46,17 +96,19 @@ static int cmp_sock(const void *a, const void *b) {
 int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out) {
   ctl_sock_t *v = NULL;
   int n = 0, cap = 0;
+  char dir[256];
+  socket_dir(o, dir, sizeof dir);
   if (o->rank >= 0) {
     v = calloc(1, sizeof *v);
     if (!v) return -1;
     v->rank = o->rank;
-    snprintf(v->path, sizeof v->path, "%s/epmoe.%d.sock", o->socket_dir, o->rank);
+    snprintf(v->path, sizeof v->path, "%s/epmoe.%d.sock", dir, o->rank);
     *out = v;
     return 1;
   }
-  DIR *d = opendir(o->socket_dir);
+  DIR *d = opendir(dir);
   if (!d) {
-    fprintf(stderr, "epmoectl: cannot open socket dir %s (is epmoed running? see --socket-dir)\n", o->socket_dir);
+    fprintf(stderr, "epmoectl: cannot open socket dir %s (is epmoed running? see --socket-dir)\n", dir);
     return -1;
   }
   for (struct dirent *e; (e = readdir(d)) != NULL;) {
@@ -70,12 +122,12 @@ int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out) {
       v = nv;
     }
     v[n].rank = r;
-    snprintf(v[n].path, sizeof v[n].path, "%s/%s", o->socket_dir, e->d_name);
+    snprintf(v[n].path, sizeof v[n].path, "%s/%s", dir, e->d_name);
     n++;
   }
   closedir(d);
   if (n == 0) {
-    fprintf(stderr, "epmoectl: no epmoe.<rank>.sock in %s (is epmoed running? see --socket-dir)\n", o->socket_dir);
+    fprintf(stderr, "epmoectl: no epmoe.<rank>.sock in %s (is epmoed running? see --socket-dir)\n", dir);
     free(v);
     return -1;
   }

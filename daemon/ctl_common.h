@@ -14,10 +14,12 @@ typedef struct {
   char socket_dir[256];
   int rank;       /* -1: all */
   int timeout_ms;
+  int64_t expect_uid; /* -1: the socket directory's owner */
 } ctl_target_opts_t;
 
 /* Defaults: $EPMOE_SOCKET_DIR, else $XDG_RUNTIME_DIR/epmoe, else /run/epmoe;
- * all ranks; this subcommand's timeout. Call before parsing. */
+ * all ranks; this subcommand's timeout; the server uid from the directory.
+ * Call before parsing. */
 void ctl_target_defaults(ctl_target_opts_t *o, int timeout_ms);
 /* The option group of --socket-dir, --rank, --all and --timeout into o, for
  * a subcommand's epm_opt_cmd_t. */
@@ -27,6 +29,9 @@ typedef struct {
   int rank;
   char path[300];
 } ctl_sock_t;
+
+/* Connect to a daemon socket with o's timeout and server-uid check. */
+epm_status_t ctl_connect(const ctl_target_opts_t *o, const char *path, epm_client_t **c);
 
 /* The sockets named by o, sorted by rank. Returns the count (>= 1), or -1
  * after printing why (none found, bad rank). *out malloc'd. */

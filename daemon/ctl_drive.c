@@ -74,7 +74,7 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
   d->shm = shm;
   for (int r = 0; r < ns; r++) {
     epm_client_info_t info;
-    if (epm_client_connect(d->socks[r].path, o->timeout_ms, &d->cl[r]) != EPM_OK ||
+    if (ctl_connect(o, d->socks[r].path, &d->cl[r]) != EPM_OK ||
         epm_client_hello(d->cl[r], "epmoectl", &info) != EPM_OK) {
       fprintf(stderr, "epmoectl %s: rank %d: %s\n", cmd, d->socks[r].rank, epm_last_error());
       return 1;

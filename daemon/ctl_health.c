@@ -44,7 +44,7 @@ int epm_ctl_health(int argc, char **argv) {
     epm_health_t h = EPM_HEALTH_FAILED;
     char reason[256] = "";
     int code;
-    if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK ||
+    if (ctl_connect(&o, socks[i].path, &c) != EPM_OK ||
         epm_client_health(c, &h, reason, sizeof reason) != EPM_OK) {
       snprintf(reason, sizeof reason, "unreachable: %s", epm_last_error());
       h = EPM_HEALTH_FAILED;

@@ -35,7 +35,7 @@ int epm_ctl_shutdown(int argc, char **argv) {
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     const char *result = NULL;
-    epm_status_t st = epm_client_connect(socks[i].path, o.timeout_ms, &c);
+    epm_status_t st = ctl_connect(&o, socks[i].path, &c);
     if (st == EPM_OK) st = epm_client_shutdown(c);
     if (st == EPM_OK) result = "shutting down";
     else if (i > 0 && (st == EPM_ERR_IO)) result = "already gone"; /* drained by rank 0's request */

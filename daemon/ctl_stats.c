@@ -97,7 +97,7 @@ int epm_ctl_stats(int argc, char **argv) {
     char **texts = calloc((size_t)n, sizeof *texts);
     for (int i = 0; texts && i < n; i++) {
       epm_client_t *c = NULL;
-      if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK ||
+      if (ctl_connect(&o, socks[i].path, &c) != EPM_OK ||
           epm_client_stats(c, fmt, &texts[i]) != EPM_OK) {
         fprintf(stderr, "epmoectl stats: rank %d: %s\n", socks[i].rank, epm_last_error());
         rc = 1;
@@ -114,7 +114,7 @@ int epm_ctl_stats(int argc, char **argv) {
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     char *text = NULL;
-    if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK || epm_client_stats(c, fmt, &text) != EPM_OK) {
+    if (ctl_connect(&o, socks[i].path, &c) != EPM_OK || epm_client_stats(c, fmt, &text) != EPM_OK) {
       fprintf(stderr, "epmoectl stats: rank %d: %s\n", socks[i].rank, epm_last_error());
       rc = 1;
       if (doc) ctl_json_rank(doc, socks[i].rank, NULL, epm_last_error());

@@ -32,7 +32,7 @@ int epm_ctl_status(int argc, char **argv) {
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     char *text = NULL;
-    if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK ||
+    if (ctl_connect(&o, socks[i].path, &c) != EPM_OK ||
         epm_client_status(c, json, &text) != EPM_OK) {
       fprintf(stderr, "epmoectl status: rank %d: %s\n", socks[i].rank, epm_last_error());
       rc = 1;

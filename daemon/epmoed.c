@@ -1,9 +1,11 @@
 /* epmoed — the per-rank daemon. main() decides policy (daemon/README.md):
  * configuration and start-up errors are fatal with one precise line; errors
- * of one request fail that request; a step stuck beyond --step-timeout inside
- * the collective marks the daemon failed and exits 3, so the launcher tears
- * the group down (fail-stop). SIGTERM/SIGINT or a SHUTDOWN frame drain the
- * whole group and exit 0.
+ * of one request fail that request; a failed group — a rank dead or stopped,
+ * the coordinator silent, a step with no progress anywhere (heartbeats,
+ * srv_step.c), or without heartbeats a step stuck beyond --step-timeout —
+ * answers every FORWARD in flight with the reason, marks the daemon failed
+ * and exits 3, so the launcher tears the group down (fail-stop).
+ * SIGTERM/SIGINT or a SHUTDOWN frame drain the whole group and exit 0.
  *
  * Threads: this file's libuv loop on the main thread, which also starts and
  * ends MPI (epm_bootstrap_init / _finalize); the worker (srv_step.c) makes
@@ -42,7 +44,7 @@ static void notify_sync(srv_t *s) {
 }
 
 static void fatal_exit(srv_t *s, int code) {
-  if (s->sock_path[0]) unlink(s->sock_path);
+  srv_sockdir_remove(&s->sockdir); /* only what this daemon made */
   fflush(NULL);
   /* No epm_bootstrap_finalize: peers may be inside a collective with us. A
    * non-zero exit makes mpirun/srun end the job (fail-stop). */
@@ -105,19 +107,35 @@ static void on_signal(uv_signal_t *h, int signum) {
   srv_worker_request_shutdown(s, "signal");
 }
 
+/* The group cannot step any more: say why to every client waiting on this
+ * rank, then exit non-zero so the launcher ends the group. */
+static void group_failed(srv_t *s, const char *why) {
+  char msg[512];
+  srv_set_state(s, SRV_ST_FAILED, "%s", why);
+  EPM_LOG(EPM_LOG_ERROR, "daemon", "the group failed: %s; exiting 3 so the launcher ends the group", why);
+  snprintf(msg, sizeof msg, "rank %d: the group failed: %s", s->rank, why);
+  srv_net_fail_inflight(s, EPM_ERR_ABORTED, msg, 500);
+  fatal_exit(s, 3);
+}
+
 static void on_watchdog(uv_timer_t *h) {
   srv_t *s = h->data;
+  char why[400];
+  if (srv_worker_liveness_on(s)) {
+    if (srv_worker_group_failed(s, why, sizeof why)) group_failed(s, why);
+    /* Fed only while the group is alive: a failed group stops the pings. */
+    notify_warn(srv_notify_watchdog(&g_notify, epm_clock_ns()));
+    return;
+  }
   uint64_t id = 0;
   uint32_t layer = 0;
   uint64_t ns = srv_worker_in_step_ns(s, &id, &layer);
   if (ns > (uint64_t)s->cfg.step_timeout_s * 1000000000ull) {
-    srv_set_state(s, SRV_ST_FAILED, "step (layer %u, id %llu) stuck inside the collective for %.1f s",
-                  layer, (unsigned long long)id, (double)ns * 1e-9);
-    EPM_LOG(EPM_LOG_ERROR, "daemon",
-            "step (layer %u, id %llu) has been inside the collective for %.1f s (> --step-timeout %llds): "
-            "a peer died or hangs; exiting 3 so the launcher ends the group",
-            layer, (unsigned long long)id, (double)ns * 1e-9, (long long)s->cfg.step_timeout_s);
-    fatal_exit(s, 3);
+    snprintf(why, sizeof why,
+             "step (layer %u, id %llu) has been inside the collective for %.1f s (> --step-timeout %llds, no "
+             "heartbeats): a peer died or hangs", layer, (unsigned long long)id, (double)ns * 1e-9,
+             (long long)s->cfg.step_timeout_s);
+    group_failed(s, why);
   }
   /* The watchdog is fed only from here, where a stuck step is detected. */
   notify_warn(srv_notify_watchdog(&g_notify, epm_clock_ns()));
@@ -148,7 +166,6 @@ int main(int argc, char **argv) {
   if (epm_log_prefix_parse(s->cfg.log_prefix, &prefix) == 0) epm_log_set_prefix(prefix);
   pthread_mutex_init(&s->state_mu, NULL);
   srv_stats_init(&s->stats);
-  s->listen_fd = -1;
   s->start_ns = epm_clock_ns();
   srv_set_state(s, SRV_ST_STARTING, "loading weights");
 
@@ -185,7 +202,6 @@ int main(int argc, char **argv) {
   if (st == EPM_OK) st = srv_metrics_listen(s);
   if (st != EPM_OK) {
     EPM_LOG(EPM_LOG_ERROR, "daemon", "fatal: %s", epm_last_error());
-    if (strstr(epm_last_error(), "another daemon")) s->sock_path[0] = '\0'; /* not ours to remove */
     fatal_exit(s, 1);
   }
   uv_signal_init(s->loop, &s->sigterm);

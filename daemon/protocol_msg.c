@@ -151,6 +151,31 @@ static epm_status_t str_bytes(const char *body, const char *field, epm_str_t s, 
   }
 EPM_BODY_MAP(GEN_BODY)
 
+/* The most bytes each kind can add beyond the fixed part, and whether its
+ * length has no bound of its own (FORWARD data: only the frame limit). */
+#define XTRA_U16(n)
+#define XTRA_U32(n)
+#define XTRA_U64(n)
+#define XTRA_I64(n)
+#define XTRA_STR(n) +(uint64_t)EPM_PROTO_MAX_TEXT
+#define XTRA_TEXT(n) +(uint64_t)EPM_PROTO_MAX_TEXT
+#define XTRA_PAD16(n)
+#define XTRA_PAD32(n)
+#define XTRA_VIEW(n)
+#define XTRA_HANDLE(n) +(uint64_t)EPM_DEV_IPC_HANDLE_BYTES
+#define XTRA(kind, n) XTRA_##kind(n)
+#define OPEN_U16
+#define OPEN_U32
+#define OPEN_U64
+#define OPEN_I64
+#define OPEN_STR
+#define OPEN_TEXT
+#define OPEN_PAD16
+#define OPEN_PAD32
+#define OPEN_VIEW +1
+#define OPEN_HANDLE
+#define OPEN(kind, n) OPEN_##kind
+
 enum { FD_NOFD, FD_FD, FD_KIND };
 #define DIR_REQ 0u
 #define DIR_RESP RESP
@@ -162,19 +187,37 @@ typedef struct {
   size_t size;    /* sizeof the C type */
   size_t fixed;   /* bytes of the fixed part */
   int members;    /* 0: the empty bodies, whose pointers may be NULL */
+  uint64_t max;   /* the most payload the body can take (fixed + strings/handle at their limit) */
+  int open_ended; /* > 0: a VIEW tail bounded only by the frame limit */
   epm_status_t (*var)(const void *m, size_t *n);
   void (*put)(epm_buf_t *b, const void *m);
   void (*get)(epm__rd_t *r, void *m);
 } body_desc_t;
 
 static const body_desc_t bodies[EPM_BODY_COUNT] = {
-    [EPM_BODY_none] = {"none", 0, FD_NOFD, 0, 0, 0, NULL, NULL, NULL},
+    [EPM_BODY_none] = {"none", 0, FD_NOFD, 0, 0, 0, 0, 0, NULL, NULL, NULL},
 #define DESC(body, T, dir, fd, FIELDS)                                                            \
-  [EPM_BODY_##body] = {#body, DIR_##dir, FD_##fd, sizeof(T), EPM_PROTO_FIXED_BYTES(FIELDS),     \
-                       0 FIELDS(MEMBERS), var_##body, put_##body, get_##body},
+  [EPM_BODY_##body] = {#body,                                                                   \
+                       DIR_##dir,                                                               \
+                       FD_##fd,                                                                 \
+                       sizeof(T),                                                               \
+                       EPM_PROTO_FIXED_BYTES(FIELDS),                                           \
+                       0 FIELDS(MEMBERS),                                                       \
+                       (uint64_t)EPM_PROTO_FIXED_BYTES(FIELDS) FIELDS(XTRA),                    \
+                       0 FIELDS(OPEN),                                                          \
+                       var_##body,                                                              \
+                       put_##body,                                                              \
+                       get_##body},
     EPM_BODY_MAP(DESC)
 #undef DESC
 };
+
+uint64_t epm_msg_max_payload(uint16_t type, int response, uint64_t max_payload) {
+  epm_body_t b = epm_msg_body(type, response);
+  if (b == EPM_BODY_none) return 0;
+  const body_desc_t *d = &bodies[b];
+  return d->open_ended || d->max > max_payload ? max_payload : d->max;
+}
 
 const char *epm_body_name(epm_body_t body) {
   return (unsigned)body < EPM_BODY_COUNT ? bodies[body].name : "unknown";

@@ -12,8 +12,10 @@
 #define EPMOE_SRV_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <sys/types.h>
 #include <uv.h>
 
 #include "epmoe/bootstrap.h"
@@ -31,8 +33,11 @@ typedef struct {
   char log_level[8];
   char log_format[8];   /* text | json */
   char log_prefix[8];   /* auto | syslog | none */
-  int64_t step_timeout_s;
+  int64_t step_timeout_s; /* join wait; and a step with no progress anywhere (liveness on) */
+  double liveness_s;      /* heartbeat silence that fails the group; 0 = off (wall-clock watchdog) */
   int64_t metrics_port; /* 0 = off */
+  char metrics_bind[64]; /* address of the metrics listener */
+  int64_t idle_timeout_s; /* a connection with nothing in flight this long is closed; 0 = never */
   int64_t max_frame;    /* bytes of one frame's payload */
   char allowed_group[64]; /* extra group (name or gid) allowed to connect */
   int64_t max_connections;
@@ -84,7 +89,9 @@ typedef struct {
   uint64_t requests_total[EPM_MSG_TYPE_MAX + 1];
   uint64_t errors_total[EPM_STATUS_COUNT];
   uint64_t bytes_in, bytes_out, bytes_shm;
-  uint64_t connections_total, connections_refused;
+  uint64_t connections_total, connections_refused, connections_idle_closed;
+  uint64_t accept_errors, frames_refused; /* failed accepts; frames refused by size before buffering */
+  uint64_t metrics_requests, metrics_refused;
   int64_t connections_open;
   srv_hist_t hist[SRV_H_COUNT];
   /* engine stage timings of the last step and their sums (seconds); the
@@ -118,6 +125,49 @@ typedef struct {
   char backend[16];
 } srv_model_info_t;
 
+/* ---- a listening socket with accept back-off (srv_listen.c) -------------- */
+typedef struct srv_listener {
+  struct srv *s;
+  int fd;
+  const char *what; /* for the log: the socket path or the metrics address */
+  uv_poll_t poll;
+  uv_timer_t timer; /* back-off after a failed accept */
+  void (*on_accept)(struct srv_listener *l, int fd);
+  int active, closing, paused, handles_open;
+  unsigned backoff_ms;
+  uint64_t last_log_ns, suppressed;
+} srv_listener_t;
+
+epm_status_t srv_listener_start(struct srv *s, srv_listener_t *l, int fd, const char *what,
+                                void (*on_accept)(srv_listener_t *l, int fd));
+void srv_listener_close(srv_listener_t *l); /* closes fd once the handles are closed */
+
+/* ---- the socket directory (srv_sockdir.c; policy in docs/RELIABILITY.md) -- */
+typedef struct {
+  char dir[256];  /* where the socket lives: --socket-dir, or our subdirectory of it */
+  char path[300]; /* dir/epmoe.<rank>.sock */
+  int dir_made;   /* this daemon created dir (rmdir when empty at exit) */
+  int subdir;     /* dir is the daemon's own subdirectory of a shared parent */
+  int bound;      /* path is our socket (dev, ino) until we remove it */
+  dev_t dev;
+  ino_t ino;
+  int have_group; /* --allowed-group */
+  gid_t gid;
+} srv_sockdir_t;
+
+/* Apply the directory policy, then create and bind the listening socket
+ * (mode 0660, group --allowed-group). Refuses (and removes nothing) on a
+ * symlink, a directory or socket path owned by another user, a live daemon. */
+epm_status_t srv_sockdir_open(srv_sockdir_t *sd, const char *dir, const char *allowed_group, int rank,
+                              int *listen_fd);
+/* Remove what this daemon made: its socket (if the path still is that
+ * socket) and a directory it created (when empty). Async-signal-safe enough
+ * for the fail-stop path (unlink, rmdir, lstat). */
+void srv_sockdir_remove(srv_sockdir_t *sd);
+/* 1 when a peer of that uid/gid/pid belongs to the allowed group (primary or
+ * supplementary). */
+int srv_sockdir_in_group(const srv_sockdir_t *sd, uid_t uid, gid_t gid, pid_t pid);
+
 /* ---- the whole daemon --------------------------------------------------- */
 typedef enum { SRV_ST_STARTING = 0, SRV_ST_READY, SRV_ST_DRAINING, SRV_ST_FAILED } srv_state_t;
 
@@ -133,13 +183,16 @@ typedef struct srv {
   uv_signal_t sigterm, sigint;
   uv_timer_t watchdog;
   uv_async_t wake; /* worker -> loop: completions, state changes */
-  int listen_fd;
-  uv_poll_t listen_poll;
-  char sock_path[300];
-  uv_tcp_t metrics;
+  srv_sockdir_t sockdir;
+  srv_listener_t listener;  /* the Unix socket */
+  srv_listener_t mlistener; /* the metrics port */
   int metrics_on;
+  int64_t metrics_conns;
+  uv_timer_t sweep;  /* idle and probe deadlines of connections */
+  int sweep_on;
   srv_conn_t *conns; /* intrusive list */
-  int64_t nconns;
+  int64_t nconns;    /* counted against --max-connections */
+  int64_t nprobes;   /* reserved slots in use (HEALTH/STATUS only, short deadline) */
   srv_worker_t *worker;
   srv_model_info_t info; /* under state_mu; info_ready once set */
   int info_ready;
@@ -162,6 +215,8 @@ int srv_get_info(srv_t *s, srv_model_info_t *out);
 struct srv_req {
   srv_req_t *next;
   srv_conn_t *conn;   /* holds a reference; NULL after the client left */
+  _Atomic int cancelled; /* set by the loop when the client left before the answer */
+  int cancel_sent;    /* worker: the rendezvous was told */
   uint64_t rid;
   uint32_t layer;
   uint64_t step_id;
@@ -185,6 +240,14 @@ void srv_worker_submit(srv_t *s, srv_req_t *r);
 srv_req_t *srv_worker_take_done(srv_t *s);
 /* Ask the group to drain: local queue fails, peers are told. */
 void srv_worker_request_shutdown(srv_t *s, const char *why);
+/* The request's client left: a step not yet GO'd is withdrawn from the
+ * group (every rank's share fails at once instead of timing out). */
+void srv_worker_cancel(srv_t *s, srv_req_t *r);
+/* 1 when heartbeats supervise the group (--liveness-timeout and MPI allow it). */
+int srv_worker_liveness_on(srv_t *s);
+/* 1 once the group failed (a rank or the coordinator silent, or a stall),
+ * with the reason; any thread. */
+int srv_worker_group_failed(srv_t *s, char *why, size_t n);
 int srv_worker_finished(srv_t *s); /* the worker left its loop (group drained, or failed) */
 void srv_worker_join(srv_t *s);
 /* > 0: ns the worker has been inside the current collective; 0 if none. */
@@ -194,12 +257,17 @@ void srv_req_free(srv_req_t *r);
 /* srv_net.c */
 epm_status_t srv_net_listen(srv_t *s);
 void srv_net_deliver(srv_t *s, srv_req_t *r); /* answer a completed FORWARD */
+/* Fail-stop: answer every FORWARD in flight with ERROR(st, msg) and push the
+ * answers out for up to budget_ms, so clients see why before the exit. */
+void srv_net_fail_inflight(srv_t *s, epm_status_t st, const char *msg, unsigned budget_ms);
 void srv_net_stop_accepting(srv_t *s);
 void srv_net_close_all(srv_t *s);
 
 /* srv_stats.c */
 void srv_render_status(srv_t *s, epm_buf_t *b, int json);
 void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt);
+
+/* srv_metrics.c: HTTP /metrics, /health, /ready on --metrics-bind:--metrics-port */
 epm_status_t srv_metrics_listen(srv_t *s);
 void srv_metrics_close(srv_t *s);
 

@@ -56,16 +56,27 @@ static const epm_opt_t opts[] = {
              "(JOURNAL_STREAM); syslog = always (ranks under mpirun\n"
              "in a systemd unit reach the journal through mpirun)"},
     {.name = "step-timeout", .kind = EPM_OPT_INT64, AT(step_timeout_s), .def = "30", .min = 1, .max = 86400,
-     .env = "EPMOE_STEP_TIMEOUT", .arg = "S", .help = "seconds a step may wait for all ranks / run before it fails"},
+     .env = "EPMOE_STEP_TIMEOUT", .arg = "S",
+     .help = "seconds a step may wait for all ranks to join; with liveness also\nthe longest a step may go with no rank making progress (without\nliveness: the longest a step may run)"},
+    {.name = "liveness-timeout", .kind = EPM_OPT_DOUBLE, AT(liveness_s), .def = "5", .fmin = 0, .fmax = 3600,
+     .env = "EPMOE_LIVENESS_TIMEOUT", .arg = "S",
+     .help = "heartbeats between ranks: a rank silent this long (dead or\nstopped) fails the group (0 = off; >= 0.1)"},
     {.name = "metrics-port", .kind = EPM_OPT_INT64, AT(metrics_port), .def = "0", .min = 0, .max = 65535,
-     .env = "EPMOE_METRICS_PORT", .arg = "PORT", .help = "serve Prometheus /metrics on 127.0.0.1:PORT (0 = off)"},
+     .env = "EPMOE_METRICS_PORT", .arg = "PORT",
+     .help = "serve Prometheus /metrics on --metrics-bind:PORT+local rank (0 = off)"},
+    {.name = "metrics-bind", .kind = EPM_OPT_STRBUF, AT(metrics_bind), .def = "127.0.0.1", .env = "EPMOE_METRICS_BIND",
+     .arg = "ADDR", .help = "IPv4 or IPv6 address of the metrics listener (0.0.0.0: every interface)"},
     {.name = "max-frame", .kind = EPM_OPT_INT64, AT(max_frame), .def = "1G", .min = 4096, .max = (int64_t)1 << 40,
      .flags = EPM_OPT_KMG, .env = "EPMOE_MAX_FRAME", .arg = "BYTES",
      .help = "largest frame payload accepted (K/M/G suffixes)"},
     {.name = "allowed-group", .kind = EPM_OPT_STRBUF, AT(allowed_group), .def = "", .env = "EPMOE_ALLOWED_GROUP",
      .arg = "GROUP", .help = "group (name or gid) whose members may connect besides our uid"},
     {.name = "max-connections", .kind = EPM_OPT_INT64, AT(max_connections), .def = "64", .min = 1, .max = 4096,
-     .env = "EPMOE_MAX_CONNECTIONS", .help = "simultaneous client connections"},
+     .env = "EPMOE_MAX_CONNECTIONS",
+     .help = "simultaneous client connections (a few more are kept for\nHEALTH/STATUS probes)"},
+    {.name = "idle-timeout", .kind = EPM_OPT_INT64, AT(idle_timeout_s), .def = "300", .min = 0, .max = 86400 * 7,
+     .env = "EPMOE_IDLE_TIMEOUT", .arg = "S",
+     .help = "close a connection with nothing in flight after S seconds\nwithout traffic (0 = never)"},
     {.name = "warmup-tokens", .kind = EPM_OPT_INT64, AT(warmup_tokens), .def = "4", .min = 0, .max = 1 << 20,
      .env = "EPMOE_WARMUP_TOKENS", .help = "tokens per rank of the start-up warm-up step"},
     {.name = "step-delay-ms", .kind = EPM_OPT_INT64, AT(step_delay_ms), .def = "0", .min = 0, .max = 600000,
@@ -105,6 +116,7 @@ static const char *const known_env[] = {
     "EPMOE_DRAIN_TIMEOUT", "EPMOE_WORKERS", "EPMOE_SLOTS",
     /* the tests' and test tools' (tests/) */
     "EPMOE_TEST_DATA", "EPMOE_BF16_STRIDE", "EPMOE_FUZZ_SECONDS", "EPMOE_FUZZ_TARGETS", "EPMOE_FUZZ_BUILD",
+    "EPMOE_TEST_FAULT", /* daemon/srv_step.c: the fault suite's hook (tests/daemon/fault_matrix.sh) */
     NULL};
 
 /* c is only read by --help (no option shows its initial value). */
@@ -120,7 +132,8 @@ static epm_opt_cmd_t command(srv_config_t *c, epm_opt_group_t *g) {
                 "variables are ignored; any other EPMOE_* name is an error (a misspelt setting).\n"
                 "\n"
                 "Exit: 0 drained after SIGTERM or SHUTDOWN, 1 start-up or runtime failure,\n"
-                "3 a step stuck past --step-timeout (fail-stop), 64 bad command line or environment.",
+                "3 the group failed: a rank dead or stopped, a stalled step (fail-stop),\n"
+                "64 bad command line or environment.",
       .groups = g,
       .ngroups = 1};
 }
@@ -153,6 +166,9 @@ epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, srv_config_
     if (epm_dispatch_cost_parse(c->dispatch_latency_us, c->dispatch_gbps, &dc) != EPM_OK)
       return epm_error_wrap(EPM_ERR_INVALID_ARG, "bad --dispatch-latency-us / --dispatch-gbps");
   }
+  if (c->liveness_s > 0 && c->liveness_s < 0.1)
+    return epm_error(EPM_ERR_INVALID_ARG, "bad value for --liveness-timeout: %g is below 0.1 s (0 turns it off)",
+                     c->liveness_s);
   if (c->socket_dir[0] == '\0') {
     const char *x = getenv("XDG_RUNTIME_DIR");
     int n = x && *x ? snprintf(c->socket_dir, sizeof c->socket_dir, "%s/epmoe", x)

@@ -1,36 +1,62 @@
-/* srv_net.c — the Unix-socket side of epmoed, on the libuv loop.
+/* srv_net.c — the Unix-socket side of epmoed, on the libuv loop: accepting,
+ * reading and checking frames, answering, and the limits that keep one
+ * client from starving the others.
  *
- * Security: the socket lives in a 0750 directory, is created 0660 (umask
- * around bind, never chmod-after), and every accepted peer is checked with
- * SO_PEERCRED: our uid, root, or the --allowed-group gid, else refused.
+ * Where things are: the socket and its directory come from srv_sockdir.c
+ * (policy there); accepting with back-off from srv_listen.c; this file has
+ * the connections. Sections below: connections and their lifetime, the
+ * output queue, request handlers, reading, limits and timers, accepting,
+ * fail-stop, start and stop.
+ *
+ * Security: every accepted peer is checked with SO_PEERCRED: our uid, root,
+ * or a member (primary or supplementary) of --allowed-group, else refused.
  * Connections use uv_poll_t with our own recvmsg/sendmsg rather than
  * uv_read_start, because SHM_ATTACH brings a memfd over SCM_RIGHTS and
  * libuv's stream IPC only accepts sockets as passed handles.
  *
- * Bounds: a frame's size is checked from its header before the read buffer
- * grows (--max-frame), connections are capped (--max-connections), and one
- * connection holds at most one fd in flight.
+ * Bounds (docs/RELIABILITY.md "Connections"):
+ *  - a frame's size is checked from its header against --max-frame and
+ *    against what its message type can carry (epm_msg_max_payload) before
+ *    the read buffer grows; a frame too big for its type is answered with
+ *    ERROR and its payload skipped unread, so the connection stays usable;
+ *  - --max-connections clients, plus a few reserved slots past it that may
+ *    only ask HEALTH/STATUS/STATS/HELLO for a short while, so a liveness
+ *    probe answers even when idle clients fill every slot;
+ *  - a connection with nothing in flight for --idle-timeout is closed;
+ *  - at most CONN_MAX_INFLIGHT FORWARDs in flight and CONN_MAX_OUT_BYTES of
+ *    unread replies per connection: past either, the connection is not read
+ *    until it drains (back-pressure, nothing dropped);
+ *  - one fd in flight per connection.
  * Lifetime: a connection is reference counted; each FORWARD handed to the
- * worker holds a reference (and so keeps the shm mapping alive), so a client
- * that disconnects mid-step is simply not answered.
+ * worker holds a reference (and so keeps the shm mapping alive). A client
+ * that disconnects before its step's GO has the step cancelled on every rank
+ * (srv_worker_cancel); after GO the step runs and the result is dropped.
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
-#include <grp.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <unistd.h>
 
-#include "epmoe/clock.h"
 #include "devmem.h"
+#include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "srv.h"
+
+enum {
+  CONN_MAX_INFLIGHT = 64,             /* FORWARDs in flight per connection */
+  CONN_MAX_OUT_FRAMES = 64,           /* replies queued, unread by the client */
+  PROBE_SLOTS = 4,                    /* reserved connections past --max-connections */
+  PROBE_DEADLINE_MS = 2000,           /* how long a reserved connection may stay */
+  SWEEP_MS = 500,                     /* idle/probe deadlines are checked this often */
+};
+static const size_t CONN_MAX_OUT_BYTES = (size_t)8 << 20;
 
 typedef struct outbuf {
   struct outbuf *next;
@@ -46,15 +72,21 @@ struct srv_conn {
   int refs;
   int closing;     /* no more reads; close once writes are flushed */
   int handle_gone; /* poll handle closed */
+  int probe;       /* a reserved slot: HEALTH/STATUS/STATS/HELLO only, short-lived */
   uint64_t id;
   pid_t pid;
   uid_t uid;
+  uint64_t t_open_ns, t_active_ns; /* accepted; last byte in or out */
+  uint64_t discard;                /* payload bytes of a refused frame still to skip */
   uint8_t *rbuf;
   size_t rlen, rcap;
   outbuf_t *out_head, *out_tail;
+  size_t out_bytes;
+  int out_frames;
   int pending_fd;
   int inflight;
   int worked;      /* sent more than probes (HELLO/HEALTH/STATUS/STATS): its close is worth an info line */
+  srv_req_t *reqs[CONN_MAX_INFLIGHT]; /* FORWARDs with the worker */
   uint8_t *shm;
   size_t shm_size;
   epm_devmem_t *dev; /* DEV_ATTACH region, mapped on dev_device */
@@ -62,13 +94,19 @@ struct srv_conn {
 
 static uint64_t next_conn_id = 1;
 
+static void process_frames(srv_conn_t *c);
+static void update_poll(srv_conn_t *c);
+
+/* ---- connections and their lifetime ----------------------------------------------- */
+
+static int conn_gone(const srv_conn_t *c) { return c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll); }
+
 static void conn_unref(srv_conn_t *c) {
   if (--c->refs > 0) return;
   srv_t *s = c->s;
   if (c->prev) c->prev->next = c->next;
   else if (s->conns == c) s->conns = c->next;
   if (c->next) c->next->prev = c->prev;
-  s->nconns--;
   while (c->out_head) {
     outbuf_t *o = c->out_head;
     c->out_head = o->next;
@@ -88,6 +126,8 @@ static void on_poll_closed(uv_handle_t *h) {
   close(c->fd);
   c->fd = -1;
   c->handle_gone = 1;
+  if (c->probe) c->s->nprobes--;
+  else c->s->nconns--;
   pthread_mutex_lock(&c->s->stats.mu);
   c->s->stats.connections_open--;
   pthread_mutex_unlock(&c->s->stats.mu);
@@ -95,21 +135,44 @@ static void on_poll_closed(uv_handle_t *h) {
 }
 
 static void conn_close(srv_conn_t *c, const char *why) {
-  if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) return;
-  /* Kubernetes and systemd probe every few seconds on every rank: their
-   * connections log at debug, like their accept. */
+  if (conn_gone(c)) return;
+  /* Kubernetes and systemd probe every few seconds on every rank: connections
+   * that only probed (HELLO/HEALTH/STATUS/STATS) log their close at debug. */
   EPM_LOG(c->worked ? EPM_LOG_INFO : EPM_LOG_DEBUG, "net", "connection %llu (pid %d) closed: %s",
           (unsigned long long)c->id, (int)c->pid, why);
   c->closing = 1;
+  /* Steps of this client that have not started are withdrawn from the group. */
+  for (int i = 0; i < CONN_MAX_INFLIGHT; i++)
+    if (c->reqs[i]) srv_worker_cancel(c->s, c->reqs[i]);
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, on_poll_closed);
 }
 
+static void track(srv_conn_t *c, srv_req_t *r) {
+  for (int i = 0; i < CONN_MAX_INFLIGHT; i++)
+    if (!c->reqs[i]) {
+      c->reqs[i] = r;
+      return;
+    }
+}
+
+static void untrack(srv_conn_t *c, srv_req_t *r) {
+  for (int i = 0; i < CONN_MAX_INFLIGHT; i++)
+    if (c->reqs[i] == r) c->reqs[i] = NULL;
+}
+
+/* ---- the output queue -------------------------------------------------------------- */
+
 static void on_conn_event(uv_poll_t *h, int status, int events);
 
+/* Reading pauses while the client has this much to read or in flight. */
+static int backpressured(const srv_conn_t *c) {
+  return c->inflight >= CONN_MAX_INFLIGHT || c->out_frames >= CONN_MAX_OUT_FRAMES || c->out_bytes > CONN_MAX_OUT_BYTES;
+}
+
 static void update_poll(srv_conn_t *c) {
-  if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) return;
-  int ev = (c->closing ? 0 : UV_READABLE) | (c->out_head ? UV_WRITABLE : 0);
+  if (conn_gone(c)) return;
+  int ev = (c->closing || backpressured(c) ? 0 : UV_READABLE) | (c->out_head ? UV_WRITABLE : 0);
   if (ev) uv_poll_start(&c->poll, ev, on_conn_event);
   else uv_poll_stop(&c->poll);
 }
@@ -127,10 +190,13 @@ static int flush_out(srv_conn_t *c) {
     pthread_mutex_lock(&c->s->stats.mu);
     c->s->stats.bytes_out += (uint64_t)n;
     pthread_mutex_unlock(&c->s->stats.mu);
+    c->t_active_ns = epm_clock_ns();
     o->off += (size_t)n;
+    c->out_bytes -= (size_t)n;
     if (o->off == o->b.len) {
       c->out_head = o->next;
       if (!c->out_head) c->out_tail = NULL;
+      c->out_frames--;
       epm_buf_free(&o->b);
       free(o);
     }
@@ -138,10 +204,22 @@ static int flush_out(srv_conn_t *c) {
   return 0;
 }
 
+/* After output drained: close a connection marked for it, else read again
+ * (frames already buffered first). */
+static void after_flush(srv_conn_t *c, int was_backpressured) {
+  if (c->closing && !c->out_head) {
+    c->closing = 0; /* let conn_close run its course */
+    conn_close(c, "response sent after a protocol error");
+    return;
+  }
+  update_poll(c);
+  if (was_backpressured && !backpressured(c)) process_frames(c);
+}
+
 /* Queue an encoded frame (takes ownership of b's memory) and try to send it. */
 static void send_buf(srv_conn_t *c, epm_buf_t *b) {
   outbuf_t *o;
-  if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) {
+  if (conn_gone(c)) {
     epm_buf_free(b);
     return;
   }
@@ -156,16 +234,13 @@ static void send_buf(srv_conn_t *c, epm_buf_t *b) {
   if (c->out_tail) c->out_tail->next = o;
   else c->out_head = o;
   c->out_tail = o;
+  c->out_bytes += o->b.len;
+  c->out_frames++;
   if (flush_out(c) < 0) {
     conn_close(c, "peer went away while we were writing");
     return;
   }
-  if (c->closing && !c->out_head) {
-    c->closing = 0; /* let conn_close run its course */
-    conn_close(c, "response sent after a protocol error");
-    return;
-  }
-  update_poll(c);
+  after_flush(c, 0);
 }
 
 static void send_error(srv_conn_t *c, uint64_t rid, epm_status_t st, const char *msg) {
@@ -176,7 +251,7 @@ static void send_error(srv_conn_t *c, uint64_t rid, epm_status_t st, const char 
   else epm_buf_free(&b);
 }
 
-/* ---- request handlers ------------------------------------------------------ */
+/* ---- request handlers ------------------------------------------------------------ */
 
 static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
   srv_t *s = c->s;
@@ -208,6 +283,11 @@ static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
     snprintf(why, sizeof why, "FORWARD m=%lld tokens exceeds --max-tokens-per-rank %lld", (long long)rq.m,
              (long long)s->cfg.max_tokens_per_rank);
     send_error(c, f->request_id, EPM_ERR_INVALID_ARG, why);
+    return;
+  }
+  if (c->inflight >= CONN_MAX_INFLIGHT) { /* reading pauses first; kept as a guard */
+    snprintf(why, sizeof why, "%d FORWARDs already in flight on this connection (the most allowed)", c->inflight);
+    send_error(c, f->request_id, EPM_ERR_OVERFLOW, why);
     return;
   }
   epm_fwd_data_bytes(rq.m, rq.hidden, rq.num_experts, &xb, &lb); /* checked by the decoder */
@@ -276,6 +356,7 @@ static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
   r->conn = c;
   c->refs++;
   c->inflight++;
+  track(c, r);
   pthread_mutex_lock(&s->stats.mu);
   s->stats.forwards_total++;
   pthread_mutex_unlock(&s->stats.mu);
@@ -305,8 +386,10 @@ void srv_net_deliver(srv_t *s, srv_req_t *r) {
             (unsigned long long)r->step_id, r->err);
   }
   if (c) {
+    int was = backpressured(c);
     c->inflight--;
-    if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) {
+    untrack(c, r);
+    if (conn_gone(c)) {
       EPM_LOG(EPM_LOG_INFO, "net", "result of step %llu dropped: client of connection %llu left",
               (unsigned long long)r->step_id, (unsigned long long)c->id);
     } else if (r->st != EPM_OK) {
@@ -323,6 +406,7 @@ void srv_net_deliver(srv_t *s, srv_req_t *r) {
         send_error(c, r->rid, EPM_ERR_NOMEM, epm_last_error());
       }
     }
+    if (!conn_gone(c)) after_flush(c, was);
     conn_unref(c);
   }
   srv_req_free(r);
@@ -413,6 +497,11 @@ static void handle_dev_attach(srv_conn_t *c, const epm_frame_t *f) {
   send_buf(c, &b);
 }
 
+/* What a reserved (over --max-connections) connection may ask. */
+static int probe_may(uint16_t type) {
+  return type == EPM_MSG_HEALTH || type == EPM_MSG_STATUS || type == EPM_MSG_STATS || type == EPM_MSG_HELLO;
+}
+
 static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
   srv_t *s = c->s;
   epm_buf_t b = {0};
@@ -435,6 +524,13 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
     close(c->pending_fd);
     c->pending_fd = -1;
     send_error(c, f->request_id, EPM_ERR_PROTOCOL, "a file descriptor arrived with a frame that takes none");
+    return;
+  }
+  if (c->probe && !probe_may(f->type)) {
+    snprintf(reason, sizeof reason, "too many connections (--max-connections %lld): a connection past the limit may "
+             "only ask HEALTH, STATUS, STATS or HELLO", (long long)s->cfg.max_connections);
+    c->closing = 1;
+    send_error(c, f->request_id, EPM_ERR_OVERFLOW, reason);
     return;
   }
   switch (f->type) {
@@ -515,24 +611,131 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
   send_buf(c, &b);
 }
 
-/* ---- reading ---------------------------------------------------------------- */
+/* ---- reading ------------------------------------------------------------------------ */
+
+static uint16_t le16(const uint8_t *p) { return (uint16_t)(p[0] | p[1] << 8); }
+static uint64_t le64(const uint8_t *p) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+/* A malformed header: one ERROR (request id 0), then close. */
+static void protocol_error(srv_conn_t *c, epm_status_t st) {
+  char msg[300];
+  snprintf(msg, sizeof msg, "%s", epm_last_error());
+  EPM_LOG(EPM_LOG_WARN, "net", "connection %llu: %s; closing", (unsigned long long)c->id, msg);
+  c->closing = 1;
+  send_error(c, 0, st, msg);
+}
+
+/* A well-formed header announcing more than its type can carry: answer it
+ * now and skip the payload as it arrives, never holding it. */
+static void refuse_size(srv_conn_t *c, const uint8_t *h, uint64_t payload, uint64_t cap, size_t avail) {
+  char msg[300];
+  const uint16_t type = le16(h + 6);
+  snprintf(msg, sizeof msg, "%s request of %llu payload bytes refused: it carries at most %llu", epm_msg_type_name(type),
+           (unsigned long long)payload, (unsigned long long)cap);
+  pthread_mutex_lock(&c->s->stats.mu);
+  c->s->stats.frames_refused++;
+  pthread_mutex_unlock(&c->s->stats.mu);
+  const size_t have = avail - EPM_FRAME_HEADER_SIZE;
+  c->discard = payload - (have < payload ? have : payload);
+  send_error(c, le64(h + 16), EPM_ERR_PROTOCOL, msg);
+}
+
+/* Decode and handle every complete frame in the buffer, until the
+ * connection is paused by its limits or goes away. */
+static void process_frames(srv_conn_t *c) {
+  srv_t *s = c->s;
+  epm_proto_limits_t lim = {(uint64_t)s->cfg.max_frame};
+  size_t off = 0;
+  while (!conn_gone(c) && !c->closing && !backpressured(c) && c->rlen > off) {
+    const uint8_t *p = c->rbuf + off;
+    const size_t avail = c->rlen - off;
+    epm_frame_t f;
+    size_t used = 0;
+    /* The header alone first (a bad magic shows in its first bytes). */
+    epm_status_t st = epm_frame_decode(p, avail < EPM_FRAME_HEADER_SIZE ? avail : EPM_FRAME_HEADER_SIZE, &lim, &f,
+                                       &used);
+    if (st != EPM_OK && st != EPM_ERR_NOT_READY) {
+      protocol_error(c, st);
+      return;
+    }
+    if (avail < EPM_FRAME_HEADER_SIZE) break;
+    const uint64_t payload = used - EPM_FRAME_HEADER_SIZE;
+    const uint64_t cap = epm_msg_max_payload(le16(p + 6), 0, lim.max_payload);
+    if (payload > cap) {
+      refuse_size(c, p, payload, cap, avail);
+      off += avail < used ? avail : used;
+      continue;
+    }
+    if (avail < used) {
+      if (used > c->rcap) { /* grow to the announced (already limit-checked) size */
+        uint8_t *q = realloc(c->rbuf, used);
+        if (!q) {
+          conn_close(c, "out of memory for a large frame");
+          return;
+        }
+        c->rbuf = q;
+        c->rcap = used;
+      }
+      break;
+    }
+    st = epm_frame_decode(p, avail, &lim, &f, &used);
+    if (st != EPM_OK) {
+      protocol_error(c, st);
+      return;
+    }
+    handle_frame(c, &f);
+    off += used;
+    c->t_active_ns = epm_clock_ns();
+  }
+  if (off && !conn_gone(c)) {
+    memmove(c->rbuf, c->rbuf + off, c->rlen - off);
+    c->rlen -= off;
+  }
+}
+
+static void take_fds(srv_conn_t *c, struct msghdr *mh) {
+  for (struct cmsghdr *h = CMSG_FIRSTHDR(mh); h; h = CMSG_NXTHDR(mh, h)) {
+    if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
+    size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (size_t i = 0; i < nfd; i++) {
+      int fd;
+      memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
+      if (c->pending_fd < 0 && i == 0 && !c->discard) c->pending_fd = fd;
+      else close(fd); /* one fd per frame; extras (and a refused frame's) are dropped */
+    }
+  }
+}
 
 static void on_readable(srv_conn_t *c) {
   srv_t *s = c->s;
-  epm_proto_limits_t lim = {(uint64_t)s->cfg.max_frame};
+  uint8_t scratch[65536];
   for (;;) {
-    if (c->rcap - c->rlen < 65536 && c->rcap < (size_t)s->cfg.max_frame + EPM_FRAME_HEADER_SIZE) {
-      size_t ncap = c->rcap ? c->rcap * 2 : 65536;
-      uint8_t *p = realloc(c->rbuf, ncap);
-      if (!p) {
-        conn_close(c, "out of memory for the read buffer");
-        return;
+    if (conn_gone(c) || c->closing || backpressured(c)) return;
+    uint8_t *dst;
+    size_t room;
+    if (c->discard) { /* a refused frame's payload: read and drop */
+      dst = scratch;
+      room = c->discard < sizeof scratch ? (size_t)c->discard : sizeof scratch;
+    } else {
+      if (c->rcap - c->rlen < 65536 && c->rcap < (size_t)s->cfg.max_frame + EPM_FRAME_HEADER_SIZE) {
+        size_t ncap = c->rcap ? c->rcap * 2 : 65536;
+        uint8_t *p = realloc(c->rbuf, ncap);
+        if (!p) {
+          conn_close(c, "out of memory for the read buffer");
+          return;
+        }
+        c->rbuf = p;
+        c->rcap = ncap;
       }
-      c->rbuf = p;
-      c->rcap = ncap;
+      if (c->rlen == c->rcap) return; /* full: a frame must be decodable now */
+      dst = c->rbuf + c->rlen;
+      room = c->rcap - c->rlen;
     }
-    if (c->rlen == c->rcap) break; /* full: a frame must be decodable now */
-    struct iovec iov = {c->rbuf + c->rlen, c->rcap - c->rlen};
+    struct iovec iov = {dst, room};
     union {
       struct cmsghdr h;
       char b[CMSG_SPACE(sizeof(int) * 4)];
@@ -541,66 +744,25 @@ static void on_readable(srv_conn_t *c) {
     ssize_t n = recvmsg(c->fd, &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
     if (n < 0) {
       if (errno == EINTR) continue;
-      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return;
       conn_close(c, strerror(errno));
       return;
     }
-    for (struct cmsghdr *h = CMSG_FIRSTHDR(&mh); h; h = CMSG_NXTHDR(&mh, h)) {
-      if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS) continue;
-      size_t nfd = (h->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-      for (size_t i = 0; i < nfd; i++) {
-        int fd;
-        memcpy(&fd, CMSG_DATA(h) + i * sizeof(int), sizeof fd);
-        if (c->pending_fd < 0 && i == 0) c->pending_fd = fd;
-        else close(fd); /* one fd per frame; extras are dropped */
-      }
-    }
+    take_fds(c, &mh);
     if (n == 0) {
       conn_close(c, "client closed the connection");
       return;
     }
-    c->rlen += (size_t)n;
+    c->t_active_ns = epm_clock_ns();
     pthread_mutex_lock(&s->stats.mu);
     s->stats.bytes_in += (uint64_t)n;
     pthread_mutex_unlock(&s->stats.mu);
-    /* Decode every complete frame in the buffer. */
-    size_t off = 0;
-    for (;;) {
-      epm_frame_t f;
-      size_t used = 0;
-      epm_status_t st = epm_frame_decode(c->rbuf + off, c->rlen - off, &lim, &f, &used);
-      if (st == EPM_ERR_NOT_READY) {
-        if (used > c->rcap) { /* grow to the announced (already limit-checked) size */
-          uint8_t *p = realloc(c->rbuf, used);
-          if (!p) {
-            conn_close(c, "out of memory for a large frame");
-            return;
-          }
-          c->rbuf = p;
-          c->rcap = used;
-        }
-        break;
-      }
-      if (st != EPM_OK) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "%s", epm_last_error());
-        EPM_LOG(EPM_LOG_WARN, "net", "connection %llu: %s; closing", (unsigned long long)c->id, msg);
-        c->closing = 1;
-        send_error(c, 0, st, msg);
-        if (c->closing && !c->out_head) {
-          c->closing = 0;
-          conn_close(c, "protocol error");
-        }
-        return;
-      }
-      handle_frame(c, &f);
-      off += used;
-      if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) return;
+    if (dst == scratch) {
+      c->discard -= (uint64_t)n;
+      continue;
     }
-    if (off) {
-      memmove(c->rbuf, c->rbuf + off, c->rlen - off);
-      c->rlen -= off;
-    }
+    c->rlen += (size_t)n;
+    process_frames(c);
   }
 }
 
@@ -612,173 +774,175 @@ static void on_conn_event(uv_poll_t *h, int status, int events) {
     return;
   }
   if (events & UV_WRITABLE) {
+    int was = backpressured(c);
     if (flush_out(c) < 0) {
       conn_close(c, "peer went away while we were writing");
       return;
     }
-    if (c->closing && !c->out_head) {
-      c->closing = 0;
-      conn_close(c, "response sent after a protocol error");
-      return;
-    }
+    after_flush(c, was);
+    if (conn_gone(c)) return;
   }
   if ((events & UV_READABLE) && !c->closing) on_readable(c);
   update_poll(c);
 }
 
-/* ---- accepting -------------------------------------------------------------- */
+/* ---- deadlines --------------------------------------------------------------------- */
+
+static void on_sweep(uv_timer_t *t) {
+  srv_t *s = t->data;
+  const uint64_t now = epm_clock_ns();
+  const uint64_t idle_ns = (uint64_t)s->cfg.idle_timeout_s * 1000000000ull;
+  char why[96];
+  for (srv_conn_t *c = s->conns, *nx; c; c = nx) {
+    nx = c->next;
+    if (conn_gone(c)) continue;
+    if (c->probe && now - c->t_open_ns > (uint64_t)PROBE_DEADLINE_MS * 1000000ull) {
+      conn_close(c, "reserved connection past its deadline");
+    } else if (!c->probe && idle_ns && !c->inflight && now - c->t_active_ns > idle_ns) {
+      snprintf(why, sizeof why, "idle for %llds (--idle-timeout)", (long long)s->cfg.idle_timeout_s);
+      pthread_mutex_lock(&s->stats.mu);
+      s->stats.connections_idle_closed++;
+      pthread_mutex_unlock(&s->stats.mu);
+      conn_close(c, why);
+    }
+  }
+}
+
+/* ---- accepting ---------------------------------------------------------------------- */
 
 static int peer_allowed(srv_t *s, const struct ucred *cr) {
   if (cr->uid == geteuid() || cr->uid == 0) return 1;
-  if (s->cfg.allowed_group[0]) {
-    char *end;
-    long g = strtol(s->cfg.allowed_group, &end, 10);
-    gid_t gid;
-    if (*end == '\0') gid = (gid_t)g;
-    else {
-      struct group *gr = getgrnam(s->cfg.allowed_group);
-      if (!gr) return 0;
-      gid = gr->gr_gid;
-    }
-    if (cr->gid == gid) return 1;
-  }
-  return 0;
+  return srv_sockdir_in_group(&s->sockdir, cr->uid, cr->gid, cr->pid);
 }
 
-static void on_listen(uv_poll_t *h, int status, int events) {
-  srv_t *s = h->data;
-  (void)events;
-  if (status < 0 || s->closing) return;
-  for (;;) {
-    int fd = accept4(s->listen_fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
-    if (fd < 0) {
-      if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-        EPM_LOG(EPM_LOG_WARN, "net", "accept: %s", strerror(errno));
-      return;
-    }
-    struct ucred cr;
-    socklen_t len = sizeof cr;
-    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || !peer_allowed(s, &cr)) {
-      EPM_LOG(EPM_LOG_WARN, "net", "refused a peer: pid %d uid %d gid %d is neither uid %d nor in the allowed group '%s'",
-              (int)cr.pid, (int)cr.uid, (int)cr.gid, (int)geteuid(), s->cfg.allowed_group);
-      pthread_mutex_lock(&s->stats.mu);
-      s->stats.connections_refused++;
-      pthread_mutex_unlock(&s->stats.mu);
-      close(fd);
-      continue;
-    }
-    srv_conn_t *c = calloc(1, sizeof *c);
-    if (!c) {
-      close(fd);
-      continue;
-    }
-    c->s = s;
-    c->fd = fd;
-    c->refs = 1;
-    c->pending_fd = -1;
-    c->id = next_conn_id++;
-    c->pid = cr.pid;
-    c->uid = cr.uid;
-    uv_poll_init(s->loop, &c->poll, fd);
-    c->poll.data = c;
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
-    s->nconns++;
+static void on_accept(srv_listener_t *l, int fd) {
+  srv_t *s = l->s;
+  struct ucred cr = {0, (uid_t)-1, (gid_t)-1};
+  socklen_t len = sizeof cr;
+  if (s->closing) {
+    close(fd);
+    return;
+  }
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || !peer_allowed(s, &cr)) {
+    EPM_LOG(EPM_LOG_WARN, "net", "refused a peer: pid %d uid %d gid %d is neither uid %d nor in the allowed group '%s'",
+            (int)cr.pid, (int)cr.uid, (int)cr.gid, (int)geteuid(), s->cfg.allowed_group);
     pthread_mutex_lock(&s->stats.mu);
-    s->stats.connections_total++;
-    s->stats.connections_open++;
+    s->stats.connections_refused++;
     pthread_mutex_unlock(&s->stats.mu);
-    if (s->nconns > s->cfg.max_connections) {
-      char msg[128];
-      snprintf(msg, sizeof msg, "too many connections (--max-connections %lld)", (long long)s->cfg.max_connections);
-      c->closing = 1;
-      send_error(c, 0, EPM_ERR_OVERFLOW, msg);
-      if (c->closing && !c->out_head) {
-        c->closing = 0;
-        conn_close(c, msg);
-      }
-      continue;
-    }
-    EPM_LOG(EPM_LOG_DEBUG, "net", "connection %llu from pid %d uid %d", (unsigned long long)c->id, (int)cr.pid,
-            (int)cr.uid);
-    update_poll(c);
+    close(fd);
+    return;
   }
+  const int full = s->nconns >= s->cfg.max_connections;
+  if (full && s->nprobes >= PROBE_SLOTS) {
+    /* Past the limit and the reserved slots: one ERROR, best effort, and close. */
+    char msg[160];
+    epm_buf_t b = {0};
+    snprintf(msg, sizeof msg, "too many connections (--max-connections %lld, and %d reserved for probes)",
+             (long long)s->cfg.max_connections, PROBE_SLOTS);
+    epm_error_resp_t e = {(uint32_t)EPM_ERR_OVERFLOW, epm_str_of(msg, strlen(msg))};
+    if (epm_error_resp_encode(&b, EPM_MSG_ERROR, 0, &e) == EPM_OK)
+      (void)!send(fd, b.data, b.len, MSG_NOSIGNAL | MSG_DONTWAIT);
+    epm_buf_free(&b);
+    close(fd);
+    pthread_mutex_lock(&s->stats.mu);
+    s->stats.connections_refused++;
+    pthread_mutex_unlock(&s->stats.mu);
+    return;
+  }
+  srv_conn_t *c = calloc(1, sizeof *c);
+  if (!c) {
+    close(fd);
+    return;
+  }
+  c->s = s;
+  c->fd = fd;
+  c->refs = 1;
+  c->pending_fd = -1;
+  c->probe = full;
+  c->id = next_conn_id++;
+  c->pid = cr.pid;
+  c->uid = cr.uid;
+  c->t_open_ns = c->t_active_ns = epm_clock_ns();
+  uv_poll_init(s->loop, &c->poll, fd);
+  c->poll.data = c;
+  c->next = s->conns;
+  if (s->conns) s->conns->prev = c;
+  s->conns = c;
+  if (c->probe) s->nprobes++;
+  else s->nconns++;
+  pthread_mutex_lock(&s->stats.mu);
+  s->stats.connections_total++;
+  s->stats.connections_open++;
+  pthread_mutex_unlock(&s->stats.mu);
+  EPM_LOG(EPM_LOG_DEBUG, "net", "connection %llu from pid %d uid %d%s", (unsigned long long)c->id, (int)cr.pid,
+          (int)cr.uid, c->probe ? " (reserved slot: probes only)" : "");
+  update_poll(c);
 }
 
-/* Is something answering on path? 1 yes, 0 no (stale or absent). */
-static int someone_answers(const char *path) {
-  struct sockaddr_un a = {.sun_family = AF_UNIX};
-  int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), ok;
-  if (fd < 0) return 0;
-  snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
-  ok = connect(fd, (struct sockaddr *)&a, sizeof a) == 0;
-  close(fd);
-  return ok;
+/* ---- fail-stop ---------------------------------------------------------------------- */
+
+void srv_net_fail_inflight(srv_t *s, epm_status_t st, const char *msg, unsigned budget_ms) {
+  int n = 0;
+  for (srv_conn_t *c = s->conns; c; c = c->next) {
+    if (conn_gone(c)) continue;
+    for (int i = 0; i < CONN_MAX_INFLIGHT; i++)
+      if (c->reqs[i]) {
+        send_error(c, c->reqs[i]->rid, st, msg);
+        n++;
+      }
+  }
+  /* The loop will not run again: push the answers out here, bounded. */
+  const uint64_t until = epm_clock_ns() + (uint64_t)budget_ms * 1000000ull;
+  for (;;) {
+    struct pollfd pf[64];
+    srv_conn_t *who[64];
+    int k = 0;
+    for (srv_conn_t *c = s->conns; c && k < 64; c = c->next)
+      if (!conn_gone(c) && c->out_head) pf[k] = (struct pollfd){c->fd, POLLOUT, 0}, who[k++] = c;
+    uint64_t now = epm_clock_ns();
+    if (!k || now >= until) break;
+    if (poll(pf, (nfds_t)k, (int)((until - now) / 1000000u) + 1) <= 0) break;
+    for (int i = 0; i < k; i++)
+      if (pf[i].revents && flush_out(who[i]) < 0) who[i]->out_head = NULL, who[i]->out_tail = NULL;
+  }
+  if (n) EPM_LOG(EPM_LOG_INFO, "net", "answered %d FORWARD%s in flight with the failure", n, n == 1 ? "" : "s");
 }
+
+/* ---- start and stop ----------------------------------------------------------------- */
 
 epm_status_t srv_net_listen(srv_t *s) {
-  struct sockaddr_un a = {.sun_family = AF_UNIX};
-  struct stat sb;
-  const char *dir = s->cfg.socket_dir;
-  int n = snprintf(s->sock_path, sizeof s->sock_path, "%s/epmoe.%d.sock", dir, s->rank);
-  if (n < 0 || (size_t)n >= sizeof a.sun_path)
-    return epm_error(EPM_ERR_INVALID_ARG, "socket path '%s/epmoe.%d.sock' is %d bytes; Unix sockets allow %zu",
-                     dir, s->rank, n, sizeof a.sun_path - 1);
-  if (mkdir(dir, 0750) == 0) {
-    chmod(dir, 0750); /* mkdir honours the umask; the mode is part of the contract */
-  } else if (errno != EEXIST) {
-    return epm_error(EPM_ERR_SYSTEM, "cannot create socket dir %s: %s", dir, strerror(errno));
-  }
-  if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
-    return epm_error(EPM_ERR_SYSTEM, "socket dir %s is not a directory", dir);
-  if (sb.st_uid == geteuid() && (sb.st_mode & 07777) != 0750 && chmod(dir, 0750) != 0)
-    EPM_LOG(EPM_LOG_WARN, "net", "cannot set mode 0750 on %s: %s", dir, strerror(errno));
-  if (sb.st_mode & S_IWOTH)
-    return epm_error(EPM_ERR_SYSTEM, "socket dir %s is world-writable (mode %04o); refusing", dir, sb.st_mode & 07777);
-  if (lstat(s->sock_path, &sb) == 0) {
-    if (!S_ISSOCK(sb.st_mode))
-      return epm_error(EPM_ERR_SYSTEM, "%s exists and is not a socket; refusing to replace it", s->sock_path);
-    if (someone_answers(s->sock_path))
-      return epm_error(EPM_ERR_SYSTEM, "another daemon answers on %s; refusing to start", s->sock_path);
-    EPM_LOG(EPM_LOG_INFO, "net", "removing stale socket %s", s->sock_path);
-    unlink(s->sock_path);
-  }
-  s->listen_fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (s->listen_fd < 0) return epm_error(EPM_ERR_SYSTEM, "socket: %s", strerror(errno));
-  memcpy(a.sun_path, s->sock_path, (size_t)n + 1);
-  mode_t old = umask(0117); /* socket created 0660 atomically */
-  int rc = bind(s->listen_fd, (struct sockaddr *)&a, sizeof a);
-  umask(old);
-  if (rc != 0 || listen(s->listen_fd, 128) != 0) {
-    epm_status_t st = epm_error(EPM_ERR_SYSTEM, "bind/listen %s: %s", s->sock_path, strerror(errno));
-    close(s->listen_fd);
-    s->listen_fd = -1;
+  int fd = -1;
+  EPM_TRY(srv_sockdir_open(&s->sockdir, s->cfg.socket_dir, s->cfg.allowed_group, s->rank, &fd));
+  epm_status_t st = srv_listener_start(s, &s->listener, fd, s->sockdir.path, on_accept);
+  if (st != EPM_OK) {
+    close(fd);
+    srv_sockdir_remove(&s->sockdir);
     return st;
   }
-  uv_poll_init(s->loop, &s->listen_poll, s->listen_fd);
-  s->listen_poll.data = s;
-  uv_poll_start(&s->listen_poll, UV_READABLE, on_listen);
-  EPM_LOG(EPM_LOG_INFO, "net", "listening on %s (mode 0660, dir 0750)", s->sock_path);
+  uv_timer_init(s->loop, &s->sweep);
+  s->sweep.data = s;
+  s->sweep_on = 1;
+  uv_timer_start(&s->sweep, on_sweep, SWEEP_MS, SWEEP_MS);
+  struct stat ds;
+  stat(s->sockdir.dir, &ds);
+  EPM_LOG(EPM_LOG_INFO, "net", "listening on %s (mode 0660%s, dir %04o)", s->sockdir.path,
+          s->sockdir.have_group ? ", group --allowed-group" : "", (unsigned)(ds.st_mode & 07777));
   return EPM_OK;
 }
 
-static void on_listen_closed(uv_handle_t *h) {
-  srv_t *s = h->data;
-  close(s->listen_fd);
-  s->listen_fd = -1;
-}
-
 void srv_net_stop_accepting(srv_t *s) {
-  if (s->listen_fd < 0 || uv_is_closing((uv_handle_t *)&s->listen_poll)) return;
-  uv_poll_stop(&s->listen_poll);
-  uv_close((uv_handle_t *)&s->listen_poll, on_listen_closed);
-  unlink(s->sock_path);
-  EPM_LOG(EPM_LOG_INFO, "net", "stopped accepting; removed %s", s->sock_path);
+  if (!s->listener.active || s->listener.closing) return;
+  srv_listener_close(&s->listener);
+  srv_sockdir_remove(&s->sockdir);
+  EPM_LOG(EPM_LOG_INFO, "net", "stopped accepting; removed %s", s->sockdir.path);
 }
 
 void srv_net_close_all(srv_t *s) {
   srv_net_stop_accepting(s);
+  if (s->sweep_on) {
+    s->sweep_on = 0;
+    uv_close((uv_handle_t *)&s->sweep, NULL);
+  }
   for (srv_conn_t *c = s->conns, *nx; c; c = nx) {
     nx = c->next;
     flush_out(c);

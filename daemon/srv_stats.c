@@ -140,7 +140,7 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
     json_object_set_new(o, "world_size", json_integer(s->size));
     json_object_set_new(o, "pid", json_integer(getpid()));
     json_object_set_new(o, "uptime_seconds", json_real(up));
-    json_object_set_new(o, "socket", json_string(s->sock_path));
+    json_object_set_new(o, "socket", json_string(s->sockdir.path));
     json_object_set_new(o, "state", json_string(state_name[st]));
     json_object_set_new(o, "state_reason", json_string(reason));
     json_object_set_new(o, "model", json_pack("{s:s,s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "name", info.model, "backend",
@@ -165,7 +165,7 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
     return;
   }
   putf(b, "# Server\r\nversion:%s\r\nrank:%d\r\nworld_size:%d\r\npid:%d\r\nuptime_seconds:%.1f\r\nsocket:%s\r\n",
-       EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), up, s->sock_path);
+       EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), up, s->sockdir.path);
   putf(b, "state:%s\r\nstate_reason:%s\r\n", state_name[st], reason);
   putf(b, "\r\n# Model\r\nmodel:%s\r\nbackend:%s\r\nhidden:%lld\r\nexperts:%lld\r\ntop_k:%lld\r\nmax_tokens_per_rank:%lld\r\n",
        info.model, info.backend, (long long)info.hidden, (long long)info.num_experts, (long long)info.top_k,
@@ -179,6 +179,9 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
   putf(b, "\r\n# Clients\r\nconnections_open:%lld\r\nconnections_total:%llu\r\nconnections_refused:%llu\r\n",
        (long long)c.connections_open, (unsigned long long)c.connections_total,
        (unsigned long long)c.connections_refused);
+  putf(b, "connections_idle_closed:%llu\r\naccept_errors:%llu\r\nframes_refused:%llu\r\n",
+       (unsigned long long)c.connections_idle_closed, (unsigned long long)c.accept_errors,
+       (unsigned long long)c.frames_refused);
   putf(b, "\r\n# Config\r\n");
   srv_config_dump(&s->cfg, b, 0);
 }
@@ -290,7 +293,15 @@ static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   COUNTER("sent_bytes_total", "bytes written to client sockets", c->bytes_out);
   COUNTER("shm_bytes_total", "bytes read and written through shared-memory regions", c->bytes_shm);
   COUNTER("connections_total", "client connections accepted", c->connections_total);
-  COUNTER("connections_refused_total", "connections refused by the peer credential check", c->connections_refused);
+  COUNTER("connections_refused_total", "connections refused (peer credentials, or past every slot)",
+          c->connections_refused);
+  COUNTER("connections_idle_closed_total", "connections closed after --idle-timeout", c->connections_idle_closed);
+  COUNTER("accept_errors_total", "failed accepts (e.g. out of descriptors), each followed by a back-off",
+          c->accept_errors);
+  COUNTER("frames_refused_total", "frames refused from their header as too big for their type", c->frames_refused);
+  COUNTER("metrics_requests_total", "HTTP requests answered by the metrics listener", c->metrics_requests);
+  COUNTER("metrics_refused_total", "metrics connections closed at once (over the connection cap)",
+          c->metrics_refused);
   putf(b, "# HELP epmoe_connections_open client connections open\n# TYPE epmoe_connections_open gauge\n"
           "epmoe_connections_open{rank=\"%d\"} %lld\n", r, (long long)c->connections_open);
   putf(b, "# HELP epmoe_requests_total requests by frame type\n# TYPE epmoe_requests_total counter\n");
@@ -445,103 +456,4 @@ void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt) {
   } else {
     render_info(s, &c, b);
   }
-}
-
-/* ---- loopback HTTP: GET /metrics | /health | /ready ------------------------- */
-
-typedef struct {
-  uv_tcp_t tcp;
-  uv_write_t wr;
-  srv_t *s;
-  char req[1024];
-  size_t len;
-  epm_buf_t out;
-} http_conn_t;
-
-static void http_closed(uv_handle_t *h) {
-  http_conn_t *hc = h->data;
-  epm_buf_free(&hc->out);
-  free(hc);
-}
-
-static void http_written(uv_write_t *w, int status) {
-  http_conn_t *hc = w->data;
-  (void)status;
-  uv_close((uv_handle_t *)&hc->tcp, http_closed);
-}
-
-static void http_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
-  http_conn_t *hc = h->data;
-  (void)hint;
-  *buf = uv_buf_init(hc->req + hc->len, (unsigned)(sizeof hc->req - 1 - hc->len));
-}
-
-static void http_read(uv_stream_t *st, ssize_t n, const uv_buf_t *buf) {
-  http_conn_t *hc = st->data;
-  (void)buf;
-  if (n == 0) return; /* EAGAIN */
-  if (n < 0) {        /* UV_EOF or an error: nothing to answer */
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
-    return;
-  }
-  hc->len += (size_t)n;
-  hc->req[hc->len] = '\0';
-  if (!strstr(hc->req, "\r\n\r\n") && !strstr(hc->req, "\n\n") && hc->len < sizeof hc->req - 1) return;
-  uv_read_stop(st);
-  epm_buf_t body = {0};
-  const char *code = "200 OK";
-  srv_state_t state = srv_get_state(hc->s, NULL, 0);
-  if (strncmp(hc->req, "GET /metrics", 12) == 0) {
-    srv_render_stats(hc->s, &body, EPM_FMT_PROMETHEUS);
-  } else if (strncmp(hc->req, "GET /health", 11) == 0 || strncmp(hc->req, "GET /ready", 10) == 0) {
-    int live = strncmp(hc->req, "GET /health", 11) == 0;
-    int ok = live ? state != SRV_ST_FAILED : state == SRV_ST_READY;
-    code = ok ? "200 OK" : "503 Service Unavailable";
-    putf(&body, "%s\n", state_name[state]);
-  } else {
-    code = "404 Not Found";
-    putf(&body, "GET /metrics, /health (liveness) or /ready (readiness)\n");
-  }
-  putf(&hc->out, "HTTP/1.0 %s\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: %zu\r\n"
-                 "Connection: close\r\n\r\n", code, body.len);
-  epm_buf_put(&hc->out, body.data, body.len);
-  epm_buf_free(&body);
-  uv_buf_t ub = uv_buf_init((char *)hc->out.data, (unsigned)hc->out.len);
-  hc->wr.data = hc;
-  if (uv_write(&hc->wr, st, &ub, 1, http_written) != 0) uv_close((uv_handle_t *)&hc->tcp, http_closed);
-}
-
-static void http_accept(uv_stream_t *server, int status) {
-  srv_t *s = server->data;
-  http_conn_t *hc;
-  if (status < 0 || s->closing || !(hc = calloc(1, sizeof *hc))) return;
-  hc->s = s;
-  uv_tcp_init(s->loop, &hc->tcp);
-  hc->tcp.data = hc;
-  if (uv_accept(server, (uv_stream_t *)&hc->tcp) != 0 ||
-      uv_read_start((uv_stream_t *)&hc->tcp, http_alloc, http_read) != 0)
-    uv_close((uv_handle_t *)&hc->tcp, http_closed);
-}
-
-epm_status_t srv_metrics_listen(srv_t *s) {
-  struct sockaddr_in a;
-  int rc, port;
-  if (!s->cfg.metrics_port) return EPM_OK;
-  /* one port per rank on a node: --metrics-port + local rank (the bootstrap's,
-   * from MPI itself rather than a launcher-specific variable) */
-  port = (int)s->cfg.metrics_port + s->boot.local_rank;
-  if (port > 65535) return epm_error(EPM_ERR_INVALID_ARG, "metrics port %d (base + local rank) exceeds 65535", port);
-  uv_ip4_addr("127.0.0.1", port, &a);
-  uv_tcp_init(s->loop, &s->metrics);
-  s->metrics.data = s;
-  s->metrics_on = 1;
-  if ((rc = uv_tcp_bind(&s->metrics, (const struct sockaddr *)&a, 0)) != 0 ||
-      (rc = uv_listen((uv_stream_t *)&s->metrics, 16, http_accept)) != 0)
-    return epm_error(EPM_ERR_SYSTEM, "metrics listener on 127.0.0.1:%d: %s", port, uv_strerror(rc));
-  EPM_LOG(EPM_LOG_INFO, "stats", "metrics on http://127.0.0.1:%d/metrics", port);
-  return EPM_OK;
-}
-
-void srv_metrics_close(srv_t *s) {
-  if (s->metrics_on && !uv_is_closing((uv_handle_t *)&s->metrics)) uv_close((uv_handle_t *)&s->metrics, NULL);
 }

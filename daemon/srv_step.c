@@ -2,23 +2,39 @@
  * (through the step backend and the rendezvous), runs the warm-up and every
  * collective step, and agrees with the other ranks on which step to run next.
  *
- * The agreement is epm_rendezvous (include/epmoe/rendezvous.h, comm/): for the
- * FORWARD at the head of its queue the worker JOINs (layer, step_id, m) and
- * polls. GO runs the step on every rank; ABORT fails the FORWARD (TIMEOUT:
- * EPM_ERR_TIMEOUT naming the ranks that never joined; a late join of an
- * aborted step likewise; SHUTDOWN: EPM_ERR_ABORTED); SHUTDOWN (some rank was
- * asked to drain: SIGTERM, SHUTDOWN frame) fails what waits here and drains the
- * group. What the rendezvous does NOT cover: a rank that dies or hangs after
- * GO, inside the collective. The main thread's watchdog sees a step running
- * longer than --step-timeout, marks the daemon failed and exits non-zero so
- * the launcher tears the group down (fail-stop; docs/ARCHITECTURE.md "Daemon").
- * Any error of the rendezvous itself (MPI, protocol) is fail-stop too.
+ * The agreement is epm_rendezvous (include/epmoe/rendezvous.h, comm/): every
+ * FORWARD the worker takes is JOINed at once with its key (layer, step_id) —
+ * the client's step tag — and waits, joined, until the group answers. GO runs
+ * that request's step on every rank, in the one order the coordinator issues
+ * GOs, so clients that reach the ranks in different orders never deadlock
+ * each other; ABORT fails it (TIMEOUT: EPM_ERR_TIMEOUT naming the ranks that
+ * never joined; CANCELLED: a rank's client left; a late join of an aborted
+ * step likewise; SHUTDOWN: EPM_ERR_ABORTED); SHUTDOWN (some rank was asked to
+ * drain: SIGTERM, SHUTDOWN frame) fails what waits here and drains the group.
+ * A request whose client left before its GO is withdrawn (cancel).
+ *
+ * Liveness (--liveness-timeout > 0): the rendezvous' control thread beats for
+ * this rank, with the progress the engine reports at every stage boundary
+ * (on_stage below), so a dead or stopped peer, or a step where nothing moves
+ * anywhere, fails the group within the bound while a long step that computes
+ * is never cut short. The main thread's watchdog reads the verdict
+ * (srv_worker_group_failed) and fail-stops. Without liveness (or without
+ * MPI_THREAD_MULTIPLE) the watchdog falls back to a wall-clock bound on the
+ * collective (--step-timeout). Any error of the rendezvous itself (MPI,
+ * protocol) is fail-stop too.
+ *
+ * Test hook: EPMOE_TEST_FAULT="RANK:PHASE:ACTION" makes rank RANK kill
+ * (SIGKILL), stop (SIGSTOP), exit (_exit 0) or abort itself when it reaches
+ * PHASE of its first served step: idle (0.5 s after ready), rendezvous (just
+ * joined), dispatch, experts or combine. tests/daemon/fault_matrix.sh uses it.
  */
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "epmoe/clock.h"
 #include "devmem.h"
@@ -33,8 +49,9 @@ struct srv_worker {
   pthread_t thread;
   pthread_mutex_t mu;
   pthread_cond_t wake; /* signalled on submit / shutdown so an idle worker reacts at once */
-  srv_req_t *q_head, *q_tail;       /* submitted, not started */
+  srv_req_t *q_head, *q_tail;       /* submitted, not joined */
   srv_req_t *d_head, *d_tail;       /* done, for the loop */
+  int cancels;                      /* cancel requests not yet looked at (under mu) */
   int shutdown_asked;               /* set by the loop */
   char shutdown_why[128];
   int finished;
@@ -43,10 +60,59 @@ struct srv_worker {
   uint32_t in_step_layer;
   epm_group_t *group; /* backend, comm, layers, engines (epmoe/group.h) */
   uint64_t *load;     /* [E] scratch: the last step's per-expert load */
-  epm_rendezvous_t *rdv;
-  srv_req_t *cur;    /* head request: joined, or about to be */
+  epm_rendezvous_t *rdv; /* set/cleared under mu (the watchdog reads its verdict) */
+  int liveness;      /* heartbeats on */
+  srv_req_t *joined; /* joined, waiting for GO/ABORT (worker only) */
   int shutdown_seen; /* the group's SHUTDOWN arrived */
+  uint64_t t_ready;  /* when serving began */
+  struct {           /* EPMOE_TEST_FAULT */
+    int on, rank, phase, action, fired;
+  } fault;
 };
+
+/* ---- the fault hook (tests only) ------------------------------------------ */
+
+enum { F_IDLE, F_RENDEZVOUS, F_DISPATCH, F_EXPERTS, F_COMBINE };
+static const char *const fault_phase[] = {"idle", "rendezvous", "dispatch", "experts", "combine", NULL};
+static const char *const fault_action[] = {"kill", "stop", "exit", "abort", NULL};
+
+static int lookup(const char *const *names, const char *v) {
+  for (int i = 0; names[i]; i++)
+    if (!strcmp(names[i], v)) return i;
+  return -1;
+}
+
+static void fault_parse(srv_worker_t *w) {
+  const char *v = getenv("EPMOE_TEST_FAULT");
+  char ph[32], ac[32];
+  int rank;
+  if (!v || !*v) return;
+  if (sscanf(v, "%d:%31[a-z]:%31[a-z]", &rank, ph, ac) != 3 || lookup(fault_phase, ph) < 0 ||
+      lookup(fault_action, ac) < 0) {
+    EPM_LOG(EPM_LOG_WARN, "step", "EPMOE_TEST_FAULT='%s' ignored (want RANK:idle|rendezvous|dispatch|experts|combine:"
+            "kill|stop|exit|abort)", v);
+    return;
+  }
+  w->fault.on = rank == w->s->rank;
+  w->fault.rank = rank;
+  w->fault.phase = lookup(fault_phase, ph);
+  w->fault.action = lookup(fault_action, ac);
+}
+
+/* Act when this rank reaches `phase` of a served step (never the warm-up). */
+static void fault_point(srv_worker_t *w, int phase) {
+  if (!w->fault.on || w->fault.fired || w->fault.phase != phase || !w->t_ready) return;
+  w->fault.fired = 1;
+  EPM_LOG(EPM_LOG_WARN, "step", "test hook: rank %d at %s: %s", w->s->rank, fault_phase[phase],
+          fault_action[w->fault.action]);
+  fflush(NULL);
+  switch (w->fault.action) {
+    case 0: raise(SIGKILL); break;
+    case 1: raise(SIGSTOP); break;
+    case 2: _exit(0);
+    default: abort();
+  }
+}
 
 void srv_req_free(srv_req_t *r) {
   if (!r) return;
@@ -96,6 +162,31 @@ void srv_worker_submit(srv_t *s, srv_req_t *r) {
   w->q_tail = r;
   pthread_cond_signal(&w->wake);
   pthread_mutex_unlock(&w->mu);
+}
+
+void srv_worker_cancel(srv_t *s, srv_req_t *r) {
+  srv_worker_t *w = s->worker;
+  atomic_store(&r->cancelled, 1);
+  pthread_mutex_lock(&w->mu);
+  w->cancels++;
+  pthread_cond_signal(&w->wake);
+  pthread_mutex_unlock(&w->mu);
+}
+
+int srv_worker_liveness_on(srv_t *s) {
+  srv_worker_t *w = s->worker;
+  pthread_mutex_lock(&w->mu);
+  int on = w->liveness && w->rdv;
+  pthread_mutex_unlock(&w->mu);
+  return on;
+}
+
+int srv_worker_group_failed(srv_t *s, char *why, size_t n) {
+  srv_worker_t *w = s->worker;
+  pthread_mutex_lock(&w->mu);
+  int f = w->rdv && epm_rendezvous_failed(w->rdv, why, n);
+  pthread_mutex_unlock(&w->mu);
+  return f;
 }
 
 void srv_worker_request_shutdown(srv_t *s, const char *why) {
@@ -180,8 +271,30 @@ static void record_stages(srv_worker_t *w) {
   pthread_mutex_unlock(&st->mu);
 }
 
+/* The engine's stage boundaries are this rank's progress; the stage that
+ * starts next decides whether the rank computes or waits on the others. */
+static void on_stage(void *arg, int ended) {
+  srv_worker_t *w = arg;
+  epm_rendezvous_phase_t next = EPM_RDV_PHASE_COMPUTE;
+  switch ((epm_engine_stage_t)ended) {
+    case EPM_STAGE_QUANTIZE: /* -> sizes exchange, dispatch */
+    case EPM_STAGE_SIZES:
+    case EPM_STAGE_EXPERTS: /* -> combine */
+      next = EPM_RDV_PHASE_COMM;
+      break;
+    default:
+      break;
+  }
+  epm_rendezvous_progress(w->rdv, next);
+  if (w->in_step_id == UINT64_MAX) return; /* the warm-up */
+  if (ended == EPM_STAGE_QUANTIZE) fault_point(w, F_DISPATCH);
+  else if (ended == EPM_STAGE_ALLGATHER) fault_point(w, F_EXPERTS);
+  else if (ended == EPM_STAGE_EXPERTS) fault_point(w, F_COMBINE);
+}
+
 static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_group_io_t *io) {
   epm_status_t st;
+  epm_rendezvous_progress(w->rdv, EPM_RDV_PHASE_COMPUTE);
   pthread_mutex_lock(&w->mu);
   w->in_step_since = epm_clock_ns();
   w->in_step_id = step_id;
@@ -192,6 +305,7 @@ static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, 
     nanosleep(&d, NULL);
   }
   st = epm_group_step(w->group, layer, io);
+  epm_rendezvous_progress(w->rdv, EPM_RDV_PHASE_IDLE);
   pthread_mutex_lock(&w->mu);
   w->in_step_since = 0;
   pthread_mutex_unlock(&w->mu);
@@ -214,7 +328,9 @@ static int load_model(srv_worker_t *w) {
   gc.preset = s->cfg.preset;
   gc.seed = (uint64_t)s->cfg.seed;
   gc.num_layers = s->cfg.layers;
-  gc.comm_timeout_s = (double)s->cfg.step_timeout_s;
+  /* Under liveness a comm wait is bounded by the heartbeats (a dead peer, a
+   * stall), not by its length: a long legal step must not be cut off. */
+  gc.comm_timeout_s = w->liveness ? 1e9 : (double)s->cfg.step_timeout_s;
   gc.max_tokens_per_rank = s->cfg.max_tokens_per_rank;
   gc.kernels = strcmp(s->cfg.kernels, "v2") == 0 ? EPM_KERNELS_V2 : EPM_KERNELS_V1;
   /* The dispatch options were checked at start-up (srv_config.c). */
@@ -246,6 +362,8 @@ static int load_model(srv_worker_t *w) {
     }
     gc.placement = &pl;
   }
+  gc.on_stage = on_stage;
+  gc.on_stage_arg = w;
   epm_status_t gst = epm_group_create(&gc, &s->boot, &w->group);
   epm_placement_free(&pl);
   if (gst != EPM_OK) {
@@ -364,7 +482,7 @@ static void fmt_ranks(char *out, size_t n, const int *r, int k) {
   for (int i = 0; i < k && off + 12 < n; i++) off += (size_t)snprintf(out + off, n - off, "%s%d", i ? "," : "", r[i]);
 }
 
-/* ABORT: the head request fails with the group's reason. */
+/* ABORT: the request fails with the group's reason. */
 static void abort_request(srv_worker_t *w, srv_req_t *r, const epm_rendezvous_event_t *ev) {
   srv_t *s = w->s;
   char ranks[160];
@@ -380,14 +498,30 @@ static void abort_request(srv_worker_t *w, srv_req_t *r, const epm_rendezvous_ev
                r->layer, (unsigned long long)r->step_id, (long long)s->cfg.step_timeout_s,
                ev->nmissing ? ranks : "none");
       break;
+    case EPM_RDV_ABORT_CANCELLED:
+      EPM_LOG(EPM_LOG_INFO, "step", "step (layer %u, id %llu) cancelled: its client on rank %d disconnected", r->layer,
+              (unsigned long long)r->step_id, ev->cancelled_by);
+      fail_req(w, r, EPM_ERR_ABORTED,
+               "step (layer %u, id %llu) cancelled on every rank: its client on rank %d disconnected before the "
+               "step ran", r->layer, (unsigned long long)r->step_id, ev->cancelled_by);
+      break;
     case EPM_RDV_ABORT_LATE:
-      fail_req(w, r, EPM_ERR_TIMEOUT,
-               "step (layer %u, id %llu) was already aborted after --step-timeout; rank %d joined too late", r->layer,
-               (unsigned long long)r->step_id, s->rank);
+      if (ev->cancelled_by >= 0)
+        fail_req(w, r, EPM_ERR_ABORTED,
+                 "step (layer %u, id %llu) was already cancelled (its client on rank %d disconnected); rank %d joined "
+                 "after", r->layer, (unsigned long long)r->step_id, ev->cancelled_by, s->rank);
+      else
+        fail_req(w, r, EPM_ERR_TIMEOUT,
+                 "step (layer %u, id %llu) was already aborted after --step-timeout; rank %d joined too late",
+                 r->layer, (unsigned long long)r->step_id, s->rank);
       break;
     case EPM_RDV_ABORT_SHUTDOWN:
       fail_req(w, r, EPM_ERR_ABORTED, "step (layer %u, id %llu) not run: the group is shutting down", r->layer,
                (unsigned long long)r->step_id);
+      break;
+    case EPM_RDV_ABORT_LIMIT:
+      fail_req(w, r, EPM_ERR_OVERFLOW, "step (layer %u, id %llu) refused: rank %d already has the most steps waiting "
+               "that the group allows", r->layer, (unsigned long long)r->step_id, s->rank);
       break;
     default:
       fail_req(w, r, EPM_ERR_INTERNAL, "step (layer %u, id %llu) refused by the rendezvous (%s)", r->layer,
@@ -406,8 +540,23 @@ static int shutdown_asked(srv_worker_t *w) {
   return asked;
 }
 
+/* The joined request of a key; unlinked when take. */
+static srv_req_t *find_joined(srv_worker_t *w, uint32_t layer, uint64_t step_id, int take) {
+  for (srv_req_t **p = &w->joined; *p; p = &(*p)->next) {
+    srv_req_t *r = *p;
+    if (r->layer != layer || r->step_id != step_id) continue;
+    if (take) {
+      *p = r->next;
+      r->next = NULL;
+    }
+    return r;
+  }
+  return NULL;
+}
+
 /* What this rank does next, before the poll: fail what waits once the group
- * drains, else take the next served request and join its step. */
+ * drains, else join every request that arrived and withdraw the joined ones
+ * whose client left. */
 static epm_status_t feed(srv_worker_t *w, int draining) {
   srv_t *s = w->s;
   srv_req_t *r;
@@ -415,35 +564,58 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
     while ((r = pop_queue(w)) != NULL)
       fail_req(w, r, EPM_ERR_ABORTED, "daemon on rank %d is shutting down; step (layer %u, id %llu) not run", s->rank,
                r->layer, (unsigned long long)r->step_id);
-    if (w->cur && !epm_rendezvous_joined(w->rdv)) {
-      fail_req(w, w->cur, EPM_ERR_ABORTED, "daemon on rank %d is shutting down", s->rank);
-      w->cur = NULL;
-    }
-    return EPM_OK;
+    return EPM_OK; /* the joined ones get their ABORT(SHUTDOWN) from the group */
   }
-  while (!w->cur && (r = pop_queue(w)) != NULL) {
+  while ((r = pop_queue(w)) != NULL) {
+    if (atomic_load(&r->cancelled)) {
+      fail_req(w, r, EPM_ERR_ABORTED, "client left before step (layer %u, id %llu) was joined", r->layer,
+               (unsigned long long)r->step_id);
+      continue;
+    }
     if (!epm_group_has_layer(w->group, r->layer)) {
       fail_req(w, r, EPM_ERR_INVALID_ARG, "layer %u is not served by this daemon (model %s, %lld layers)", r->layer,
                s->info.model, (long long)s->info.num_layers);
       continue;
     }
-    w->cur = r;
-    EPM_TRY(epm_rendezvous_join(w->rdv, r->layer, r->step_id, r->m));
+    if (find_joined(w, r->layer, r->step_id, 0)) {
+      fail_req(w, r, EPM_ERR_INVALID_ARG,
+               "another FORWARD of step (layer %u, id %llu) already waits on rank %d: step ids must be unique "
+               "among the steps in flight", r->layer, (unsigned long long)r->step_id, s->rank);
+      continue;
+    }
+    epm_status_t st = epm_rendezvous_join(w->rdv, r->layer, r->step_id, r->m);
+    if (st == EPM_ERR_INVALID_ARG || st == EPM_ERR_ABORTED) { /* too many waiting here, or shutting down */
+      fail_req(w, r, st == EPM_ERR_ABORTED ? EPM_ERR_ABORTED : EPM_ERR_OVERFLOW, "%s", epm_last_error());
+      continue;
+    }
+    EPM_TRY(st);
+    r->next = w->joined;
+    w->joined = r;
+    fault_point(w, F_RENDEZVOUS);
   }
+  pthread_mutex_lock(&w->mu);
+  int cancels = w->cancels;
+  w->cancels = 0;
+  pthread_mutex_unlock(&w->mu);
+  for (r = w->joined; cancels && r; r = r->next)
+    if (atomic_load(&r->cancelled) && !r->cancel_sent) {
+      EPM_TRY(epm_rendezvous_cancel(w->rdv, r->layer, r->step_id));
+      r->cancel_sent = 1;
+    }
   return EPM_OK;
 }
 
 /* Back off while idle (to 2 ms) so an idle daemon costs ~no CPU; a joined step
- * polls at <= 0.2 ms so GO is seen quickly. Submit and shutdown wake it. */
+ * polls at <= 0.2 ms so GO is seen quickly. Submit, cancel and shutdown wake it. */
 static void idle_wait(srv_worker_t *w, long *idle_ns, int left) {
-  long cap = w->cur ? 200000 : 2000000;
+  long cap = w->joined ? 200000 : 2000000;
   struct timespec until;
   *idle_ns = *idle_ns * 2 > cap ? cap : *idle_ns * 2;
   clock_gettime(CLOCK_MONOTONIC, &until);
   until.tv_nsec += *idle_ns;
   if (until.tv_nsec >= 1000000000L) until.tv_sec++, until.tv_nsec -= 1000000000L;
   pthread_mutex_lock(&w->mu);
-  if (!w->q_head && !(w->shutdown_asked && !left)) pthread_cond_timedwait(&w->wake, &w->mu, &until);
+  if (!w->q_head && !w->cancels && !(w->shutdown_asked && !left)) pthread_cond_timedwait(&w->wake, &w->mu, &until);
   pthread_mutex_unlock(&w->mu);
 }
 
@@ -451,6 +623,7 @@ static epm_status_t serve(srv_worker_t *w) {
   srv_t *s = w->s;
   int left = 0, drained = 0;
   long idle_ns = 50000;
+  w->t_ready = epm_clock_ns();
   while (!drained) {
     epm_rendezvous_event_t ev;
     int progress = 0;
@@ -464,15 +637,18 @@ static epm_status_t serve(srv_worker_t *w) {
       w->shutdown_seen = 1;
       srv_set_state(s, SRV_ST_DRAINING, "group shutdown");
       uv_async_send(&s->wake);
-    } else if (ev.kind == EPM_RDV_GO) {
-      run_request(w, w->cur);
-      w->cur = NULL;
-    } else if (ev.kind == EPM_RDV_ABORT) {
-      abort_request(w, w->cur, &ev);
-      w->cur = NULL;
+    } else if (ev.kind == EPM_RDV_GO || ev.kind == EPM_RDV_ABORT) {
+      srv_req_t *r = find_joined(w, ev.layer, ev.step_id, 1);
+      if (!r)
+        return epm_error(EPM_ERR_INTERNAL, "rendezvous answered step (layer %u, id %llu), which rank %d has not joined",
+                         ev.layer, (unsigned long long)ev.step_id, s->rank);
+      if (ev.kind == EPM_RDV_GO) run_request(w, r); /* even when its client left: the others are in it */
+      else abort_request(w, r, &ev);
     }
     progress |= ev.kind != EPM_RDV_NONE;
-    if (w->shutdown_seen && !epm_rendezvous_joined(w->rdv)) EPM_TRY(epm_rendezvous_drain(w->rdv, &drained));
+    if (w->shutdown_seen && !w->joined && !epm_rendezvous_joined(w->rdv))
+      EPM_TRY(epm_rendezvous_drain(w->rdv, &drained));
+    if (!w->joined && epm_clock_ns() - w->t_ready > 500000000ull) fault_point(w, F_IDLE);
     if (progress) idle_ns = 20000;
     else idle_wait(w, &idle_ns, left);
   }
@@ -480,13 +656,39 @@ static epm_status_t serve(srv_worker_t *w) {
   return EPM_OK;
 }
 
+/* The rendezvous with heartbeats when asked for and MPI allows a control
+ * thread; otherwise without (the watchdog then bounds steps by wall time). */
+static epm_status_t create_rendezvous(srv_worker_t *w) {
+  srv_t *s = w->s;
+  epm_rendezvous_t *r = NULL;
+  epm_rendezvous_opts_t ro = {.timeout_s = (double)s->cfg.step_timeout_s,
+                              .liveness_s = s->cfg.liveness_s,
+                              .stall_s = s->cfg.liveness_s > 0 ? (double)s->cfg.step_timeout_s : 0};
+  epm_status_t st = epm_rendezvous_create(&s->boot, &ro, &r);
+  if (st == EPM_ERR_NOT_SUPPORTED && ro.liveness_s > 0) { /* every rank has the same MPI: all retry alike */
+    EPM_LOG(EPM_LOG_WARN, "step", "no heartbeats (%s); steps are bounded by --step-timeout %llds of wall time instead",
+            epm_last_error(), (long long)s->cfg.step_timeout_s);
+    ro.liveness_s = ro.stall_s = 0;
+    st = epm_rendezvous_create(&s->boot, &ro, &r);
+  }
+  EPM_TRY(st);
+  pthread_mutex_lock(&w->mu);
+  w->rdv = r;
+  w->liveness = ro.liveness_s > 0;
+  pthread_mutex_unlock(&w->mu);
+  if (w->liveness && s->rank == 0)
+    EPM_LOG(EPM_LOG_INFO, "step", "liveness: heartbeats every %.2f s; a rank silent for %.1f s or a step with no "
+            "progress for %llds fails the group", ro.liveness_s / 5, ro.liveness_s, (long long)s->cfg.step_timeout_s);
+  return EPM_OK;
+}
+
 static void *worker_main(void *arg) {
   srv_worker_t *w = arg;
   srv_t *s = w->s;
-  epm_rendezvous_opts_t ro = {.timeout_s = (double)s->cfg.step_timeout_s};
+  fault_parse(w);
   /* The rendezvous first: it is collective like the backend's set-up, and
    * every rank creates both in the same order. */
-  if (epm_rendezvous_create(&s->boot, &ro, &w->rdv) != EPM_OK)
+  if (create_rendezvous(w) != EPM_OK)
     srv_set_state(s, SRV_ST_FAILED, "control plane: %s", epm_last_error());
   else if (load_model(w) && warm_up(w) && serve(w) != EPM_OK)
     srv_set_state(s, SRV_ST_FAILED, "control plane on rank %d: %s", s->rank, epm_last_error());
@@ -494,12 +696,17 @@ static void *worker_main(void *arg) {
   w->group = NULL;
   free(w->load);
   w->load = NULL;
-  if (srv_get_state(s, NULL, 0) != SRV_ST_FAILED) epm_rendezvous_destroy(w->rdv); /* collective: drained ranks only */
+  pthread_mutex_lock(&w->mu);
+  epm_rendezvous_t *rdv = w->rdv;
   w->rdv = NULL;
+  pthread_mutex_unlock(&w->mu);
+  if (srv_get_state(s, NULL, 0) != SRV_ST_FAILED) epm_rendezvous_destroy(rdv); /* collective: drained ranks only */
   {
     srv_req_t *r;
-    if (w->cur) fail_req(w, w->cur, EPM_ERR_ABORTED, "daemon on rank %d stopped", s->rank);
-    w->cur = NULL;
+    while ((r = w->joined) != NULL) {
+      w->joined = r->next;
+      fail_req(w, r, EPM_ERR_ABORTED, "daemon on rank %d stopped", s->rank);
+    }
     while ((r = pop_queue(w)) != NULL) fail_req(w, r, EPM_ERR_ABORTED, "daemon on rank %d stopped", s->rank);
   }
   pthread_mutex_lock(&w->mu);

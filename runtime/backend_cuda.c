@@ -328,7 +328,7 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
   cuda_weights_t *w = calloc(1, sizeof *w);
   if (!w) return epm_error(EPM_ERR_NOMEM, "cuda weights handle");
   epm_status_t st;
-  size_t wsb = 0;
+  epm_moe_plan_t p;
   EPM_TRY_GOTO(epm_cuda_status(cudaSetDevice(c->device), "cudaSetDevice(%d)", c->device), st, fail);
   EPM_TRY_GOTO(upload_bank_any(c, &l->experts, &w->routed), st, fail);
   if (l->router_bias)

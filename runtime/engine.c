@@ -373,6 +373,7 @@ epm_status_t epm__engine_stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
   double t = epm_clock_s();
   tm->s[stage] += t - tm->t;
   tm->t = t;
+  if (tm->e->cfg.on_stage) tm->e->cfg.on_stage(tm->e->cfg.on_stage_arg, (int)stage);
   return EPM_OK;
 }
 

@@ -6,6 +6,9 @@ epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_cl
 #   test_srv_stats  the daemon's STATS (Prometheus, JSON, INFO) from hand-set
 #                   counters and measured process values (cpu)
 epm_add_test(test_srv_stats SOURCES unit/test_srv_stats.c LABELS cpu LIBS epmoe_srv TIMEOUT 60)
+#   test_sockdir    the socket-directory policy as any user (cpu; the cases
+#                   with a second user are tests/daemon/sockdir_perm.sh)
+epm_add_test(test_sockdir SOURCES unit/test_sockdir.c LABELS cpu LIBS epmoe_srv TIMEOUT 60)
 # The frame decoder's fuzz target (tests/fuzz/fuzz_frame.c) is built and run
 # with the other fuzz targets: tests/fuzz.cmake.
 
@@ -34,6 +37,31 @@ endif()
 add_test(NAME ops_it COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/ops_it.sh ${MPIEXEC_EXECUTABLE}
                              $<TARGET_FILE_DIR:epmoed>)
 set_tests_properties(ops_it PROPERTIES LABELS mpi TIMEOUT 180 PROCESSORS 2 ENVIRONMENT "${EPMOE_MPI_ENV}")
+# Fault suite (label fault), one case at a time (RUN_SERIAL: timings are
+# asserted): the rank-death matrix (SIGKILL, SIGSTOP, exit, abort x idle,
+# rendezvous, dispatch, experts, combine) on 2 ranks at the default
+# liveness (every client and survivor ends in error within 10 s); the
+# listener limits (metrics flood, descriptor exhaustion); the
+# socket-directory policy and the client's server check as root with two
+# users the script creates (exit 77 otherwise).
+add_test(NAME fault_matrix_np2 COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/fault_matrix.sh ${MPIEXEC_EXECUTABLE} 2
+                                       $<TARGET_FILE_DIR:epmoed>)
+set_tests_properties(fault_matrix_np2 PROPERTIES LABELS fault TIMEOUT 420 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
+# The soak (label large): 10 minutes of random checked steps, RSS and
+# descriptors asserted flat (tests/daemon/soak.sh; its last argument is the
+# duration in seconds).
+add_test(NAME daemon_soak COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/soak.sh ${MPIEXEC_EXECUTABLE} 2
+                                  $<TARGET_FILE_DIR:epmoed> 600)
+set_tests_properties(daemon_soak PROPERTIES LABELS large TIMEOUT 900 PROCESSORS 2 ENVIRONMENT "${EPMOE_MPI_ENV}")
+add_test(NAME listener_limits COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/limits.sh ${MPIEXEC_EXECUTABLE}
+                                      $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
+set_tests_properties(listener_limits PROPERTIES LABELS fault TIMEOUT 180 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
+add_test(NAME sockdir_perm COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/sockdir_perm.sh ${MPIEXEC_EXECUTABLE}
+                                   $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:daemon_probe>)
+set_tests_properties(sockdir_perm PROPERTIES LABELS fault TIMEOUT 240 SKIP_RETURN_CODE 77 RUN_SERIAL TRUE
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
 
 # GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
 # device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).

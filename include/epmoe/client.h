@@ -9,8 +9,13 @@
  * message in epm_last_error() ("rank 1: step (layer 0, id 7) failed ...").
  *
  * A FORWARD is this rank's share of ONE collective step: it returns only when
- * every rank's daemon received a FORWARD with the same (layer, step_id) and
- * the step ran, or when the step failed on every rank (e.g. --step-timeout).
+ * every rank's daemon received a FORWARD with the same (layer, step_id) — the
+ * step's tag, unique among the steps in flight — and the step ran, or when
+ * the step failed on every rank (--step-timeout, a client that left before
+ * the step ran, a failed group). Closing a connection with FORWARDs that have
+ * not started cancels those steps on every rank.
+ * The daemon closes a connection with nothing in flight after --idle-timeout
+ * (default 300 s): a long-lived client reconnects on EPM_ERR_IO.
  */
 #ifndef EPMOE_CLIENT_H
 #define EPMOE_CLIENT_H
@@ -36,9 +41,16 @@ typedef struct {
 } epm_client_info_t;
 
 /* Connect to the daemon socket at path. Does not send HELLO (so a daemon that
- * is still loading can be probed with epm_client_health).
+ * is still loading can be probed with epm_client_health). Before anything is
+ * sent, the server's uid (SO_PEERCRED) must be the owner of the directory
+ * holding the socket, else EPM_ERR_IO naming both uids: someone else's socket in a
+ * directory they can write is not our daemon.
  * [out] *out: close with epm_client_close. timeout_ms <= 0 means 30 s. */
 epm_status_t epm_client_connect(const char *path, int timeout_ms, epm_client_t **out);
+/* The same with the server's uid given: expect_uid >= 0 must match it (for a
+ * socket in a directory that others may swap, e.g. a shared non-sticky
+ * parent); expect_uid < 0 is epm_client_connect's rule. */
+epm_status_t epm_client_connect_as(const char *path, int timeout_ms, long expect_uid, epm_client_t **out);
 void epm_client_close(epm_client_t *c); /* NULL ok; unmaps a shm region */
 void epm_client_set_timeout(epm_client_t *c, int timeout_ms);
 

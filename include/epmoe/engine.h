@@ -82,9 +82,15 @@ typedef struct {
    * E mod P ranks one expert more), which an unplaced contiguous slice may
    * also match. */
   const epm_placement_t *placement;
+  /* Called on the stepping thread each time a stage ends (ended: an
+   * epm_engine_stage_t), e.g. to report progress to a liveness monitor.
+   * NULL = none. It must not call into the engine. */
+  void (*on_stage)(void *arg, int ended);
+  void *on_stage_arg;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL}
+#define EPM_ENGINE_CONFIG_INIT \
+  {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, NULL, NULL}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \

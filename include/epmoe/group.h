@@ -68,11 +68,14 @@ typedef struct {
   const epm_placement_t *placement;
   int64_t redundant_experts;
   epm_kernels_t kernels;       /* cuda backend: v1 (reference) or v2 (fast) kernels */
+  /* Every engine's stage hook (epm_engine_config_t.on_stage); NULL = none. */
+  void (*on_stage)(void *arg, int ended);
+  void *on_stage_arg;
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}, NULL, 0, EPM_KERNELS_V1}
+   {{0, 0}, {0, 0}}, NULL, 0, EPM_KERNELS_V1, NULL, NULL}
 
 /* What HELLO/STATUS report. */
 typedef struct {

@@ -328,6 +328,12 @@ typedef union {
 /* The body a frame of `type` carries in that direction; EPM_BODY_none for
  * an unknown type or a direction the type does not have. */
 epm_body_t epm_msg_body(uint16_t type, int response);
+/* The most payload a frame of (type, direction) can carry, from its body's
+ * fields (strings and text at EPM_PROTO_MAX_TEXT, the DEV_ATTACH handle),
+ * capped by max_payload; a body with a data tail (FORWARD) is bounded by
+ * max_payload alone. 0 for a type or direction that does not exist. A
+ * server checks a header against it before it buffers the payload. */
+uint64_t epm_msg_max_payload(uint16_t type, int response, uint64_t max_payload);
 const char *epm_body_name(epm_body_t body); /* "fwd_req"; "none" */
 
 /* Per body B of C type T, generated from EPM_BODY_MAP:

@@ -3,17 +3,23 @@
 #   daemon_it.sh MPIEXEC NP BINDIR [MODE [PROBE]]
 # PROBE: tests/daemon/daemon_probe (hostile clients: garbage, oversize header,
 # half a frame held open, HEALTH/SHUTDOWN with trailing bytes, a foreign uid
-# refused by SO_PEERCRED).
+# refused by SO_PEERCRED, a header too big for its type, replies never read,
+# every connection slot held, idle connections).
 # MODE: tiny (default) or faults; both run the step engine's tiny preset on
 # the cpu backend (--check against the EP=1 CPU reference).
-# faults (NP > 1): a rank hung mid-step (SIGSTOP; the others' watchdog
-# fail-stops the group) and a restart over the stale socket of a SIGKILLed
-# rank, with --step-delay-ms making each step last long enough to hit.
+# faults (NP > 1): a step longer than --step-timeout that computes the whole
+# time is not cut off (heartbeats, not wall time); a rank hung mid-step
+# (SIGSTOP) is detected by the heartbeats within --liveness-timeout, every
+# daemon exits non-zero and the client is told which rank; and a restart over
+# the stale socket of a SIGKILLed rank, with --step-delay-ms making each step
+# last long enough to hit.
 # tiny: starts NP daemons under mpirun with a temporary socket dir and checks, in
 # order: readiness, socket/dir modes, a second daemon refusing the same
 # sockets, FORWARDs with unequal and zero token counts (inline and memfd)
 # against the reference (--check), STATUS answering during a step, a client
-# that disconnects mid-step not wedging the others, --step-timeout failing a
+# that disconnects before its step ran cancelling it on every rank at once
+# (and one that leaves mid-step not wedging the others), two clients reaching
+# the ranks in opposite orders both served, --step-timeout failing a
 # step on every joined rank with the missing ranks named, Prometheus stats,
 # a short bench, and SIGTERM draining to exit 0 with the sockets removed.
 # Every wait is bounded; the trap kills what this script started.
@@ -40,23 +46,29 @@ counts() { # counts A B C D -> first NP of them, comma separated
   echo "$out"
 }
 
-# A rank that hangs inside a step (SIGSTOP, as Redis' tests do): the others
-# must not hang forever. Their watchdog fails the step after --step-timeout
-# and exits 3 (fail-stop), and mpirun ends the group.
+# A step longer than --step-timeout is legal while every rank makes progress
+# (heartbeats, not wall time). A rank that hangs inside a step (SIGSTOP, as
+# Redis' tests do) is not: the heartbeats name it within --liveness-timeout,
+# every daemon answers its clients and exits 3 (fail-stop), and mpirun ends
+# the group.
 faults() {
   S2=$T/s2
-  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --step-timeout 2 \
-    --step-delay-ms 800 --warmup-tokens 1 >"$T/log3" 2>&1 &
+  $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --step-timeout 1 \
+    --liveness-timeout 2 --step-delay-ms 2500 --warmup-tokens 1 >"$T/log3" 2>&1 &
   MP2=$!
   for _ in $(seq 1 150); do "$CTL" health --socket-dir "$S2" --quiet >/dev/null 2>&1 && break; sleep 0.2; done
+  out=$("$CTL" forward --socket-dir "$S2" --tokens-per-rank "$(counts 4 4 4 4)" --check 2>&1) ||
+    fail "a 2.5 s step with --step-timeout 1 failed: $out"
+  kill -0 "$MP2" 2>/dev/null || fail "the group died during a long legal step"
+  ok "a 2.5 s step (every rank computing) with --step-timeout 1: completed, --check PASS"
   victim=$("$CTL" status --socket-dir "$S2" --rank 1 --json | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
   "$CTL" forward --socket-dir "$S2" --tokens-per-rank "$(counts 4 4 4 4)" >"$T/hung" 2>&1 &
   FWD=$!
   sleep 0.4
   kill -STOP "$victim"
-  t0=$(date +%s)
+  t0=$(date +%s.%N)
   for _ in $(seq 1 150); do kill -0 "$MP2" 2>/dev/null || break; sleep 0.1; done
-  t1=$(date +%s)
+  t1=$(date +%s.%N)
   kill -CONT "$victim" 2>/dev/null
   alive=0; kill -0 "$MP2" 2>/dev/null && alive=1
   wait "$FWD"; frc=$?
@@ -64,8 +76,10 @@ faults() {
   wait "$MP2"; rc=$?; MP2=""
   [ $rc != 0 ] || fail "mpirun exit 0 after a hung rank (want non-zero)"
   [ $frc != 0 ] || fail "the forward through a hung rank reported success"
-  grep -q "inside the collective for .* exiting 3" "$T/log3" || fail "no watchdog line: $(tail -5 "$T/log3")"
-  ok "rank 1 hung mid-step (SIGSTOP): watchdog failed the step after $((t1 - t0)) s, daemons exited non-zero ($rc), client got an error"
+  grep -q "rank 1 sent no heartbeat" "$T/log3" || fail "no liveness line naming rank 1: $(tail -5 "$T/log3")"
+  grep -q "rank 1 sent no heartbeat" "$T/hung" || fail "the client was not told which rank failed: $(cat "$T/hung")"
+  awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 8) }' || fail "the group took $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') s to end (liveness 2 s)"
+  ok "rank 1 hung mid-step (SIGSTOP): heartbeats named it, group ended in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s, exit $rc, client told: $(grep -o 'rank 1 sent no heartbeat[^;]*' "$T/hung" | head -1)"
   # SIGKILL leaves a stale socket behind; a new group removes it and starts
   $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset tiny --backend cpu --socket-dir "$S2" --warmup-tokens 1 >"$T/log4" 2>&1 &
   MP2=$!
@@ -101,7 +115,7 @@ EPMOE_MAX_TOKENS_PER_RANK=abc "$EPMOED" >/dev/null 2>&1; [ $? = 64 ] || fail "a 
 export EPMOE_MAX_CONNECTIONS=33 EPMOE_STEP_TIMEOUT=99
 # (--x=v and --x v are the same option; both spellings are used here)
 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend=cpu --socket-dir "$S" --step-timeout=3 \
-  --step-delay-ms 600 --warmup-tokens 2 --metrics-port "$MPORT" >"$T/log" 2>&1 &
+  --step-delay-ms 600 --warmup-tokens 2 --metrics-port "$MPORT" --idle-timeout 5 >"$T/log" 2>&1 &
 MP=$!
 for _ in $(seq 1 150); do
   "$CTL" health --socket-dir "$S" --quiet >/dev/null 2>&1 && break
@@ -123,7 +137,9 @@ echo "$st" | grep -q "^config_step_timeout:3" || fail "--step-timeout did not wi
 ok "config: bad flag/env exit 64, env applied, flag wins over env"
 
 if [ -n "$PROBE" ]; then
-  for m in badmagic oversize partial trailing peercred; do
+  for m in badmagic oversize partial trailing peercred typecap noread "flood 33" "idle 5"; do
+    # $m is a mode and its arguments ("flood 33"): split on purpose.
+    # shellcheck disable=SC2086
     out=$("$PROBE" "$S/epmoe.0.sock" $m 2>&1); rc=$?
     [ $rc = 77 ] && { echo "skip: probe $m (needs root)"; continue; }
     [ $rc = 0 ] || fail "probe $m: $out"
@@ -170,22 +186,47 @@ wait $FWD || fail "background forward failed: $(cat "$T/fwd_bg")"
 [ $seen = 1 ] || fail "never saw in_step:1 in STATUS during a 600 ms step"
 ok "STATUS answers during a step (in_step:1)"
 
-# rank 0's client leaves after sending; the other ranks' step still completes
+# rank 0's client leaves after sending, before the step could run: the step
+# is withdrawn from the group, and the other ranks' FORWARDs of it fail at
+# once naming the disconnect (not after --step-timeout)
 "$CTL" forward --socket-dir "$S" --rank 0 --step-id 100 --tokens-per-rank 4 >/dev/null 2>&1 &
 LEAVER=$!
 sleep 0.3
 kill -KILL $LEAVER 2>/dev/null; wait $LEAVER 2>/dev/null
 if [ "$NP" -gt 1 ]; then
-  others=""
-  for r in $(seq 1 $((NP - 1))); do
-    "$CTL" forward --socket-dir "$S" --rank "$r" --step-id 100 --tokens-per-rank 3 >"$T/other.$r" 2>&1 &
-    others="$others $!"
-  done
-  for p in $others; do wait "$p" || fail "a rank's FORWARD failed after rank 0's client left: $(cat "$T"/other.*)"; done
+  t0=$(date +%s.%N)
+  out=$("$CTL" forward --socket-dir "$S" --rank 1 --step-id 100 --tokens-per-rank 3 2>&1) &&
+    fail "rank 1's FORWARD of a step whose client left on rank 0 succeeded"
+  t1=$(date +%s.%N)
+  echo "$out" | grep -q "cancelled (its client on rank 0 disconnected)" || fail "no cancel reason: $out"
+  awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 1.5) }' || fail "the cancelled step took $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') s to fail"
 fi
+grep -q "step (layer 0, id 100) cancelled: its client on rank 0 disconnected" "$T/log" || fail "the cancel was not logged"
+# a client that leaves after its step started: the step runs, the result is dropped
+"$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 3 3 3 3)" >/dev/null 2>&1 &
+LEAVER=$!
+sleep 0.35
+kill -KILL $LEAVER 2>/dev/null; wait $LEAVER 2>/dev/null
+sleep 0.6
 "$CTL" forward --socket-dir "$S" --tokens-per-rank "$(counts 2 2 2 2)" --check >/dev/null 2>&1 || fail "daemons wedged after a client left mid-step"
-grep -q "client of connection .* left" "$T/log" || fail "rank 0 did not log the dropped result"
-ok "a client disconnecting mid-step does not wedge the others"
+grep -q "client of connection .* left" "$T/log" || fail "no rank logged the dropped result of a step already running"
+ok "a client leaving before its step ran cancels it on every rank at once; one leaving mid-step does not wedge the others"
+
+# Two clients reach the ranks in opposite orders (A first on rank 0, B first
+# on the last rank): each rank holds both, the group runs them in one order.
+clients=""
+t0=$(date +%s.%N)
+for i in $(seq 0 $((NP - 1))); do
+  "$CTL" forward --socket-dir "$S" --rank "$i" --step-id 1001 --tokens-per-rank 2 >"$T/A.$i" 2>&1 &
+  clients="$clients $!"
+  "$CTL" forward --socket-dir "$S" --rank $((NP - 1 - i)) --step-id 2001 --tokens-per-rank 3 >"$T/B.$i" 2>&1 &
+  clients="$clients $!"
+  sleep 0.1
+done
+for p in $clients; do wait "$p" || fail "two clients in opposite orders: $(cat "$T"/A.* "$T"/B.*)"; done
+t1=$(date +%s.%N)
+awk -v a="$t0" -v b="$t1" 'BEGIN { exit !(b - a < 3) }' || fail "two clients in opposite orders took $(awk -v a="$t0" -v b="$t1" 'BEGIN{print b-a}') s (--step-timeout 3)"
+ok "two clients reaching the ranks in opposite orders: both steps ran in $(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.1f", b-a}') s"
 
 t0=$(date +%s.%N)
 out=$("$CTL" forward --socket-dir "$S" --rank 0 --step-id 200 --tokens-per-rank 4 2>&1) && fail "a step with missing ranks succeeded"

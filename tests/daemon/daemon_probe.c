@@ -9,9 +9,32 @@
  *                                  each, the connection stays open (a clean HEALTH answers)
  *                                  and the group keeps running (the script checks health)
  *   daemon_probe SOCKET peercred   (root only) with the dir/socket modes opened up, a
- *                                  uid-65534 peer is refused by SO_PEERCRED; modes restored */
+ *                                  uid-65534 peer is refused by SO_PEERCRED; modes restored
+ *   daemon_probe SOCKET typecap    a HEALTH header announcing 1 MiB: ERROR (PROTOCOL) at once,
+ *                                  before any payload; the payload is skipped unread and a
+ *                                  clean HEALTH on the same connection answers
+ *   daemon_probe SOCKET flood N    N idle connections (the --max-connections of the daemon):
+ *                                  HEALTH and STATUS still answer on a new one (a reserved
+ *                                  slot), a FORWARD there is refused (OVERFLOW)
+ *   daemon_probe SOCKET noread     20000 pipelined STATUS requests, replies unread: the daemon
+ *                                  stops reading (at most a few hundred handled, per STATS)
+ *                                  instead of queueing 20000 replies; then every reply arrives
+ *   daemon_probe SOCKET idle S     a silent connection and one holding half a header are both
+ *                                  closed by the daemon after S seconds (--idle-timeout), not before
+ *   daemon_probe SOCKET unixflood N S  one connection, then N more held for S seconds
+ *                                  (past the daemon's descriptors): the first still gets
+ *                                  STATUS answered every 0.5 s, each within 1 s
+ *   daemon_probe HOST:PORT tcpflood N S  N idle TCP connections to the metrics port, held
+ *                                  up to S seconds: prints how many the server closed
+ *   daemon_probe PATH fakeserver F a fake daemon on PATH that answers HEALTH "ok" to anything;
+ *                                  the bytes it received go to file F (for the client's check
+ *                                  of who serves a socket); runs until killed */
 #include <errno.h>
+#include <fcntl.h>
+#include <time.h>
+#include <arpa/inet.h>
 #include <libgen.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -88,12 +111,314 @@ static size_t read_frame(int fd, uint8_t *buf, size_t cap, epm_frame_t *f) {
   }
 }
 
+
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int write_all(int fd, const void *p, size_t n) {
+  const uint8_t *b = p;
+  while (n) {
+    ssize_t k = write(fd, b, n);
+    if (k < 0 && errno == EINTR) continue;
+    if (k <= 0) return -1;
+    b += k;
+    n -= (size_t)k;
+  }
+  return 0;
+}
+
+static long long status_requests(const char *sock) {
+  epm_client_t *c = NULL;
+  char *text = NULL;
+  long long v = -1;
+  if (epm_client_connect(sock, 3000, &c) == EPM_OK && epm_client_stats(c, EPM_FMT_PROMETHEUS, &text) == EPM_OK) {
+    const char *p = strstr(text, "type=\"STATUS\"} ");
+    if (p) v = atoll(p + strlen("type=\"STATUS\"} "));
+  }
+  free(text);
+  epm_client_close(c);
+  return v;
+}
+
+static int mode_typecap(const char *sock) {
+  uint8_t h[EPM_FRAME_HEADER_SIZE], buf[4096];
+  epm_frame_t f;
+  epm_error_resp_t e;
+  int fd = dial(sock);
+  if (fd < 0) return 1;
+  epm_frame_header_encode(h, EPM_MSG_HEALTH, 0, 41, (uint64_t)1 << 20);
+  double t0 = now_s();
+  if (write_all(fd, h, sizeof h) || !read_frame(fd, buf, sizeof buf, &f) || epm_error_resp_decode(&f, &e) != EPM_OK ||
+      e.code != EPM_ERR_PROTOCOL || f.request_id != 41) {
+    fprintf(stderr, "a HEALTH header announcing 1 MiB got no ERROR (PROTOCOL) before its payload\n");
+    return 1;
+  }
+  printf("refused from the header in %.0f ms: %.*s; ", (now_s() - t0) * 1e3, (int)e.message.len, e.message.ptr);
+  static uint8_t junk[1 << 20];
+  memset(junk, 0x5a, sizeof junk);
+  epm_frame_header_encode(h, EPM_MSG_HEALTH, 0, 42, 0);
+  if (write_all(fd, junk, sizeof junk) || write_all(fd, h, sizeof h) || !read_frame(fd, buf, sizeof buf, &f) ||
+      f.request_id != 42 || epm_health_resp_decode(&f, NULL) != EPM_OK) {
+    fprintf(stderr, "after the skipped payload a clean HEALTH did not answer\n");
+    return 1;
+  }
+  printf("1 MiB skipped unread, a clean HEALTH answers on the same connection\n");
+  close(fd);
+  return 0;
+}
+
+static int mode_flood(const char *sock, int n) {
+  int *fds = calloc((size_t)n, sizeof *fds), rc = 1;
+  epm_client_t *c = NULL;
+  epm_health_t st;
+  char *text = NULL;
+  for (int i = 0; i < n; i++)
+    if ((fds[i] = dial(sock)) < 0) {
+      fprintf(stderr, "connection %d of %d failed\n", i, n);
+      goto out;
+    }
+  usleep(200000);
+  if (epm_client_connect(sock, 3000, &c) != EPM_OK || epm_client_health(c, &st, NULL, 0) != EPM_OK ||
+      st != EPM_HEALTH_OK || epm_client_status(c, 0, &text) != EPM_OK) {
+    fprintf(stderr, "with %d idle connections HEALTH/STATUS failed: %s\n", n, epm_last_error());
+    goto out;
+  }
+  printf("%d idle connections: HEALTH ok and STATUS answer on a reserved slot; ", n);
+  /* a FORWARD there is refused: HELLO works, the FORWARD gets OVERFLOW */
+  epm_client_info_t info;
+  if (epm_client_hello(c, "flood", &info) != EPM_OK) {
+    fprintf(stderr, "HELLO on a reserved slot failed: %s\n", epm_last_error());
+    goto out;
+  }
+  uint16_t y[1];
+  epm_status_t fst = epm_client_forward(c, 0, 77, NULL, NULL, 0, y, NULL);
+  if (fst != EPM_ERR_OVERFLOW) {
+    fprintf(stderr, "a FORWARD on a reserved slot was not refused with OVERFLOW (%s: %s)\n", epm_status_name(fst),
+            epm_last_error());
+    goto out;
+  }
+  printf("a FORWARD there is refused: %s\n", epm_last_error());
+  rc = 0;
+out:
+  free(text);
+  epm_client_close(c);
+  for (int i = 0; i < n; i++)
+    if (fds[i] > 0) close(fds[i]);
+  free(fds);
+  return rc;
+}
+
+static int mode_noread(const char *sock) {
+  enum { N = 20000 };
+  uint8_t fr[EPM_FRAME_HEADER_SIZE + 4];
+  long long before = status_requests(sock);
+  int fd = dial(sock);
+  if (fd < 0 || before < 0) return 1;
+  fcntl(fd, F_SETFL, O_NONBLOCK);
+  int sent = 0;
+  double t0 = now_s();
+  while (sent < N && now_s() - t0 < 10) {
+    epm_frame_header_encode(fr, EPM_MSG_STATUS, 0, (uint64_t)sent + 1, 4);
+    memset(fr + EPM_FRAME_HEADER_SIZE, 0, 4);
+    ssize_t k = send(fd, fr, sizeof fr, MSG_NOSIGNAL);
+    if (k == (ssize_t)sizeof fr) {
+      sent++;
+      continue;
+    }
+    if (k >= 0) { /* a partial frame: finish it blocking-ish */
+      fcntl(fd, F_SETFL, 0);
+      if (write_all(fd, fr + k, sizeof fr - (size_t)k)) return 1;
+      fcntl(fd, F_SETFL, O_NONBLOCK);
+      sent++;
+      continue;
+    }
+    if (errno == EAGAIN) {
+      usleep(20000);
+      if (now_s() - t0 > 1.5) break; /* the daemon stopped reading: as it should */
+      continue;
+    }
+    return 1;
+  }
+  usleep(300000);
+  long long handled = status_requests(sock) - before;
+  printf("sent %d STATUS requests without reading; the daemon handled %lld and then stopped reading; ", sent, handled);
+  if (handled < 0 || handled > 1000 || sent < 200) {
+    fprintf(stderr, "\nexpected the daemon to stop after a bounded number of unread replies\n");
+    return 1;
+  }
+  /* now read: every request gets its reply, in order */
+  fcntl(fd, F_SETFL, 0);
+  static uint8_t buf[1 << 16];
+  for (int i = 0; i < sent; i++) {
+    epm_frame_t f;
+    if (!read_frame(fd, buf, sizeof buf, &f) || f.type != EPM_MSG_STATUS || f.request_id != (uint64_t)i + 1) {
+      fprintf(stderr, "\nreply %d of %d missing or out of order\n", i + 1, sent);
+      return 1;
+    }
+  }
+  printf("all %d replies then arrived in order\n", sent);
+  close(fd);
+  return 0;
+}
+
+/* Seconds from t0 until the daemon closes fd (reads and drops anything), or
+ * -1 when it is still open at t0 + limit. */
+static double seconds_to_eof(int fd, double t0, double limit) {
+  uint8_t b[256];
+  for (;;) {
+    struct pollfd p = {fd, POLLIN, 0};
+    double left = limit - (now_s() - t0);
+    if (left <= 0) return -1;
+    if (poll(&p, 1, (int)(left * 1000) + 1) > 0) {
+      ssize_t k = read(fd, b, sizeof b);
+      if (k <= 0) return now_s() - t0;
+    }
+  }
+}
+
+static int mode_idle(const char *sock, double s) {
+  uint8_t h[EPM_FRAME_HEADER_SIZE];
+  int quiet = dial(sock), half = dial(sock);
+  if (quiet < 0 || half < 0) return 1;
+  const double t0 = now_s();
+  epm_frame_header_encode(h, EPM_MSG_STATUS, 0, 1, 4);
+  if (write_all(half, h, 20)) return 1;
+  double t_quiet = seconds_to_eof(quiet, t0, s + 5), t_half = seconds_to_eof(half, t0, s + 5);
+  printf("silent connection closed after %.1f s, one holding half a header after %.1f s (idle timeout %.0f s)\n",
+         t_quiet, t_half, s);
+  if (t_quiet < s - 0.6 || t_half < s - 0.6) return 1;
+  return 0;
+}
+
+static int mode_fakeserver(const char *path, const char *record) {
+  struct sockaddr_un a = {.sun_family = AF_UNIX};
+  int l = socket(AF_UNIX, SOCK_STREAM, 0);
+  snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+  unlink(path);
+  if (l < 0 || bind(l, (struct sockaddr *)&a, sizeof a) || listen(l, 16)) {
+    perror("fakeserver");
+    return 1;
+  }
+  chmod(path, 0666);
+  printf("fake daemon on %s\n", path);
+  fflush(stdout);
+  for (;;) {
+    int fd = accept(l, NULL, NULL);
+    if (fd < 0) continue;
+    uint8_t buf[65536];
+    epm_frame_t f;
+    size_t n = read_frame(fd, buf, sizeof buf, &f);
+    FILE *rf = n ? fopen(record, "a") : NULL; /* a frame received: what the client check must prevent */
+    if (rf) {
+      fprintf(rf, "%s frame of %zu bytes\n", epm_msg_type_name(f.type), n);
+      fclose(rf);
+    }
+    if (n) { /* "ok" to whatever it was: a HEALTH answer */
+      epm_buf_t b = {0};
+      epm_health_resp_t hr = {EPM_HEALTH_OK, {"", 0}};
+      epm_health_resp_encode(&b, EPM_MSG_HEALTH, f.request_id, &hr);
+      (void)!write(fd, b.data, b.len);
+      epm_buf_free(&b);
+    }
+    close(fd);
+  }
+}
+
+static int mode_unixflood(const char *sock, int n, double secs) {
+  int ctl = dial(sock), opened = 0;
+  int *fds = calloc((size_t)n, sizeof *fds);
+  uint8_t fr[EPM_FRAME_HEADER_SIZE + 4], buf[1 << 16];
+  if (ctl < 0 || !fds) return 1;
+  for (int i = 0; i < n; i++) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", sock);
+    fds[i] = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) == 0) opened++;
+  }
+  int answered = 0, asked = 0;
+  double worst = 0, t0 = now_s();
+  while (now_s() - t0 < secs) {
+    epm_frame_t f;
+    epm_frame_header_encode(fr, EPM_MSG_STATUS, 0, (uint64_t)asked + 1, 4);
+    memset(fr + EPM_FRAME_HEADER_SIZE, 0, 4);
+    double t = now_s();
+    asked++;
+    if (write_all(ctl, fr, sizeof fr) == 0 && read_frame(ctl, buf, sizeof buf, &f) && f.type == EPM_MSG_STATUS &&
+        now_s() - t < 1.0)
+      answered++;
+    if (now_s() - t > worst) worst = now_s() - t;
+    usleep(500000);
+  }
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0) close(fds[i]);
+  free(fds);
+  close(ctl);
+  printf("%d of %d flood connections opened; an established connection had %d of %d STATUS answered "
+         "(slowest %.0f ms)\n", opened, n, answered, asked, worst * 1e3);
+  return answered == asked ? 0 : 1;
+}
+
+static int mode_tcpflood(const char *hostport, int n, double secs) {
+  char host[64];
+  int port;
+  if (sscanf(hostport, "%63[^:]:%d", host, &port) != 2) return 2;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  if (inet_pton(AF_INET, host, &a.sin_addr) != 1) return 2;
+  int *fds = calloc((size_t)n, sizeof *fds), *closed_at = calloc((size_t)n, sizeof *closed_at);
+  if (!fds || !closed_at) return 1;
+  for (int i = 0; i < n; i++) {
+    fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+    if (fds[i] >= 0 && connect(fds[i], (struct sockaddr *)&a, sizeof a) != 0) {
+      close(fds[i]);
+      fds[i] = -1;
+    }
+  }
+  int closed = 0, early = 0;
+  double t0 = now_s();
+  while (closed < n && now_s() - t0 < secs) {
+    for (int i = 0; i < n; i++) {
+      if (fds[i] < 0) {
+        if (!closed_at[i]) closed_at[i] = 1, closed++, early++;
+        continue;
+      }
+      struct pollfd p = {fds[i], POLLIN, 0};
+      uint8_t b[64];
+      if (poll(&p, 1, 0) > 0 && read(fds[i], b, sizeof b) <= 0) {
+        close(fds[i]);
+        fds[i] = -1;
+        closed_at[i] = 1;
+        closed++;
+      }
+    }
+    usleep(50000);
+  }
+  for (int i = 0; i < n; i++)
+    if (fds[i] >= 0) close(fds[i]);
+  free(fds);
+  free(closed_at);
+  printf("%d idle TCP connections: %d closed by the server within %.1f s\n", n, closed, now_s() - t0);
+  (void)early;
+  return 0;
+}
+
 int main(int argc, char **argv) {
-  if (argc != 3) {
-    fprintf(stderr, "usage: daemon_probe SOCKET badmagic|oversize|partial|trailing|peercred\n");
+  if (argc < 3) {
+    fprintf(stderr, "usage: daemon_probe SOCKET badmagic|oversize|partial|trailing|peercred|typecap|noread|"
+                    "flood N|idle S|fakeserver FILE\n");
     return 2;
   }
   const char *sock = argv[1], *mode = argv[2];
+  signal(SIGPIPE, SIG_IGN);
+  if (!strcmp(mode, "typecap")) return mode_typecap(sock);
+  if (!strcmp(mode, "noread")) return mode_noread(sock);
+  if (!strcmp(mode, "flood") && argc == 4) return mode_flood(sock, atoi(argv[3]));
+  if (!strcmp(mode, "idle") && argc == 4) return mode_idle(sock, atof(argv[3]));
+  if (!strcmp(mode, "fakeserver") && argc == 4) return mode_fakeserver(sock, argv[3]);
+  if (!strcmp(mode, "unixflood") && argc == 5) return mode_unixflood(sock, atoi(argv[3]), atof(argv[4]));
+  if (!strcmp(mode, "tcpflood") && argc == 5) return mode_tcpflood(sock, atoi(argv[3]), atof(argv[4]));
   uint8_t h[EPM_FRAME_HEADER_SIZE];
   if (!strcmp(mode, "badmagic")) {
     int fd = dial(sock);

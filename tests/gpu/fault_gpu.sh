@@ -3,7 +3,7 @@
 # backend + NCCL, one GPU per rank, and one rank failing inside a step.
 #   fault_gpu.sh MPIEXEC BINDIR [NP]
 # Case 1, hung rank (SIGSTOP): the survivors are inside an NCCL collective;
-#   their step watchdog must fail the step after --step-timeout and exit 3,
+#   the heartbeats (--liveness-timeout) must name it and every daemon exit 3,
 #   mpirun must end the group, and the client must get an error.
 # Case 2, killed rank (SIGKILL): the group must end (no survivor left waiting
 #   in NCCL) and the client must get an error, within a bounded time.

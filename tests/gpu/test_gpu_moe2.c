@@ -130,7 +130,7 @@ static void run_v1(const epm_layer_t *l, const case_in_t *c, run_out_t *r) {
   epm_moe_inputs_dev_t in = {gpu_upload(c->xq, (size_t)(c->m * c->H / 2)),
                              gpu_upload(c->xsf, (size_t)(c->m * c->H / 16)),
                              gpu_upload(c->ids, (size_t)(c->m * c->k) * 4),
-                             gpu_upload(c->wts, (size_t)(c->m * c->k) * 4)};
+                             gpu_upload(c->wts, (size_t)(c->m * c->k) * 4), NULL, NULL};
   void *wsb = gpu_alloc_poisoned(p.workspace_bytes, 0xFF), *ob = gpu_alloc_poisoned(p.out_bf16_bytes + 4, 0xFF),
        *of = gpu_alloc_poisoned(p.out_f32_bytes + 4, 0xFF);
   epm_moe_workspace_t ws;
@@ -240,7 +240,7 @@ static void run_v2(const char *name, const dev_w2_t *w, const case_in_t *c, epm_
   epm_moe_inputs_dev_t in = {gpu_upload(c->xq, (size_t)(c->m * c->H / 2)),
                              gpu_upload(c->xsf, (size_t)(c->m * c->H / 16)),
                              gpu_upload(c->ids, (size_t)(c->m * c->k) * 4),
-                             gpu_upload(c->wts, (size_t)(c->m * c->k) * 4)};
+                             gpu_upload(c->wts, (size_t)(c->m * c->k) * 4), NULL, NULL};
   void *wsb = gpu_alloc_poisoned(p.workspace_bytes, 0xFF), *ob = gpu_alloc_poisoned(p.out_bf16_bytes + 4, 0xFF),
        *of = gpu_alloc_poisoned(p.out_f32_bytes + 4, 0xFF), *og = gpu_alloc_poisoned(p.out_bf16_bytes + 4, 0xFF);
   epm_moe2_workspace_t ws;

@@ -144,6 +144,18 @@ expect 64 "bad value for --seed: '-1' is not an unsigned integer" "$ctl" forward
 expect 64 "--random and --input" "$ctl" forward --tokens-per-rank 1 --random --input=x.bin
 expect 64 "bad value for --duration: 0 is outside \(0, 86400\]" "$ctl" bench --tokens-per-rank 1 --duration=0
 expect 64 "bad value for --warmup: 'many' is not an integer" "$ctl" bench --tokens-per-rank 1 --warmup many
+# strict numbers: an empty or infinite tolerance is refused, and a list value
+# is read whole however long (45 characters once read as 0)
+expect 64 "bad value for --tolerance: '' is not a number" "$ctl" forward --tokens-per-rank 1 --tolerance ""
+expect 64 "bad value for --tolerance: 'inf' is not a finite number" "$ctl" forward --tokens-per-rank 1 --tolerance inf
+expect 64 "bad value for --tolerance: '-inf' is not a finite number" "$ctl" forward --tokens-per-rank 1 --tolerance=-inf
+expect 64 "bad value for --tolerance: '1e999' is not a finite number" "$ctl" forward --tokens-per-rank 1 --tolerance 1e999
+long=$(printf '0%.0s' $(seq 1 44))7
+expect 0 "tokens: local 7, max per rank 7" "$ctl" plan --preset tiny --ep 1 --tokens-per-rank "$long"
+expect 0 "tokens: local 5, max per rank 7, gathered 12" "$ctl" plan --preset tiny --ep 2 --tokens-per-rank "5,$long"
+expect 64 "bad value for --tokens-per-rank: value 1 of '1$(printf '0%.0s' $(seq 1 40))'" \
+  "$ctl" forward --tokens-per-rank "1$(printf '0%.0s' $(seq 1 40))"
+expect 64 "bad value for --expect-uid: '1x' is not an integer" "$ctl" health --expect-uid 1x
 
 # --- epmoed: --help from the table, every option with its EPMOE_* variable;
 # bad values from a flag or the environment exit 64 before MPI starts
@@ -191,6 +203,9 @@ if [ -n "$epmoed" ]; then
   expect 0 "^epmoed $ver\$" "$epmoed" --version
   expect 0 "^epmoed $ver\$" env EPMOE_MODLE=x "$epmoed" --layers=0 --version
   expect 64 "bad value for --kernels \(from EPMOE_KERNELS\): 'v9' is not one of v1\|v2" env EPMOE_KERNELS=v9 "$epmoed" --preset tiny
+  expect 64 "bad value for --liveness-timeout: 'inf' is not a finite number" "$epmoed" --preset tiny --liveness-timeout inf
+  expect 64 "--liveness-timeout: 0.01 is below 0.1 s" "$epmoed" --preset tiny --liveness-timeout 0.01
+  expect 64 "bad value for --idle-timeout: '' is not an integer" "$epmoed" --preset tiny --idle-timeout ""
 fi
 ver=${ver:-$(sed -n 's/^project(epmoe VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")}
 expect 0 "^epmoectl $ver\$" "$ctl" --version

@@ -341,6 +341,16 @@ static void test_lists(void **state) {
   assert_true(o.list.v[0] == 3 && o.list.v[1] == 0 && o.list.v[2] == 1024 && o.list.v[3] == 1000);
   char buf[64];
   assert_string_equal(epm_opt_format(&topts[13], &o, buf, sizeof buf), "3,0,1024,1000");
+  /* an element longer than any fixed buffer is read whole: 44 zeros then 7 */
+  char longv[64];
+  memset(longv, '0', 44);
+  snprintf(longv + 44, sizeof longv - 44, "7,1");
+  assert_int_equal(PARSE("--list", longv), EPM_OK);
+  assert_int_equal(o.list.n, 2);
+  assert_true(o.list.v[0] == 7 && o.list.v[1] == 1);
+  memset(longv, '9', 40);
+  longv[40] = '\0';
+  WANT_ERR(PARSE("--list", longv), "bad value for --list", "is outside [0, 1024]");
   /* a second --list replaces the first (the first is freed, not leaked) */
   assert_int_equal(PARSE("--list", "7", "--list=8,9"), EPM_OK);
   assert_int_equal(o.list.n, 2);

@@ -406,6 +406,45 @@ static void test_every_message(void **state) {
   assert_true(for_each_sample(check_message) >= 17);
 }
 
+/* Every sample's encoded payload fits its type's maximum (a server that
+ * refuses by that maximum never refuses a valid frame). */
+static void check_fits_max(uint16_t type, int resp, epm_body_t body, int variant, const epm_msg_body_t *m) {
+  epm_buf_t b = {0};
+  (void)body;
+  assert_int_equal(epm_msg_encode(&b, type, resp, 1, m), EPM_OK);
+  uint64_t payload = b.len - EPM_FRAME_HEADER_SIZE;
+  if (payload > epm_msg_max_payload(type, resp, EPM_PROTO_DEFAULT_MAX_PAYLOAD))
+    fail_msg("%s %s sample %d: %llu payload bytes > the type's maximum %llu", epm_msg_type_name(type),
+             resp ? "response" : "request", variant, (unsigned long long)payload,
+             (unsigned long long)epm_msg_max_payload(type, resp, EPM_PROTO_DEFAULT_MAX_PAYLOAD));
+  epm_buf_free(&b);
+}
+
+/* The most each (type, direction) can carry, from the body table: what a
+ * server checks a header against before it buffers anything. */
+static void test_max_payload(void **state) {
+  (void)state;
+  const uint64_t lim = EPM_PROTO_DEFAULT_MAX_PAYLOAD, text = EPM_PROTO_MAX_TEXT;
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_HEALTH, 0, lim), 0);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_SHUTDOWN, 0, lim), 0);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_STATUS, 0, lim), 4);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_STATS, 0, lim), 4);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_SHM_ATTACH, 0, lim), 8);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_DEV_ATTACH, 0, lim), 16 + EPM_DEV_IPC_HANDLE_BYTES);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_HELLO, 0, lim), 4 + 4 + text);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_FORWARD, 0, lim), lim); /* data: the frame limit alone */
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_FORWARD, 0, 4096), 4096);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_ERROR, 0, lim), 0); /* no ERROR request exists */
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_ERROR, 1, lim), 4 + 4 + text);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_STATUS, 1, lim), text);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_HEALTH, 1, lim), 4 + 4 + text);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_HELLO, 1, lim), EPM_PROTO_FIXED_BYTES(EPM_HELLO_RESP_FIELDS) + 3 * text);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_HELLO, 1, 1000), 1000); /* capped by the limit */
+  assert_int_equal(epm_msg_max_payload(0, 0, lim), 0);
+  assert_int_equal(epm_msg_max_payload(EPM_MSG_TYPE_MAX + 1, 0, lim), 0);
+  assert_true(for_each_sample(check_fits_max) >= 17);
+}
+
 /* Rules on values, beyond the layout: the encoders write these values (they
  * only refuse what cannot be framed), the decoders refuse them. */
 static void test_value_rules(void **state) {
@@ -820,6 +859,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test(test_forward_head_only), cmocka_unit_test(test_incremental),
       cmocka_unit_test(test_bad_headers),       cmocka_unit_test(test_forward_size_overflow),
       cmocka_unit_test(test_mutations_never_crash), cmocka_unit_test(test_doc_lists_every_message),
+      cmocka_unit_test(test_max_payload),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,6 +1,7 @@
 /* test_rendezvous_coord.c — the rendezvous coordinator (comm/rendezvous_coord.c)
  * driven input by input with made-up clocks: every rule of
- * comm/rendezvous_coord.h, the races a real group only hits sometimes, and a
+ * comm/rendezvous_coord.h (several open keys per rank, cancel, limits,
+ * liveness and stalls), the races a real group only hits sometimes, and a
  * randomised run checked against a plain model of the group. */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -26,11 +27,15 @@ static uint64_t rng_next(rng_t *g) { /* splitmix64 */
 
 enum { T = 1000 }; /* timeout in ns: small numbers keep the clocks readable */
 
-static epm__rdv_coord_t *make(int P) {
+static epm__rdv_coord_t *make_opts(int P, uint64_t live, uint64_t stall, int max_open) {
   epm__rdv_coord_t *c = NULL;
-  assert_int_equal(epm__rdv_coord_create(P, T, &c), EPM_OK);
+  epm__rdv_coord_opts_t o = {.size = P, .timeout_ns = T, .live_ns = live, .stall_ns = stall, .max_open = max_open,
+                             .self = -1};
+  assert_int_equal(epm__rdv_coord_create(&o, 0, &c), EPM_OK);
   return c;
 }
+
+static epm__rdv_coord_t *make(int P) { return make_opts(P, 0, 0, 0); }
 
 static int outbox(epm__rdv_coord_t *c, const epm__rdv_msg_t **m) { return epm__rdv_coord_outbox(c, m); }
 
@@ -208,12 +213,13 @@ static void test_duplicate_join(void **s) {
   join_ok(c, 0, 0, 7, 9, 10); /* same key again */
   assert_int_equal(outbox(c, &m), 1);
   expect_abort(&m[0], 0, EPM_RDV_ABORT_DUPLICATE, 0, 7, NULL, 0);
-  join_ok(c, 0, 0, 8, 9, 20); /* another key while one is open */
-  assert_int_equal(outbox(c, &m), 1);
-  expect_abort(&m[0], 0, EPM_RDV_ABORT_DUPLICATE, 0, 8, NULL, 0);
-  assert_int_equal(epm__rdv_coord_open(c), 1);
+  join_ok(c, 0, 0, 8, 9, 20); /* another key while one is open: fine */
+  expect_none(c);
+  assert_int_equal(epm__rdv_coord_open(c), 2);
+  assert_int_equal(epm__rdv_coord_open_keys(c), 2);
   join_ok(c, 1, 0, 7, 1, 30);
   expect_go_all(m, outbox(c, &m), 2, 0, 7, 6); /* the first join (5 tokens) stood */
+  assert_int_equal(epm__rdv_coord_open(c), 1);
   epm__rdv_coord_destroy(c);
 
   /* nor does a duplicate restart the first join's clock */
@@ -227,34 +233,127 @@ static void test_duplicate_join(void **s) {
   epm__rdv_coord_destroy(c);
 }
 
-/* Rank 1 is a step ahead (key B) while ranks 0 and 2 wait on key A: neither
- * key can complete; each times out on its own clock, naming its own missing. */
+/* Two clients reach the ranks in opposite orders: rank 1 joins B before A,
+ * ranks 0 and 2 join A before B. With one open join per rank this deadlocked
+ * until both timed out; now both keys GO, each to every rank, in the order
+ * they completed, so every rank runs A and B in the same order. */
 static void test_out_of_order_joins(void **s) {
   (void)s;
   epm__rdv_coord_t *c = make(3);
   const epm__rdv_msg_t *m;
-  const int miss_a[] = {1}, miss_b[] = {0, 2};
   join_ok(c, 0, 0, 10, 1, 0);  /* A */
-  join_ok(c, 1, 0, 11, 1, 20); /* B */
-  join_ok(c, 2, 0, 10, 1, 40); /* A */
+  join_ok(c, 1, 0, 11, 2, 20); /* B */
+  join_ok(c, 2, 0, 10, 3, 40); /* A */
   expect_none(c);
-  assert_int_equal(epm__rdv_coord_tick(c, T + 1), EPM_OK);
-  assert_int_equal(outbox(c, &m), 2);
-  expect_abort(&m[0], 0, EPM_RDV_ABORT_TIMEOUT, 0, 10, miss_a, 1);
-  expect_abort(&m[1], 2, EPM_RDV_ABORT_TIMEOUT, 0, 10, miss_a, 1);
-  assert_int_equal(epm__rdv_coord_open(c), 1);
-  /* ranks 0 and 2 move on to B before B's deadline: B completes */
-  join_ok(c, 0, 0, 11, 2, T + 5);
+  join_ok(c, 2, 0, 11, 4, 50); /* B */
   expect_none(c);
-  join_ok(c, 2, 0, 11, 3, T + 10);
-  expect_go_all(m, outbox(c, &m), 3, 0, 11, 6);
-  /* the other way round: B's deadline first */
+  join_ok(c, 1, 0, 10, 5, 60); /* A completes first */
+  expect_go_all(m, outbox(c, &m), 3, 0, 10, 9);
+  join_ok(c, 0, 0, 11, 6, 70); /* then B */
+  expect_go_all(m, outbox(c, &m), 3, 0, 11, 12);
+  assert_int_equal(epm__rdv_coord_open(c), 0);
+  /* a key one rank never joins times out alone; the others are unaffected */
+  const int miss_b[] = {0, 2};
   join_ok(c, 1, 0, 21, 1, 2 * T);
   join_ok(c, 0, 0, 20, 1, 2 * T + 1);
   join_ok(c, 2, 0, 20, 1, 2 * T + 1);
+  join_ok(c, 1, 0, 20, 1, 2 * T + 2);
+  expect_go_all(m, outbox(c, &m), 3, 0, 20, 3);
   assert_int_equal(epm__rdv_coord_tick(c, 3 * T + 1), EPM_OK);
   assert_int_equal(outbox(c, &m), 1);
   expect_abort(&m[0], 1, EPM_RDV_ABORT_TIMEOUT, 0, 21, miss_b, 2);
+  epm__rdv_coord_destroy(c);
+}
+
+/* Many keys complete in one burst: every rank sees the same GO order. */
+static void test_go_order_is_completion_order(void **s) {
+  (void)s;
+  enum { P = 4, K = 6 };
+  epm__rdv_coord_t *c = make(P);
+  const epm__rdv_msg_t *m;
+  uint64_t order[K];
+  int n_order = 0;
+  /* rank r joins the keys rotated by r; the last rank to join a key completes it */
+  for (int r = 0; r < P; r++)
+    for (int k = 0; k < K; k++) {
+      uint64_t id = (uint64_t)((k + r) % K);
+      join_ok(c, r, 1, id, 1, (uint64_t)(r * K + k));
+      int n = outbox(c, &m);
+      if (n) {
+        expect_go_all(m, n, P, 1, id, P);
+        order[n_order++] = id;
+      }
+    }
+  assert_int_equal(n_order, K);
+  for (int k = 0; k < K; k++) assert_int_equal(order[k], (uint64_t)((k + P - 1) % K));
+  epm__rdv_coord_destroy(c);
+}
+
+/* A rank may hold at most max_open joins; the next is refused (LIMIT) without
+ * touching the open ones, and a slot frees when a key closes. */
+static void test_open_limit(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = make_opts(2, 0, 0, 3);
+  const epm__rdv_msg_t *m;
+  for (uint64_t k = 0; k < 3; k++) {
+    join_ok(c, 0, 0, k, 1, k);
+    expect_none(c);
+  }
+  join_ok(c, 0, 0, 9, 1, 5);
+  assert_int_equal(outbox(c, &m), 1);
+  expect_abort(&m[0], 0, EPM_RDV_ABORT_LIMIT, 0, 9, NULL, 0);
+  assert_int_equal(epm__rdv_coord_open(c), 3);
+  join_ok(c, 1, 0, 1, 1, 6);
+  expect_go_all(m, outbox(c, &m), 2, 0, 1, 2);
+  join_ok(c, 0, 0, 9, 1, 7);
+  expect_none(c);
+  assert_int_equal(epm__rdv_coord_open(c), 3);
+  epm__rdv_coord_destroy(c);
+}
+
+/* ---- cancel ------------------------------------------------------------------------ */
+
+static void test_cancel(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = make(3);
+  const epm__rdv_msg_t *m;
+  join_ok(c, 0, 2, 40, 1, 0);
+  join_ok(c, 1, 2, 40, 1, 1);
+  join_ok(c, 1, 2, 41, 1, 2);
+  /* rank 1's client left: key 40 is aborted on every rank that joined it,
+   * naming rank 1; key 41 stays open */
+  assert_int_equal(epm__rdv_coord_cancel(c, 1, 2, 40, 3), EPM_OK);
+  assert_int_equal(outbox(c, &m), 2);
+  expect_abort(&m[0], 0, EPM_RDV_ABORT_CANCELLED, 2, 40, NULL, 0);
+  expect_abort(&m[1], 1, EPM_RDV_ABORT_CANCELLED, 2, 40, NULL, 0);
+  assert_int_equal(m[0].cancelled_by, 1);
+  assert_int_equal(m[1].cancelled_by, 1);
+  assert_int_equal(epm__rdv_coord_open(c), 1);
+  /* rank 2's FORWARD of key 40 arrives after: refused at once, naming the canceller */
+  join_ok(c, 2, 2, 40, 1, 4);
+  assert_int_equal(outbox(c, &m), 1);
+  expect_abort(&m[0], 2, EPM_RDV_ABORT_LATE, 2, 40, NULL, 0);
+  assert_int_equal(m[0].cancelled_by, 1);
+  /* a timed-out key's late join names no canceller */
+  assert_int_equal(epm__rdv_coord_tick(c, 2 + T + 1), EPM_OK);
+  assert_int_equal(outbox(c, &m), 1);
+  join_ok(c, 0, 2, 41, 1, 2 + T + 2);
+  assert_int_equal(outbox(c, &m), 1);
+  expect_abort(&m[0], 0, EPM_RDV_ABORT_LATE, 2, 41, NULL, 0);
+  assert_int_equal(m[0].cancelled_by, -1);
+  /* cancelling a key that already went (GO on its way), or that this rank
+   * never joined, changes nothing */
+  join_ok(c, 0, 0, 50, 1, 3 * T);
+  join_ok(c, 1, 0, 50, 1, 3 * T);
+  join_ok(c, 2, 0, 50, 1, 3 * T);
+  assert_int_equal(outbox(c, &m), 3);
+  assert_int_equal(epm__rdv_coord_cancel(c, 0, 0, 50, 3 * T + 1), EPM_OK);
+  expect_none(c);
+  join_ok(c, 0, 0, 51, 1, 3 * T + 2);
+  assert_int_equal(epm__rdv_coord_cancel(c, 1, 0, 51, 3 * T + 3), EPM_OK);
+  expect_none(c);
+  assert_int_equal(epm__rdv_coord_open(c), 1);
+  assert_int_equal(epm__rdv_coord_cancel(c, 3, 0, 51, 0), EPM_ERR_INVALID_ARG);
   epm__rdv_coord_destroy(c);
 }
 
@@ -299,8 +398,12 @@ static void test_invalid_inputs(void **s) {
   expect_go_all(m, outbox(c, &m), 3, 0, 1, 1 + 2 * (INT64_MAX / 3));
   epm__rdv_coord_destroy(c);
   epm__rdv_coord_t *bad = NULL;
-  assert_int_equal(epm__rdv_coord_create(0, T, &bad), EPM_ERR_INVALID_ARG);
-  assert_int_equal(epm__rdv_coord_create(2, 0, &bad), EPM_ERR_INVALID_ARG);
+  epm__rdv_coord_opts_t o0 = {.size = 0, .timeout_ns = T}, o1 = {.size = 2, .timeout_ns = 0},
+                        o2 = {.size = 2, .timeout_ns = T, .max_open = -1}, o3 = {.size = 2, .timeout_ns = T, .self = 2};
+  assert_int_equal(epm__rdv_coord_create(&o3, 0, &bad), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm__rdv_coord_create(&o0, 0, &bad), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm__rdv_coord_create(&o1, 0, &bad), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm__rdv_coord_create(&o2, 0, &bad), EPM_ERR_INVALID_ARG);
   assert_null(bad);
 }
 
@@ -371,50 +474,242 @@ static void test_join_after_shutdown(void **s) {
   }
 }
 
+/* ---- liveness ------------------------------------------------------------------------ */
+
+enum { LIVE = 5000, STALL = 20000 };
+
+static int count_kind(const epm__rdv_msg_t *m, int n, int kind) {
+  int k = 0;
+  for (int i = 0; i < n; i++) k += m[i].kind == kind;
+  return k;
+}
+
+static void hb(epm__rdv_coord_t *c, int r, uint64_t progress, epm_rendezvous_phase_t ph, uint64_t now) {
+  assert_int_equal(epm__rdv_coord_heartbeat(c, r, progress, ph, now), EPM_OK);
+}
+
+/* Rank 2 stops (SIGSTOP, death) while idle: after live_ns of silence the
+ * group fails, once, naming rank 2, and the others are told; ranks that keep
+ * beating are never failed however long the group idles. */
+static void test_silent_rank_fails_group(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = make_opts(3, LIVE, 0, 0);
+  const epm__rdv_msg_t *m;
+  for (uint64_t t = 1000; t <= 50 * LIVE; t += 1000) { /* a long, healthy idle period */
+    for (int r = 0; r < 3; r++) hb(c, r, 0, EPM_RDV_PHASE_IDLE, t + (uint64_t)r);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  assert_int_equal(epm__rdv_coord_failed(c), 0);
+  const uint64_t t_last = 50 * LIVE + 2; /* rank 2's last beat */
+  uint64_t t = 50 * LIVE;
+  for (; t <= t_last + LIVE; t += 1000) {
+    hb(c, 0, 0, EPM_RDV_PHASE_IDLE, t);
+    hb(c, 1, 0, EPM_RDV_PHASE_IDLE, t);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  assert_int_equal(epm__rdv_coord_tick(c, t_last + LIVE + 1), EPM_OK);
+  int n = outbox(c, &m);
+  assert_int_equal(count_kind(m, n, EPM__RDV_FAILED), 2);
+  for (int i = 0; i < n; i++) {
+    if (m[i].kind != EPM__RDV_FAILED) continue;
+    assert_int_not_equal(m[i].to, 2);
+    assert_int_equal(m[i].fail, EPM_RDV_FAIL_SILENT);
+    assert_int_equal(m[i].failed_rank, 2);
+    assert_true(m[i].silent_ns > LIVE);
+  }
+  assert_int_equal(epm__rdv_coord_failed(c), 1);
+  assert_int_equal(epm__rdv_coord_tick(c, t_last + 10 * LIVE), EPM_OK); /* once */
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  /* a failed group runs nothing more */
+  join_ok(c, 0, 0, 1, 1, t_last + 10 * LIVE);
+  assert_int_equal(outbox(c, &m), 1);
+  expect_abort(&m[0], 0, EPM_RDV_ABORT_SHUTDOWN, 0, 1, NULL, 0);
+  epm__rdv_coord_destroy(c);
+}
+
+/* Any input counts as hearing from its rank, and the first input may come
+ * only after create: the clock starts at create, not at 0. */
+static void test_any_input_is_a_heartbeat(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = NULL;
+  const epm__rdv_msg_t *m;
+  epm__rdv_coord_opts_t o = {.size = 2, .timeout_ns = 100 * LIVE, .live_ns = LIVE, .self = -1};
+  assert_int_equal(epm__rdv_coord_create(&o, 1000000, &c), EPM_OK);
+  assert_int_equal(epm__rdv_coord_tick(c, 1000000 + LIVE), EPM_OK);
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  join_ok(c, 0, 0, 1, 1, 1000000 + LIVE);
+  assert_int_equal(epm__rdv_coord_cancel(c, 1, 0, 9, 1000000 + LIVE), EPM_OK);
+  assert_int_equal(epm__rdv_coord_tick(c, 1000000 + 2 * LIVE), EPM_OK);
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  assert_int_equal(epm__rdv_coord_tick(c, 1000000 + 2 * LIVE + 1), EPM_OK);
+  /* both silent as long: the first is named, and told to the other */
+  int n = outbox(c, &m);
+  assert_int_equal(count_kind(m, n, EPM__RDV_FAILED), 1);
+  for (int i = 0; i < n; i++)
+    if (m[i].kind == EPM__RDV_FAILED) assert_true(m[i].to == 1 && m[i].failed_rank == 0);
+  epm__rdv_coord_destroy(c);
+}
+
+/* A coordinator that was itself paused (SIGSTOP, starved) resumes: it reads
+ * the queued heartbeats first, and its own rank is never called silent. */
+static void test_paused_coordinator(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = NULL;
+  const epm__rdv_msg_t *m;
+  epm__rdv_coord_opts_t o = {.size = 3, .timeout_ns = T, .live_ns = LIVE, .self = 0};
+  assert_int_equal(epm__rdv_coord_create(&o, 0, &c), EPM_OK);
+  /* nothing for 10 live periods, then the queued beats, then the tick */
+  hb(c, 1, 0, EPM_RDV_PHASE_IDLE, 10 * LIVE);
+  hb(c, 2, 0, EPM_RDV_PHASE_IDLE, 10 * LIVE);
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  assert_int_equal(epm__rdv_coord_tick(c, 10 * LIVE), EPM_OK);
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  assert_int_equal(epm__rdv_coord_failed(c), 0);
+  epm__rdv_coord_destroy(c);
+}
+
+/* The coordinator beats to every rank once per period (live / 5 by default). */
+static void test_coordinator_heartbeat_period(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = make_opts(3, LIVE, 0, 0);
+  const epm__rdv_msg_t *m;
+  int beats = 0;
+  for (uint64_t t = 100; t <= 10 * LIVE; t += 100) {
+    for (int r = 0; r <= 3; r++) { /* three heartbeats and a tick: whichever comes first beats */
+      if (r < 3) hb(c, r, 0, EPM_RDV_PHASE_IDLE, t);
+      else assert_int_equal(epm__rdv_coord_tick(c, t), EPM_OK);
+      int n = outbox(c, &m), k = count_kind(m, n, EPM__RDV_HEARTBEAT);
+      assert_true(k == 0 || k == 3);
+      beats += k / 3;
+    }
+  }
+  assert_int_equal(beats, 50); /* 10 live periods x 5 */
+  epm__rdv_coord_destroy(c);
+}
+
+/* A step whose ranks keep computing is never a stall, however long it runs;
+ * ranks waiting in a collective while nothing moves anywhere are. */
+static void test_stall(void **s) {
+  (void)s;
+  epm__rdv_coord_t *c = make_opts(2, LIVE, STALL, 0);
+  const epm__rdv_msg_t *m;
+  uint64_t t = 0;
+  /* rank 1 computes a 20-stall-periods step; rank 0 waits in the collective */
+  hb(c, 0, 5, EPM_RDV_PHASE_COMM, t);
+  for (; t < 20 * STALL; t += 1000) {
+    hb(c, 0, 5, EPM_RDV_PHASE_COMM, t);
+    hb(c, 1, 7, EPM_RDV_PHASE_COMPUTE, t);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  /* rank 1 enters the collective too and nothing moves: fails after STALL */
+  const uint64_t t_still = t;
+  hb(c, 1, 8, EPM_RDV_PHASE_COMM, t_still);
+  for (; t <= t_still + STALL; t += 1000) {
+    hb(c, 0, 5, EPM_RDV_PHASE_COMM, t);
+    hb(c, 1, 8, EPM_RDV_PHASE_COMM, t);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  hb(c, 0, 5, EPM_RDV_PHASE_COMM, t_still + STALL + 1);
+  assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0); /* judged by tick only */
+  assert_int_equal(epm__rdv_coord_tick(c, t_still + STALL + 1), EPM_OK);
+  int n = outbox(c, &m);
+  assert_int_equal(count_kind(m, n, EPM__RDV_FAILED), 2);
+  for (int i = 0; i < n; i++)
+    if (m[i].kind == EPM__RDV_FAILED) {
+      assert_int_equal(m[i].fail, EPM_RDV_FAIL_STALL);
+      assert_int_equal(m[i].failed_rank, -1);
+    }
+  epm__rdv_coord_destroy(c);
+
+  /* progress anywhere resets the clock; an idle group is never a stall */
+  c = make_opts(2, LIVE, STALL, 0);
+  for (t = 0; t < 10 * STALL; t += 1000) {
+    hb(c, 0, t / 1000, EPM_RDV_PHASE_COMM, t); /* rank 0 moves */
+    hb(c, 1, 1, EPM_RDV_PHASE_COMM, t);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  for (; t < 20 * STALL; t += 1000) {
+    hb(c, 0, 1, EPM_RDV_PHASE_IDLE, t);
+    hb(c, 1, 1, EPM_RDV_PHASE_IDLE, t);
+    assert_int_equal(count_kind(m, outbox(c, &m), EPM__RDV_FAILED), 0);
+  }
+  assert_int_equal(epm__rdv_coord_heartbeat(c, 0, 1, (epm_rendezvous_phase_t)3, t), EPM_ERR_INVALID_ARG);
+  assert_int_equal(epm__rdv_coord_heartbeat(c, 2, 1, EPM_RDV_PHASE_IDLE, t), EPM_ERR_INVALID_ARG);
+  epm__rdv_coord_destroy(c);
+}
+
 /* ---- randomised, against a model ------------------------------------------------- */
+
+enum { MODEL_OPEN = 4 }; /* open joins a rank holds at most in the model */
 
 typedef struct {
   int open;
   uint32_t layer;
   uint64_t id;
   int64_t tokens;
+  uint64_t t;
 } model_join_t;
 
-/* Random joins (keys from a small set, so some collide), ticks and, rarely, a
- * leave. After each input the outbox must follow from the model state:
- *  - every GO/ABORT answers the recipient's open join (same key), once;
- *  - GOs come P at a time, one per rank, all of one key, total = sum of tokens;
- *  - an ABORT(TIMEOUT)'s recipients and its missing ranks partition the group;
+static model_join_t *model_find(model_join_t *mj, uint32_t layer, uint64_t id) {
+  for (int i = 0; i < MODEL_OPEN; i++)
+    if (mj[i].open && mj[i].layer == layer && mj[i].id == id) return &mj[i];
+  return NULL;
+}
+
+/* Random joins (keys from a small set, so some collide), cancels, ticks and,
+ * rarely, a leave. Each rank holds up to MODEL_OPEN open joins (the coordinator
+ * allows 3, so LIMIT happens). After each input the outbox must follow from
+ * the model state:
+ *  - every GO/ABORT answers an open join of the recipient (same key), once;
+ *  - GOs come P at a time, one per rank in rank order, all of one key,
+ *    total = sum of its tokens;
+ *  - an ABORT(TIMEOUT)'s recipients and its missing ranks partition the group,
+ *    and the key's first join is older than the timeout;
+ *  - ABORT(CANCELLED) follows a cancel of a key the canceller had open;
+ *  - LIMIT answers the join just made, by a rank that had 3 open;
  *  - SHUTDOWN goes to every rank exactly once over the run;
  *  - after any input no open join is older than the timeout. */
+static int g_limits; /* LIMIT refusals over all runs */
+
 static void random_run(int P, uint64_t seed) {
   rng_t rng;
   rng_seed(&rng, seed);
-  epm__rdv_coord_t *c = make(P);
-  model_join_t *mj = calloc((size_t)P, sizeof *mj);
-  uint64_t *t_join = calloc((size_t)P, sizeof *t_join);
+  epm__rdv_coord_t *c = make_opts(P, 0, 0, 3);
+  model_join_t(*mj)[MODEL_OPEN] = calloc((size_t)P, sizeof *mj);
   int *seen = calloc((size_t)P, sizeof *seen);
-  int shutdown_msgs = 0, gos = 0, aborts = 0;
+  int shutdown_msgs = 0, gos = 0, aborts = 0, cancels = 0, limits = 0;
   uint64_t now = 1;
   assert_non_null(mj);
-  for (int it = 0; it < 4000; it++) {
+  for (int it = 0; it < 6000; it++) {
     uint32_t u = (uint32_t)(rng_next(&rng) % 1000);
     int r = (int)(rng_next(&rng) % (uint64_t)P);
     now += rng_next(&rng) % (T / 20);
-    int joined_now = -1;
+    int joined_now = -1, cancelled_by = -1, open_before = 0;
+    uint32_t jl = 0;
+    uint64_t jid = 0;
+    for (int k = 0; k < MODEL_OPEN; k++) open_before += mj[r][k].open;
     if (u < 600) {
-      if (mj[r].open) continue; /* the driver never sends a second join */
       /* Mostly the current key (it drifts, so late joins of old keys happen),
        * sometimes a neighbour: out-of-order and mismatched joins. */
       int odd = rng_next(&rng) % 8 == 0;
-      uint32_t layer = odd ? (uint32_t)(rng_next(&rng) % 2) : 0;
-      uint64_t id = (uint64_t)it / 100 + (odd ? rng_next(&rng) % 2 : 0);
+      jl = odd ? (uint32_t)(rng_next(&rng) % 2) : 0;
+      jid = (uint64_t)it / 150 + (odd ? rng_next(&rng) % 3 : 0);
+      if (model_find(mj[r], jl, jid)) continue; /* the driver never joins a key twice */
+      model_join_t *slot = NULL;
+      for (int k = 0; k < MODEL_OPEN && !slot; k++)
+        if (!mj[r][k].open) slot = &mj[r][k];
+      if (!slot) continue;
       int64_t tok = (int64_t)(rng_next(&rng) % 50);
-      join_ok(c, r, layer, id, tok, now);
-      mj[r] = (model_join_t){1, layer, id, tok};
-      t_join[r] = now;
+      join_ok(c, r, jl, jid, tok, now);
+      *slot = (model_join_t){1, jl, jid, tok, now};
       joined_now = r;
-    } else if (u < 999 || it < 3500) { /* leaves only near the end: the rest would be refusals */
+    } else if (u < 640) {
+      model_join_t *j = &mj[r][rng_next(&rng) % MODEL_OPEN];
+      if (!j->open) continue;
+      assert_int_equal(epm__rdv_coord_cancel(c, r, j->layer, j->id, now), EPM_OK);
+      cancelled_by = r;
+      jl = j->layer, jid = j->id;
+    } else if (u < 999 || it < 5500) { /* leaves only near the end: the rest would be refusals */
       assert_int_equal(epm__rdv_coord_tick(c, now), EPM_OK);
     } else {
       assert_int_equal(epm__rdv_coord_leave(c, r, now), EPM_OK);
@@ -428,22 +723,24 @@ static void random_run(int P, uint64_t seed) {
         shutdown_msgs++;
         continue;
       }
-      /* answers the recipient's open join */
-      assert_true(mj[x->to].open);
-      assert_int_equal(x->layer, mj[x->to].layer);
-      assert_int_equal(x->step_id, mj[x->to].id);
+      /* answers an open join of the recipient */
+      model_join_t *j = model_find(mj[x->to], x->layer, x->step_id);
+      assert_non_null(j);
       if (x->kind == EPM_RDV_GO) {
         assert_true(i + P <= n);
         int64_t total = 0;
         for (int k = 0; k < P; k++) {
           assert_int_equal(m[i + k].kind, EPM_RDV_GO);
           assert_int_equal(m[i + k].to, k);
-          assert_true(mj[k].open && mj[k].layer == x->layer && mj[k].id == x->step_id);
-          total += mj[k].tokens;
+          assert_int_equal(m[i + k].layer, x->layer);
+          assert_int_equal(m[i + k].step_id, x->step_id);
+          model_join_t *jk = model_find(mj[k], x->layer, x->step_id);
+          assert_non_null(jk);
+          total += jk->tokens;
         }
         for (int k = 0; k < P; k++) {
           assert_int_equal(m[i + k].total_tokens, total);
-          mj[k].open = 0;
+          model_find(mj[k], x->layer, x->step_id)->open = 0;
         }
         gos++;
         i += P - 1;
@@ -451,7 +748,10 @@ static void random_run(int P, uint64_t seed) {
       }
       assert_int_equal(x->kind, EPM_RDV_ABORT);
       aborts++;
-      if (x->reason == EPM_RDV_ABORT_TIMEOUT) {
+      int first_of_key = 1; /* the key's recipients are checked at its first message, while all are open */
+      for (int k = 0; k < i; k++)
+        if (m[k].kind == EPM_RDV_ABORT && m[k].layer == x->layer && m[k].step_id == x->step_id) first_of_key = 0;
+      if (x->reason == EPM_RDV_ABORT_TIMEOUT && first_of_key) {
         memset(seen, 0, (size_t)P * sizeof *seen);
         for (int k = 0; k < x->nmissing; k++) {
           assert_true(x->missing[k] >= 0 && x->missing[k] < P);
@@ -464,25 +764,38 @@ static void random_run(int P, uint64_t seed) {
           if (m[k].kind == EPM_RDV_ABORT && m[k].reason == EPM_RDV_ABORT_TIMEOUT && m[k].layer == x->layer &&
               m[k].step_id == x->step_id) {
             assert_int_equal(seen[m[k].to], 0);
-            assert_int_not_equal(m[k].to, joined_now); /* its join came after the tick */
-            if (now - t_join[m[k].to] > oldest) oldest = now - t_join[m[k].to];
+            model_join_t *jk = model_find(mj[m[k].to], x->layer, x->step_id);
+            assert_non_null(jk);
+            if (now - jk->t > oldest) oldest = now - jk->t;
             recipients++;
           }
         assert_int_equal(recipients + x->nmissing, P);
         assert_true(oldest > T);
+      } else if (x->reason == EPM_RDV_ABORT_TIMEOUT) {
+        /* checked with the key's first message */
+      } else if (x->reason == EPM_RDV_ABORT_CANCELLED) {
+        assert_int_equal(x->cancelled_by, cancelled_by);
+        assert_int_equal(x->layer, jl);
+        assert_int_equal(x->step_id, jid);
+        cancels++;
+      } else if (x->reason == EPM_RDV_ABORT_LIMIT) {
+        assert_int_equal(x->to, joined_now);
+        assert_int_equal(open_before, 3);
+        limits++;
       } else if (x->reason == EPM_RDV_ABORT_LATE || x->reason == EPM_RDV_ABORT_SHUTDOWN) {
         if (x->reason == EPM_RDV_ABORT_SHUTDOWN) assert_int_equal(epm__rdv_coord_shutdown(c), 1);
         else assert_int_equal(x->to, joined_now);
       } else {
         fail_msg("unexpected abort reason %d", (int)x->reason);
       }
-      mj[x->to].open = 0;
+      j->open = 0;
     }
     int open = 0;
-    for (int k = 0; k < P; k++) {
-      open += mj[k].open;
-      if (mj[k].open) assert_true(now - t_join[k] <= T);
-    }
+    for (int q = 0; q < P; q++)
+      for (int k = 0; k < MODEL_OPEN; k++) {
+        open += mj[q][k].open;
+        if (mj[q][k].open) assert_true(now - mj[q][k].t <= T);
+      }
     assert_int_equal(epm__rdv_coord_open(c), open);
     if (epm__rdv_coord_shutdown(c)) assert_int_equal(open, 0);
   }
@@ -492,11 +805,11 @@ static void random_run(int P, uint64_t seed) {
   for (int i = 0; i < n; i++) shutdown_msgs += m[i].kind == EPM_RDV_SHUTDOWN;
   assert_int_equal(shutdown_msgs, P);
   assert_int_equal(epm__rdv_coord_open(c), 0);
-  /* the run exercised both outcomes (P = 1: every join is a GO) */
+  /* the run exercised every outcome (P = 1: every join is a GO) */
   assert_true(gos > 0);
-  if (P > 1) assert_true(aborts > 0);
+  if (P > 1) assert_true(aborts > 0 && cancels > 0);
+  g_limits += limits;
   free(mj);
-  free(t_join);
   free(seen);
   epm__rdv_coord_destroy(c);
 }
@@ -506,6 +819,7 @@ static void test_random_against_model(void **s) {
   const int Ps[] = {1, 2, 3, 8};
   for (size_t i = 0; i < sizeof Ps / sizeof Ps[0]; i++)
     for (uint64_t seed = 1; seed <= 20; seed++) random_run(Ps[i], seed * 7919 + (uint64_t)Ps[i]);
+  assert_true(g_limits > 0);
 }
 
 static void test_abort_names(void **s) {
@@ -514,6 +828,8 @@ static void test_abort_names(void **s) {
   assert_string_equal(epm_rendezvous_abort_name(EPM_RDV_ABORT_LATE), "late");
   assert_string_equal(epm_rendezvous_abort_name(EPM_RDV_ABORT_SHUTDOWN), "shutdown");
   assert_string_equal(epm_rendezvous_abort_name(EPM_RDV_ABORT_DUPLICATE), "duplicate");
+  assert_string_equal(epm_rendezvous_abort_name(EPM_RDV_ABORT_CANCELLED), "cancelled");
+  assert_string_equal(epm_rendezvous_abort_name(EPM_RDV_ABORT_LIMIT), "limit");
   assert_string_equal(epm_rendezvous_abort_name((epm_rendezvous_abort_t)99), "unknown");
 }
 
@@ -531,6 +847,14 @@ int main(void) {
       cmocka_unit_test(test_clock_backwards),
       cmocka_unit_test(test_duplicate_join),
       cmocka_unit_test(test_out_of_order_joins),
+      cmocka_unit_test(test_go_order_is_completion_order),
+      cmocka_unit_test(test_open_limit),
+      cmocka_unit_test(test_cancel),
+      cmocka_unit_test(test_silent_rank_fails_group),
+      cmocka_unit_test(test_any_input_is_a_heartbeat),
+      cmocka_unit_test(test_paused_coordinator),
+      cmocka_unit_test(test_coordinator_heartbeat_period),
+      cmocka_unit_test(test_stall),
       cmocka_unit_test(test_mismatched_keys),
       cmocka_unit_test(test_invalid_inputs),
       cmocka_unit_test(test_shutdown_racing_join),
