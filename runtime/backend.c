@@ -85,8 +85,11 @@ epm_status_t epm_backend_sync(epm_backend_t *be) { return be->ops->sync ? be->op
 epm_status_t epm_backend_weights_load(epm_backend_t *be, const epm_layer_t *layer, int64_t max_local,
                                       int64_t max_gathered, epm_backend_weights_t **out) {
   if (!be || !layer || !out) return epm_error(EPM_ERR_INVALID_ARG, "weights_load: NULL argument");
-  if (max_local < 0 || max_gathered < max_local)
-    return epm_error(EPM_ERR_INVALID_ARG, "weights_load: max rows local %lld, gathered %lld (need 0 <= local <= gathered)",
+  /* max_gathered may be below max_local: an engine with a workspace budget
+   * runs the expert stage in chunks smaller than one rank's tokens. */
+  if (max_local < 0 || max_gathered < 0 || (max_local > 0 && max_gathered < 1))
+    return epm_error(EPM_ERR_INVALID_ARG, "weights_load: max rows local %lld, gathered %lld (need local >= 0 and "
+                     "gathered >= 1 when local > 0)",
                      (long long)max_local, (long long)max_gathered);
   EPM_TRY(epm_model_dims_validate(&layer->dims));
   const epm_expert_bank_t *b = &layer->experts;

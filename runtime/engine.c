@@ -154,6 +154,21 @@ out:
   return st;
 }
 
+/* Rows per expert call from the workspace budget (and the CUDA grid limits),
+ * by the plan's worst case for this rank's slots. The backend's expert
+ * scratch is sized for this many rows. */
+static epm_status_t plan_chunk_rows(epm_engine_t *e) {
+  epm_plan_t *p = malloc(sizeof *p);
+  if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
+  epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
+                          .placement = e->cfg.placement, .max_tokens_per_rank = e->max_m,
+                          .recv_capacity = e->cfg.recv_capacity, .workspace_bytes = e->cfg.workspace_bytes};
+  epm_status_t st = epm_plan_compute(&pc, p);
+  if (st == EPM_OK) e->chunk_rows = p->ws_chunk_tokens;
+  free(p);
+  return st;
+}
+
 /* The layer's bank must be exactly this rank's slots of the placement, and a
  * placed bank must route with that placement's replica table (a bank of the
  * same experts cut from another map would serve other pairs). */
@@ -281,7 +296,8 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
     goto fail;
   }
   EPM_TRY_GOTO(epm__a2a_host_init(e, cfg->placement), st, fail);
-  EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
+  EPM_TRY_GOTO(plan_chunk_rows(e), st, fail);
+  EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->chunk_rows, &e->w), st, fail);
   if (cfg->share_buffers)
     EPM_TRY_GOTO(borrow_buffers(e, cfg->share_buffers), st, fail);
   else
@@ -318,6 +334,7 @@ void epm_engine_destroy(epm_engine_t *e) {
 }
 
 size_t epm_engine_buffer_bytes(const epm_engine_t *e) { return e ? e->buffer_bytes : 0; }
+int64_t epm_engine_chunk_rows(const epm_engine_t *e) { return e ? e->chunk_rows : 0; }
 int64_t epm_engine_recv_capacity(const epm_engine_t *e) { return e && e->a2a_bufs ? e->recv_cap : 0; }
 
 void epm_engine_stats(const epm_engine_t *e, epm_engine_stats_t *out) {
@@ -391,6 +408,7 @@ static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, const epm
     s->last_mode = sp->mode;
     s->steps_mode[sp->mode == EPM_DISPATCH_ALLTOALL]++;
     s->last_expert_rows = sp->mode == EPM_DISPATCH_ALLTOALL ? sp->rows_in : sp->M;
+    s->last_expert_chunks = e->last_chunks;
     s->last_dispatch_sent = tr[1].bytes_sent - tr[0].bytes_sent;
     s->last_dispatch_recv = tr[1].bytes_recv - tr[0].bytes_recv;
     s->last_combine_sent = tr[2].bytes_sent - tr[1].bytes_sent;
@@ -479,6 +497,21 @@ static epm_status_t dynamic_scale(epm_engine_t *e, float amax, float *a1) {
   return EPM_OK;
 }
 
+epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
+                                 const float *wts, int64_t rows, float a1, void *partial) {
+  const int64_t H = e->H, k = e->k, step = e->chunk_rows;
+  e->last_chunks = 0;
+  for (int64_t c = 0; c < rows || (rows == 0 && c == 0); c += step) {
+    const int64_t n = rows - c < step ? rows - c : step;
+    EPM_TRY(epm_backend_experts(e->be, e->w, packed + c * (H / 2), sf + c * (H / EPM_NVFP4_BLOCK), a1, ids + c * k,
+                                wts + c * k, n, e->cfg.partial_dtype,
+                                (char *)partial + (size_t)(c * H) * e->partial_elem));
+    e->last_chunks++;
+    if (rows == 0) break;
+  }
+  return EPM_OK;
+}
+
 /* Everything from the dispatch on. Any error here leaves peers inside a
  * collective, so the caller aborts the comm. */
 static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm__step_plan_t *sp,
@@ -505,8 +538,7 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
     epm_comm_traffic(e->comm, &tm->tr[1]);
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_ALLGATHER));
 
-    EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_all, e->sf_all, a1, e->ids_all, e->wts_all, M,
-                                e->cfg.partial_dtype, e->partial_all));
+    EPM_TRY(epm__engine_experts(e, e->packed_all, e->sf_all, e->ids_all, e->wts_all, M, a1, e->partial_all));
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_EXPERTS));
 
     EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, e->cfg.partial_dtype));

@@ -21,6 +21,8 @@ struct epm_engine {
   epm_backend_weights_t *w;
   int rank, size, device;
   int64_t H, E, k, max_m, max_M;
+  int64_t chunk_rows;   /* most rows per expert call (workspace budget) */
+  int64_t last_chunks;  /* expert calls of this step */
   int use_shared;
   int weight_on_input; /* llama4: router weight scales the input (top-1) */
   size_t partial_elem; /* bytes per element of the reduce-scatter */
@@ -96,6 +98,10 @@ typedef struct {
   epm_comm_traffic_t tr[3];
 } epm__step_timer_t;
 epm_status_t epm__engine_stage_end(epm__step_timer_t *tm, epm_engine_stage_t stage);
+
+/* The expert stage over `rows` rows in chunks of chunk_rows (engine.c). */
+epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
+                                 const float *wts, int64_t rows, float a1, void *partial);
 
 /* What the step decided after the counts exchange (engine_a2a.c fills it). */
 typedef struct {

@@ -10,7 +10,20 @@ foreach(np 1 2 4 8)
   epm_add_mpi_test(engine_mpi_np${np} NP ${np} COMMAND test_engine_mpi LABELS mpi TIMEOUT 240)
 endforeach()
 
+# Variants that must keep every bit of the plain step: the expert stage in
+# chunks under a workspace budget (1, 2, many chunks; both dispatch modes).
+add_executable(test_engine_modes_mpi mpi/test_engine_modes_mpi.c)
+target_link_libraries(test_engine_modes_mpi PRIVATE epmoe)
+foreach(np 1 2 4)
+  epm_add_mpi_test(engine_modes_mpi_np${np} NP ${np} COMMAND test_engine_modes_mpi LABELS mpi TIMEOUT 240)
+endforeach()
+
 set(_step epmoectl step --preset tiny --seed 7 --check)
+# --workspace-mb 1 at tiny dims: one gathered row per expert call.
+epm_add_mpi_test(step_workspace_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --workspace-mb 1 --tolerance 0
+                 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_workspace_a2a_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --workspace-mb 1
+                 --dispatch alltoall --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --repeat 2 --tolerance 0 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np3 NP 3 COMMAND ${_step} --experts 24 --tokens-per-rank 4,0,6 --repeat 2 LABELS mpi TIMEOUT 120)

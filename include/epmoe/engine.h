@@ -82,9 +82,16 @@ typedef struct {
    * E mod P ranks one expert more), which an unplaced contiguous slice may
    * also match. */
   const epm_placement_t *placement;
+  /* Workspace budget of the expert stage in bytes (epmoe/plan.h
+   * workspace_bytes); 0 = unbounded. The expert stage then runs over chunks
+   * of gathered (or received) rows whose worst-case workspace fits, and the
+   * backend's expert scratch is sized for one chunk, not for EP x
+   * max_tokens_per_rank rows. Same bits as one call (a row's partial depends
+   * on that row only). A budget below one row's need fails create. */
+  size_t workspace_bytes;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, 0}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \
@@ -120,6 +127,7 @@ typedef struct {
   epm_dispatch_mode_t last_mode;                /* mode of the last successful step */
   uint64_t steps_mode[EPM_DISPATCH_MODES];      /* successful steps per mode */
   int64_t last_expert_rows;  /* rows the expert stage ran over: M, or the rows received */
+  int64_t last_expert_chunks; /* expert calls those rows took (workspace_bytes chunking) */
   uint64_t last_dispatch_sent, last_dispatch_recv; /* allgather-v / first all-to-all-v */
   uint64_t last_combine_sent, last_combine_recv;   /* reduce-scatter-v / all-to-all-v back */
   uint64_t bytes_sent, bytes_recv; /* sums over successful steps, dispatch + combine */
@@ -178,6 +186,9 @@ int64_t epm_engine_recv_capacity(const epm_engine_t *eng);
  * epm_placement_balance() takes. Safe from another thread while a step runs.
  * EPM_ERR_INVALID_ARG when n is not the layer's expert count. */
 epm_status_t epm_engine_expert_load(const epm_engine_t *eng, uint64_t *total, uint64_t *last, int64_t n);
+
+/* Most rows one expert call takes (the workspace budget's chunk). */
+int64_t epm_engine_chunk_rows(const epm_engine_t *eng);
 
 /* Bytes of step buffers the engine allocated (backend memory). */
 size_t epm_engine_buffer_bytes(const epm_engine_t *eng);

@@ -67,11 +67,14 @@ typedef struct {
    * creation compares their hashes and fails on all ranks otherwise. */
   const epm_placement_t *placement;
   int64_t redundant_experts;
+  /* Expert-stage workspace budget in bytes (epm_engine_config_t
+   * workspace_bytes); 0 = unbounded. */
+  size_t workspace_bytes;
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}, NULL, 0}
+   {{0, 0}, {0, 0}}, NULL, 0, 0}
 
 /* What HELLO/STATUS report. */
 typedef struct {
