@@ -61,7 +61,7 @@ typedef struct {
   long long recv_capacity, workspace_mb;
   const char *dispatch_latency_us, *dispatch_gbps; /* auto's cost terms, "AG,A2A" */
   epm_dispatch_cost_t cost;                        /* parsed from the two above */
-  int calibrate;
+  int calibrate, graph;
 } step_opts_t;
 
 #define AT(field) EPM_OPT_AT(step_opts_t, field)
@@ -111,6 +111,8 @@ static const epm_opt_t step_opts[] = {
      .help = "alltoall: most token rows a rank receives per step\n(0 = any routing)"},
     {.name = "workspace-mb", COUNT(0, 1LL << 30), AT(workspace_mb), .def = "0", .flags = EPM_OPT_KMG, .arg = "MB",
      .help = "expert-stage workspace budget per rank in MiB; the experts\nrun in chunks of rows that fit (0 = unbounded)"},
+    {.name = "graph", .kind = EPM_OPT_FLAG, AT(graph),
+     .help = "fixed-capacity step: one packed allgather, no sizes\nexchange; on cuda one CUDA graph per step"},
     {.name = "dispatch-latency-us", .kind = EPM_OPT_STR, AT(dispatch_latency_us), .arg = "AG,A2A",
      .help = "auto's per-call latency of each mode (us)"},
     {.name = "dispatch-gbps", .kind = EPM_OPT_STR, AT(dispatch_gbps), .arg = "AG,A2A",
@@ -270,6 +272,7 @@ static epm_status_t setup(step_t *s) {
   gc.dispatch = o->dispatch;
   gc.recv_capacity = o->recv_capacity;
   gc.workspace_bytes = (size_t)o->workspace_mb << 20;
+  gc.fixed_capacity = o->graph;
   gc.dispatch_cost = o->cost;
   gc.placement = o->placement ? &s->placement : NULL;
   gc.redundant_experts = o->redundant;

@@ -80,6 +80,24 @@ struct epm_engine {
   int64_t *scratch_i;  /* [size] */
   uint64_t *bytes_s, *bytes_r; /* [size] cost model */
 
+  /* ---- fixed capacity (engine_fixed.c) and the CUDA graph (engine_graph.c) ---- */
+  int fixed;                 /* cfg.fixed_capacity */
+  size_t fx_rec, fx_seg;     /* record bytes, segment bytes (fx_rows records) */
+  size_t fx_off_sf, fx_off_ids, fx_off_w; /* field offsets inside a record */
+  int64_t fx_rows;           /* max_m + 1: the header row, then the token rows */
+  uint8_t *fx_loc, *fx_all;  /* own segment, P gathered segments (backend memory) */
+  uint8_t *fx_packed, *fx_sf;
+  int32_t *fx_ids;
+  float *fx_wts;
+  void *fx_partial;          /* [P * fx_rows, H] partial_dtype */
+  void *fx_red;              /* [fx_rows, H] partial_dtype: the combine output */
+  int64_t *fx_ones, *fx_rows_each; /* [size] host: 1 segment / fx_rows rows per rank */
+  /* The header source: engine-owned host memory, because a captured graph
+   * copies from this address every time it is launched. */
+  int64_t fx_hdr_src[2];
+  int capturing;             /* inside a graph capture: no host waits */
+  void *graphs;              /* engine_graph.c: one captured step per m (device backend) */
+
   pthread_mutex_t stats_mu;
   epm_engine_stats_t stats;
   /* Per-expert load of this rank's own tokens (epm_engine_expert_load),
@@ -102,6 +120,22 @@ epm_status_t epm__engine_stage_end(epm__step_timer_t *tm, epm_engine_stage_t sta
 /* The expert stage over `rows` rows in chunks of chunk_rows (engine.c). */
 epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
                                  const float *wts, int64_t rows, float a1, void *partial);
+
+/* engine_fixed.c */
+epm_status_t epm__fixed_layout(epm_engine_t *e);
+epm_status_t epm__fixed_alloc(epm_engine_t *e);
+void epm__fixed_free(epm_engine_t *e);
+void epm__fixed_borrow(epm_engine_t *e, const epm_engine_t *o);
+void epm__fixed_header(epm_engine_t *e, int64_t m, int failed);
+epm_status_t epm__fixed_dispatch(epm_engine_t *e, int64_t m);
+epm_status_t epm__fixed_counts(epm_engine_t *e, int64_t *M);
+epm_status_t epm__fixed_combine(epm_engine_t *e, epm__step_timer_t *tm, int64_t m, float a1);
+
+/* engine_graph.c: the fixed-capacity step as one CUDA graph (device backend). */
+epm_status_t epm__graph_step(epm_engine_t *e, epm__step_timer_t *tm, const epm_bf16_t *x, const float *logits,
+                             int64_t m, epm_bf16_t *y, int in_backend_mem, int64_t *M);
+void epm__graph_free(epm_engine_t *e);
+size_t epm__graph_count(const epm_engine_t *e);
 
 /* What the step decided after the counts exchange (engine_a2a.c fills it). */
 typedef struct {

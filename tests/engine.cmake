@@ -22,6 +22,11 @@ set(_step epmoectl step --preset tiny --seed 7 --check)
 # --workspace-mb 1 at tiny dims: one gathered row per expert call.
 epm_add_mpi_test(step_workspace_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --workspace-mb 1 --tolerance 0
                  LABELS mpi TIMEOUT 120)
+# --graph: the fixed-capacity step (on cpu: the same packed records and
+# equal-size allgather a CUDA graph holds), against the EP=1 reference.
+epm_add_mpi_test(step_graph_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --graph --tolerance 0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_graph_np4 NP 4 COMMAND ${_step} --tokens-per-rank 3,5,0,8 --graph --repeat 2 --workspace-mb 1
+                 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_workspace_a2a_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --workspace-mb 1
                  --dispatch alltoall --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --repeat 2 --tolerance 0 LABELS mpi TIMEOUT 120)

@@ -89,9 +89,19 @@ typedef struct {
    * max_tokens_per_rank rows. Same bits as one call (a row's partial depends
    * on that row only). A budget below one row's need fails create. */
   size_t workspace_bytes;
+  /* Fixed-capacity step (the host-sync-free form): every rank sends one
+   * packed record per token (NVFP4 row, scales, ids, weights) in a segment
+   * of max_tokens_per_rank records behind a header carrying its count, all
+   * in ONE allgather of equal size; no host sizes exchange; the experts run
+   * over the padded rows and the combine is a reduce-scatter of equal
+   * segments. Bit-identical to the variable-size step. On a device backend
+   * each step runs as one CUDA graph (route through combine, NCCL
+   * included), captured once per local token count and replayed. Needs
+   * allgather dispatch, the static scale and hidden >= 32. */
+  int fixed_capacity;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, 0}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, 0, 0}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \

@@ -70,11 +70,14 @@ typedef struct {
   /* Expert-stage workspace budget in bytes (epm_engine_config_t
    * workspace_bytes); 0 = unbounded. */
   size_t workspace_bytes;
+  /* 1: the fixed-capacity step (epm_engine_config_t fixed_capacity): one
+   * packed allgather, no sizes exchange, one CUDA graph per step on cuda. */
+  int fixed_capacity;
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}, NULL, 0, 0}
+   {{0, 0}, {0, 0}}, NULL, 0, 0, 0}
 
 /* What HELLO/STATUS report. */
 typedef struct {

@@ -12,6 +12,14 @@
  *     calls (rows = M in allgather mode, the rows received in alltoall
  *     mode), and y is bit-identical; f32 and bf16 partials
  *   - a budget below one row's workspace fails create, naming the numbers
+ *   - fixed capacity (packed records, one equal-size allgather, no sizes
+ *     exchange): bit-identical to the variable-size step, f32 and bf16
+ *     partials, also with chunks of 1 row; expert rows = P x (capacity + 1),
+ *     the step's M = the sum of the counts; capacities above every count
+ *     (pad rows) and equal to the largest; a rank with a bad count makes
+ *     every rank fail the same step (with its own message on that rank,
+ *     "rank R failed" on the others) and the next step works; configs it
+ *     cannot serve (alltoall, dynamic scale) fail create
  */
 #include <math.h>
 
@@ -146,6 +154,75 @@ static void chunked(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *laye
   free_tokens(&t);
 }
 
+static void fixed(epm_comm_t *comm, epm_backend_t *be, const epm_layer_t *layer, epm_dtype_t partial) {
+  tok_t t;
+  make_tokens(&t, 77);
+  epm_engine_config_t cfg = EPM_ENGINE_CONFIG_INIT;
+  cfg.max_tokens_per_rank = t.max_m;
+  cfg.partial_dtype = partial;
+  epm_engine_stats_t st;
+  run(comm, be, layer, &cfg, &t, &st);
+  memcpy(t.y_ref, t.y, (size_t)(t.m * dims.hidden) * sizeof *t.y);
+
+  cfg.fixed_capacity = 1;
+  const int64_t caps[] = {t.max_m, t.max_m + 5};
+  for (size_t c = 0; c < 2; c++) {
+    cfg.max_tokens_per_rank = caps[c];
+    for (int budget = 0; budget < 2; budget++) {
+      cfg.workspace_bytes = budget ? ws_bytes(&cfg, 1) : 0;
+      run(comm, be, layer, &cfg, &t, &st);
+      const int64_t rows = (caps[c] + 1) * P;
+      CHECK(st.last_expert_rows == rows, "fixed: expert rows %lld, expected %lld", (long long)st.last_expert_rows,
+            (long long)rows);
+      CHECK(st.last_M == t.M, "fixed: M %lld, expected %lld", (long long)st.last_M, (long long)t.M);
+      CHECK(st.last_expert_chunks == (budget ? rows : 1), "fixed: %lld expert calls", (long long)st.last_expert_chunks);
+      const int64_t d = same_bits(&t);
+      CHECK(d == 0, "fixed capacity %lld, %s partials, budget %d: %lld elements differ from the variable-size step",
+            (long long)caps[c], epm_dtype_name(partial), budget, (long long)d);
+    }
+  }
+
+  /* Failure agreement: the last rank asks for one token too many. */
+  cfg.max_tokens_per_rank = t.max_m;
+  cfg.workspace_bytes = 0;
+  epm_engine_t *eng = NULL;
+  CHECK_OK(epm_engine_create(&cfg, layer, comm, be, &eng));
+  const int bad = P - 1;
+  epm_bf16_t *xbig = calloc((size_t)((t.max_m + 1) * dims.hidden), sizeof *xbig);
+  float *lbig = calloc((size_t)((t.max_m + 1) * dims.num_experts), sizeof *lbig);
+  epm_bf16_t *ybig = calloc((size_t)((t.max_m + 1) * dims.hidden), sizeof *ybig);
+  CHECK(xbig && lbig && ybig, "oom");
+  epm_status_t s = me == bad ? epm_engine_step(eng, xbig, lbig, t.max_m + 1, ybig)
+                             : epm_engine_step(eng, t.x, t.logits, t.m, t.y);
+  CHECK(s != EPM_OK, "a step with a bad count on rank %d succeeded here", bad);
+  if (me == bad) {
+    CHECK(s == EPM_ERR_INVALID_ARG && strstr(epm_last_error(), "outside") != NULL, "own error: %s: %s",
+          epm_status_name(s), epm_last_error());
+  } else {
+    char want[48];
+    snprintf(want, sizeof want, "rank %d failed", bad);
+    CHECK(s == EPM_ERR_ABORTED && strstr(epm_last_error(), want) != NULL, "peer error: %s: %s", epm_status_name(s),
+          epm_last_error());
+  }
+  memset(t.y, 0, (size_t)(t.m * dims.hidden) * sizeof *t.y);
+  CHECK_OK(epm_engine_step(eng, t.x, t.logits, t.m, t.y));
+  CHECK(same_bits(&t) == 0, "the step after a failed one differs");
+  epm_engine_stats(eng, &st);
+  CHECK(st.steps == 1 && st.failed_steps == 1, "stats: %llu steps, %llu failed", (unsigned long long)st.steps,
+        (unsigned long long)st.failed_steps);
+  epm_engine_destroy(eng);
+  free(xbig);
+  free(lbig);
+  free(ybig);
+
+  cfg.dispatch = EPM_DISPATCH_ALLTOALL;
+  CHECK(epm_engine_create(&cfg, layer, comm, be, &eng) == EPM_ERR_INVALID_ARG, "fixed + alltoall accepted");
+  cfg.dispatch = EPM_DISPATCH_ALLGATHER;
+  cfg.scale_mode = EPM_SCALE_DYNAMIC;
+  CHECK(epm_engine_create(&cfg, layer, comm, be, &eng) == EPM_ERR_INVALID_ARG, "fixed + dynamic scale accepted");
+  free_tokens(&t);
+}
+
 int main(int argc, char **argv) {
   epm_bootstrap_t boot;
   epm_bootstrap_opts_t bo = {.gpu_mode = EPM_GPU_OFF};
@@ -170,6 +247,8 @@ int main(int argc, char **argv) {
     chunked(comm, be, &layer, modes[i], EPM_DTYPE_F32);
     chunked(comm, be, &layer, modes[i], EPM_DTYPE_BF16);
   }
+  fixed(comm, be, &layer, EPM_DTYPE_F32);
+  fixed(comm, be, &layer, EPM_DTYPE_BF16);
 
   epm_group_destroy(g);
   if (me == 0) printf("test_engine_modes_mpi: P = %d passed\n", P);
