@@ -50,6 +50,8 @@ static void free_buffers(epm_engine_t *e) {
   if (!e->owns_buffers) return;
   epm__a2a_free(e);
   epm__fixed_free(e);
+  epm_backend_free(e->be, e->pk_loc);
+  epm_backend_free(e->be, e->pk_all);
   void *bufs[] = {e->x_dev,   e->x_woi, e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
                   e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
                   e->y_red,   e->amax_buf};
@@ -101,6 +103,8 @@ static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
   e->y_red = o->y_red;
   e->y32 = o->y32;
   e->amax_buf = o->amax_buf;
+  e->pk_loc = o->pk_loc;
+  e->pk_all = o->pk_all;
   epm__a2a_borrow(e, o);
   epm__fixed_borrow(e, o);
   e->owns_buffers = 0;
@@ -143,6 +147,14 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
     EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_gathered.bytes, (void **)&e->sf_all), st, out);
     e->buffer_bytes += p->xq_gathered.bytes + p->xsf_gathered.bytes;
     EPM_TRY_GOTO(alloc_buf(e, &p->partial_y, e->partial_elem, "partial y", &e->partial_all), st, out);
+    epm_plan_buf_t rl = {e->max_m, (int64_t)e->fx_rec, 0, 0}, ra = {e->max_M, (int64_t)e->fx_rec, 0, 0};
+    if (epm_mul_i64(rl.rows, rl.cols, &rl.elements) || epm_mul_i64(ra.rows, ra.cols, &ra.elements)) {
+      st = epm_error(EPM_ERR_OVERFLOW, "token records: %lld rows x %zu bytes overflows", (long long)e->max_M,
+                     e->fx_rec);
+      goto out;
+    }
+    EPM_TRY_GOTO(alloc_buf(e, &rl, 1, "token records", (void **)&e->pk_loc), st, out);
+    EPM_TRY_GOTO(alloc_buf(e, &ra, 1, "gathered token records", (void **)&e->pk_all), st, out);
   }
   EPM_TRY_GOTO(alloc_buf(e, &p->y_local, e->partial_elem, "reduced y", &e->y_red), st, out);
   if (e->cfg.partial_dtype == EPM_DTYPE_F32)
@@ -309,8 +321,8 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
     goto fail;
   }
   EPM_TRY_GOTO(epm__a2a_host_init(e, cfg->placement), st, fail);
+  EPM_TRY_GOTO(epm__fixed_layout(e), st, fail); /* the record layout, both allgather forms */
   if (e->fixed) {
-    EPM_TRY_GOTO(epm__fixed_layout(e), st, fail);
     e->fx_ones = malloc((size_t)size * sizeof *e->fx_ones);
     e->fx_rows_each = malloc((size_t)size * sizeof *e->fx_rows_each);
     if (!e->fx_ones || !e->fx_rows_each) {
@@ -560,14 +572,13 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
   } else if (sp->mode == EPM_DISPATCH_ALLTOALL) {
     EPM_TRY(epm__a2a_run(e, tm, sp, m, a1)); /* y32 = the routed sum */
   } else {
-    const epm_comm_gather_buf_t bufs[4] = {
-        {e->packed_loc, e->packed_all, (size_t)(H / 2)},
-        {e->sf_loc, e->sf_all, (size_t)(H / EPM_NVFP4_BLOCK)},
-        {e->ids_loc, e->ids_all, (size_t)k * sizeof(int32_t)},
-        {e->wts_loc, e->wts_all, (size_t)k * sizeof(float)},
-    };
-    EPM_TRY(epm_comm_allgatherv_multi(e->comm, bufs, 4, e->counts));
+    /* One record per token (codes, scales, ids, weights): one gather, not four. */
+    (void)k;
+    EPM_TRY(epm__records_pack(e, e->pk_loc, m));
+    const epm_comm_gather_buf_t buf = {e->pk_loc, e->pk_all, e->fx_rec};
+    EPM_TRY(epm_comm_allgatherv_multi(e->comm, &buf, 1, e->counts));
     EPM_TRY(epm_comm_wait(e->comm, 0));
+    EPM_TRY(epm__records_unpack(e, e->pk_all, M, e->packed_all, e->sf_all, e->ids_all, e->wts_all));
     epm_comm_traffic(e->comm, &tm->tr[1]);
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_ALLGATHER));
 

@@ -33,7 +33,7 @@ static size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
 
 epm_status_t epm__fixed_layout(epm_engine_t *e) {
   const size_t H = (size_t)e->H, k = (size_t)e->k;
-  if (H / 2 < 2 * sizeof(int64_t))
+  if (e->fixed && H / 2 < 2 * sizeof(int64_t))
     return epm_error(EPM_ERR_INVALID_ARG, "fixed capacity: hidden %zu is below 32 (the header lives in the codes)",
                      H);
   e->fx_off_sf = H / 2;
@@ -47,6 +47,28 @@ epm_status_t epm__fixed_layout(epm_engine_t *e) {
                      (long long)e->fx_rows);
   e->fx_seg = seg;
   return EPM_OK;
+}
+
+/* Records of n tokens starting at `rows` (pitch rec) from the local columns
+ * (pack) or into the gathered columns (unpack): four strided copies each,
+ * no kernel, capturable. */
+epm_status_t epm__records_pack(epm_engine_t *e, uint8_t *rows, int64_t n) {
+  const size_t rec = e->fx_rec, H = (size_t)e->H, k = (size_t)e->k, N = (size_t)n;
+  EPM_TRY(epm_backend_copy_2d(e->be, rows, rec, e->packed_loc, H / 2, H / 2, N));
+  EPM_TRY(epm_backend_copy_2d(e->be, rows + e->fx_off_sf, rec, e->sf_loc, H / EPM_NVFP4_BLOCK, H / EPM_NVFP4_BLOCK,
+                              N));
+  EPM_TRY(epm_backend_copy_2d(e->be, rows + e->fx_off_ids, rec, e->ids_loc, k * sizeof(int32_t),
+                              k * sizeof(int32_t), N));
+  return epm_backend_copy_2d(e->be, rows + e->fx_off_w, rec, e->wts_loc, k * sizeof(float), k * sizeof(float), N);
+}
+
+epm_status_t epm__records_unpack(epm_engine_t *e, const uint8_t *rows, int64_t n, uint8_t *packed, uint8_t *sf,
+                                 int32_t *ids, float *wts) {
+  const size_t rec = e->fx_rec, H = (size_t)e->H, k = (size_t)e->k, N = (size_t)n;
+  EPM_TRY(epm_backend_copy_2d(e->be, packed, H / 2, rows, rec, H / 2, N));
+  EPM_TRY(epm_backend_copy_2d(e->be, sf, H / EPM_NVFP4_BLOCK, rows + e->fx_off_sf, rec, H / EPM_NVFP4_BLOCK, N));
+  EPM_TRY(epm_backend_copy_2d(e->be, ids, k * sizeof(int32_t), rows + e->fx_off_ids, rec, k * sizeof(int32_t), N));
+  return epm_backend_copy_2d(e->be, wts, k * sizeof(float), rows + e->fx_off_w, rec, k * sizeof(float), N);
 }
 
 /* Buffers: the own segment, the gathered segments, their unpacked columns,
@@ -97,17 +119,9 @@ void epm__fixed_header(epm_engine_t *e, int64_t m, int failed) {
 }
 
 epm_status_t epm__fixed_dispatch(epm_engine_t *e, int64_t m) {
-  const size_t rec = e->fx_rec, H = (size_t)e->H, k = (size_t)e->k;
-  const size_t n = (size_t)m;
-  uint8_t *rows = e->fx_loc + rec; /* row 1 */
   EPM_TRY(epm_backend_zero(e->be, e->fx_loc, e->fx_seg));
   EPM_TRY(epm_backend_copy_h2d(e->be, e->fx_loc, e->fx_hdr_src, sizeof e->fx_hdr_src));
-  EPM_TRY(epm_backend_copy_2d(e->be, rows, rec, e->packed_loc, H / 2, H / 2, n));
-  EPM_TRY(epm_backend_copy_2d(e->be, rows + e->fx_off_sf, rec, e->sf_loc, H / EPM_NVFP4_BLOCK, H / EPM_NVFP4_BLOCK,
-                              n));
-  EPM_TRY(epm_backend_copy_2d(e->be, rows + e->fx_off_ids, rec, e->ids_loc, k * sizeof(int32_t),
-                              k * sizeof(int32_t), n));
-  EPM_TRY(epm_backend_copy_2d(e->be, rows + e->fx_off_w, rec, e->wts_loc, k * sizeof(float), k * sizeof(float), n));
+  EPM_TRY(epm__records_pack(e, e->fx_loc + e->fx_rec, m)); /* from row 1 */
   const epm_comm_gather_buf_t buf = {e->fx_loc, e->fx_all, e->fx_seg};
   EPM_TRY(epm_comm_allgatherv_multi(e->comm, &buf, 1, e->fx_ones));
   return EPM_OK;
@@ -142,16 +156,9 @@ epm_status_t epm__fixed_counts(epm_engine_t *e, int64_t *M) {
 /* Unpack the gathered records, the experts over every gathered row, the
  * equal-segment reduce-scatter, and this rank's rows 1..m into y32. */
 epm_status_t epm__fixed_combine(epm_engine_t *e, epm__step_timer_t *tm, int64_t m, float a1) {
-  const size_t rec = e->fx_rec, H = (size_t)e->H, k = (size_t)e->k;
+  const size_t H = (size_t)e->H;
   const int64_t all_rows = e->fx_rows * e->size;
-  const size_t n = (size_t)all_rows;
-  EPM_TRY(epm_backend_copy_2d(e->be, e->fx_packed, H / 2, e->fx_all, rec, H / 2, n));
-  EPM_TRY(epm_backend_copy_2d(e->be, e->fx_sf, H / EPM_NVFP4_BLOCK, e->fx_all + e->fx_off_sf, rec,
-                              H / EPM_NVFP4_BLOCK, n));
-  EPM_TRY(epm_backend_copy_2d(e->be, e->fx_ids, k * sizeof(int32_t), e->fx_all + e->fx_off_ids, rec,
-                              k * sizeof(int32_t), n));
-  EPM_TRY(epm_backend_copy_2d(e->be, e->fx_wts, k * sizeof(float), e->fx_all + e->fx_off_w, rec, k * sizeof(float),
-                              n));
+  EPM_TRY(epm__records_unpack(e, e->fx_all, all_rows, e->fx_packed, e->fx_sf, e->fx_ids, e->fx_wts));
   EPM_TRY(epm__engine_experts(e, e->fx_packed, e->fx_sf, e->fx_ids, e->fx_wts, all_rows, a1, e->fx_partial));
   EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_EXPERTS));
   EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->fx_partial, e->fx_red, e->fx_rows_each, e->H, e->cfg.partial_dtype));

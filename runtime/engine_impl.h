@@ -96,6 +96,7 @@ struct epm_engine {
    * copies from this address every time it is launched. */
   int64_t fx_hdr_src[2];
   int capturing;             /* inside a graph capture: no host waits */
+  uint8_t *pk_loc, *pk_all;  /* variable-size allgather: [max_m], [max_M] records */
   void *graphs;              /* engine_graph.c: one captured step per m (device backend) */
 
   pthread_mutex_t stats_mu;
@@ -121,7 +122,10 @@ epm_status_t epm__engine_stage_end(epm__step_timer_t *tm, epm_engine_stage_t sta
 epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
                                  const float *wts, int64_t rows, float a1, void *partial);
 
-/* engine_fixed.c */
+/* engine_fixed.c: the token record (also the variable-size allgather's) */
+epm_status_t epm__records_pack(epm_engine_t *e, uint8_t *rows, int64_t n);
+epm_status_t epm__records_unpack(epm_engine_t *e, const uint8_t *rows, int64_t n, uint8_t *packed, uint8_t *sf,
+                                 int32_t *ids, float *wts);
 epm_status_t epm__fixed_layout(epm_engine_t *e);
 epm_status_t epm__fixed_alloc(epm_engine_t *e);
 void epm__fixed_free(epm_engine_t *e);
