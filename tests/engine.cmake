@@ -93,3 +93,16 @@ target_link_libraries(test_group_mpi PRIVATE epmoe)
 foreach(np 1 2 4)
   epm_add_mpi_test(group_mpi_np${np} NP ${np} COMMAND test_group_mpi LABELS mpi TIMEOUT 180)
 endforeach()
+
+# epmoe-bench: --help, a CPU smoke run (the GPU rows are skipped with a line
+# saying so where there is no GPU; exit 0), a usage error (exit 64).
+add_test(NAME bench_help COMMAND epmoe-bench --help)
+set_tests_properties(bench_help PROPERTIES LABELS cpu TIMEOUT 30 PASS_REGULAR_EXPRESSION "usage: epmoe-bench.*--tokens")
+add_test(NAME bench_cpu_smoke COMMAND epmoe-bench --preset tiny --ep 4 --tokens 3 -n 2 -w 0 --json)
+set_tests_properties(bench_cpu_smoke PROPERTIES LABELS cpu TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "\"name\": *\"moe_layer\", *\"device\": *\"cpu\".*\"gpu\": *\"")
+add_test(NAME bench_cpu_text COMMAND epmoe-bench --preset tiny --ep 8 --tokens 2 -n 1 -w 0)
+set_tests_properties(bench_cpu_text PROPERTIES LABELS cpu TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "moe_layer +cpu.*# gpu: (skipped: [^\n]+|.*sm_)")
+add_test(NAME bench_usage COMMAND sh -c "$<TARGET_FILE:epmoe-bench> --preset tiny --ep 3 >/dev/null 2>&1; test $? -eq 64")
+set_tests_properties(bench_usage PROPERTIES LABELS cpu TIMEOUT 30)
