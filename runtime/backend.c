@@ -124,6 +124,29 @@ void epm_backend_graph_destroy(epm_backend_t *be, void *graph) {
   if (be && graph && be->ops->graph_destroy) be->ops->graph_destroy(be, graph);
 }
 
+epm_status_t epm_backend_mark_create(epm_backend_t *be, void **mark) {
+  if (!be || !mark) return epm_error(EPM_ERR_INVALID_ARG, "mark_create: NULL argument");
+  *mark = NULL;
+  if (!be->ops->mark_create) return unsupported(be, "timing marks");
+  return be->ops->mark_create(be, mark);
+}
+
+void epm_backend_mark_destroy(epm_backend_t *be, void *mark) {
+  if (be && mark && be->ops->mark_destroy) be->ops->mark_destroy(be, mark);
+}
+
+epm_status_t epm_backend_mark_record(epm_backend_t *be, void *mark) {
+  if (!be || !mark) return epm_error(EPM_ERR_INVALID_ARG, "mark_record: NULL argument");
+  if (!be->ops->mark_record) return unsupported(be, "timing marks");
+  return be->ops->mark_record(be, mark);
+}
+
+epm_status_t epm_backend_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds) {
+  if (!be || !a || !b || !seconds) return epm_error(EPM_ERR_INVALID_ARG, "mark_elapsed: NULL argument");
+  if (!be->ops->mark_elapsed) return unsupported(be, "timing marks");
+  return be->ops->mark_elapsed(be, a, b, seconds);
+}
+
 epm_status_t epm_backend_weights_load(epm_backend_t *be, const epm_layer_t *layer, int64_t max_local,
                                       int64_t max_gathered, epm_backend_weights_t **out) {
   if (!be || !layer || !out) return epm_error(EPM_ERR_INVALID_ARG, "weights_load: NULL argument");

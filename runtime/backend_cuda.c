@@ -154,6 +154,33 @@ static void cuda_graph_destroy(epm_backend_t *be, void *graph) {
   cudaGraphExecDestroy((cudaGraphExec_t)graph);
 }
 
+static epm_status_t cuda_mark_create(epm_backend_t *be, void **mark) {
+  (void)be;
+  cudaEvent_t ev = NULL;
+  EPM_CUDA_TRY(cudaEventCreate(&ev));
+  *mark = ev;
+  return EPM_OK;
+}
+
+static void cuda_mark_destroy(epm_backend_t *be, void *mark) {
+  (void)be;
+  cudaEventDestroy((cudaEvent_t)mark);
+}
+
+static epm_status_t cuda_mark_record(epm_backend_t *be, void *mark) {
+  EPM_CUDA_TRY(cudaEventRecord((cudaEvent_t)mark, ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds) {
+  (void)be;
+  float ms = 0.0f;
+  EPM_CUDA_TRY(cudaEventSynchronize((cudaEvent_t)b));
+  EPM_CUDA_TRY(cudaEventElapsedTime(&ms, (cudaEvent_t)a, (cudaEvent_t)b));
+  *seconds = 1e-3 * (double)ms;
+  return EPM_OK;
+}
+
 static epm_status_t cuda_sync(epm_backend_t *be) {
   EPM_CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
   return EPM_OK;
@@ -447,6 +474,10 @@ static const epm__backend_ops_t cuda_ops = {
     .graph_launch = cuda_graph_launch,
     .graph_destroy = cuda_graph_destroy,
     .quantize_static = cuda_quantize_static,
+    .mark_create = cuda_mark_create,
+    .mark_destroy = cuda_mark_destroy,
+    .mark_record = cuda_mark_record,
+    .mark_elapsed = cuda_mark_elapsed,
     .name = "cuda",
     .is_device = 1,
     .stream = cuda_stream,

@@ -23,6 +23,10 @@ typedef struct {
   epm_status_t (*capture_end)(epm_backend_t *be, int keep, void **graph);
   epm_status_t (*graph_launch)(epm_backend_t *be, void *graph);
   void (*graph_destroy)(epm_backend_t *be, void *graph);
+  epm_status_t (*mark_create)(epm_backend_t *be, void **mark);
+  void (*mark_destroy)(epm_backend_t *be, void *mark);
+  epm_status_t (*mark_record)(epm_backend_t *be, void *mark);
+  epm_status_t (*mark_elapsed)(epm_backend_t *be, void *a, void *b, double *seconds);
   epm_status_t (*quantize_static)(epm_backend_t *be, const epm_backend_weights_t *w, const epm_bf16_t *x, int64_t m,
                                   uint8_t *packed, uint8_t *sf);
   epm_status_t (*weights_load)(epm_backend_t *be, const epm_layer_t *layer, int64_t max_local,

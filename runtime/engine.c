@@ -334,6 +334,13 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
       e->fx_rows_each[r] = e->fx_rows;
     }
   }
+  if (epm_backend_is_device(be) && !cfg->fixed_capacity)
+    for (int i = 0; i < EPM__MARKS; i++)
+      if (epm_backend_mark_create(be, &e->marks[i]) != EPM_OK) { /* then sync + clock per stage */
+        for (int j = 0; j < i; j++) epm_backend_mark_destroy(be, e->marks[j]);
+        memset(e->marks, 0, sizeof e->marks);
+        break;
+      }
   EPM_TRY_GOTO(plan_chunk_rows(e), st, fail);
   EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->chunk_rows, &e->w), st, fail);
   if (cfg->share_buffers)
@@ -369,6 +376,7 @@ void epm_engine_destroy(epm_engine_t *e) {
   free(e->ids_host);
   free(e->fx_ones);
   free(e->fx_rows_each);
+  for (int i = 0; i < EPM__MARKS; i++) epm_backend_mark_destroy(e->be, e->marks[i]);
   epm__graph_free(e);
   pthread_mutex_destroy(&e->stats_mu);
   free(e);
@@ -426,9 +434,32 @@ static epm_status_t count_load(epm_engine_t *e, int64_t m) {
  * it before reading the clock (otherwise the time lands on a later stage). */
 typedef epm__step_timer_t step_timer_t;
 
+static void mark_start(step_timer_t *tm) {
+  epm_engine_t *e = tm->e;
+  tm->nmarks = 0;
+  if (e->marks[0] && epm_backend_mark_record(e->be, e->marks[0]) == EPM_OK) tm->mark_stage[tm->nmarks++] = -1;
+}
+
+epm_status_t epm__engine_marks_read(step_timer_t *tm) {
+  epm_engine_t *e = tm->e;
+  for (int i = 1; i < tm->nmarks; i++) {
+    double sec = 0;
+    EPM_TRY(epm_backend_mark_elapsed(e->be, e->marks[i - 1], e->marks[i], &sec));
+    tm->s[tm->mark_stage[i]] += sec;
+  }
+  tm->nmarks = 0;
+  return EPM_OK;
+}
+
 epm_status_t epm__engine_stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
-  if (tm->e->capturing) return EPM_OK; /* a graph's stages are timed by events (engine_graph.c) */
-  if (epm_backend_is_device(tm->e->be)) EPM_TRY(epm_backend_sync(tm->e->be));
+  epm_engine_t *e = tm->e;
+  if (e->capturing) return EPM_OK; /* a graph step is timed as a whole */
+  if (tm->nmarks > 0 && tm->nmarks < EPM__MARKS) { /* a mark, no wait */
+    EPM_TRY(epm_backend_mark_record(e->be, e->marks[tm->nmarks]));
+    tm->mark_stage[tm->nmarks++] = (int)stage;
+    return EPM_OK;
+  }
+  if (epm_backend_is_device(e->be)) EPM_TRY(epm_backend_sync(e->be));
   double t = epm_clock_s();
   tm->s[stage] += t - tm->t;
   tm->t = t;
@@ -609,6 +640,7 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
   if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_step: NULL engine");
   e->stage_io = epm_backend_is_device(e->be) && !in_backend_mem;
   step_timer_t tm = {.e = e, .t = epm_clock_s()};
+  if (!e->fixed) mark_start(&tm);
   const double t0 = tm.t;
   /* Decode scale a1 of the dispatched activations; encode scale G = fp32(1/a1). */
   float a1 = e->layer->input_scale, amax = 0.0f;
@@ -670,8 +702,9 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
     record(e, &tm, m_r, &sp, a1, 0);
     return st;
   }
+  st = epm__engine_marks_read(&tm); /* also: y is complete on return */
   tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
-  st = count_load(e, m_r);
+  if (st == EPM_OK) st = count_load(e, m_r);
   record(e, &tm, m_r, &sp, a1, st == EPM_OK);
   return st;
 }

@@ -98,6 +98,10 @@ struct epm_engine {
   int capturing;             /* inside a graph capture: no host waits */
   uint8_t *pk_loc, *pk_all;  /* variable-size allgather: [max_m], [max_M] records */
   void *graphs;              /* engine_graph.c: one captured step per m (device backend) */
+  /* Stage timing on a device backend: marks on the stream, read once at
+   * the end of the step (no stream sync per stage). NULL: sync + clock. */
+#define EPM__MARKS 24
+  void *marks[EPM__MARKS];
 
   pthread_mutex_t stats_mu;
   epm_engine_stats_t stats;
@@ -113,10 +117,15 @@ struct epm_engine {
 typedef struct {
   epm_engine_t *e;
   double t, s[EPM_STAGE_COUNT];
+  int nmarks;                    /* marks recorded this step (device) */
+  int mark_stage[EPM__MARKS];    /* the stage each mark closes (-1: the start) */
   /* comm traffic before the dispatch, after it, after the combine */
   epm_comm_traffic_t tr[3];
 } epm__step_timer_t;
 epm_status_t epm__engine_stage_end(epm__step_timer_t *tm, epm_engine_stage_t stage);
+/* After the step's last stage: the stage times from the marks (waits for
+ * the last one, so the step's work is complete on return). */
+epm_status_t epm__engine_marks_read(epm__step_timer_t *tm);
 
 /* The expert stage over `rows` rows in chunks of chunk_rows (engine.c). */
 epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,

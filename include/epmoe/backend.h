@@ -97,6 +97,16 @@ epm_status_t epm_backend_capture_end(epm_backend_t *be, int keep, void **graph);
 epm_status_t epm_backend_graph_launch(epm_backend_t *be, void *graph);
 void epm_backend_graph_destroy(epm_backend_t *be, void *graph); /* NULL ok */
 
+/* Timing marks on the stream (device backends; cpu: EPM_ERR_NOT_SUPPORTED):
+ * record puts a mark after the ops enqueued so far, without waiting;
+ * elapsed waits for mark b and gives the seconds between a and b as the
+ * device saw them. The engine times its stages with these instead of a
+ * stream sync after each stage. */
+epm_status_t epm_backend_mark_create(epm_backend_t *be, void **mark);
+void epm_backend_mark_destroy(epm_backend_t *be, void *mark); /* NULL ok */
+epm_status_t epm_backend_mark_record(epm_backend_t *be, void *mark);
+epm_status_t epm_backend_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds);
+
 /* ---- weights ----------------------------------------------------------- */
 /* Prepare `layer` (this rank's expert slice, router, shared expert) for the
  * backend, with scratch for up to max_local rows per route/quantize/shared
