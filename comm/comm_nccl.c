@@ -20,6 +20,7 @@
 #include <nccl.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <time.h>
 
 #include "comm_impl.h"
@@ -38,6 +39,9 @@ typedef struct {
 } nccl_impl_t;
 
 static nccl_impl_t *impl_of(epm_comm_t *c) { return (nccl_impl_t *)c->impl; }
+
+enum { SPIN_US = 2000 };
+#define SPIN_S (SPIN_US * 1e-6)
 
 static void nap(void) {
   struct timespec ts = {0, 50 * 1000}; /* 50 us: cheap next to a collective */
@@ -108,7 +112,11 @@ static int all_equal(const int64_t *counts, int p) {
   return 1;
 }
 
-/* One array of the gather, issued inside the caller's group. */
+/* One array of the gather, issued inside the caller's group. Equal counts:
+ * one ncclAllGather. Unequal: one grouped gather, each rank sending its
+ * block once to every peer and receiving every peer's block (2(P-1)
+ * point-to-point calls in the group) plus a device copy of its own block,
+ * instead of P broadcasts. All of it is capturable in a CUDA graph. */
 static ncclResult_t agv_issue(epm_comm_t *c, const epm_comm_gather_buf_t *b, const int64_t *counts) {
   nccl_impl_t *n = impl_of(c);
   if (all_equal(counts, c->size)) {
@@ -118,12 +126,18 @@ static ncclResult_t agv_issue(epm_comm_t *c, const epm_comm_gather_buf_t *b, con
   }
   char *recv = b->recv;
   size_t off = 0;
-  for (int root = 0; root < c->size; root++) {
-    size_t nb = (size_t)counts[root] * b->elem_size;
-    if (nb == 0) continue;
-    /* Non-roots ignore sendbuff; give them a valid pointer all the same. */
-    const void *src = root == c->rank ? b->send : (const void *)(recv + off);
-    ncclResult_t rc = ncclBroadcast(src, recv + off, nb, ncclUint8, root, n->nc, n->stream);
+  const size_t mine = (size_t)counts[c->rank] * b->elem_size;
+  for (int r = 0; r < c->size; r++) {
+    size_t nb = (size_t)counts[r] * b->elem_size;
+    ncclResult_t rc = ncclSuccess;
+    if (r == c->rank) {
+      if (nb > 0 && cudaMemcpyAsync(recv + off, b->send, nb, cudaMemcpyDeviceToDevice, n->stream) != cudaSuccess)
+        return ncclUnhandledCudaError;
+    } else {
+      if (mine > 0) rc = ncclSend(b->send, mine, ncclUint8, r, n->nc, n->stream);
+      if ((rc == ncclSuccess || rc == ncclInProgress) && nb > 0)
+        rc = ncclRecv(recv + off, nb, ncclUint8, r, n->nc, n->stream);
+    }
     if (rc != ncclSuccess && rc != ncclInProgress) return rc;
     off += nb;
   }
@@ -136,9 +150,9 @@ enum { NCCL_GROUP_MAX_OPS = 2048 };
 static epm_status_t nccl_allgatherv(epm_comm_t *c, const epm_comm_gather_buf_t *bufs, int nbufs,
                                     const int64_t *counts, int64_t total) {
   if (total == 0) return EPM_OK;
-  if ((int64_t)nbufs * c->size > NCCL_GROUP_MAX_OPS)
-    return epm_error(EPM_ERR_NOT_SUPPORTED, "allgatherv: %d arrays x %d roots = %lld grouped NCCL calls > %d",
-                     nbufs, c->size, (long long)nbufs * c->size, NCCL_GROUP_MAX_OPS);
+  if ((int64_t)nbufs * 2 * c->size > NCCL_GROUP_MAX_OPS)
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "allgatherv: %d arrays x 2 x %d peers = %lld grouped NCCL calls > %d",
+                     nbufs, c->size, (long long)nbufs * 2 * c->size, NCCL_GROUP_MAX_OPS);
   ncclResult_t rc = ncclGroupStart();
   if (rc != ncclSuccess) return nccl_fail(c, rc, "allgatherv: ncclGroupStart");
   ncclResult_t first = ncclSuccess;
@@ -263,11 +277,20 @@ static epm_status_t nccl_wait(epm_comm_t *c, double timeout_s) {
     if (q != ncclSuccess) return nccl_fail(c, q, "comm wait: ncclCommGetAsyncError");
     if (state != ncclSuccess && state != ncclInProgress) return nccl_fail(c, state, "comm wait: async error");
     EPM_TRY(epm__comm_abort_point(c, "comm wait"));
-    if (epm_clock_s() - t0 > timeout_s) {
+    const double waited = epm_clock_s() - t0;
+    if (waited > timeout_s) {
       nccl_abort_now(c);
       return epm_error(EPM_ERR_TIMEOUT, "comm wait: stream not done after %.1f s; communicator aborted", timeout_s);
     }
-    nap();
+    /* A step's collectives finish in microseconds to a few ms: yield
+     * instead of sleeping for the first SPIN_S (a nanosleep costs 50-134 us
+     * of timer slack per call, more than a whole decode collective), then
+     * nap so that a hung peer does not burn a core until the timeout or the
+     * watchdog's abort. */
+    if (waited < SPIN_S)
+      sched_yield();
+    else
+      nap();
   }
 }
 

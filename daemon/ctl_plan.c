@@ -25,7 +25,7 @@ typedef struct {
   epm_opt_list_t tokens; /* one value: every rank's capacity; N values: each rank's count */
   int json;
   const char *placement, *load; /* FILE or NULL (default split; uniform load) */
-  long long redundant;
+  long long redundant, workspace_mb;
 } opts_t;
 
 #define AT(field) EPM_OPT_AT(opts_t, field)
@@ -57,6 +57,8 @@ static const epm_opt_t plan_opts[] = {
      .help = "expert placement map (JSON, docs/PLACEMENT.md); default:\nthe contiguous split"},
     {.name = "redundant-experts", COUNT(0, 1 << 16), AT(redundant), .def = "0", .flags = EPM_OPT_KMG, .arg = "N",
      .help = "extra slots of the default split (copies of experts 0..N-1)"},
+    {.name = "workspace-mb", COUNT(0, 1LL << 30), AT(workspace_mb), .def = "0", .flags = EPM_OPT_KMG, .arg = "MB",
+     .help = "expert-stage workspace budget in MiB: report the chunks of\ngathered rows the experts run in (0 = unbounded)"},
     {.name = "load", .kind = EPM_OPT_STR, AT(load), .arg = "FILE",
      .help = "per-expert load for the expected imbalance (as `epmoectl\nplacement --from-stats` reads it); default uniform"},
 };
@@ -154,6 +156,15 @@ static void print_text(const epm_plan_t *p) {
   else
     printf("%zu violation(s): run the expert stage in %lld chunks of at most %lld gathered tokens\n",
            p->violations, (long long)p->chunks, (long long)p->max_tokens_per_chunk);
+  {
+    char h1[32], h2[32], h3[32], h4[32];
+    printf("expert workspace: %s for all %lld rows in one call; budget %s -> %lld chunk(s) of <= %lld gathered "
+           "rows, %s per chunk; total per rank with chunking %s\n",
+           human(p->bytes_expert_ws, h1, sizeof h1), (long long)p->tokens_gathered,
+           p->config.workspace_bytes ? human(p->config.workspace_bytes, h2, sizeof h2) : "unbounded",
+           (long long)p->ws_chunks, (long long)p->ws_chunk_tokens, human(p->bytes_expert_ws_chunk, h3, sizeof h3),
+           human(p->bytes_total_chunked, h4, sizeof h4));
+  }
   int any = 0;
   for (size_t i = 0; i < epm_plan_buffer_count(); i++) {
     if (epm_plan_buffer(p, i, &b) != EPM_OK || !(b.int32_elements || b.int32_bytes)) continue;
@@ -275,6 +286,14 @@ static json_t *to_json(const epm_plan_t *p) {
   json_object_set_new(root, "violations", jsize(p->violations));
   json_object_set_new(root, "chunks", jint(p->chunks));
   json_object_set_new(root, "max_tokens_per_chunk", jint(p->max_tokens_per_chunk));
+  json_t *ws = json_object();
+  json_object_set_new(ws, "budget", jsize(p->config.workspace_bytes));
+  json_object_set_new(ws, "bytes_unchunked", jsize(p->bytes_expert_ws));
+  json_object_set_new(ws, "chunk_rows", jint(p->ws_chunk_tokens));
+  json_object_set_new(ws, "chunks", jint(p->ws_chunks));
+  json_object_set_new(ws, "bytes_chunk", jsize(p->bytes_expert_ws_chunk));
+  json_object_set_new(ws, "total_chunked", jsize(p->bytes_total_chunked));
+  json_object_set_new(root, "workspace", ws);
   json_object_set_new(root, "int32_notes", notes);
   return root;
 }
@@ -302,6 +321,7 @@ int epm_ctl_plan(int argc, char **argv) {
   cfg.ep_size = o.ep;
   cfg.rank = o.rank;
   cfg.tile = o.tile;
+  cfg.workspace_bytes = (size_t)o.workspace_mb << 20;
   /* One value is the capacity of every rank, a list the exact count of each. */
   cfg.tokens_per_rank = o.tokens.n > 1 ? o.tokens.v : NULL;
   cfg.max_tokens_per_rank = o.tokens.n > 1 ? 0 : o.tokens.v[0];

@@ -59,10 +59,10 @@ typedef struct {
   double tol;
   epm_opt_list_t tokens_list; /* --tokens-per-rank as parsed; copied into tokens */
   epm_dispatch_mode_t dispatch;
-  long long recv_capacity;
+  long long recv_capacity, workspace_mb;
   const char *dispatch_latency_us, *dispatch_gbps; /* auto's cost terms, "AG,A2A" */
   epm_dispatch_cost_t cost;                        /* parsed from the two above */
-  int calibrate;
+  int calibrate, graph;
 } step_opts_t;
 
 #define AT(field) EPM_OPT_AT(step_opts_t, field)
@@ -111,6 +111,10 @@ static const epm_opt_t step_opts[] = {
      .help = "allgather, alltoall, or auto (per step, by the cost model)"},
     {.name = "recv-capacity", COUNT(0, 1LL << 40), AT(recv_capacity), .def = "0", .flags = EPM_OPT_KMG, .arg = "N",
      .help = "alltoall: most token rows a rank receives per step\n(0 = any routing)"},
+    {.name = "workspace-mb", COUNT(0, 1LL << 30), AT(workspace_mb), .def = "0", .flags = EPM_OPT_KMG, .arg = "MB",
+     .help = "expert-stage workspace budget per rank in MiB; the experts\nrun in chunks of rows that fit (0 = unbounded)"},
+    {.name = "graph", .kind = EPM_OPT_FLAG, AT(graph),
+     .help = "fixed-capacity step: one packed allgather, no sizes\nexchange; on cuda one CUDA graph per step"},
     {.name = "dispatch-latency-us", .kind = EPM_OPT_STR, AT(dispatch_latency_us), .arg = "AG,A2A",
      .help = "auto's per-call latency of each mode (us)"},
     {.name = "dispatch-gbps", .kind = EPM_OPT_STR, AT(dispatch_gbps), .arg = "AG,A2A",
@@ -272,6 +276,8 @@ static epm_status_t setup(step_t *s) {
   gc.partial_dtype = o->partial;
   gc.dispatch = o->dispatch;
   gc.recv_capacity = o->recv_capacity;
+  gc.workspace_bytes = (size_t)o->workspace_mb << 20;
+  gc.fixed_capacity = o->graph;
   gc.dispatch_cost = o->cost;
   gc.placement = o->placement ? &s->placement : NULL;
   gc.redundant_experts = o->redundant;
@@ -343,9 +349,9 @@ out:
 
 /* Per-rank stage means (ms) and the last step's dispatch numbers gathered
  * to rank 0: [P][NSTAT], NSTAT = STAGE_COUNT + the DISP_ values. */
-enum { DISP_A2A_STEPS, DISP_ROWS, DISP_D_SENT, DISP_D_RECV, DISP_C_SENT, DISP_C_RECV, DISP_N };
+enum { DISP_A2A_STEPS, DISP_ROWS, DISP_CHUNKS, DISP_D_SENT, DISP_D_RECV, DISP_C_SENT, DISP_C_RECV, DISP_N };
 #define NSTAT (EPM_STAGE_COUNT + DISP_N)
-static const char *const disp_names[DISP_N] = {"alltoall_steps", "expert_rows",  "dispatch_sent",
+static const char *const disp_names[DISP_N] = {"alltoall_steps", "expert_rows",  "expert_chunks", "dispatch_sent",
                                                "dispatch_recv",  "combine_sent", "combine_recv"};
 static double *gather_stages(step_t *s) {
   epm_engine_stats_t st;
@@ -353,6 +359,7 @@ static double *gather_stages(step_t *s) {
   epm_engine_stats(s->eng, &st);
   for (int i = 0; i < EPM_STAGE_COUNT; i++) mine[i] = st.steps ? 1e3 * st.sum_s[i] / (double)st.steps : 0.0;
   const double d[DISP_N] = {(double)st.steps_mode[EPM_DISPATCH_ALLTOALL], (double)st.last_expert_rows,
+                            (double)st.last_expert_chunks,
                             (double)st.last_dispatch_sent, (double)st.last_dispatch_recv,
                             (double)st.last_combine_sent, (double)st.last_combine_recv};
   memcpy(mine + EPM_STAGE_COUNT, d, sizeof d);

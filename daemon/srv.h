@@ -46,6 +46,7 @@ typedef struct {
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
   char dispatch[16];     /* allgather | alltoall | auto (epmoe/dispatch.h) */
   int64_t recv_capacity; /* alltoall receive rows per rank (0 = any routing) */
+  int64_t workspace_mb;  /* expert-stage workspace budget, MiB (0 = unbounded) */
   char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
   char placement[512];   /* expert placement map (JSON file), "" = default split */
   int64_t redundant_experts; /* extra slots of the default split */

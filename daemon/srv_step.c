@@ -336,6 +336,7 @@ static int load_model(srv_worker_t *w) {
   /* The dispatch options were checked at start-up (srv_config.c). */
   (void)epm_dispatch_mode_parse(s->cfg.dispatch, &gc.dispatch);
   gc.recv_capacity = s->cfg.recv_capacity;
+  gc.workspace_bytes = (size_t)s->cfg.workspace_mb << 20;
   epm_dispatch_cost_default(&gc.dispatch_cost);
   (void)epm_dispatch_cost_parse(s->cfg.dispatch_latency_us, s->cfg.dispatch_gbps, &gc.dispatch_cost);
   gc.redundant_experts = s->cfg.redundant_experts;

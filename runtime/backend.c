@@ -90,11 +90,79 @@ epm_status_t epm_backend_copy_d2h(epm_backend_t *be, void *dst, const void *src,
 
 epm_status_t epm_backend_sync(epm_backend_t *be) { return be->ops->sync ? be->ops->sync(be) : EPM_OK; }
 
+epm_status_t epm_backend_copy_2d(epm_backend_t *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                                 size_t width, size_t rows) {
+  if (!be) return epm_error(EPM_ERR_INVALID_ARG, "copy_2d: NULL backend");
+  if (rows == 0 || width == 0) return EPM_OK;
+  if (!dst || !src) return epm_error(EPM_ERR_INVALID_ARG, "copy_2d of %zu rows: NULL buffer", rows);
+  if (width > dpitch || width > spitch)
+    return epm_error(EPM_ERR_INVALID_ARG, "copy_2d: row width %zu exceeds a pitch (dst %zu, src %zu)", width, dpitch,
+                     spitch);
+  if (!be->ops->copy_2d) return unsupported(be, "copy_2d");
+  return be->ops->copy_2d(be, dst, dpitch, src, spitch, width, rows);
+}
+
+epm_status_t epm_backend_zero(epm_backend_t *be, void *dst, size_t bytes) {
+  if (!be) return epm_error(EPM_ERR_INVALID_ARG, "zero: NULL backend");
+  if (bytes == 0) return EPM_OK;
+  if (!dst) return epm_error(EPM_ERR_INVALID_ARG, "zero of %zu bytes: NULL buffer", bytes);
+  if (!be->ops->zero) return unsupported(be, "zero");
+  return be->ops->zero(be, dst, bytes);
+}
+
+epm_status_t epm_backend_capture_begin(epm_backend_t *be) {
+  if (!be) return epm_error(EPM_ERR_INVALID_ARG, "capture_begin: NULL backend");
+  if (!be->ops->capture_begin) return unsupported(be, "graph capture");
+  return be->ops->capture_begin(be);
+}
+
+epm_status_t epm_backend_capture_end(epm_backend_t *be, int keep, void **graph) {
+  if (!be || (keep && !graph)) return epm_error(EPM_ERR_INVALID_ARG, "capture_end: NULL argument");
+  if (!be->ops->capture_end) return unsupported(be, "graph capture");
+  return be->ops->capture_end(be, keep, graph);
+}
+
+epm_status_t epm_backend_graph_launch(epm_backend_t *be, void *graph) {
+  if (!be || !graph) return epm_error(EPM_ERR_INVALID_ARG, "graph_launch: NULL argument");
+  if (!be->ops->graph_launch) return unsupported(be, "graph launch");
+  return be->ops->graph_launch(be, graph);
+}
+
+void epm_backend_graph_destroy(epm_backend_t *be, void *graph) {
+  if (be && graph && be->ops->graph_destroy) be->ops->graph_destroy(be, graph);
+}
+
+epm_status_t epm_backend_mark_create(epm_backend_t *be, void **mark) {
+  if (!be || !mark) return epm_error(EPM_ERR_INVALID_ARG, "mark_create: NULL argument");
+  *mark = NULL;
+  if (!be->ops->mark_create) return unsupported(be, "timing marks");
+  return be->ops->mark_create(be, mark);
+}
+
+void epm_backend_mark_destroy(epm_backend_t *be, void *mark) {
+  if (be && mark && be->ops->mark_destroy) be->ops->mark_destroy(be, mark);
+}
+
+epm_status_t epm_backend_mark_record(epm_backend_t *be, void *mark) {
+  if (!be || !mark) return epm_error(EPM_ERR_INVALID_ARG, "mark_record: NULL argument");
+  if (!be->ops->mark_record) return unsupported(be, "timing marks");
+  return be->ops->mark_record(be, mark);
+}
+
+epm_status_t epm_backend_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds) {
+  if (!be || !a || !b || !seconds) return epm_error(EPM_ERR_INVALID_ARG, "mark_elapsed: NULL argument");
+  if (!be->ops->mark_elapsed) return unsupported(be, "timing marks");
+  return be->ops->mark_elapsed(be, a, b, seconds);
+}
+
 epm_status_t epm_backend_weights_load(epm_backend_t *be, const epm_layer_t *layer, int64_t max_local,
                                       int64_t max_gathered, epm_backend_weights_t **out) {
   if (!be || !layer || !out) return epm_error(EPM_ERR_INVALID_ARG, "weights_load: NULL argument");
-  if (max_local < 0 || max_gathered < max_local)
-    return epm_error(EPM_ERR_INVALID_ARG, "weights_load: max rows local %lld, gathered %lld (need 0 <= local <= gathered)",
+  /* max_gathered may be below max_local: an engine with a workspace budget
+   * runs the expert stage in chunks smaller than one rank's tokens. */
+  if (max_local < 0 || max_gathered < 0 || (max_local > 0 && max_gathered < 1))
+    return epm_error(EPM_ERR_INVALID_ARG, "weights_load: max rows local %lld, gathered %lld (need local >= 0 and "
+                     "gathered >= 1 when local > 0)",
                      (long long)max_local, (long long)max_gathered);
   EPM_TRY(epm_model_dims_validate(&layer->dims));
   const epm_expert_bank_t *b = &layer->experts;
@@ -184,6 +252,23 @@ epm_status_t epm_backend_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_
   if (!x || !packed || !sf) return epm_error(EPM_ERR_INVALID_ARG, "quantize of %lld rows: NULL buffer", (long long)m);
   if (!be->ops->quantize) return unsupported(be, "quantize");
   return be->ops->quantize(be, x, m, hidden, global_scale, packed, sf);
+}
+
+epm_status_t epm_backend_quantize_static(epm_backend_t *be, const epm_backend_weights_t *w, const epm_bf16_t *x,
+                                         int64_t m, uint8_t *packed, uint8_t *sf) {
+  EPM_TRY(check_w(be, w, "quantize_static"));
+  if (m > w->max_local)
+    return epm_error(EPM_ERR_INVALID_ARG, "quantize of %lld rows; the weights were loaded for at most %lld",
+                     (long long)m, (long long)w->max_local);
+  const float a1 = w->layer->input_scale;
+  if (!(a1 > 0.0f) || a1 > 3.0e38f)
+    return epm_error(EPM_ERR_INVALID_ARG, "quantize_static: layer %lld input_scale %g must be finite and > 0",
+                     (long long)w->layer->layer_index, (double)a1);
+  if (!be->ops->quantize_static) return epm_backend_quantize(be, x, m, w->layer->dims.hidden, 1.0f / a1, packed, sf);
+  EPM_TRY(check_rows(m, "quantize"));
+  if (m == 0) return EPM_OK;
+  if (!x || !packed || !sf) return epm_error(EPM_ERR_INVALID_ARG, "quantize of %lld rows: NULL buffer", (long long)m);
+  return be->ops->quantize_static(be, w, x, m, packed, sf);
 }
 
 epm_status_t epm_backend_experts(epm_backend_t *be, const epm_backend_weights_t *w, const uint8_t *packed,

@@ -228,7 +228,22 @@ static epm_status_t cpu_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, in
   return EPM_OK;
 }
 
+static epm_status_t cpu_copy_2d(epm_backend_t *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                                size_t width, size_t rows) {
+  (void)be;
+  for (size_t r = 0; r < rows; r++) memcpy((char *)dst + r * dpitch, (const char *)src + r * spitch, width);
+  return EPM_OK;
+}
+
+static epm_status_t cpu_zero(epm_backend_t *be, void *dst, size_t bytes) {
+  (void)be;
+  memset(dst, 0, bytes);
+  return EPM_OK;
+}
+
 static const epm__backend_ops_t cpu_ops = {
+    .copy_2d = cpu_copy_2d,
+    .zero = cpu_zero,
     .name = "cpu",
     .is_device = 0,
     .destroy = cpu_destroy,

@@ -69,6 +69,9 @@ typedef struct {
   struct epm_backend_weights hdr; /* first: backend.c reads it */
   dev_bank_t routed, shared;
   float *bias_dev;       /* [E] or NULL */
+  /* Encode scales fp32(1/input_scale), fp32(1/shared_input_scale), uploaded
+   * at load: no quantize copies a scale from the host per call. */
+  float *enc_dev;
   /* A placed bank's replica table (layer.h slots), NULL when unplaced. */
   int32_t *rep_start_dev, *rep_local_dev;
   int has_shared;
@@ -114,6 +117,78 @@ static epm_status_t cuda_h2d(epm_backend_t *be, void *dst, const void *src, size
 static epm_status_t cuda_d2h(epm_backend_t *be, void *dst, const void *src, size_t bytes) {
   EPM_CUDA_TRY(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, ctx_of(be)->stream));
   EPM_CUDA_TRY(cudaStreamSynchronize(ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_copy_2d(epm_backend_t *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                                 size_t width, size_t rows) {
+  EPM_CUDA_TRY(cudaMemcpy2DAsync(dst, dpitch, src, spitch, width, rows, cudaMemcpyDeviceToDevice,
+                                 ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_zero(epm_backend_t *be, void *dst, size_t bytes) {
+  EPM_CUDA_TRY(cudaMemsetAsync(dst, 0, bytes, ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+/* Thread-local capture mode: only this thread's calls are recorded, and an
+ * unsafe call (a synchronize) made by it during the capture fails instead of
+ * silently running. */
+static epm_status_t cuda_capture_begin(epm_backend_t *be) {
+  EPM_CUDA_TRY(cudaStreamBeginCapture(ctx_of(be)->stream, cudaStreamCaptureModeThreadLocal));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_capture_end(epm_backend_t *be, int keep, void **out) {
+  cudaGraph_t g = NULL;
+  cudaError_t e = cudaStreamEndCapture(ctx_of(be)->stream, &g);
+  if (!keep || e != cudaSuccess) {
+    if (g) cudaGraphDestroy(g);
+    return keep ? epm_cuda_status(e, "cudaStreamEndCapture") : EPM_OK;
+  }
+  cudaGraphExec_t x = NULL;
+  e = cudaGraphInstantiate(&x, g, 0);
+  cudaGraphDestroy(g);
+  EPM_CUDA_TRY(e);
+  *out = x;
+  return EPM_OK;
+}
+
+static epm_status_t cuda_graph_launch(epm_backend_t *be, void *graph) {
+  EPM_CUDA_TRY(cudaGraphLaunch((cudaGraphExec_t)graph, ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static void cuda_graph_destroy(epm_backend_t *be, void *graph) {
+  (void)be;
+  cudaGraphExecDestroy((cudaGraphExec_t)graph);
+}
+
+static epm_status_t cuda_mark_create(epm_backend_t *be, void **mark) {
+  (void)be;
+  cudaEvent_t ev = NULL;
+  EPM_CUDA_TRY(cudaEventCreate(&ev));
+  *mark = ev;
+  return EPM_OK;
+}
+
+static void cuda_mark_destroy(epm_backend_t *be, void *mark) {
+  (void)be;
+  cudaEventDestroy((cudaEvent_t)mark);
+}
+
+static epm_status_t cuda_mark_record(epm_backend_t *be, void *mark) {
+  EPM_CUDA_TRY(cudaEventRecord((cudaEvent_t)mark, ctx_of(be)->stream));
+  return EPM_OK;
+}
+
+static epm_status_t cuda_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds) {
+  (void)be;
+  float ms = 0.0f;
+  EPM_CUDA_TRY(cudaEventSynchronize((cudaEvent_t)b));
+  EPM_CUDA_TRY(cudaEventElapsedTime(&ms, (cudaEvent_t)a, (cudaEvent_t)b));
+  *seconds = 1e-3 * (double)ms;
   return EPM_OK;
 }
 
@@ -211,6 +286,7 @@ static void cuda_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
   free_bank(&w->routed);
   free_bank(&w->shared);
   cudaFree(w->bias_dev);
+  cudaFree(w->enc_dev);
   cudaFree(w->rep_start_dev);
   cudaFree(w->rep_local_dev);
   free(w);
@@ -339,6 +415,11 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
     EPM_TRY_GOTO(upload(l->slots.rep_local, (size_t)l->slots.num_slots * sizeof(int32_t),
                         (void **)&w->rep_local_dev), st, fail);
   }
+  {
+    const float enc[2] = {l->input_scale > 0.0f ? 1.0f / l->input_scale : 1.0f,
+                          l->shared_input_scale > 0.0f ? 1.0f / l->shared_input_scale : 1.0f};
+    EPM_TRY_GOTO(upload(enc, sizeof enc, (void **)&w->enc_dev), st, fail);
+  }
   if (c->kernels == EPM_KERNELS_V2) {
     int64_t off = 0;
     size_t wsb = 0;
@@ -374,14 +455,28 @@ static epm_status_t cuda_route(epm_backend_t *be, const epm_backend_weights_t *h
   return epm_kernel_routing(&p, logits, w->bias_dev, ids, weights, ctx_of(be)->stream);
 }
 
+/* The encode scale is read by the kernel from device memory: a layer's
+ * static scales live there from load (enc_dev); a per-call scale (dynamic)
+ * goes through the backend's one-float slot. */
+static epm_status_t quantize_dev(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
+                                 const float *G_dev, uint8_t *packed, uint8_t *sf) {
+  epm_quantize_plan_t p;
+  EPM_TRY(epm_quantize_plan(m, hidden, EPM_SF_LINEAR, &p));
+  return epm_kernel_quantize_bf16(&p, x, G_dev, packed, sf, ctx_of(be)->stream);
+}
+
 static epm_status_t quantize_on(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden, float G,
                                 uint8_t *packed, uint8_t *sf) {
   cuda_ctx_t *c = ctx_of(be);
-  epm_quantize_plan_t p;
-  EPM_TRY(epm_quantize_plan(m, hidden, EPM_SF_LINEAR, &p));
   /* Pageable source: the copy is staged before cudaMemcpyAsync returns. */
   EPM_CUDA_TRY(cudaMemcpyAsync(c->scale_dev, &G, sizeof G, cudaMemcpyHostToDevice, c->stream));
-  return epm_kernel_quantize_bf16(&p, x, c->scale_dev, packed, sf, c->stream);
+  return quantize_dev(be, x, m, hidden, c->scale_dev, packed, sf);
+}
+
+static epm_status_t cuda_quantize_static(epm_backend_t *be, const epm_backend_weights_t *hw, const epm_bf16_t *x,
+                                         int64_t m, uint8_t *packed, uint8_t *sf) {
+  const cuda_weights_t *w = (const cuda_weights_t *)hw;
+  return quantize_dev(be, x, m, hw->layer->dims.hidden, w->enc_dev, packed, sf);
 }
 
 /* On the host through the pinned staging (own rows only, small). */
@@ -468,7 +563,7 @@ static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights
   cuda_ctx_t *c = ctx_of(be);
   const int64_t H = l->dims.hidden;
   if (!w->has_shared) return EPM_OK;
-  EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, c->sh_packed, c->sh_sf));
+  EPM_TRY(quantize_dev(be, x, m, H, w->enc_dev + 1, c->sh_packed, c->sh_sf));
   if (c->kernels == EPM_KERNELS_V2) {
     EPM_TRY(run_moe2(be, &w->shared, m, H, l->dims.shared_intermediate, 1, 1, 0, 1, c->sh_ws_dev,
                      l->shared_input_scale, l->shared_down_input_scale, c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0,
@@ -510,6 +605,17 @@ static epm_status_t cuda_bf16_to_f32(epm_backend_t *be, const epm_bf16_t *src, i
 static void *cuda_stream(const epm_backend_t *be) { return ctx_of(be)->stream; }
 
 static const epm__backend_ops_t cuda_ops = {
+    .copy_2d = cuda_copy_2d,
+    .zero = cuda_zero,
+    .capture_begin = cuda_capture_begin,
+    .capture_end = cuda_capture_end,
+    .graph_launch = cuda_graph_launch,
+    .graph_destroy = cuda_graph_destroy,
+    .quantize_static = cuda_quantize_static,
+    .mark_create = cuda_mark_create,
+    .mark_destroy = cuda_mark_destroy,
+    .mark_record = cuda_mark_record,
+    .mark_elapsed = cuda_mark_elapsed,
     .name = "cuda",
     .is_device = 1,
     .stream = cuda_stream,

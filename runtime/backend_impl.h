@@ -16,6 +16,19 @@ typedef struct {
   epm_status_t (*copy_h2d)(epm_backend_t *be, void *dst, const void *src, size_t bytes);
   epm_status_t (*copy_d2h)(epm_backend_t *be, void *dst, const void *src, size_t bytes);
   epm_status_t (*sync)(epm_backend_t *be);
+  epm_status_t (*copy_2d)(epm_backend_t *be, void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                          size_t rows);
+  epm_status_t (*zero)(epm_backend_t *be, void *dst, size_t bytes);
+  epm_status_t (*capture_begin)(epm_backend_t *be);
+  epm_status_t (*capture_end)(epm_backend_t *be, int keep, void **graph);
+  epm_status_t (*graph_launch)(epm_backend_t *be, void *graph);
+  void (*graph_destroy)(epm_backend_t *be, void *graph);
+  epm_status_t (*mark_create)(epm_backend_t *be, void **mark);
+  void (*mark_destroy)(epm_backend_t *be, void *mark);
+  epm_status_t (*mark_record)(epm_backend_t *be, void *mark);
+  epm_status_t (*mark_elapsed)(epm_backend_t *be, void *a, void *b, double *seconds);
+  epm_status_t (*quantize_static)(epm_backend_t *be, const epm_backend_weights_t *w, const epm_bf16_t *x, int64_t m,
+                                  uint8_t *packed, uint8_t *sf);
   epm_status_t (*weights_load)(epm_backend_t *be, const epm_layer_t *layer, int64_t max_local,
                                int64_t max_gathered, epm_backend_weights_t **out);
   void (*weights_free)(epm_backend_t *be, epm_backend_weights_t *w);

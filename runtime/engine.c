@@ -49,6 +49,9 @@ static epm_status_t alloc_buf(epm_engine_t *e, const epm_plan_buf_t *b, size_t e
 static void free_buffers(epm_engine_t *e) {
   if (!e->owns_buffers) return;
   epm__a2a_free(e);
+  epm__fixed_free(e);
+  epm_backend_free(e->be, e->pk_loc);
+  epm_backend_free(e->be, e->pk_all);
   void *bufs[] = {e->x_dev,   e->x_woi, e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
                   e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
                   e->y_red,   e->amax_buf};
@@ -77,6 +80,7 @@ static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
   SAME(size, "EP size")
   SAME(cfg.dispatch, "dispatch mode")
   SAME(recv_cap, "alltoall receive capacity")
+  SAME(fixed, "fixed capacity")
 #undef SAME
   if (!what && (o->comm != e->comm || o->be != e->be)) return epm_error(EPM_ERR_INVALID_ARG,
       "share_buffers: the other engine uses another comm or backend");
@@ -99,7 +103,10 @@ static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
   e->y_red = o->y_red;
   e->y32 = o->y32;
   e->amax_buf = o->amax_buf;
+  e->pk_loc = o->pk_loc;
+  e->pk_all = o->pk_all;
   epm__a2a_borrow(e, o);
+  epm__fixed_borrow(e, o);
   e->owns_buffers = 0;
   return EPM_OK;
 }
@@ -140,6 +147,14 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
     EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_gathered.bytes, (void **)&e->sf_all), st, out);
     e->buffer_bytes += p->xq_gathered.bytes + p->xsf_gathered.bytes;
     EPM_TRY_GOTO(alloc_buf(e, &p->partial_y, e->partial_elem, "partial y", &e->partial_all), st, out);
+    epm_plan_buf_t rl = {e->max_m, (int64_t)e->fx_rec, 0, 0}, ra = {e->max_M, (int64_t)e->fx_rec, 0, 0};
+    if (epm_mul_i64(rl.rows, rl.cols, &rl.elements) || epm_mul_i64(ra.rows, ra.cols, &ra.elements)) {
+      st = epm_error(EPM_ERR_OVERFLOW, "token records: %lld rows x %zu bytes overflows", (long long)e->max_M,
+                     e->fx_rec);
+      goto out;
+    }
+    EPM_TRY_GOTO(alloc_buf(e, &rl, 1, "token records", (void **)&e->pk_loc), st, out);
+    EPM_TRY_GOTO(alloc_buf(e, &ra, 1, "gathered token records", (void **)&e->pk_all), st, out);
   }
   EPM_TRY_GOTO(alloc_buf(e, &p->y_local, e->partial_elem, "reduced y", &e->y_red), st, out);
   if (e->cfg.partial_dtype == EPM_DTYPE_F32)
@@ -149,7 +164,24 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
   EPM_TRY_GOTO(alloc_buf(e, &one, sizeof(float), "amax", (void **)&e->amax_buf), st, out);
   /* Last: on the cpu backend its host views alias the buffers above. */
   if (e->a2a_bufs) EPM_TRY_GOTO(epm__a2a_alloc(e, p->a2a_send_rows, p->a2a_recv_rows), st, out);
+  if (e->fixed) EPM_TRY_GOTO(epm__fixed_alloc(e), st, out);
 out:
+  free(p);
+  return st;
+}
+
+/* Rows per expert call from the workspace budget (and the CUDA grid limits),
+ * by the plan's worst case for this rank's slots. The backend's expert
+ * scratch is sized for this many rows. */
+static epm_status_t plan_chunk_rows(epm_engine_t *e) {
+  epm_plan_t *p = malloc(sizeof *p);
+  if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
+  /* fixed capacity: every call covers all ranks' header and pad rows too */
+  epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
+                          .placement = e->cfg.placement, .max_tokens_per_rank = e->max_m + (e->fixed ? 1 : 0),
+                          .recv_capacity = e->cfg.recv_capacity, .workspace_bytes = e->cfg.workspace_bytes};
+  epm_status_t st = epm_plan_compute(&pc, p);
+  if (st == EPM_OK) e->chunk_rows = p->ws_chunk_tokens;
   free(p);
   return st;
 }
@@ -221,6 +253,13 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   if (cfg->recv_capacity < 0)
     return epm_error(EPM_ERR_INVALID_ARG, "recv_capacity = %lld must be >= 0 (0 = EP x max_tokens_per_rank)",
                      (long long)cfg->recv_capacity);
+  if (cfg->fixed_capacity && (cfg->dispatch != EPM_DISPATCH_ALLGATHER || cfg->scale_mode != EPM_SCALE_STATIC))
+    return epm_error(EPM_ERR_INVALID_ARG, "fixed capacity needs allgather dispatch and the static scale (got %s "
+                     "dispatch, %s scale)", epm_dispatch_mode_name(cfg->dispatch),
+                     cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic");
+  if (cfg->fixed_capacity && epm_backend_is_device(be) && layer->dims.routing == EPM_ROUTING_LLAMA4)
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "fixed capacity on %s: the router weight on the input (llama4) has no "
+                     "kernel yet, so the step cannot be one graph", epm_backend_name(be));
   epm_dispatch_cost_t cost = cfg->dispatch_cost;
   {
     const epm_dispatch_cost_t zero = {{0, 0}, {0, 0}};
@@ -258,7 +297,8 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
    * applied to the input before quantization, the experts sum with weight 1. */
   e->weight_on_input = layer->dims.routing == EPM_ROUTING_LLAMA4;
   e->partial_elem = epm_dtype_size(cfg->partial_dtype);
-  e->ag_bufs = cfg->dispatch != EPM_DISPATCH_ALLTOALL;
+  e->fixed = cfg->fixed_capacity != 0;
+  e->ag_bufs = cfg->dispatch != EPM_DISPATCH_ALLTOALL && !e->fixed;
   e->a2a_bufs = cfg->dispatch != EPM_DISPATCH_ALLGATHER;
   e->cost = cost;
   pthread_mutex_init(&e->stats_mu, NULL);
@@ -281,7 +321,28 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
     goto fail;
   }
   EPM_TRY_GOTO(epm__a2a_host_init(e, cfg->placement), st, fail);
-  EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
+  EPM_TRY_GOTO(epm__fixed_layout(e), st, fail); /* the record layout, both allgather forms */
+  if (e->fixed) {
+    e->fx_ones = malloc((size_t)size * sizeof *e->fx_ones);
+    e->fx_rows_each = malloc((size_t)size * sizeof *e->fx_rows_each);
+    if (!e->fx_ones || !e->fx_rows_each) {
+      st = epm_error(EPM_ERR_NOMEM, "fixed capacity counts for %d ranks", size);
+      goto fail;
+    }
+    for (int r = 0; r < size; r++) {
+      e->fx_ones[r] = 1;
+      e->fx_rows_each[r] = e->fx_rows;
+    }
+  }
+  if (epm_backend_is_device(be) && !cfg->fixed_capacity)
+    for (int i = 0; i < EPM__MARKS; i++)
+      if (epm_backend_mark_create(be, &e->marks[i]) != EPM_OK) { /* then sync + clock per stage */
+        for (int j = 0; j < i; j++) epm_backend_mark_destroy(be, e->marks[j]);
+        memset(e->marks, 0, sizeof e->marks);
+        break;
+      }
+  EPM_TRY_GOTO(plan_chunk_rows(e), st, fail);
+  EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->chunk_rows, &e->w), st, fail);
   if (cfg->share_buffers)
     EPM_TRY_GOTO(borrow_buffers(e, cfg->share_buffers), st, fail);
   else
@@ -313,11 +374,16 @@ void epm_engine_destroy(epm_engine_t *e) {
   free(e->load_total);
   free(e->load_last);
   free(e->ids_host);
+  free(e->fx_ones);
+  free(e->fx_rows_each);
+  for (int i = 0; i < EPM__MARKS; i++) epm_backend_mark_destroy(e->be, e->marks[i]);
+  epm__graph_free(e);
   pthread_mutex_destroy(&e->stats_mu);
   free(e);
 }
 
 size_t epm_engine_buffer_bytes(const epm_engine_t *e) { return e ? e->buffer_bytes : 0; }
+int64_t epm_engine_chunk_rows(const epm_engine_t *e) { return e ? e->chunk_rows : 0; }
 int64_t epm_engine_recv_capacity(const epm_engine_t *e) { return e && e->a2a_bufs ? e->recv_cap : 0; }
 
 void epm_engine_stats(const epm_engine_t *e, epm_engine_stats_t *out) {
@@ -368,8 +434,32 @@ static epm_status_t count_load(epm_engine_t *e, int64_t m) {
  * it before reading the clock (otherwise the time lands on a later stage). */
 typedef epm__step_timer_t step_timer_t;
 
+static void mark_start(step_timer_t *tm) {
+  epm_engine_t *e = tm->e;
+  tm->nmarks = 0;
+  if (e->marks[0] && epm_backend_mark_record(e->be, e->marks[0]) == EPM_OK) tm->mark_stage[tm->nmarks++] = -1;
+}
+
+epm_status_t epm__engine_marks_read(step_timer_t *tm) {
+  epm_engine_t *e = tm->e;
+  for (int i = 1; i < tm->nmarks; i++) {
+    double sec = 0;
+    EPM_TRY(epm_backend_mark_elapsed(e->be, e->marks[i - 1], e->marks[i], &sec));
+    tm->s[tm->mark_stage[i]] += sec;
+  }
+  tm->nmarks = 0;
+  return EPM_OK;
+}
+
 epm_status_t epm__engine_stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
-  if (epm_backend_is_device(tm->e->be)) EPM_TRY(epm_backend_sync(tm->e->be));
+  epm_engine_t *e = tm->e;
+  if (e->capturing) return EPM_OK; /* a graph step is timed as a whole */
+  if (tm->nmarks > 0 && tm->nmarks < EPM__MARKS) { /* a mark, no wait */
+    EPM_TRY(epm_backend_mark_record(e->be, e->marks[tm->nmarks]));
+    tm->mark_stage[tm->nmarks++] = (int)stage;
+    return EPM_OK;
+  }
+  if (epm_backend_is_device(e->be)) EPM_TRY(epm_backend_sync(e->be));
   double t = epm_clock_s();
   tm->s[stage] += t - tm->t;
   tm->t = t;
@@ -391,7 +481,8 @@ static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, const epm
     s->last_input_scale = a1;
     s->last_mode = sp->mode;
     s->steps_mode[sp->mode == EPM_DISPATCH_ALLTOALL]++;
-    s->last_expert_rows = sp->mode == EPM_DISPATCH_ALLTOALL ? sp->rows_in : sp->M;
+    s->last_expert_rows = e->fixed ? e->fx_rows * e->size : sp->mode == EPM_DISPATCH_ALLTOALL ? sp->rows_in : sp->M;
+    s->last_expert_chunks = e->last_chunks;
     s->last_dispatch_sent = tr[1].bytes_sent - tr[0].bytes_sent;
     s->last_dispatch_recv = tr[1].bytes_recv - tr[0].bytes_recv;
     s->last_combine_sent = tr[2].bytes_sent - tr[1].bytes_sent;
@@ -441,7 +532,8 @@ static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf
   if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
     EPM_TRY(epm_backend_amax(e->be, *x_q, m, e->H, amax));
   } else {
-    EPM_TRY(epm_backend_quantize(e->be, *x_q, m, e->H, G, e->packed_loc, e->sf_loc));
+    (void)G; /* the layer's static scale: in backend memory since load */
+    EPM_TRY(epm_backend_quantize_static(e->be, e->w, *x_q, m, e->packed_loc, e->sf_loc));
   }
   return epm__engine_stage_end(tm, EPM_STAGE_QUANTIZE);
 }
@@ -480,6 +572,21 @@ static epm_status_t dynamic_scale(epm_engine_t *e, float amax, float *a1) {
   return EPM_OK;
 }
 
+epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
+                                 const float *wts, int64_t rows, float a1, void *partial) {
+  const int64_t H = e->H, k = e->k, step = e->chunk_rows;
+  e->last_chunks = 0;
+  for (int64_t c = 0; c < rows || (rows == 0 && c == 0); c += step) {
+    const int64_t n = rows - c < step ? rows - c : step;
+    EPM_TRY(epm_backend_experts(e->be, e->w, packed + c * (H / 2), sf + c * (H / EPM_NVFP4_BLOCK), a1, ids + c * k,
+                                wts + c * k, n, e->cfg.partial_dtype,
+                                (char *)partial + (size_t)(c * H) * e->partial_elem));
+    e->last_chunks++;
+    if (rows == 0) break;
+  }
+  return EPM_OK;
+}
+
 /* Everything from the dispatch on. Any error here leaves peers inside a
  * collective, so the caller aborts the comm. */
 static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm__step_plan_t *sp,
@@ -491,23 +598,23 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
     EPM_TRY(epm_backend_quantize(e->be, x_q, m, H, G, e->packed_loc, e->sf_loc));
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_QUANTIZE));
   }
-  epm_comm_traffic(e->comm, &tm->tr[0]);
-  if (sp->mode == EPM_DISPATCH_ALLTOALL) {
+  if (!e->fixed) epm_comm_traffic(e->comm, &tm->tr[0]);
+  if (e->fixed) {
+    EPM_TRY(epm__fixed_combine(e, tm, m, a1)); /* y32 = the routed sum */
+  } else if (sp->mode == EPM_DISPATCH_ALLTOALL) {
     EPM_TRY(epm__a2a_run(e, tm, sp, m, a1)); /* y32 = the routed sum */
   } else {
-    const epm_comm_gather_buf_t bufs[4] = {
-        {e->packed_loc, e->packed_all, (size_t)(H / 2)},
-        {e->sf_loc, e->sf_all, (size_t)(H / EPM_NVFP4_BLOCK)},
-        {e->ids_loc, e->ids_all, (size_t)k * sizeof(int32_t)},
-        {e->wts_loc, e->wts_all, (size_t)k * sizeof(float)},
-    };
-    EPM_TRY(epm_comm_allgatherv_multi(e->comm, bufs, 4, e->counts));
+    /* One record per token (codes, scales, ids, weights): one gather, not four. */
+    (void)k;
+    EPM_TRY(epm__records_pack(e, e->pk_loc, m));
+    const epm_comm_gather_buf_t buf = {e->pk_loc, e->pk_all, e->fx_rec};
+    EPM_TRY(epm_comm_allgatherv_multi(e->comm, &buf, 1, e->counts));
     EPM_TRY(epm_comm_wait(e->comm, 0));
+    EPM_TRY(epm__records_unpack(e, e->pk_all, M, e->packed_all, e->sf_all, e->ids_all, e->wts_all));
     epm_comm_traffic(e->comm, &tm->tr[1]);
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_ALLGATHER));
 
-    EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_all, e->sf_all, a1, e->ids_all, e->wts_all, M,
-                                e->cfg.partial_dtype, e->partial_all));
+    EPM_TRY(epm__engine_experts(e, e->packed_all, e->sf_all, e->ids_all, e->wts_all, M, a1, e->partial_all));
     EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_EXPERTS));
 
     EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, e->cfg.partial_dtype));
@@ -534,17 +641,44 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
   if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_step: NULL engine");
   e->stage_io = epm_backend_is_device(e->be) && !in_backend_mem;
   step_timer_t tm = {.e = e, .t = epm_clock_s()};
+  if (!e->fixed) mark_start(&tm);
   const double t0 = tm.t;
   /* Decode scale a1 of the dispatched activations; encode scale G = fp32(1/a1). */
   float a1 = e->layer->input_scale, amax = 0.0f;
   const epm_bf16_t *x_be = NULL, *x_q = NULL;
   epm__step_plan_t sp = {.mode = EPM_DISPATCH_ALLGATHER};
 
+  if (e->fixed && epm_backend_is_device(e->be)) {
+    epm_status_t gst = epm__graph_step(e, &tm, x_local, logits, m_r, y_local, in_backend_mem, &sp.M);
+    if (gst == EPM_OK) {
+      tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
+      gst = count_load(e, m_r);
+    }
+    record(e, &tm, m_r, &sp, a1, gst == EPM_OK);
+    return gst;
+  }
   epm_status_t local = local_stages(e, &tm, x_local, logits, m_r, 1.0f / a1, &x_be, &x_q, &amax);
   if (local == EPM_OK && m_r > 0 && !y_local)
     local = epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but y is NULL", e->rank, (long long)m_r);
   epm_status_t st;
-  if (e->cfg.dispatch == EPM_DISPATCH_ALLGATHER) {
+  if (e->fixed) {
+    /* No sizes exchange: the count travels in the segment header. */
+    epm_comm_traffic(e->comm, &tm.tr[0]);
+    epm__fixed_header(e, m_r, local != EPM_OK);
+    st = epm__fixed_dispatch(e, local == EPM_OK ? m_r : 0);
+    if (st == EPM_OK) st = epm_comm_wait(e->comm, 0);
+    if (st != EPM_OK) { /* peers may be inside the gather */
+      epm_comm_abort(e->comm);
+      record(e, &tm, m_r, &sp, a1, 0);
+      return st;
+    }
+    epm_comm_traffic(e->comm, &tm.tr[1]);
+    st = epm__engine_stage_end(&tm, EPM_STAGE_ALLGATHER);
+    if (local != EPM_OK)
+      st = local; /* keep this rank's own message (the peers read its STEP_FAILED) */
+    else if (st == EPM_OK)
+      st = epm__fixed_counts(e, &sp.M);
+  } else if (e->cfg.dispatch == EPM_DISPATCH_ALLGATHER) {
     st = epm_comm_exchange_sizes(e->comm, local == EPM_OK ? m_r : STEP_FAILED, e->counts);
     if (st == EPM_OK && local != EPM_OK) st = local; /* keep this rank's own message */
     if (st == EPM_OK) st = check_counts(e, &sp.M);
@@ -569,8 +703,9 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
     record(e, &tm, m_r, &sp, a1, 0);
     return st;
   }
+  st = epm__engine_marks_read(&tm); /* also: y is complete on return */
   tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
-  st = count_load(e, m_r);
+  if (st == EPM_OK) st = count_load(e, m_r);
   record(e, &tm, m_r, &sp, a1, st == EPM_OK);
   return st;
 }

@@ -378,8 +378,7 @@ epm_status_t epm__a2a_run(epm_engine_t *e, epm__step_timer_t *tm, const epm__ste
   epm_comm_traffic(e->comm, &tm->tr[1]);
   EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_A2A_DISPATCH));
 
-  EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_rcv, e->sf_rcv, a1, e->ids_rcv, e->wts_rcv, R,
-                              e->cfg.partial_dtype, e->part_rcv));
+  EPM_TRY(epm__engine_experts(e, e->packed_rcv, e->sf_rcv, e->ids_rcv, e->wts_rcv, R, a1, e->part_rcv));
   EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_EXPERTS));
 
   EPM_TRY(epm_comm_alltoallv(e->comm, e->part_rcv, e->comb_rcv, e->matrix_t, cb));

@@ -21,6 +21,8 @@ struct epm_engine {
   epm_backend_weights_t *w;
   int rank, size, device;
   int64_t H, E, k, max_m, max_M;
+  int64_t chunk_rows;   /* most rows per expert call (workspace budget) */
+  int64_t last_chunks;  /* expert calls of this step */
   int use_shared;
   int weight_on_input; /* llama4: router weight scales the input (top-1) */
   size_t partial_elem; /* bytes per element of the reduce-scatter */
@@ -78,6 +80,29 @@ struct epm_engine {
   int64_t *scratch_i;  /* [size] */
   uint64_t *bytes_s, *bytes_r; /* [size] cost model */
 
+  /* ---- fixed capacity (engine_fixed.c) and the CUDA graph (engine_graph.c) ---- */
+  int fixed;                 /* cfg.fixed_capacity */
+  size_t fx_rec, fx_seg;     /* record bytes, segment bytes (fx_rows records) */
+  size_t fx_off_sf, fx_off_ids, fx_off_w; /* field offsets inside a record */
+  int64_t fx_rows;           /* max_m + 1: the header row, then the token rows */
+  uint8_t *fx_loc, *fx_all;  /* own segment, P gathered segments (backend memory) */
+  uint8_t *fx_packed, *fx_sf;
+  int32_t *fx_ids;
+  float *fx_wts;
+  void *fx_partial;          /* [P * fx_rows, H] partial_dtype */
+  void *fx_red;              /* [fx_rows, H] partial_dtype: the combine output */
+  int64_t *fx_ones, *fx_rows_each; /* [size] host: 1 segment / fx_rows rows per rank */
+  /* The header source: engine-owned host memory, because a captured graph
+   * copies from this address every time it is launched. */
+  int64_t fx_hdr_src[2];
+  int capturing;             /* inside a graph capture: no host waits */
+  uint8_t *pk_loc, *pk_all;  /* variable-size allgather: [max_m], [max_M] records */
+  void *graphs;              /* engine_graph.c: one captured step per m (device backend) */
+  /* Stage timing on a device backend: marks on the stream, read once at
+   * the end of the step (no stream sync per stage). NULL: sync + clock. */
+#define EPM__MARKS 24
+  void *marks[EPM__MARKS];
+
   pthread_mutex_t stats_mu;
   epm_engine_stats_t stats;
   /* Per-expert load of this rank's own tokens (epm_engine_expert_load),
@@ -92,10 +117,38 @@ struct epm_engine {
 typedef struct {
   epm_engine_t *e;
   double t, s[EPM_STAGE_COUNT];
+  int nmarks;                    /* marks recorded this step (device) */
+  int mark_stage[EPM__MARKS];    /* the stage each mark closes (-1: the start) */
   /* comm traffic before the dispatch, after it, after the combine */
   epm_comm_traffic_t tr[3];
 } epm__step_timer_t;
 epm_status_t epm__engine_stage_end(epm__step_timer_t *tm, epm_engine_stage_t stage);
+/* After the step's last stage: the stage times from the marks (waits for
+ * the last one, so the step's work is complete on return). */
+epm_status_t epm__engine_marks_read(epm__step_timer_t *tm);
+
+/* The expert stage over `rows` rows in chunks of chunk_rows (engine.c). */
+epm_status_t epm__engine_experts(epm_engine_t *e, const uint8_t *packed, const uint8_t *sf, const int32_t *ids,
+                                 const float *wts, int64_t rows, float a1, void *partial);
+
+/* engine_fixed.c: the token record (also the variable-size allgather's) */
+epm_status_t epm__records_pack(epm_engine_t *e, uint8_t *rows, int64_t n);
+epm_status_t epm__records_unpack(epm_engine_t *e, const uint8_t *rows, int64_t n, uint8_t *packed, uint8_t *sf,
+                                 int32_t *ids, float *wts);
+epm_status_t epm__fixed_layout(epm_engine_t *e);
+epm_status_t epm__fixed_alloc(epm_engine_t *e);
+void epm__fixed_free(epm_engine_t *e);
+void epm__fixed_borrow(epm_engine_t *e, const epm_engine_t *o);
+void epm__fixed_header(epm_engine_t *e, int64_t m, int failed);
+epm_status_t epm__fixed_dispatch(epm_engine_t *e, int64_t m);
+epm_status_t epm__fixed_counts(epm_engine_t *e, int64_t *M);
+epm_status_t epm__fixed_combine(epm_engine_t *e, epm__step_timer_t *tm, int64_t m, float a1);
+
+/* engine_graph.c: the fixed-capacity step as one CUDA graph (device backend). */
+epm_status_t epm__graph_step(epm_engine_t *e, epm__step_timer_t *tm, const epm_bf16_t *x, const float *logits,
+                             int64_t m, epm_bf16_t *y, int in_backend_mem, int64_t *M);
+void epm__graph_free(epm_engine_t *e);
+size_t epm__graph_count(const epm_engine_t *e);
 
 /* What the step decided after the counts exchange (engine_a2a.c fills it). */
 typedef struct {

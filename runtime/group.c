@@ -147,6 +147,8 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
     ec.dispatch_cost = cfg->dispatch_cost;
     ec.on_stage = cfg->on_stage;
     ec.on_stage_arg = cfg->on_stage_arg;
+    ec.workspace_bytes = cfg->workspace_bytes;
+    ec.fixed_capacity = cfg->fixed_capacity;
     /* Layers step one after another, so one set of step buffers serves all. */
     ec.share_buffers = i > 0 ? g->eng[0] : NULL;
     EPM_TRY_GOTO(epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &g->eng[i]), st, out);

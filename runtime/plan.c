@@ -318,6 +318,64 @@ static epm_status_t plan_totals(epm_plan_t *p) {
   return EPM_OK;
 }
 
+epm_status_t epm_plan_expert_ws_bytes(const epm_plan_t *p, int64_t rows, size_t *out) {
+  const epm_model_dims_t *d = &p->config.dims;
+  const int64_t H = d->hidden, I = d->intermediate, k = d->top_k, el = p->local_experts;
+  int64_t pairs, tiles, R, I2;
+  if (rows < 0) return epm_error(EPM_ERR_INVALID_ARG, "expert workspace of %lld rows", (long long)rows);
+  EPM_TRY(mul("2I", 2, I, &I2));
+  EPM_TRY(epm_plan_local_rows_bound(rows, k, el, p->tile, &pairs, &tiles, &R));
+  epm_plan_buf_t b[7];
+  EPM_TRY(set_buf(&b[0], "expanded_to_permuted [rows, k]", rows, k, 64));
+  EPM_TRY(set_buf(&b[1], "permuted_to_token [R]", R, 1, 64));
+  EPM_TRY(set_buf(&b[2], "expert_row_offsets [E_l + 1]", el + 1, 1, 64));
+  EPM_TRY(set_buf(&b[3], "gemm1_out [R, 2I]", R, I2, 16));
+  EPM_TRY(set_buf(&b[4], "inter_q [R, I]", R, I, 4));
+  EPM_TRY(set_swizzled_sf(&b[5], "inter_sf", 1, R, I));
+  EPM_TRY(set_buf(&b[6], "gemm2_out [R, H]", R, H, 16));
+  size_t sum = 0;
+  for (size_t i = 0; i < sizeof b / sizeof b[0]; i++)
+    if (epm_add_size(sum, b[i].bytes, &sum))
+      return epm_error(EPM_ERR_OVERFLOW, "expert workspace of %lld rows overflows size_t", (long long)rows);
+  *out = sum;
+  return EPM_OK;
+}
+
+/* The largest chunk whose workspace fits the budget (the workspace grows
+ * with the rows, so a binary search over [1, cap] finds it). */
+static epm_status_t plan_chunks(epm_plan_t *p) {
+  const int64_t M = p->tokens_gathered;
+  const size_t budget = p->config.workspace_bytes;
+  EPM_TRY(epm_plan_expert_ws_bytes(p, M, &p->bytes_expert_ws));
+  int64_t cap = p->max_tokens_per_chunk > 0 && p->max_tokens_per_chunk < M ? p->max_tokens_per_chunk : M;
+  if (cap < 1) cap = 1; /* M == 0, or no grid fits (reported by the limits) */
+  size_t need = 0;
+  if (budget > 0) {
+    EPM_TRY(epm_plan_expert_ws_bytes(p, 1, &need));
+    if (need > budget)
+      return epm_error(EPM_ERR_INVALID_ARG,
+                       "workspace budget %zu bytes is below the %zu bytes the expert stage needs for one "
+                       "gathered row (H %lld, I %lld, %lld local experts, tile %lld)",
+                       budget, need, (long long)p->config.dims.hidden, (long long)p->config.dims.intermediate,
+                       (long long)p->local_experts, (long long)p->tile);
+    int64_t lo = 1, hi = cap; /* invariant: lo fits */
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo + 1) / 2;
+      EPM_TRY(epm_plan_expert_ws_bytes(p, mid, &need));
+      if (need <= budget)
+        lo = mid;
+      else
+        hi = mid - 1;
+    }
+    cap = lo;
+  }
+  p->ws_chunk_tokens = cap;
+  p->ws_chunks = M == 0 ? 1 : epm_ceil_div_i64(M, cap);
+  EPM_TRY(epm_plan_expert_ws_bytes(p, M < cap ? M : cap, &p->bytes_expert_ws_chunk));
+  p->bytes_total_chunked = p->bytes_total - p->bytes_expert_ws + p->bytes_expert_ws_chunk;
+  return EPM_OK;
+}
+
 epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out) {
   epm_plan_t p;
   int64_t tile = 0;
@@ -341,6 +399,7 @@ epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out) {
   EPM_TRY(plan_weights(&p));
   EPM_TRY(plan_totals(&p));
   plan_limits(&p);
+  EPM_TRY(plan_chunks(&p));
   *out = p;
   return EPM_OK;
 }

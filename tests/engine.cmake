@@ -10,7 +10,25 @@ foreach(np 1 2 4 8)
   epm_add_mpi_test(engine_mpi_np${np} NP ${np} COMMAND test_engine_mpi LABELS mpi TIMEOUT 240)
 endforeach()
 
+# Variants that must keep every bit of the plain step: the expert stage in
+# chunks under a workspace budget (1, 2, many chunks; both dispatch modes).
+add_executable(test_engine_modes_mpi mpi/test_engine_modes_mpi.c)
+target_link_libraries(test_engine_modes_mpi PRIVATE epmoe)
+foreach(np 1 2 4)
+  epm_add_mpi_test(engine_modes_mpi_np${np} NP ${np} COMMAND test_engine_modes_mpi LABELS mpi TIMEOUT 240)
+endforeach()
+
 set(_step epmoectl step --preset tiny --seed 7 --check)
+# --workspace-mb 1 at tiny dims: one gathered row per expert call.
+epm_add_mpi_test(step_workspace_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --workspace-mb 1 --tolerance 0
+                 LABELS mpi TIMEOUT 120)
+# --graph: the fixed-capacity step (on cpu: the same packed records and
+# equal-size allgather a CUDA graph holds), against the EP=1 reference.
+epm_add_mpi_test(step_graph_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --graph --tolerance 0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_graph_np4 NP 4 COMMAND ${_step} --tokens-per-rank 3,5,0,8 --graph --repeat 2 --workspace-mb 1
+                 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_workspace_a2a_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --workspace-mb 1
+                 --dispatch alltoall --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np1 NP 1 COMMAND ${_step} --tokens-per-rank 9 --repeat 2 --tolerance 0 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np2 NP 2 COMMAND ${_step} --tokens-per-rank 5,3 --repeat 2 LABELS mpi TIMEOUT 120)
 epm_add_mpi_test(step_np3 NP 3 COMMAND ${_step} --experts 24 --tokens-per-rank 4,0,6 --repeat 2 LABELS mpi TIMEOUT 120)
@@ -75,3 +93,16 @@ target_link_libraries(test_group_mpi PRIVATE epmoe)
 foreach(np 1 2 4)
   epm_add_mpi_test(group_mpi_np${np} NP ${np} COMMAND test_group_mpi LABELS mpi TIMEOUT 180)
 endforeach()
+
+# epmoe-bench: --help, a CPU smoke run (the GPU rows are skipped with a line
+# saying so where there is no GPU; exit 0), a usage error (exit 64).
+add_test(NAME bench_help COMMAND epmoe-bench --help)
+set_tests_properties(bench_help PROPERTIES LABELS cpu TIMEOUT 30 PASS_REGULAR_EXPRESSION "usage: epmoe-bench.*--tokens")
+add_test(NAME bench_cpu_smoke COMMAND epmoe-bench --preset tiny --ep 4 --tokens 3 -n 2 -w 0 --json)
+set_tests_properties(bench_cpu_smoke PROPERTIES LABELS cpu TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "\"name\": *\"moe_layer\", *\"device\": *\"cpu\".*\"gpu\": *\"")
+add_test(NAME bench_cpu_text COMMAND epmoe-bench --preset tiny --ep 8 --tokens 2 -n 1 -w 0)
+set_tests_properties(bench_cpu_text PROPERTIES LABELS cpu TIMEOUT 120
+                     PASS_REGULAR_EXPRESSION "moe_layer +cpu.*# gpu: (skipped: [^\n]+|.*sm_)")
+add_test(NAME bench_usage COMMAND sh -c "$<TARGET_FILE:epmoe-bench> --preset tiny --ep 3 >/dev/null 2>&1; test $? -eq 64")
+set_tests_properties(bench_usage PROPERTIES LABELS cpu TIMEOUT 30)

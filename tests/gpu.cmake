@@ -27,6 +27,13 @@ if(EPMOE_HAVE_CUDA)
            --inter 128 --routing renormalize)
   set_tests_properties(test_gpu_pipeline_4g PROPERTIES LABELS "gpu;large" TIMEOUT 1200 SKIP_RETURN_CODE 77
                        RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
+  # The fixed-capacity step as one CUDA graph (NCCL inside) against the
+  # variable-size cuda step; every rank exits 77 without a GPU.
+  add_executable(test_gpu_graph_step gpu/test_gpu_graph_step.c)
+  target_link_libraries(test_gpu_graph_step PRIVATE epmoe)
+  foreach(np 1 2)
+    epm_add_mpi_test(gpu_graph_step_np${np} NP ${np} COMMAND test_gpu_graph_step LABELS gpu mpi TIMEOUT 300 GPU)
+  endforeach()
   # The bundle's GPU tests on a derived bundle (see bundle.cmake); 77 without a GPU.
   add_test(NAME bundle_derived_gpu
            COMMAND ${EPMOE_BUNDLE_CHECK} ${CMAKE_CURRENT_BINARY_DIR}/bundle_derived_gpu

@@ -91,6 +91,35 @@ void epm_backend_free(epm_backend_t *be, void *p); /* NULL ok */
 epm_status_t epm_backend_copy_h2d(epm_backend_t *be, void *dst, const void *src, size_t bytes);
 epm_status_t epm_backend_copy_d2h(epm_backend_t *be, void *dst, const void *src, size_t bytes);
 epm_status_t epm_backend_sync(epm_backend_t *be);
+/* Within backend memory, ordered on the stream (no host wait; capturable
+ * in a CUDA graph): `rows` rows of `width` bytes from src (rows `spitch`
+ * bytes apart) to dst (`dpitch` apart), and zero `bytes` bytes. The packed
+ * dispatch records are built and taken apart with these. */
+epm_status_t epm_backend_copy_2d(epm_backend_t *be, void *dst, size_t dpitch, const void *src, size_t spitch,
+                                 size_t width, size_t rows);
+epm_status_t epm_backend_zero(epm_backend_t *be, void *dst, size_t bytes);
+
+/* ---- graphs (device backends; cpu: EPM_ERR_NOT_SUPPORTED) -------------- */
+/* Record every op enqueued on the backend's stream between begin and end
+ * (also the NCCL calls of a comm on that stream) instead of running it; no
+ * op in between may wait on the host. end with keep = 0 discards the
+ * capture (after an error); with keep = 1 it returns an executable graph in
+ * *graph. A launch runs the recorded ops on the stream, reading the
+ * addresses captured (host sources of copies included) at launch time. */
+epm_status_t epm_backend_capture_begin(epm_backend_t *be);
+epm_status_t epm_backend_capture_end(epm_backend_t *be, int keep, void **graph);
+epm_status_t epm_backend_graph_launch(epm_backend_t *be, void *graph);
+void epm_backend_graph_destroy(epm_backend_t *be, void *graph); /* NULL ok */
+
+/* Timing marks on the stream (device backends; cpu: EPM_ERR_NOT_SUPPORTED):
+ * record puts a mark after the ops enqueued so far, without waiting;
+ * elapsed waits for mark b and gives the seconds between a and b as the
+ * device saw them. The engine times its stages with these instead of a
+ * stream sync after each stage. */
+epm_status_t epm_backend_mark_create(epm_backend_t *be, void **mark);
+void epm_backend_mark_destroy(epm_backend_t *be, void *mark); /* NULL ok */
+epm_status_t epm_backend_mark_record(epm_backend_t *be, void *mark);
+epm_status_t epm_backend_mark_elapsed(epm_backend_t *be, void *a, void *b, double *seconds);
 
 /* ---- weights ----------------------------------------------------------- */
 /* Prepare `layer` (this rank's expert slice, router, shared expert) for the
@@ -118,6 +147,12 @@ epm_status_t epm_backend_amax(epm_backend_t *be, const epm_bf16_t *x, int64_t m,
 /* 2 quantize: x [m, H] -> packed, sf (linear) with encode scale G. */
 epm_status_t epm_backend_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_t m, int64_t hidden,
                                   float global_scale, uint8_t *packed, uint8_t *sf);
+/* 2 quantize with the layer's static encode scale fp32(1/input_scale), the
+ * same bits as epm_backend_quantize with that G. A device backend keeps the
+ * scale in device memory from load, so the op copies nothing from the host
+ * (and can be captured in a graph). */
+epm_status_t epm_backend_quantize_static(epm_backend_t *be, const epm_backend_weights_t *w, const epm_bf16_t *x,
+                                         int64_t m, uint8_t *packed, uint8_t *sf);
 /* 4 local experts + finalize over the gathered M rows, which were quantized
  * with decode scale a1 (= 1/G_in; the layer's input_scale when static):
  * partial[t] = sum over t's top-k slots whose expert is local of

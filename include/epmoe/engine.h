@@ -87,10 +87,27 @@ typedef struct {
    * NULL = none. It must not call into the engine. */
   void (*on_stage)(void *arg, int ended);
   void *on_stage_arg;
+  /* Workspace budget of the expert stage in bytes (epmoe/plan.h
+   * workspace_bytes); 0 = unbounded. The expert stage then runs over chunks
+   * of gathered (or received) rows whose worst-case workspace fits, and the
+   * backend's expert scratch is sized for one chunk, not for EP x
+   * max_tokens_per_rank rows. Same bits as one call (a row's partial depends
+   * on that row only). A budget below one row's need fails create. */
+  size_t workspace_bytes;
+  /* Fixed-capacity step (the host-sync-free form): every rank sends one
+   * packed record per token (NVFP4 row, scales, ids, weights) in a segment
+   * of max_tokens_per_rank records behind a header carrying its count, all
+   * in ONE allgather of equal size; no host sizes exchange; the experts run
+   * over the padded rows and the combine is a reduce-scatter of equal
+   * segments. Bit-identical to the variable-size step. On a device backend
+   * each step runs as one CUDA graph (route through combine, NCCL
+   * included), captured once per local token count and replayed. Needs
+   * allgather dispatch, the static scale and hidden >= 32. */
+  int fixed_capacity;
 } epm_engine_config_t;
 
 #define EPM_ENGINE_CONFIG_INIT \
-  {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, NULL, NULL}
+  {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL, NULL, NULL, 0, 0}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \
@@ -126,6 +143,7 @@ typedef struct {
   epm_dispatch_mode_t last_mode;                /* mode of the last successful step */
   uint64_t steps_mode[EPM_DISPATCH_MODES];      /* successful steps per mode */
   int64_t last_expert_rows;  /* rows the expert stage ran over: M, or the rows received */
+  int64_t last_expert_chunks; /* expert calls those rows took (workspace_bytes chunking) */
   uint64_t last_dispatch_sent, last_dispatch_recv; /* allgather-v / first all-to-all-v */
   uint64_t last_combine_sent, last_combine_recv;   /* reduce-scatter-v / all-to-all-v back */
   uint64_t bytes_sent, bytes_recv; /* sums over successful steps, dispatch + combine */
@@ -184,6 +202,9 @@ int64_t epm_engine_recv_capacity(const epm_engine_t *eng);
  * epm_placement_balance() takes. Safe from another thread while a step runs.
  * EPM_ERR_INVALID_ARG when n is not the layer's expert count. */
 epm_status_t epm_engine_expert_load(const epm_engine_t *eng, uint64_t *total, uint64_t *last, int64_t n);
+
+/* Most rows one expert call takes (the workspace budget's chunk). */
+int64_t epm_engine_chunk_rows(const epm_engine_t *eng);
 
 /* Bytes of step buffers the engine allocated (backend memory). */
 size_t epm_engine_buffer_bytes(const epm_engine_t *eng);

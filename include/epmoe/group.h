@@ -71,11 +71,17 @@ typedef struct {
   /* Every engine's stage hook (epm_engine_config_t.on_stage); NULL = none. */
   void (*on_stage)(void *arg, int ended);
   void *on_stage_arg;
+  /* Expert-stage workspace budget in bytes (epm_engine_config_t
+   * workspace_bytes); 0 = unbounded. */
+  size_t workspace_bytes;
+  /* 1: the fixed-capacity step (epm_engine_config_t fixed_capacity): one
+   * packed allgather, no sizes exchange, one CUDA graph per step on cuda. */
+  int fixed_capacity;
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}, NULL, 0, EPM_KERNELS_V1, NULL, NULL}
+   {{0, 0}, {0, 0}}, NULL, 0, EPM_KERNELS_V1, NULL, NULL, 0, 0}
 
 /* What HELLO/STATUS report. */
 typedef struct {

@@ -72,6 +72,11 @@ typedef struct {
   /* alltoall dispatch: most token rows one rank receives per step (>= 0);
    * 0 = the worst case M (every token of every rank routed to this rank). */
   int64_t recv_capacity;
+  /* Workspace budget of the expert stage in bytes (the permute maps and the
+   * GEMM intermediates: expanded_to_permuted .. gemm2_out); 0 = unbounded.
+   * The expert stage then runs over chunks of at most ws_chunk_tokens
+   * gathered rows, each chunk's worst-case workspace within the budget. */
+  size_t workspace_bytes;
 } epm_plan_config_t;
 
 /* One buffer: logical shape [rows, cols] (fp4 counts unpacked elements, the
@@ -203,6 +208,19 @@ typedef struct {
                                           (0 when M is 0 or when nothing fits) */
   int64_t chunks;                      /* ceil(M / max_tokens_per_chunk); 1 = no chunking;
                                           0 = impossible (a single token does not fit) */
+
+  /* ---- expert-stage chunking under config.workspace_bytes ----
+   * The workspace (expanded_to_permuted, permuted_to_token,
+   * expert_row_offsets, gemm1_out, inter_q, inter_sf, gemm2_out) scales with
+   * the rows one expert call sees; partial_y and the gathered rows do not
+   * (they hold the whole step). Chunks are cut at gathered-row boundaries:
+   * a row's partial depends only on that row, so the bits do not change. */
+  size_t bytes_expert_ws;              /* the workspace for all M rows in one call */
+  int64_t ws_chunk_tokens;             /* most rows per expert call: the budget's, capped
+                                          by max_tokens_per_chunk and M (>= 1 when M > 0) */
+  int64_t ws_chunks;                   /* ceil(M / ws_chunk_tokens); 1 when M is 0 */
+  size_t bytes_expert_ws_chunk;        /* the workspace of one ws_chunk_tokens-row call */
+  size_t bytes_total_chunked;          /* bytes_total with the chunk's workspace instead */
 } epm_plan_t;
 
 /* Compute the plan. cfg is read only during the call. On error *out is left
@@ -211,6 +229,10 @@ typedef struct {
  * slots, a placement of other E or P, negative tokens, rank out of range);
  * EPM_ERR_OVERFLOW when a size does not fit in int64/size_t. */
 epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out);
+
+/* Worst-case expert-stage workspace (see bytes_expert_ws) of one expert
+ * call over `rows` gathered rows with p's dims, local experts and tile. */
+epm_status_t epm_plan_expert_ws_bytes(const epm_plan_t *p, int64_t rows, size_t *out);
 
 /* epm_plan_local_rows_bound() (worst-case local pairs and padded rows) is
  * declared in epmoe/kernels.h: the kernels own that bound. */

@@ -77,8 +77,8 @@ assert [r["tokens"] for r in j["ranks"]] == [3, 5, 0, 8]
 for r in j["ranks"]:
     assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "a2a_dispatch", "experts", "reduce_scatter", "a2a_combine", "shared", "total"}, r
     assert all(v >= 0 for v in r["stage_ms"].values()), r
-    assert set(r["dispatch"]) == {"alltoall_steps", "expert_rows", "dispatch_sent", "dispatch_recv", "combine_sent", "combine_recv"}, r
-    assert r["dispatch"]["alltoall_steps"] == 0 and r["dispatch"]["expert_rows"] == 16, r
+    assert set(r["dispatch"]) == {"alltoall_steps", "expert_rows", "expert_chunks", "dispatch_sent", "dispatch_recv", "combine_sent", "combine_recv"}, r
+    assert r["dispatch"]["alltoall_steps"] == 0 and r["dispatch"]["expert_rows"] == 16 and r["dispatch"]["expert_chunks"] == 1, r
     M, m = 16, r["tokens"]; Bd = 256 // 2 + 256 // 16 + 8 * 4; Bc = 4 * 256  # tiny: H 256, top-4
     assert r["dispatch"]["dispatch_sent"] == 3 * m * Bd and r["dispatch"]["dispatch_recv"] == (M - m) * Bd, r
     assert r["dispatch"]["combine_sent"] == (M - m) * Bc and r["dispatch"]["combine_recv"] == 3 * m * Bc, r

@@ -501,8 +501,65 @@ static void test_alltoall_rows(void **state) {
   expect_error(&c, EPM_ERR_INVALID_ARG, "recv_capacity = -1 must be >= 0");
 }
 
+/* Sum of the workspace buffers by name (an expert call over all M rows). */
+static size_t ws_of(const epm_plan_t *p) {
+  static const char *const names[] = {"expanded_to_permuted", "permuted_to_token", "expert_row_offsets",
+                                      "gemm1_out", "inter_q", "inter_sf", "gemm2_out"};
+  size_t sum = 0;
+  epm_plan_buffer_info_t b;
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    assert_int_equal(epm_plan_buffer_by_name(p, names[i], &b), EPM_OK);
+    sum += b.buf.bytes;
+  }
+  return sum;
+}
+
+/* The workspace budget: EP32 x 10,240 tokens at DeepSeek-R1 dims. */
+static void test_workspace_chunks(void **state) {
+  (void)state;
+  epm_plan_config_t c = preset_cfg("deepseek-r1", 32, 10240);
+  epm_plan_t p = plan_ok(&c);
+  const int64_t M = 327680;
+  assert_int_equal(p.bytes_expert_ws, ws_of(&p));
+  assert_true(p.bytes_expert_ws > (size_t)50 << 30); /* ~58 GiB unbounded */
+  assert_int_equal(p.ws_chunks, 1);
+  assert_int_equal(p.ws_chunk_tokens, M);
+  assert_int_equal(p.bytes_total_chunked, p.bytes_total);
+  /* The same function at M rows matches the plan's own buffers; at fewer
+   * rows it is what a plan of that many gathered tokens holds. */
+  size_t b = 0;
+  assert_int_equal(epm_plan_expert_ws_bytes(&p, M, &b), EPM_OK);
+  assert_int_equal(b, p.bytes_expert_ws);
+  epm_plan_config_t c1 = preset_cfg("deepseek-r1", 32, 100);
+  epm_plan_t p1 = plan_ok(&c1);
+  assert_int_equal(epm_plan_expert_ws_bytes(&p, 3200, &b), EPM_OK);
+  assert_int_equal(b, ws_of(&p1));
+
+  const size_t budgets[] = {(size_t)4 << 30, (size_t)1 << 30, (size_t)256 << 20};
+  for (size_t i = 0; i < sizeof budgets / sizeof budgets[0]; i++) {
+    c.workspace_bytes = budgets[i];
+    p = plan_ok(&c);
+    const int64_t n = p.ws_chunk_tokens;
+    size_t at = 0, above = 0;
+    assert_int_equal(epm_plan_expert_ws_bytes(&p, n, &at), EPM_OK);
+    assert_int_equal(epm_plan_expert_ws_bytes(&p, n + 1, &above), EPM_OK);
+    assert_true(at <= budgets[i] && above > budgets[i]); /* the largest chunk that fits */
+    assert_int_equal(p.bytes_expert_ws_chunk, at);
+    assert_int_equal(p.ws_chunks, (M + n - 1) / n);
+    assert_int_equal(p.bytes_total_chunked, p.bytes_total - p.bytes_expert_ws + at);
+    /* Beside every MoE layer's weights (58 in DeepSeek-R1) on an 80 GB
+     * card, with fp32 partials (the engine's default: twice the plan's
+     * bf16 partial_y). */
+    const size_t all = p.bytes_total_chunked - p.bytes_weights + p.partial_y.bytes + 58 * p.bytes_weights;
+    assert_true(all < (size_t)80000000000);
+  }
+  c.workspace_bytes = 1000; /* below one row */
+  expect_error(&c, EPM_ERR_INVALID_ARG, "workspace budget 1000 bytes is below the");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_workspace_chunks),
       cmocka_unit_test(test_seed_boundary_table),
       cmocka_unit_test(test_seed_expert_stage),
       cmocka_unit_test(test_mh_beyond_2_31_and_2_32),

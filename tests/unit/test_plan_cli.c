@@ -59,6 +59,37 @@ static json_int_t iget(json_t *o, const char *path1, const char *path2) {
   return json_integer_value(v);
 }
 
+/* --workspace-mb: the JSON's workspace object against the buffers it sums. */
+static void test_workspace_budget(void **state) {
+  (void)state;
+  char *out = NULL;
+  assert_int_equal(run("plan --preset deepseek-r1 --ep 32 --tokens-per-rank 10240 --workspace-mb 4096 --json", &out),
+                   0);
+  json_error_t err;
+  json_t *root = json_loads(out, 0, &err);
+  if (!root) fail_msg("bad JSON (%s): %s", err.text, out);
+  static const char *const ws[] = {"expanded_to_permuted", "permuted_to_token", "expert_row_offsets",
+                                   "gemm1_out", "inter_q", "inter_sf", "gemm2_out"};
+  json_int_t sum = 0;
+  for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) sum += iget(find_buffer(root, ws[i]), "bytes", NULL);
+  assert_int_equal(iget(root, "workspace", "bytes_unchunked"), sum);
+  assert_int_equal(iget(root, "workspace", "budget"), (json_int_t)4096 << 20);
+  const json_int_t rows = iget(root, "workspace", "chunk_rows"), chunk = iget(root, "workspace", "bytes_chunk");
+  assert_true(rows > 0 && rows < 327680);
+  assert_int_equal(iget(root, "workspace", "chunks"), (327680 + rows - 1) / rows);
+  assert_true(chunk <= (json_int_t)4096 << 20);
+  assert_int_equal(iget(root, "workspace", "total_chunked"), iget(root, "totals", "total") - sum + chunk);
+  json_decref(root);
+  free(out);
+  /* 0 = unbounded: one chunk. */
+  assert_int_equal(run("plan --preset deepseek-r1 --ep 32 --tokens-per-rank 10240 --workspace-mb 0 --json", &out), 0);
+  root = json_loads(out, 0, &err);
+  if (!root) fail_msg("bad JSON (%s): %s", err.text, out);
+  assert_int_equal(iget(root, "workspace", "chunks"), 1);
+  json_decref(root);
+  free(out);
+}
+
 static void test_done_when(void **state) {
   (void)state;
   char *out = NULL;
@@ -170,6 +201,7 @@ int main(int argc, char **argv) {
   ctl = argv[1];
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_done_when),
+      cmocka_unit_test(test_workspace_budget),
       cmocka_unit_test(test_per_rank_list_and_overrides),
       cmocka_unit_test(test_usage_errors),
   };
