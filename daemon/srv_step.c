@@ -13,7 +13,12 @@
  * longer than --step-timeout, marks the daemon failed and exits non-zero so
  * the launcher tears the group down (fail-stop; docs/ARCHITECTURE.md "Daemon").
  * Any error of the rendezvous itself (MPI, protocol) is fail-stop too.
+ *
+ * The rendezvous key is (layer + 2^24 x partial dtype, step id): ranks that
+ * disagree on a step's partial dtype must not meet (their reduce-scatters
+ * would differ in size), so the dtype is part of what they agree on.
  */
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +31,9 @@
 #include "epmoe/group.h"
 #include "epmoe/rendezvous.h"
 #include "srv.h"
+
+#define SRV_KEY_LAYERS (1u << 24) /* layers below this; the dtype above (see top) */
+#define SRV_SPIN_NS 2000000u       /* yield-poll this long after a join before sleeping */
 
 struct srv_worker {
   srv_t *s;
@@ -43,6 +51,7 @@ struct srv_worker {
   epm_group_t *group; /* backend, comm, layers, engines (epmoe/group.h) */
   epm_rendezvous_t *rdv;
   srv_req_t *cur;    /* head request: joined, or about to be */
+  uint64_t joined_ns; /* when cur was joined */
   int shutdown_seen; /* the group's SHUTDOWN arrived */
 };
 
@@ -54,6 +63,10 @@ void srv_req_free(srv_req_t *r) {
 }
 
 static void push_done(srv_worker_t *w, srv_req_t *r) {
+  if (r->on_done) { /* a doorbell step answers through shared memory, from here */
+    r->on_done(w->s, r);
+    return;
+  }
   pthread_mutex_lock(&w->mu);
   r->next = NULL;
   if (w->d_tail) w->d_tail->next = r;
@@ -160,7 +173,13 @@ static void record_stages(srv_worker_t *w) {
   pthread_mutex_unlock(&st->mu);
 }
 
-static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_group_io_t *io) {
+void *srv_worker_stream(srv_t *s) {
+  srv_worker_t *w = s->worker;
+  return w && w->group ? epm_backend_stream(epm_group_backend(w->group)) : NULL;
+}
+
+static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_step_opts_t *opts,
+                             const epm_group_io_t *io) {
   epm_status_t st;
   pthread_mutex_lock(&w->mu);
   w->in_step_since = epm_clock_ns();
@@ -171,7 +190,7 @@ static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, 
     struct timespec d = {w->s->cfg.step_delay_ms / 1000, (w->s->cfg.step_delay_ms % 1000) * 1000000L};
     nanosleep(&d, NULL);
   }
-  st = epm_group_step(w->group, layer, io);
+  st = epm_group_step_opts(w->group, layer, opts, io);
   pthread_mutex_lock(&w->mu);
   w->in_step_since = 0;
   pthread_mutex_unlock(&w->mu);
@@ -234,7 +253,7 @@ static int warm_up(srv_worker_t *w) {
   /* The first served layer (layer 0 of a preset; a checkpoint's first MoE layer). */
   const int64_t layer = epm_group_layer_id(w->group, 0);
   epm_group_io_t io = {EPM_MEM_HOST, x, lg, y, m};
-  st = x && y && lg ? run_step(w, (uint32_t)layer, UINT64_MAX, &io) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
+  st = x && y && lg ? run_step(w, (uint32_t)layer, UINT64_MAX, NULL, &io) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
   free(x), free(y), free(lg);
   if (st != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "warm-up step failed: %s", epm_last_error());
@@ -280,7 +299,8 @@ static void run_request(srv_worker_t *w, srv_req_t *r) {
   epm_status_t ist = request_io(w, r, &io);
   char ierr[256] = "";
   if (ist != EPM_OK) snprintf(ierr, sizeof ierr, "%s", epm_last_error());
-  epm_status_t st = run_step(w, r->layer, r->step_id, &io);
+  epm_step_opts_t opts = {(r->flags & EPM_FWD_F_SHARED_EXPERT) != 0, (epm_dtype_t)r->partial_dtype};
+  epm_status_t st = run_step(w, r->layer, r->step_id, &opts, &io);
   if (st == EPM_OK && ist != EPM_OK) st = epm_error(ist, "%s", ierr);
   r->t_done_ns = epm_clock_ns();
   r->st = st;
@@ -357,20 +377,28 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
     return EPM_OK;
   }
   while (!w->cur && (r = pop_queue(w)) != NULL) {
-    if (!epm_group_has_layer(w->group, r->layer)) {
+    if (r->layer >= SRV_KEY_LAYERS || !epm_group_has_layer(w->group, r->layer)) {
       fail_req(w, r, EPM_ERR_INVALID_ARG, "layer %u is not served by this daemon (model %s, %lld layers)", r->layer,
                s->info.model, (long long)s->info.num_layers);
       continue;
     }
     w->cur = r;
-    EPM_TRY(epm_rendezvous_join(w->rdv, r->layer, r->step_id, r->m));
+    w->joined_ns = epm_clock_ns();
+    EPM_TRY(epm_rendezvous_join(w->rdv, r->layer + r->partial_dtype * SRV_KEY_LAYERS, r->step_id, r->m));
   }
   return EPM_OK;
 }
 
 /* Back off while idle (to 2 ms) so an idle daemon costs ~no CPU; a joined step
- * polls at <= 0.2 ms so GO is seen quickly. Submit and shutdown wake it. */
+ * polls at <= 0.2 ms so GO is seen quickly. Submit and shutdown wake it.
+ * For the first SRV_SPIN_NS after a join it only yields: the other ranks'
+ * joins of a step usually arrive within microseconds, and a sleep there
+ * would add its whole length to every step (the doorbell path's budget). */
 static void idle_wait(srv_worker_t *w, long *idle_ns, int left) {
+  if (w->cur && epm_clock_ns() - w->joined_ns < SRV_SPIN_NS) {
+    sched_yield();
+    return;
+  }
   long cap = w->cur ? 200000 : 2000000;
   struct timespec until;
   *idle_ns = *idle_ns * 2 > cap ? cap : *idle_ns * 2;

@@ -51,3 +51,14 @@ target_link_libraries(client_so_probe PRIVATE epmoe_client)
 add_test(NAME client_so COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/unit/client_so.sh $<TARGET_FILE:epmoe_client>
                                 $<TARGET_FILE:client_so_probe>)
 set_tests_properties(client_so PROPERTIES LABELS cpu TIMEOUT 60)
+
+# The doorbell data plane on the host (label mpi): doorbell steps against the
+# CPU reference, sequence errors, bench --doorbell, clients dying mid-step
+# (tests/daemon/doorbell_it.sh with tests/daemon/doorbell_check.c).
+add_executable(doorbell_check daemon/doorbell_check.c)
+target_link_libraries(doorbell_check PRIVATE epmoe_client_static epmoe)
+add_test(NAME daemon_doorbell_np2
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/doorbell_it.sh ${MPIEXEC_EXECUTABLE}
+                 $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:doorbell_check>)
+set_tests_properties(daemon_doorbell_np2 PROPERTIES LABELS mpi TIMEOUT 300 PROCESSORS 2
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")
