@@ -76,3 +76,50 @@ def test_doorbell_capacity_is_checked_here_first(group):
     x, logits = tokens(dbs[0].capacity + 1, seed=1)
     with pytest.raises(ValueError, match="exceed the doorbell's capacity"):
         moe.forward(x, logits, [dbs[0].capacity + 1, 0])
+
+
+CHILD = r"""
+import sys, numpy as np
+sys.path.insert(0, sys.argv[1])
+import epmoe
+sock, rank, base = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+group = epmoe.connect(sock, rank=rank, step_base=base)
+moe = [group.layer(l, mode=mode, capacity=16) for l, mode in ((0, "doorbell"), (1, "socket"))]
+rng = np.random.default_rng(50 + rank)
+m = 3 + 4 * rank
+out = []
+for step in range(3):
+    for l in range(2):
+        x = epmoe.to_bf16(rng.standard_normal((m, 256), dtype=np.float32))
+        logits = rng.standard_normal((m, 16), dtype=np.float32)
+        y = moe[l].forward(x, logits)
+        out += [x, logits, y]
+np.savez(sys.argv[5], *out)
+"""
+
+
+def test_one_process_per_rank(daemons, tmp_path):
+    """The engine's shape: one process per rank, each talking to its own
+    daemon only, same step base, the same layers in the same order (doorbell
+    and socket mixed); every result against the reference."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    pkg = str(Path(__file__).resolve().parents[1])
+    base = int(time.time() * 1e6)
+    procs = [subprocess.Popen([sys.executable, "-c", CHILD, pkg, daemons.socket_dir, str(r), str(base),
+                               str(tmp_path / f"r{r}.npz")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for r in range(2)]
+    for r, p in enumerate(procs):
+        out, _ = p.communicate(timeout=120)
+        assert p.returncode == 0, f"rank {r} process: {out.decode()}"
+    # the whole layer on the CPU reference of the global tokens (rank 0's rows, then rank 1's)
+    got = [np.load(tmp_path / f"r{r}.npz") for r in range(2)]
+    for i in range(6):
+        layer = i % 2
+        x = np.concatenate([g[f"arr_{3 * i}"] for g in got])
+        logits = np.concatenate([g[f"arr_{3 * i + 1}"] for g in got])
+        y = np.concatenate([g[f"arr_{3 * i + 2}"] for g in got])
+        assert rel_err(y, reference(layer, x, logits, False)) <= TOL
