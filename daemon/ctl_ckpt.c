@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ctl.h"
+#include "epmoe/checked.h"
 #include "epmoe/model_dir.h"
 #include "epmoe/safetensors.h"
 #include "epmoe/weights.h"
@@ -142,14 +143,29 @@ static int cmd_make(int argc, char **argv) {
 }
 
 /* ---- inspect ---- */
+/* The scan stops after this many bad tensors: with at most this many failed
+ * lookups, and one successful lookup per distinct tensor of the weight map,
+ * inspect's time is bounded by what the files hold, whatever config.json says. */
+#define EPM__INSPECT_MAX_BAD 1000
+
 typedef struct {
+  int64_t bad;
   json_t *problems;
   size_t dtype_count[EPM_ST_DTYPE_COUNT];
   size_t dtype_bytes[EPM_ST_DTYPE_COUNT];
 } insp_t;
 
 static void problem(insp_t *s) {
-  if (json_array_size(s->problems) < 1000) json_array_append_new(s->problems, json_string(epm_last_error()));
+  if (json_array_size(s->problems) < EPM__INSPECT_MAX_BAD + 10)
+    json_array_append_new(s->problems, json_string(epm_last_error()));
+}
+
+static void bad_tensor(insp_t *s) {
+  problem(s);
+  if (++s->bad == EPM__INSPECT_MAX_BAD) {
+    epm_error(EPM_ERR_FORMAT, "stopped after %d bad tensors", EPM__INSPECT_MAX_BAD);
+    problem(s);
+  }
 }
 
 /* Every file opens and validates; every mapped tensor is in its file and
@@ -202,14 +218,16 @@ static json_t *inspect_files(epm_model_dir_t *md, insp_t *s, int tensors) {
   return tl ? json_pack("{s:o, s:o}", "files", files, "tensors", tl) : json_pack("{s:o}", "files", files);
 }
 
-/* All 12 tensors of every expert plus shared and router, exact dtype/shape. */
+/* All 12 tensors of every expert plus shared and router: exact dtype and
+ * shape, and the values the loader checks (epm_check_*: block scales, decode
+ * scales, finite router), so inspect says ok exactly when a load would. */
 static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
   const epm_model_dims_t *d = epm_model_dir_dims(md);
   epm_model_family_t fam = epm_model_dir_family(md);
   float in = 0, down = 0;
   int64_t bad = 0, mism = 0;
   char name[256];
-  for (int64_t e = -1; e < d->num_experts; e++) {
+  for (int64_t e = -1; e < d->num_experts && s->bad < EPM__INSPECT_MAX_BAD; e++) {
     if (e == EPM_EXPERT_SHARED && !d->shared_experts) continue;
     int64_t I = e == EPM_EXPERT_SHARED ? d->shared_intermediate : d->intermediate, H = d->hidden;
     float s2[3] = {0, 0, 0};
@@ -217,22 +235,28 @@ static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
       int64_t rows = p == EPM_PROJ_DOWN ? H : I, cols = p == EPM_PROJ_DOWN ? I : H;
       int64_t ws[2] = {rows, cols / 2}, ss[2] = {rows, cols / 16};
       const epm_st_tensor_t *t;
+      const epm_st_file_t *f = NULL;
       const epm_st_dtype_t dts[4] = {EPM_ST_U8, EPM_ST_F8_E4M3, EPM_ST_F32, EPM_ST_F32};
       for (int fld = 0; fld < 4; fld++) {
         epm_weight_name(fam, L, e, (epm_proj_t)p, (epm_field_t)fld, name, sizeof name);
-        epm_status_t st = fld < 2 ? epm_model_dir_expect(md, name, dts[fld], 2, fld ? ss : ws, &t)
-                                  : epm_model_dir_tensor(md, name, &t, NULL);
+        epm_status_t st = epm_model_dir_tensor(md, name, &t, &f);
+        if (st == EPM_OK && fld < 2) st = epm_st_expect(f, name, dts[fld], 2, fld ? ss : ws, &t);
         if (st == EPM_OK && fld >= 2 && (t->dtype != EPM_ST_F32 || t->numel != 1 || t->ndim > 1))
           st = epm_error(EPM_ERR_FORMAT, "tensor '%s' is %s with %lld elements, expected an F32 scalar", name,
                          epm_st_dtype_name(t->dtype), (long long)t->numel);
+        if (st == EPM_OK && fld == EPM_FIELD_WEIGHT_SCALE)
+          st = epm_check_block_scales(epm_st_path(f), name, t->data, ss[0], ss[1]);
+        float v = 0;
+        if (st == EPM_OK && fld >= 2) {
+          memcpy(&v, t->data, sizeof v);
+          st = epm_check_decode_scale(epm_st_path(f), name, v);
+        }
         if (st != EPM_OK) {
           bad++;
-          problem(s);
+          bad_tensor(s);
           continue;
         }
-        float v;
         if (fld < 2) continue;
-        memcpy(&v, t->data, sizeof v);
         if (fld == EPM_FIELD_WEIGHT_SCALE_2) s2[p] = v;
         if (fld == EPM_FIELD_INPUT_SCALE && e >= 0) {
           if (p == EPM_PROJ_DOWN && v > down) down = v;
@@ -244,22 +268,42 @@ static json_t *inspect_layer(epm_model_dir_t *md, int64_t L, insp_t *s) {
   }
   for (int b = 0; b < 2; b++) {
     const epm_st_tensor_t *t;
+    const epm_st_file_t *f;
+    const int64_t want[2] = {d->num_experts, d->hidden};
     if (b && d->routing != EPM_ROUTING_DEEPSEEK_V3) continue;
     epm_router_name(fam, L, b, name, sizeof name);
-    if (epm_model_dir_tensor(md, name, &t, NULL) != EPM_OK) {
+    epm_status_t st = epm_model_dir_tensor(md, name, &t, &f);
+    /* The loader's rule: BF16 or F32, [E, H] (weight) or [E] (bias). */
+    if (st == EPM_OK)
+      st = epm_st_expect(f, name, t->dtype == EPM_ST_F32 ? EPM_ST_F32 : EPM_ST_BF16, b ? 1 : 2, want, &t);
+    if (st == EPM_OK) st = epm_check_finite(epm_st_path(f), t);
+    if (st != EPM_OK) {
       bad++;
-      problem(s);
-    } else if ((t->dtype != EPM_ST_BF16 && t->dtype != EPM_ST_F32) ||
-               t->numel != (b ? d->num_experts : d->num_experts * d->hidden)) {
-      epm_error(EPM_ERR_FORMAT, "tensor '%s' is %s with %lld elements", name, epm_st_dtype_name(t->dtype),
-                (long long)t->numel);
-      bad++;
-      problem(s);
+      bad_tensor(s);
     }
   }
   return json_pack("{s:I, s:I, s:I, s:f, s:f, s:I}", "layer", (json_int_t)L, "experts", (json_int_t)d->num_experts,
                    "bad_tensors", (json_int_t)bad, "input_scale", (double)in, "down_input_scale", (double)down,
                    "gate_up_scale_2_mismatches", (json_int_t)mism);
+}
+
+/* The MoE tensors config.json implies (12 per expert and shared expert, the
+ * router and its bias) cannot outnumber the weight map: one line that says
+ * config.json and the files disagree, before the per-tensor problems. */
+static void count_tensors(epm_model_dir_t *md, insp_t *s) {
+  const epm_model_dims_t *d = epm_model_dir_dims(md);
+  const int64_t per_extra = 12 * d->shared_experts + 1 + (d->routing == EPM_ROUTING_DEEPSEEK_V3);
+  const int64_t layers = epm_model_dir_moe_layer_count(md);
+  int64_t per = 0, need = 0;
+  size_t have = epm_model_dir_tensor_count(md);
+  if (epm_mul_i64(12, d->num_experts, &per) || epm_add_i64(per, per_extra, &per) ||
+      epm_mul_i64(per, layers, &need) || (uint64_t)need > (uint64_t)have) {
+    epm_error(EPM_ERR_FORMAT,
+              "%s: config.json describes %lld MoE layers of %lld experts, which need %lld tensors or more, but the "
+              "weight map lists %zu",
+              epm_model_dir_path(md), (long long)layers, (long long)d->num_experts, (long long)need, have);
+    problem(s);
+  }
 }
 
 static int cmd_inspect(int argc, char **argv) {
@@ -283,7 +327,8 @@ static int cmd_inspect(int argc, char **argv) {
   const epm_model_dims_t *d = epm_model_dir_dims(md);
   json_t *r = inspect_files(md, &s, tensors);
   json_t *layers = json_array(), *dt = json_object();
-  for (int64_t i = 0; i < epm_model_dir_moe_layer_count(md); i++)
+  count_tensors(md, &s);
+  for (int64_t i = 0; s.bad < EPM__INSPECT_MAX_BAD && i < epm_model_dir_moe_layer_count(md); i++)
     json_array_append_new(layers, inspect_layer(md, epm_model_dir_moe_layer(md, i), &s));
   for (int k = 0; k < EPM_ST_DTYPE_COUNT; k++)
     if (s.dtype_count[k])
@@ -358,7 +403,7 @@ static int cmd_load(int argc, char **argv) {
     for (size_t i = 0; i < epm_model_dir_file_count(md); i++) {
       char p[4096];
       snprintf(p, sizeof p, "%s/%s", dir, epm_model_dir_file_name(md, i));
-      int fd = open(p, O_RDONLY);
+      int fd = open(p, O_RDONLY | O_NONBLOCK); /* never wait on a FIFO; the load refuses it */
       if (fd >= 0) {
         fdatasync(fd);
         posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);

@@ -17,8 +17,30 @@
 #include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "srv.h"
+#include "srv_notify.h"
 
 static srv_t g_srv; /* one daemon per process */
+static srv_notify_t g_notify; /* systemd readiness (srv_notify.h); off unless rank 0 under systemd */
+
+/* A failed notification is worth one warning, not one per watchdog tick. */
+static void notify_warn(epm_status_t st) {
+  static int warned;
+  if (st != EPM_OK && !warned++) EPM_LOG(EPM_LOG_WARN, "daemon", "%s", epm_last_error());
+}
+
+/* Tell systemd what the state machine says: READY=1 once, STOPPING=1 once. */
+static void notify_sync(srv_t *s) {
+  char reason[256], status[320];
+  srv_model_info_t info;
+  srv_state_t state = srv_get_state(s, reason, sizeof reason);
+  if (state == SRV_ST_READY && srv_get_info(s, &info)) {
+    snprintf(status, sizeof status, "ready: %d ranks, model %s, backend %s", s->size, info.model, info.backend);
+    notify_warn(srv_notify_ready(&g_notify, status));
+  } else if (state == SRV_ST_DRAINING) {
+    snprintf(status, sizeof status, "draining: %s", reason);
+    notify_warn(srv_notify_stopping(&g_notify, status));
+  }
+}
 
 void srv_set_state(srv_t *s, srv_state_t st, const char *fmt, ...) {
   va_list ap;
@@ -94,6 +116,7 @@ static void on_wake(uv_async_t *h) {
     fatal_exit(s, 1);
   }
   if (st == SRV_ST_DRAINING) srv_net_stop_accepting(s);
+  notify_sync(s);
   if (srv_worker_finished(s) && !s->closing) {
     /* deliver anything the worker failed on its way out, then close */
     for (r = srv_worker_take_done(s); r;) {
@@ -117,6 +140,7 @@ static void on_signal(uv_signal_t *h, int signum) {
           signum == SIGTERM ? "SIGTERM" : "SIGINT");
   srv_set_state(s, SRV_ST_DRAINING, "%s received", signum == SIGTERM ? "SIGTERM" : "SIGINT");
   srv_net_stop_accepting(s);
+  notify_sync(s);
   srv_worker_request_shutdown(s, "signal");
 }
 
@@ -134,6 +158,8 @@ static void on_watchdog(uv_timer_t *h) {
             layer, (unsigned long long)id, (double)ns * 1e-9, (long long)s->cfg.step_timeout_s);
     fatal_exit(s, 3);
   }
+  /* The watchdog is fed only from here, where a stuck step is detected. */
+  notify_warn(srv_notify_watchdog(&g_notify, epm_clock_ns()));
 }
 
 int main(int argc, char **argv) {
@@ -176,6 +202,12 @@ int main(int argc, char **argv) {
           EPMOE_VERSION_STRING, s->rank, s->size, (int)getpid(), s->cfg.model[0] ? s->cfg.model : s->cfg.preset,
           s->cfg.backend);
   srv_config_log(&s->cfg);
+  if (srv_notify_open(&g_notify, s->rank == 0 ? getenv("NOTIFY_SOCKET") : NULL,
+                      s->rank == 0 ? getenv("WATCHDOG_USEC") : NULL) != EPM_OK) {
+    EPM_LOG(EPM_LOG_ERROR, "daemon", "fatal: %s", epm_last_error());
+    fatal_exit(s, 1);
+  }
+  notify_warn(srv_notify_send(&g_notify, "STATUS=loading weights"));
 
   s->loop = uv_default_loop();
   uv_async_init(s->loop, &s->wake, on_wake);

@@ -9,7 +9,7 @@
 #   code is 0 only when everything passed.
 #     ./deploy/quickstart.sh [--no-install] [--keep]   (--keep: leave the daemons running)
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 install=1 keep=0
 for a in "$@"; do
   case "$a" in
@@ -36,8 +36,9 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   if [ "$install" = 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     say "installing ${missing[*]}"
-    run apt-get update -qq && DEBIAN_FRONTEND=noninteractive run apt-get install -y -qq "${missing[@]}" >/dev/null ||
-      { summary "FAILED installing packages"; exit 1; }
+    if ! { run apt-get update -qq && DEBIAN_FRONTEND=noninteractive run apt-get install -y -qq "${missing[@]}" >/dev/null; }; then
+      summary "FAILED installing packages"; exit 1
+    fi
   else
     echo "quickstart: missing packages: ${missing[*]} (install them, or run as root)" >&2
     summary "FAILED: missing packages"; exit 1

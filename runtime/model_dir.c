@@ -8,10 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
-#define MAX_JSON_FILE (256u << 20) /* the R1 index is ~10 MB; anything near this is hostile */
-#define MAX_LAYERS 100000          /* real models have < 200; bounds the layer scans */
+#include "epmoe/checked.h"
+#include "regular_file.h"
 
 typedef struct {
   const char *name; /* owned by names storage */
@@ -52,22 +52,48 @@ static char *path_join(const char *dir, const char *name) {
 }
 
 /* Load a JSON object file with duplicate keys rejected and a size cap.
- * *missing is set (and EPM_OK returned with *out NULL) when the file does not exist. */
+ * *missing is set (and EPM_OK returned with *out NULL) when the file does not
+ * exist. Anything but a regular file is refused before reading (a FIFO would
+ * block json_load_file forever). */
 static epm_status_t load_json(const char *path, json_t **out, int *missing) {
-  struct stat sb;
   json_error_t jerr;
+  int fd, gone = 0;
+  size_t size, got = 0;
   *out = NULL;
-  if (stat(path, &sb) != 0) {
-    if (errno == ENOENT && missing) {
+  epm_status_t st = epm__open_regular(path, &fd, &size, &gone);
+  if (st != EPM_OK) {
+    if (gone && missing) {
       *missing = 1;
+      epm_error_clear();
       return EPM_OK;
     }
-    return epm_error(EPM_ERR_IO, "%s: %s", path, strerror(errno));
+    return st;
   }
-  if ((unsigned long long)sb.st_size > MAX_JSON_FILE)
-    return epm_error(EPM_ERR_OVERFLOW, "%s: %lld bytes exceeds the JSON file limit %u", path,
-                     (long long)sb.st_size, MAX_JSON_FILE);
-  json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+  if (size > EPM_CKPT_MAX_JSON) {
+    close(fd);
+    return epm_error(EPM_ERR_OVERFLOW, "%s: %zu bytes exceeds the JSON file limit %u", path, size,
+                     EPM_CKPT_MAX_JSON);
+  }
+  char *buf = malloc(size + 1);
+  if (!buf) {
+    close(fd);
+    return epm_error(EPM_ERR_NOMEM, "%s: %zu bytes", path, size);
+  }
+  while (got < size) {
+    ssize_t n = read(fd, buf + got, size - got);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      st = epm_error(EPM_ERR_IO, "%s: read %zu of %zu bytes: %s", path, got, size,
+                     n < 0 ? strerror(errno) : "file shrank while being read");
+      free(buf);
+      close(fd);
+      return st;
+    }
+    got += (size_t)n;
+  }
+  close(fd);
+  json_t *j = json_loadb(buf, size, JSON_REJECT_DUPLICATES, &jerr);
+  free(buf);
   if (!j)
     return epm_error(EPM_ERR_FORMAT, "%s: invalid JSON: %s at line %d column %d", path, jerr.text, jerr.line,
                      jerr.column);
@@ -79,8 +105,9 @@ static epm_status_t load_json(const char *path, json_t **out, int *missing) {
   return EPM_OK;
 }
 
-/* Integer key: required when def < 0 is not allowed; missing -> def. */
-static epm_status_t get_i64(const char *path, json_t *o, const char *key, int required, int64_t def,
+/* Integer key in [0, max]: required, or missing -> def. Every integer read
+ * from config.json has a bound, so no later product of them can overflow. */
+static epm_status_t get_i64(const char *path, json_t *o, const char *key, int required, int64_t def, int64_t max,
                             int64_t *out) {
   json_t *v = json_object_get(o, key);
   if (!v || json_is_null(v)) {
@@ -90,6 +117,9 @@ static epm_status_t get_i64(const char *path, json_t *o, const char *key, int re
   }
   if (!json_is_integer(v) || json_integer_value(v) < 0)
     return epm_error(EPM_ERR_FORMAT, "%s: \"%s\" must be a non-negative integer", path, key);
+  if (json_integer_value(v) > max)
+    return epm_error(EPM_ERR_FORMAT, "%s: \"%s\" = %lld exceeds the limit %lld", path, key,
+                     (long long)json_integer_value(v), (long long)max);
   *out = (int64_t)json_integer_value(v);
   return EPM_OK;
 }
@@ -113,24 +143,39 @@ static epm_status_t add_moe_layer(epm_model_dir_t *md, int64_t L) {
   return EPM_OK;
 }
 
-static int in_int_array(json_t *a, int64_t v) {
+/* A layer-index array (mlp_only_layers, moe_layers) as flags over
+ * [0, num_layers): one pass over the array, so the layer scan costs
+ * O(array + layers) whatever the file holds. Entries must be layer indices. */
+static epm_status_t layer_flags(const char *p, const char *key, json_t *a, int64_t nl, uint8_t **out) {
   size_t i;
   json_t *x;
-  json_array_foreach(a, i, x) if (json_is_integer(x) && json_integer_value(x) == v) return 1;
-  return 0;
+  *out = calloc((size_t)nl + 1, 1);
+  if (!*out) return epm_error(EPM_ERR_NOMEM, "%s: \"%s\" flags", p, key);
+  json_array_foreach(a, i, x) {
+    if (!json_is_integer(x) || json_integer_value(x) < 0 || json_integer_value(x) >= nl) {
+      free(*out);
+      *out = NULL;
+      if (!json_is_integer(x))
+        return epm_error(EPM_ERR_FORMAT, "%s: \"%s\"[%zu] is not an integer", p, key, i);
+      return epm_error(EPM_ERR_FORMAT, "%s: \"%s\"[%zu] = %lld is not a layer index below num_hidden_layers = %lld",
+                       p, key, i, (long long)json_integer_value(x), (long long)nl);
+    }
+    (*out)[json_integer_value(x)] = 1;
+  }
+  return EPM_OK;
 }
 
 static epm_status_t parse_deepseek(const char *p, json_t *c, epm_model_dir_t *md) {
   epm_model_dims_t *d = &md->dims;
   int64_t n_shared, first_dense, freq;
   const char *scoring = NULL, *topk_method = NULL;
-  EPM_TRY(get_i64(p, c, "moe_intermediate_size", 1, 0, &d->intermediate));
-  EPM_TRY(get_i64(p, c, "n_routed_experts", 1, 0, &d->num_experts));
-  EPM_TRY(get_i64(p, c, "n_group", 0, 1, &d->n_group));
-  EPM_TRY(get_i64(p, c, "topk_group", 0, 1, &d->topk_group));
-  EPM_TRY(get_i64(p, c, "n_shared_experts", 0, 0, &n_shared));
-  EPM_TRY(get_i64(p, c, "first_k_dense_replace", 0, 0, &first_dense));
-  EPM_TRY(get_i64(p, c, "moe_layer_freq", 0, 1, &freq));
+  EPM_TRY(get_i64(p, c, "moe_intermediate_size", 1, 0, EPM_CKPT_MAX_INTERMEDIATE, &d->intermediate));
+  EPM_TRY(get_i64(p, c, "n_routed_experts", 1, 0, EPM_CKPT_MAX_EXPERTS, &d->num_experts));
+  EPM_TRY(get_i64(p, c, "n_group", 0, 1, EPM_CKPT_MAX_GROUPS, &d->n_group));
+  EPM_TRY(get_i64(p, c, "topk_group", 0, 1, EPM_CKPT_MAX_GROUPS, &d->topk_group));
+  EPM_TRY(get_i64(p, c, "n_shared_experts", 0, 0, EPM_CKPT_MAX_SHARED, &n_shared));
+  EPM_TRY(get_i64(p, c, "first_k_dense_replace", 0, 0, EPM_CKPT_MAX_LAYERS, &first_dense));
+  EPM_TRY(get_i64(p, c, "moe_layer_freq", 0, 1, EPM_CKPT_MAX_LAYERS, &freq));
   EPM_TRY(get_str(p, c, "scoring_func", "sigmoid", &scoring));
   EPM_TRY(get_str(p, c, "topk_method", "noaux_tc", &topk_method));
   if (strcmp(scoring, "sigmoid") != 0 || strcmp(topk_method, "noaux_tc") != 0)
@@ -141,7 +186,14 @@ static epm_status_t parse_deepseek(const char *p, json_t *c, epm_model_dir_t *md
   if (freq < 1) return epm_error(EPM_ERR_FORMAT, "%s: moe_layer_freq = %lld must be >= 1", p, (long long)freq);
   d->routing = EPM_ROUTING_DEEPSEEK_V3;
   d->shared_experts = n_shared > 0;
-  d->shared_intermediate = d->intermediate * n_shared; /* one fused MLP of n_shared experts */
+  /* One fused MLP of n_shared experts. Checked even though both factors are
+   * bounded: a wrapped product could land on a valid size. */
+  if (epm_mul_i64(d->intermediate, n_shared, &d->shared_intermediate) ||
+      d->shared_intermediate > EPM_CKPT_MAX_INTERMEDIATE)
+    return epm_error(EPM_ERR_FORMAT,
+                     "%s: shared expert intermediate = moe_intermediate_size %lld x n_shared_experts %lld exceeds "
+                     "the limit %d",
+                     p, (long long)d->intermediate, (long long)n_shared, EPM_CKPT_MAX_INTERMEDIATE);
   json_t *r = json_object_get(c, "routed_scaling_factor");
   if (r && !json_is_number(r))
     return epm_error(EPM_ERR_FORMAT, "%s: \"routed_scaling_factor\" must be a number", p);
@@ -154,9 +206,10 @@ static epm_status_t parse_deepseek(const char *p, json_t *c, epm_model_dir_t *md
 static epm_status_t parse_qwen3(const char *p, json_t *c, epm_model_dir_t *md) {
   epm_model_dims_t *d = &md->dims;
   int64_t step;
-  EPM_TRY(get_i64(p, c, "moe_intermediate_size", 1, 0, &d->intermediate));
-  EPM_TRY(get_i64(p, c, "num_experts", 1, 0, &d->num_experts));
-  EPM_TRY(get_i64(p, c, "decoder_sparse_step", 0, 1, &step));
+  uint8_t *dense = NULL;
+  EPM_TRY(get_i64(p, c, "moe_intermediate_size", 1, 0, EPM_CKPT_MAX_INTERMEDIATE, &d->intermediate));
+  EPM_TRY(get_i64(p, c, "num_experts", 1, 0, EPM_CKPT_MAX_EXPERTS, &d->num_experts));
+  EPM_TRY(get_i64(p, c, "decoder_sparse_step", 0, 1, EPM_CKPT_MAX_LAYERS, &step));
   json_t *norm = json_object_get(c, "norm_topk_prob"), *only = json_object_get(c, "mlp_only_layers");
   if (norm && !json_is_boolean(norm))
     return epm_error(EPM_ERR_FORMAT, "%s: \"norm_topk_prob\" must be true or false", p);
@@ -166,17 +219,21 @@ static epm_status_t parse_qwen3(const char *p, json_t *c, epm_model_dir_t *md) {
   d->routing = (norm && json_is_true(norm)) ? EPM_ROUTING_RENORMALIZE : EPM_ROUTING_DEFAULT;
   d->n_group = d->topk_group = 1;
   d->routed_scaling_factor = 1.0f;
-  for (int64_t L = 0; L < d->num_layers; L++)
-    if (!(only && in_int_array(only, L)) && (L + 1) % step == 0) EPM_TRY(add_moe_layer(md, L));
-  return EPM_OK;
+  if (only) EPM_TRY(layer_flags(p, "mlp_only_layers", only, d->num_layers, &dense));
+  epm_status_t st = EPM_OK;
+  for (int64_t L = 0; L < d->num_layers && st == EPM_OK; L++)
+    if (!(dense && dense[L]) && (L + 1) % step == 0) st = add_moe_layer(md, L);
+  free(dense);
+  return st;
 }
 
 static epm_status_t parse_llama4(const char *p, json_t *c, epm_model_dir_t *md) {
   epm_model_dims_t *d = &md->dims;
   int64_t step;
-  EPM_TRY(get_i64(p, c, "intermediate_size", 1, 0, &d->intermediate));
-  EPM_TRY(get_i64(p, c, "num_local_experts", 1, 0, &d->num_experts));
-  EPM_TRY(get_i64(p, c, "interleave_moe_layer_step", 0, 1, &step));
+  uint8_t *moe = NULL;
+  EPM_TRY(get_i64(p, c, "intermediate_size", 1, 0, EPM_CKPT_MAX_INTERMEDIATE, &d->intermediate));
+  EPM_TRY(get_i64(p, c, "num_local_experts", 1, 0, EPM_CKPT_MAX_EXPERTS, &d->num_experts));
+  EPM_TRY(get_i64(p, c, "interleave_moe_layer_step", 0, 1, EPM_CKPT_MAX_LAYERS, &step));
   if (step < 1)
     return epm_error(EPM_ERR_FORMAT, "%s: interleave_moe_layer_step = %lld must be >= 1", p, (long long)step);
   d->routing = EPM_ROUTING_LLAMA4;
@@ -186,9 +243,12 @@ static epm_status_t parse_llama4(const char *p, json_t *c, epm_model_dir_t *md) 
   d->shared_intermediate = d->intermediate;
   json_t *ml = json_object_get(c, "moe_layers");
   if (ml && !json_is_array(ml)) return epm_error(EPM_ERR_FORMAT, "%s: \"moe_layers\" must be an array", p);
-  for (int64_t L = 0; L < d->num_layers; L++)
-    if (ml ? in_int_array(ml, L) : (L + 1) % step == 0) EPM_TRY(add_moe_layer(md, L));
-  return EPM_OK;
+  if (ml) EPM_TRY(layer_flags(p, "moe_layers", ml, d->num_layers, &moe));
+  epm_status_t st = EPM_OK;
+  for (int64_t L = 0; L < d->num_layers && st == EPM_OK; L++)
+    if (moe ? moe[L] : (L + 1) % step == 0) st = add_moe_layer(md, L);
+  free(moe);
+  return st;
 }
 
 static epm_status_t parse_config(epm_model_dir_t *md) {
@@ -214,14 +274,9 @@ static epm_status_t parse_config(epm_model_dir_t *md) {
   epm_model_dims_t *d = &md->dims;
   memset(d, 0, sizeof *d);
   snprintf(d->name, sizeof d->name, "%s", mt);
-  EPM_TRY_GOTO(get_i64(p, c, "hidden_size", 1, 0, &d->hidden), st, out);
-  EPM_TRY_GOTO(get_i64(p, c, "num_experts_per_tok", 1, 0, &d->top_k), st, out);
-  EPM_TRY_GOTO(get_i64(p, c, "num_hidden_layers", 1, 0, &d->num_layers), st, out);
-  if (d->num_layers > MAX_LAYERS) {
-    st = epm_error(EPM_ERR_FORMAT, "%s: num_hidden_layers = %lld exceeds the limit %d", p, (long long)d->num_layers,
-                   MAX_LAYERS);
-    goto out;
-  }
+  EPM_TRY_GOTO(get_i64(p, c, "hidden_size", 1, 0, EPM_CKPT_MAX_HIDDEN, &d->hidden), st, out);
+  EPM_TRY_GOTO(get_i64(p, c, "num_experts_per_tok", 1, 0, EPM_CKPT_MAX_TOP_K, &d->top_k), st, out);
+  EPM_TRY_GOTO(get_i64(p, c, "num_hidden_layers", 1, 0, EPM_CKPT_MAX_LAYERS, &d->num_layers), st, out);
   if (fam == EPM_FAMILY_DEEPSEEK_V3) EPM_TRY_GOTO(parse_deepseek(p, c, md), st, out);
   if (fam == EPM_FAMILY_QWEN3_MOE) EPM_TRY_GOTO(parse_qwen3(p, c, md), st, out);
   if (fam == EPM_FAMILY_LLAMA4) EPM_TRY_GOTO(parse_llama4(p, c, md), st, out);
@@ -249,7 +304,7 @@ static epm_status_t check_quant(json_t *q, const char *p) {
   if (strcmp(algo, "NVFP4") != 0)
     return epm_error(EPM_ERR_NOT_SUPPORTED, "%s: quant_algo \"%s\" is not supported; epmoe loads \"NVFP4\"", p,
                      algo);
-  EPM_TRY(get_i64(p, q, "group_size", 0, 16, &gs));
+  EPM_TRY(get_i64(p, q, "group_size", 0, 16, INT64_MAX, &gs));
   if (gs != 16)
     return epm_error(EPM_ERR_NOT_SUPPORTED, "%s: group_size %lld; NVFP4 uses 16-element blocks", p,
                      (long long)gs);
@@ -290,21 +345,45 @@ static int map_cmp(const void *a, const void *b) {
   return strcmp(((const map_entry_t *)a)->name, ((const map_entry_t *)b)->name);
 }
 
-static epm_status_t add_file(epm_model_dir_t *md, const char *fname, size_t *idx) {
-  for (size_t i = 0; i < md->nfiles; i++)
-    if (strcmp(md->files[i], fname) == 0) {
-      *idx = i;
-      return EPM_OK;
-    }
-  /* Names come from a file we do not trust: stay inside the directory. */
+/* Names come from a file we do not trust: stay inside the directory. */
+static epm_status_t check_file_name(const epm_model_dir_t *md, const char *fname) {
   if (!*fname || strchr(fname, '/') || strcmp(fname, ".") == 0 || strcmp(fname, "..") == 0)
     return epm_error(EPM_ERR_FORMAT, "%s: weight_map file name \"%s\" is not a plain file name", md->index_path,
                      fname);
+  return EPM_OK;
+}
+
+static epm_status_t add_file(epm_model_dir_t *md, const char *fname) {
+  EPM_TRY(check_file_name(md, fname));
   char **f = realloc(md->files, (md->nfiles + 1) * sizeof *f);
   if (!f) return epm_error(EPM_ERR_NOMEM, "file list");
   md->files = f;
   if (!(f[md->nfiles] = strdup(fname))) return epm_error(EPM_ERR_NOMEM, "file list");
-  *idx = md->nfiles++;
+  md->nfiles++;
+  return EPM_OK;
+}
+
+/* Weight-map entry k names file fname[k]. */
+typedef struct {
+  const char *fname;
+  size_t k;
+} file_ref_t;
+
+static int file_ref_cmp(const void *a, const void *b) {
+  int c = strcmp(((const file_ref_t *)a)->fname, ((const file_ref_t *)b)->fname);
+  if (c) return c;
+  size_t x = ((const file_ref_t *)a)->k, y = ((const file_ref_t *)b)->k;
+  return (x > y) - (x < y);
+}
+
+/* The distinct file names of the weight map, by sorting: O(n log n) however
+ * many files a hostile index names (a linear search per entry was O(n^2)). */
+static epm_status_t assign_files(epm_model_dir_t *md, file_ref_t *refs) {
+  qsort(refs, md->nmap, sizeof *refs, file_ref_cmp);
+  for (size_t i = 0; i < md->nmap; i++) {
+    if (i == 0 || strcmp(refs[i].fname, refs[i - 1].fname) != 0) EPM_TRY(add_file(md, refs[i].fname));
+    md->map[refs[i].k].file = md->nfiles - 1;
+  }
   return EPM_OK;
 }
 
@@ -327,9 +406,8 @@ static epm_status_t parse_index(epm_model_dir_t *md) {
     free(md->index_path);
     md->index_path = path_join(md->dir, "model.safetensors");
     if (!md->index_path) return epm_error(EPM_ERR_NOMEM, "path");
-    size_t idx;
     const epm_st_file_t *f;
-    EPM_TRY(add_file(md, "model.safetensors", &idx));
+    EPM_TRY(add_file(md, "model.safetensors"));
     EPM_TRY(finish_map(md));
     st = epm_model_dir_file(md, 0, &f);
     if (st != EPM_OK)
@@ -342,6 +420,7 @@ static epm_status_t parse_index(epm_model_dir_t *md) {
     return EPM_OK;
   }
   json_t *wm = json_object_get(root, "weight_map");
+  file_ref_t *refs = NULL;
   const char *key;
   json_t *v;
   if (!json_is_object(wm)) {
@@ -349,27 +428,29 @@ static epm_status_t parse_index(epm_model_dir_t *md) {
     goto out;
   }
   md->map = calloc(json_object_size(wm) + 1, sizeof *md->map);
+  refs = calloc(json_object_size(wm) + 1, sizeof *refs);
   md->names_owned = 1;
-  if (!md->map) {
+  if (!md->map || !refs) {
     st = epm_error(EPM_ERR_NOMEM, "tensor map");
     goto out;
   }
   json_object_foreach(wm, key, v) {
-    size_t idx;
     if (!json_is_string(v)) {
       st = epm_error(EPM_ERR_FORMAT, "%s: weight_map[\"%s\"] is not a file name string", md->index_path, key);
       goto out;
     }
-    EPM_TRY_GOTO(add_file(md, json_string_value(v), &idx), st, out);
     md->map[md->nmap].name = strdup(key);
     if (!md->map[md->nmap].name) {
       st = epm_error(EPM_ERR_NOMEM, "tensor map");
       goto out;
     }
-    md->map[md->nmap++].file = idx;
+    refs[md->nmap] = (file_ref_t){json_string_value(v), md->nmap};
+    md->nmap++;
   }
+  EPM_TRY_GOTO(assign_files(md, refs), st, out);
   EPM_TRY_GOTO(finish_map(md), st, out);
 out:
+  free(refs);
   json_decref(root);
   return st;
 }

@@ -21,11 +21,13 @@
 #include <unistd.h>
 
 #include "epmoe/checked.h"
+#include "regular_file.h"
 
 struct epm_st_file {
   char *path;
   int fd;
   const uint8_t *map;
+  int mapped; /* map is ours (mmap of fd); else the caller's buffer (epm_st_open_mem) */
   size_t size;
   size_t nt;
   epm_st_tensor_t *t;   /* in offset order */
@@ -332,31 +334,22 @@ out:
   return st;
 }
 
-epm_status_t epm_st_open(const char *path, epm_st_file_t **out) {
-  *out = NULL;
+static epm_st_file_t *file_new(const char *path) {
   epm_st_file_t *f = calloc(1, sizeof *f);
   if (!f || !(f->path = strdup(path))) {
     free(f);
-    return epm_error(EPM_ERR_NOMEM, "%s: open", path);
+    return NULL;
   }
-  f->fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (f->fd < 0) {
-    epm_status_t st = epm_error(EPM_ERR_IO, "%s: open: %s", path, strerror(errno));
-    free(f->path);
-    free(f);
-    return st;
-  }
-  struct stat sb;
-  epm_status_t st = EPM_OK;
-  if (fstat(f->fd, &sb) != 0) {
-    st = epm_error(EPM_ERR_IO, "%s: fstat: %s", path, strerror(errno));
-    goto fail;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    st = epm_error(EPM_ERR_IO, "%s: not a regular file", path);
-    goto fail;
-  }
-  f->size = (size_t)sb.st_size;
+  f->fd = -1;
+  return f;
+}
+
+epm_status_t epm_st_open(const char *path, epm_st_file_t **out) {
+  *out = NULL;
+  epm_st_file_t *f = file_new(path);
+  if (!f) return epm_error(EPM_ERR_NOMEM, "%s: open", path);
+  epm_status_t st = epm__open_regular(path, &f->fd, &f->size, NULL);
+  if (st != EPM_OK) goto fail;
   if (f->size > 0) {
     void *m = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
     if (m == MAP_FAILED) {
@@ -364,6 +357,7 @@ epm_status_t epm_st_open(const char *path, epm_st_file_t **out) {
       goto fail;
     }
     f->map = m;
+    f->mapped = 1;
   }
   EPM_TRY_GOTO(parse_header(f), st, fail);
   *out = f;
@@ -373,9 +367,24 @@ fail:
   return st;
 }
 
+epm_status_t epm_st_open_mem(const void *data, size_t size, const char *name, epm_st_file_t **out) {
+  *out = NULL;
+  epm_st_file_t *f = file_new(name);
+  if (!f) return epm_error(EPM_ERR_NOMEM, "%s: open", name);
+  f->map = data;
+  f->size = size;
+  epm_status_t st = parse_header(f);
+  if (st != EPM_OK) {
+    epm_st_close(f);
+    return st;
+  }
+  *out = f;
+  return EPM_OK;
+}
+
 void epm_st_close(epm_st_file_t *f) {
   if (!f) return;
-  if (f->map) munmap((void *)f->map, f->size);
+  if (f->mapped) munmap((void *)f->map, f->size);
   if (f->fd >= 0) close(f->fd);
   for (size_t i = 0; i < 2 * f->nmeta; i++) free(f->meta[i]);
   free(f->meta);
@@ -424,6 +433,10 @@ epm_status_t epm_st_expect(const epm_st_file_t *f, const char *name, epm_st_dtyp
 
 epm_status_t epm_st_read(const epm_st_file_t *f, const epm_st_tensor_t *t, void *dst) {
   size_t done = 0;
+  if (f->fd < 0) {
+    if (t->nbytes) memcpy(dst, t->data, t->nbytes);
+    return EPM_OK;
+  }
   while (done < t->nbytes) {
     ssize_t n = pread(f->fd, (char *)dst + done, t->nbytes - done, (off_t)(t->file_offset + done));
     if (n < 0 && errno == EINTR) continue;

@@ -107,10 +107,7 @@ static epm_status_t scalar_f32(ctx_t *c, int64_t expert, epm_proj_t proj, epm_fi
                      epm_st_dtype_name(t->dtype), epm_st_shape_str(t->ndim, t->shape, s, sizeof s));
   }
   memcpy(out, t->data, sizeof *out);
-  if (!isfinite(*out) || *out <= 0.0f)
-    return epm_error(EPM_ERR_FORMAT, "%s: tensor '%s' = %g; a decode scale must be finite and > 0",
-                     epm_st_path(f), name, (double)*out);
-  return EPM_OK;
+  return epm_check_decode_scale(epm_st_path(f), name, *out);
 }
 
 /* A bulk copy planned during validation, run later in parallel. */
@@ -126,6 +123,7 @@ static epm_status_t add_job(ctx_t *c, const char *name, epm_st_dtype_t dt, const
   const epm_st_file_t *f;
   EPM_TRY(epm_model_dir_tensor(c->md, name, &t, &f));
   EPM_TRY(epm_st_expect(f, name, dt, 2, shape, &t));
+  if (!dst) return EPM_OK; /* the checking pass before allocation */
   if (c->njobs == c->capjobs) {
     size_t cap = c->capjobs ? 2 * c->capjobs : 64;
     job_t *j = realloc(c->jobs, cap * sizeof *j);
@@ -137,7 +135,8 @@ static epm_status_t add_job(ctx_t *c, const char *name, epm_st_dtype_t dt, const
   return EPM_OK;
 }
 
-/* weight U8 [rows, cols/2] and weight_scale E4M3 [rows, cols/16] into dst. */
+/* weight U8 [rows, cols/2] and weight_scale E4M3 [rows, cols/16] into dst
+ * (NULL: only check they are there with that dtype and shape). */
 static epm_status_t plan_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t rows, int64_t cols,
                               uint8_t *w_dst, uint8_t *sf_dst) {
   char name[256];
@@ -149,6 +148,14 @@ static epm_status_t plan_proj(ctx_t *c, int64_t expert, epm_proj_t proj, int64_t
   return add_job(c, name, EPM_ST_F8_E4M3, shape, sf_dst);
 }
 
+/* Copy one tensor; block scales are checked in the copy (a NaN or negative
+ * E4M3 scale would load silently and change the outputs). */
+static epm_status_t run_job(const job_t *j) {
+  EPM_TRY(epm_st_read(j->f, j->t, j->dst));
+  if (j->t->dtype != EPM_ST_F8_E4M3) return EPM_OK;
+  return epm_check_block_scales(epm_st_path(j->f), j->t->name, j->dst, j->t->shape[0], j->t->shape[1]);
+}
+
 /* pread every planned tensor; threads overlap page faults and I/O. Errors
  * are re-raised on the calling thread (the message is thread-local). */
 static epm_status_t run_jobs(ctx_t *c) {
@@ -158,7 +165,7 @@ static epm_status_t run_jobs(ctx_t *c) {
 #endif
   for (int64_t i = 0; i < n; i++) {
     job_t *j = &c->jobs[i];
-    j->st = epm_st_read(j->f, j->t, j->dst);
+    j->st = run_job(j);
     if (c->prog) {
 #ifdef _OPENMP
 #pragma omp critical(epm_load_progress)
@@ -167,21 +174,29 @@ static epm_status_t run_jobs(ctx_t *c) {
     }
   }
   for (size_t i = 0; i < c->njobs; i++)
-    if (c->jobs[i].st != EPM_OK) return epm_st_read(c->jobs[i].f, c->jobs[i].t, c->jobs[i].dst);
+    if (c->jobs[i].st != EPM_OK) return run_job(&c->jobs[i]);
   return EPM_OK;
 }
 
-/* Expert `expert` (global id, or shared) into slot `slot` of bank b. */
-static epm_status_t load_expert(ctx_t *c, int64_t expert, epm_expert_bank_t *b, int64_t slot) {
-  const int64_t H = b->hidden, I = b->intermediate;
-  const size_t wi = (size_t)(I * H / 2), si = (size_t)(I * H / 16), s = (size_t)slot;
-  EPM_TRY(plan_proj(c, expert, EPM_PROJ_GATE, I, H, b->gate_w + s * wi, b->gate_sf + s * si));
-  EPM_TRY(plan_proj(c, expert, EPM_PROJ_UP, I, H, b->up_w + s * wi, b->up_sf + s * si));
-  EPM_TRY(plan_proj(c, expert, EPM_PROJ_DOWN, H, I, b->down_w + s * wi, b->down_sf + s * si));
-  float g2, u2;
+/* Expert `expert` (global id, or shared) into slot `slot` of bank b; with
+ * b NULL, check its tensors (presence, dtype, shape, scalar values) only. */
+static epm_status_t load_expert(ctx_t *c, int64_t expert, int64_t H, int64_t I, epm_expert_bank_t *b,
+                                int64_t slot) {
+  int64_t wi = 0, si = 0; /* bytes of one packed [I, H/2] matrix and of its [I, H/16] scales */
+  if (epm_mul_i64(I, H / 2, &wi) || epm_mul_i64(I, H / 16, &si) || epm_mul_i64(wi, slot, &wi) ||
+      epm_mul_i64(si, slot, &si))
+    return epm_error(EPM_ERR_OVERFLOW, "expert slot %lld of I %lld x H %lld overflows int64", (long long)slot,
+                     (long long)I, (long long)H);
+  const size_t wo = (size_t)wi, so = (size_t)si;
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_GATE, I, H, b ? b->gate_w + wo : NULL, b ? b->gate_sf + so : NULL));
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_UP, I, H, b ? b->up_w + wo : NULL, b ? b->up_sf + so : NULL));
+  EPM_TRY(plan_proj(c, expert, EPM_PROJ_DOWN, H, I, b ? b->down_w + wo : NULL, b ? b->down_sf + so : NULL));
+  float g2, u2, d2;
   EPM_TRY(scalar_f32(c, expert, EPM_PROJ_GATE, EPM_FIELD_WEIGHT_SCALE_2, &g2));
   EPM_TRY(scalar_f32(c, expert, EPM_PROJ_UP, EPM_FIELD_WEIGHT_SCALE_2, &u2));
-  EPM_TRY(scalar_f32(c, expert, EPM_PROJ_DOWN, EPM_FIELD_WEIGHT_SCALE_2, &b->down_scale_2[slot]));
+  EPM_TRY(scalar_f32(c, expert, EPM_PROJ_DOWN, EPM_FIELD_WEIGHT_SCALE_2, &d2));
+  if (!b) return EPM_OK;
+  b->down_scale_2[slot] = d2;
   if (g2 != u2) {
     /* Log a few per layer, not thousands. */
     if (c->warned++ < 4)
@@ -209,7 +224,8 @@ static epm_status_t global_input_scales(ctx_t *c, int64_t E, float *in, float *d
   return EPM_OK;
 }
 
-/* Router weight [E, H] and bias [E]: BF16 or F32 in the file, fp32 in memory. */
+/* Router weight [E, H] and bias [E]: BF16 or F32 in the file, fp32 in memory
+ * (dst NULL: check dtype and shape only). */
 static epm_status_t load_router_tensor(ctx_t *c, int bias, int64_t E, int64_t H, float *dst) {
   char name[256];
   const epm_st_tensor_t *t;
@@ -225,6 +241,9 @@ static epm_status_t load_router_tensor(ctx_t *c, int bias, int64_t E, int64_t H,
                      epm_st_dtype_name(t->dtype), epm_st_shape_str(t->ndim, t->shape, s, sizeof s),
                      epm_st_shape_str(bias ? 1 : 2, want, x, sizeof x));
   }
+  if (!dst) return EPM_OK;
+  /* An Inf or NaN logit or bias poisons every token's expert choice. */
+  EPM_TRY(epm_check_finite(epm_st_path(f), t));
   const size_t n = (size_t)t->numel;
   if (t->dtype == EPM_ST_F32) {
     memcpy(dst, t->data, n * sizeof(float));
@@ -251,7 +270,8 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
   if (expert_bytes(d->hidden, d->intermediate, &per) ||
       (d->shared_experts && expert_bytes(d->hidden, d->shared_intermediate, &shared)) ||
       epm_mul_i64(per, d->num_experts / ep_size, &local) ||
-      epm_mul3_i64(d->num_experts, d->hidden + 2, 2, &router) || epm_add_i64(local, shared, &total) ||
+      epm_add_i64(d->hidden, 2, &router) || epm_mul3_i64(d->num_experts, router, 2, &router) ||
+      epm_add_i64(local, shared, &total) ||
       epm_add_i64(total, router, &total))
     return epm_error(EPM_ERR_OVERFLOW, "layer bytes of E=%lld H=%lld I=%lld overflow 64 bits",
                      (long long)d->num_experts, (long long)d->hidden, (long long)d->intermediate);
@@ -276,19 +296,31 @@ epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_r
   const int64_t count = E / ep_size, off = (int64_t)ep_rank * count;
   ctx_t c = {md, epm_model_dir_family(md), layer, progress, 0, NULL, 0, 0};
   epm_status_t st;
+  float in_s, down_s, sh_g = 0, sh_u = 0, sh_d = 0;
+  /* Check every tensor this rank needs before allocating: the allocation is
+   * sized by config.json, and only tensors the files really hold justify it. */
+  EPM_TRY_GOTO(global_input_scales(&c, E, &in_s, &down_s), st, fail);
+  for (int64_t i = 0; i < count; i++)
+    EPM_TRY_GOTO(load_expert(&c, off + i, d->hidden, d->intermediate, NULL, 0), st, fail);
+  if (d->shared_experts) {
+    EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, d->hidden, d->shared_intermediate, NULL, 0), st, fail);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_GATE, EPM_FIELD_INPUT_SCALE, &sh_g), st, fail);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_UP, EPM_FIELD_INPUT_SCALE, &sh_u), st, fail);
+    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_DOWN, EPM_FIELD_INPUT_SCALE, &sh_d), st, fail);
+  }
+  EPM_TRY_GOTO(load_router_tensor(&c, 0, E, d->hidden, NULL), st, fail);
+  if (d->routing == EPM_ROUTING_DEEPSEEK_V3) EPM_TRY_GOTO(load_router_tensor(&c, 1, E, 0, NULL), st, fail);
   EPM_TRY(epm_layer_alloc(d, off, count, out));
   out->layer_index = layer;
   out->expert_offset = off;
-  EPM_TRY_GOTO(global_input_scales(&c, E, &out->input_scale, &out->down_input_scale), st, fail);
-  for (int64_t i = 0; i < count; i++) EPM_TRY_GOTO(load_expert(&c, off + i, &out->experts, i), st, fail);
+  out->input_scale = in_s;
+  out->down_input_scale = down_s;
+  for (int64_t i = 0; i < count; i++)
+    EPM_TRY_GOTO(load_expert(&c, off + i, d->hidden, d->intermediate, &out->experts, i), st, fail);
   if (d->shared_experts) {
-    float g, u;
-    EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, &out->shared, 0), st, fail);
-    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_GATE, EPM_FIELD_INPUT_SCALE, &g), st, fail);
-    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_UP, EPM_FIELD_INPUT_SCALE, &u), st, fail);
-    out->shared_input_scale = fmaxf(g, u);
-    EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_DOWN, EPM_FIELD_INPUT_SCALE,
-                            &out->shared_down_input_scale), st, fail);
+    EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, d->hidden, d->shared_intermediate, &out->shared, 0), st, fail);
+    out->shared_input_scale = fmaxf(sh_g, sh_u);
+    out->shared_down_input_scale = sh_d;
   }
   EPM_TRY_GOTO(run_jobs(&c), st, fail);
   EPM_TRY_GOTO(load_router_tensor(&c, 0, E, d->hidden, out->router_w), st, fail);

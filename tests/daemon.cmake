@@ -3,14 +3,8 @@
 #                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)
 epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60
              ARGS ${PROJECT_SOURCE_DIR}/docs/PROTOCOL.md)
-# The libFuzzer target (tests/fuzz/fuzz_frame.c) builds here as a replayer;
-# fuzz_frame_replay (test) runs it on every message of the table, each
-# truncation and bit flip. See the file for the libFuzzer command line.
-add_executable(fuzz_frame_replay fuzz/fuzz_frame.c)
-target_compile_definitions(fuzz_frame_replay PRIVATE EPM_FUZZ_MAIN=1)
-target_link_libraries(fuzz_frame_replay PRIVATE epmoe_client_static)
-add_test(NAME fuzz_frame_replay COMMAND fuzz_frame_replay --table)
-set_tests_properties(fuzz_frame_replay PROPERTIES LABELS cpu TIMEOUT 120)
+# The frame decoder's fuzz target (tests/fuzz/fuzz_frame.c) is built and run
+# with the other fuzz targets: tests/fuzz.cmake.
 
 # Integration (label mpi): NP daemons on the CPU under mpirun, driven by
 # epmoectl from a bash script (tests/daemon/daemon_it.sh), all on the step

@@ -2,9 +2,11 @@
 # tests/run.sh — the test command: installs what is missing (Debian/Ubuntu, as
 # root), configures, builds and runs ctest. Used by .ci/run and by developers.
 #
-#   ./tests/run.sh                  normal build in build/, all labels
+#   ./tests/run.sh                  normal build in build/, all labels but fuzz
 #   ./tests/run.sh --sanitize       ASan+UBSan build in build-san/, no 'large'
 #   ./tests/run.sh -L cpu           only tests with that label (ctest -L)
+#   ./tests/run.sh -L fuzz          the libFuzzer runs (excluded otherwise; .ci/run
+#                                   calls tests/fuzz/run_fuzz.sh itself)
 #   ./tests/run.sh --no-install     never call apt-get/pip
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +19,7 @@ while [ $# -gt 0 ]; do
     -L) labels="$2"; shift ;;
     -LE) exclude="$2"; shift ;;
     -j) jobs="$2"; shift ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "tests/run.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -30,6 +32,7 @@ need_pkgs() {
   command -v cmake >/dev/null || missing+=(cmake)
   command -v mpicc >/dev/null || missing+=(libopenmpi-dev openmpi-bin)
   command -v pkg-config >/dev/null || missing+=(pkg-config)
+  command -v clang >/dev/null || missing+=(clang) # the libFuzzer targets (tests/fuzz)
   for pc in libuv jansson cmocka; do
     pkg-config --exists "$pc" 2>/dev/null || case "$pc" in
       libuv) missing+=(libuv1-dev) ;; jansson) missing+=(libjansson-dev) ;; cmocka) missing+=(libcmocka-dev) ;;
@@ -62,7 +65,7 @@ export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 
 if [ "$sanitize" = 1 ]; then
   bdir=build-san
-  cfg=(-DEPMOE_SANITIZE=address,undefined -DEPMOE_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug)
+  cfg=("-DEPMOE_SANITIZE=address,undefined" -DEPMOE_CUDA=OFF -DCMAKE_BUILD_TYPE=Debug)
   # DeepSeek-size and >2^31 work is far too slow under ASan on 2 cores.
   exclude="${exclude:+$exclude|}large"
   export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0" UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
@@ -70,6 +73,10 @@ else
   bdir=build
   cfg=(-DCMAKE_BUILD_TYPE=RelWithDebInfo)
 fi
+
+# The fuzz label rebuilds the project with clang and runs for minutes: only
+# when asked for (-L fuzz).
+case "$labels" in *fuzz*) ;; *) exclude="${exclude:+$exclude|}fuzz" ;; esac
 
 say "configure $bdir"
 cmake -S . -B "$bdir" "${cfg[@]}" -DEPMOE_WERROR=ON >"$bdir.configure.log" 2>&1 || { cat "$bdir.configure.log"; exit 1; }

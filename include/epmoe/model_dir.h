@@ -22,7 +22,23 @@
  * `epmoectl ckpt make` writes it only when the family's keys cannot express the preset.
  *
  * Files are opened (mmap + full header validation) lazily, on first lookup.
+ * Only regular files are opened (symlinks to them are fine); JSON files are
+ * capped at EPM_CKPT_MAX_JSON bytes.
+ *
+ * Upper bounds on config.json values, each well above every published MoE
+ * (largest known in brackets) and low enough that every size product of a
+ * layer stays far inside int64 (H x I x E < 2^45). A value over its bound is
+ * EPM_ERR_FORMAT naming the key, the value and the bound. See
+ * docs/RELIABILITY.md "Checkpoints".
  */
+#define EPM_CKPT_MAX_HIDDEN 65536        /* hidden_size [7168, DeepSeek-V3] */
+#define EPM_CKPT_MAX_INTERMEDIATE 131072 /* expert and shared-expert intermediate [8192, Llama-4] */
+#define EPM_CKPT_MAX_EXPERTS 4096        /* routed experts per layer [512] */
+#define EPM_CKPT_MAX_TOP_K 64            /* experts per token [22]; the GPU routing kernel's limit */
+#define EPM_CKPT_MAX_GROUPS 64           /* n_group, topk_group [8]; the GPU routing kernel's limit */
+#define EPM_CKPT_MAX_SHARED 16           /* n_shared_experts, fused into one MLP [2] */
+#define EPM_CKPT_MAX_LAYERS 1024         /* num_hidden_layers and layer steps [126] */
+#define EPM_CKPT_MAX_JSON (256u << 20)   /* bytes of one JSON file [~10 MB, the R1 index] */
 #ifndef EPMOE_MODEL_DIR_H
 #define EPMOE_MODEL_DIR_H
 

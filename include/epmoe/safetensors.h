@@ -67,8 +67,13 @@ typedef struct {
 
 typedef struct epm_st_file epm_st_file_t;
 
-/* Map and validate a file. On error *out is NULL. */
+/* Map and validate a file. Only a regular file is opened (a FIFO, device or
+ * socket is refused without blocking or reading). On error *out is NULL. */
 epm_status_t epm_st_open(const char *path, epm_st_file_t **out);
+/* The same checks on a file image in memory (`name` is used in messages).
+ * Views point into `data`, which must outlive the handle; epm_st_read copies
+ * from it. For fuzzing and tests. */
+epm_status_t epm_st_open_mem(const void *data, size_t size, const char *name, epm_st_file_t **out);
 void epm_st_close(epm_st_file_t *f); /* NULL ok */
 
 const char *epm_st_path(const epm_st_file_t *f);

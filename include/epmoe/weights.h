@@ -73,10 +73,36 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
 
 /* Load checkpoint layer `layer` (must be a MoE layer) for rank ep_rank of
  * ep_size into *out (allocated here; free with epm_layer_free). Every tensor
- * read is checked for presence, dtype and shape; errors name the tensor and
- * the file. progress may be NULL. */
+ * read is checked for presence, dtype and shape before the layer is
+ * allocated, and its values as it is copied (epm_check_* below); errors name
+ * the tensor and the file. progress may be NULL. */
 epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_rank, int ep_size,
                                     epm_layer_t *out, epm_load_progress_t *progress);
+
+/* ---- value checks (docs/RELIABILITY.md "Checkpoints") ----
+ * Shared by the loader and `epmoectl ckpt inspect`, so a checkpoint inspect
+ * calls ok never fails at load on a value, and the reverse. Errors name the
+ * file, the tensor, the index and the value. */
+
+/* E4M3 block scales: bytes 0x00..0x7e. 0x7f and 0xff are NaN, and a set sign
+ * bit (a negative scale, or -0) is refused too: scales are block amax / 6,
+ * never negative, and the kernels read them as unsigned E4M3 (nvfp4-moe.md
+ * §1.2), so a signed one would decode differently on GPU and CPU. */
+#define EPM_E4M3_SCALE_MAX_BYTE 0x7e
+/* Decode scales (weight_scale_2, input_scale) must lie in
+ * [EPM_DECODE_SCALE_MIN, EPM_DECODE_SCALE_MAX]: normal fp32 (so the encode
+ * scale 1/s is finite) and small enough that the largest decoded value,
+ * 6 x 448 x s, is finite. */
+#define EPM_DECODE_SCALE_MIN 1.17549435e-38f /* FLT_MIN */
+#define EPM_DECODE_SCALE_MAX 1.26592e+35f    /* < FLT_MAX / (6 x 448) */
+
+/* sf [rows, cols] of E4M3 bytes; the first bad one is named with its [row,
+ * col] and the count of bad ones. */
+epm_status_t epm_check_block_scales(const char *file, const char *tensor, const uint8_t *sf, int64_t rows,
+                                    int64_t cols);
+epm_status_t epm_check_decode_scale(const char *file, const char *tensor, float v);
+/* Every element of an F32 or BF16 tensor (router weight and bias) finite. */
+epm_status_t epm_check_finite(const char *file, const epm_st_tensor_t *t);
 
 /* ---- synthetic checkpoints (epmoectl ckpt make) ---- */
 typedef struct {

@@ -133,7 +133,7 @@ if [ -n "$PROBE" ]; then
   [ "$(stat -c %a "$S/epmoe.0.sock")" = 660 ] || fail "socket mode not restored"
 fi
 
-timeout 30 $MPIEXEC -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" >"$T/log2" 2>&1
+timeout 30 "$MPIEXEC" -np "$NP" --oversubscribe "$EPMOED" --preset "$PRESET" --backend cpu --socket-dir "$S" >"$T/log2" 2>&1
 rc=$?
 [ $rc -ne 0 ] || fail "a second daemon group on the same sockets started (exit 0)"
 grep -q "another daemon answers" "$T/log2" || fail "second daemon did not say why it refused: $(tail -3 "$T/log2")"
@@ -223,6 +223,7 @@ ok "bench: $(echo "$out" | grep "steps in")"
 
 pids=$("$CTL" status --socket-dir "$S" --json | tr ',' '\n' | sed -n 's/.*"pid":\([0-9]*\).*/\1/p')
 [ "$(echo "$pids" | wc -w)" = "$NP" ] || fail "could not read $NP pids from status --json: $pids"
+# shellcheck disable=SC2086  # one pid per word
 kill -TERM $pids
 for _ in $(seq 1 100); do kill -0 "$MP" 2>/dev/null || break; sleep 0.1; done
 kill -0 "$MP" 2>/dev/null && fail "daemons still running 10 s after SIGTERM"

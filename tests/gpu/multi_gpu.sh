@@ -45,12 +45,12 @@ tokens() { # base
 
 run ctest-gpu ctest --test-dir "$B" -L gpu -LE large --output-on-failure
 if [ "$N" -gt 2 ]; then
-  run comm-nccl-np$N "${MPI[@]}" "$N" "$B/tests/test_comm_nccl"
+  run "comm-nccl-np$N" "${MPI[@]}" "$N" "$B/tests/test_comm_nccl"
 fi
-C="$B/daemon/epmoectl step --backend cuda --check --tolerance 0.05"
-run step-tiny-ep$N "${MPI[@]}" "$N" $C --preset tiny --seed 5 --tokens-per-rank "$(tokens 64)" --repeat 2
-run step-tiny-allzero-ep$N "${MPI[@]}" "$N" $C --preset tiny --seed 5 --tokens-per-rank "$(printf '0%.0s,' $(seq 2 "$N"))0"
-run step-deepseek-ep$N "${MPI[@]}" "$N" $C --preset deepseek-r1 --experts $((8 * N)) --seed 3 \
+C=("$B/daemon/epmoectl" step --backend cuda --check --tolerance 0.05)
+run "step-tiny-ep$N" "${MPI[@]}" "$N" "${C[@]}" --preset tiny --seed 5 --tokens-per-rank "$(tokens 64)" --repeat 2
+run "step-tiny-allzero-ep$N" "${MPI[@]}" "$N" "${C[@]}" --preset tiny --seed 5 --tokens-per-rank "$(seq 2 "$N" | sed 's/.*/0/' | tr '\n' ',')0"
+run "step-deepseek-ep$N" "${MPI[@]}" "$N" "${C[@]}" --preset deepseek-r1 --experts $((8 * N)) --seed 3 \
   --tokens-per-rank "$(tokens 96)"
 
 echo "== benchmarks (not pass/fail)"

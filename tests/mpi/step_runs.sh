@@ -1,4 +1,5 @@
 #!/bin/sh
+# shellcheck disable=SC2086  # $common and $split hold several words on purpose
 # step_runs.sh — checks of `epmoectl step` that need more than one mpirun or
 # an exit-code/message check. Usage: step_runs.sh CASE MPIEXEC EPMOECTL
 #   repeat   two separate jobs of the same problem print the same checksum
@@ -30,7 +31,7 @@ case "$case_" in
     run 4 $common --tokens-per-rank 3,5,0,8; [ $rc = 0 ] || fail "first job rc $rc"; a=$(fnv)
     run 4 $common --tokens-per-rank 3,5,0,8; [ $rc = 0 ] || fail "second job rc $rc"; b=$(fnv)
     echo "job 1 $a, job 2 $b"
-    [ -n "$a" ] && [ "$a" = "$b" ] || fail "checksums differ across jobs: $a vs $b"
+    { [ -n "$a" ] && [ "$a" = "$b" ]; } || fail "checksums differ across jobs: $a vs $b"
     ;;
   split)
     sums=""

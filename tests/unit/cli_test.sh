@@ -38,10 +38,13 @@ expect 64 "unknown command 'nope'" "$ctl" nope
 
 # --- every subcommand: --help on stdout exit 0; unknown option 64 + usage on stderr
 for s in $subs; do
+  # $s is "ckpt make" for the ckpt actions: split on purpose.
+  # shellcheck disable=SC2086
   out=$("$ctl" $s --help 2>"$tmp/err"); rc=$?
   [ $rc = 0 ] || fail "$s --help exited $rc"
   printf '%s\n' "$out" | head -1 | grep -q "^usage: " || fail "$s --help: no usage line on stdout: $out"
   [ -s "$tmp/err" ] && fail "$s --help wrote to stderr: $(cat "$tmp/err")"
+  # shellcheck disable=SC2086
   "$ctl" $s --bogus-opt >"$tmp/out" 2>"$tmp/err"; rc=$?
   [ $rc = 64 ] || fail "$s --bogus-opt exited $rc, want 64"
   grep -q "unknown \(option '--bogus-opt'\|action '--bogus-opt'\)" "$tmp/err" || fail "$s: message lacks the option: $(cat "$tmp/err")"

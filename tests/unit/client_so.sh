@@ -14,7 +14,7 @@ echo "SONAME: ${soname:-none}"
 needed=$(sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p' <<<"$dyn" | tr '\n' ' ')
 echo "NEEDED: $needed"
 for bad in mpi jansson gomp uv nccl; do
-  if grep -qE "(^| )lib$bad[^ ]*" <<<"$needed"; then echo "client_so: FAIL: links lib$bad"; fail=1; fi
+  if grep -qE "(^| )lib${bad}[^ ]*" <<<"$needed"; then echo "client_so: FAIL: links lib$bad"; fail=1; fi
 done
 "$probe" || fail=1
 [ "$fail" = 0 ] && echo "client_so: PASS"

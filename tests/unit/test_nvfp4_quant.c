@@ -20,7 +20,7 @@ static uint8_t quant16(const float x[16], float g, uint8_t packed[8]) {
   return sf;
 }
 
-static unsigned nib(const uint8_t *packed, int i) { return (packed[i / 2] >> (4 * (i & 1))) & 0xFu; }
+static unsigned nib(const uint8_t *packed, int i) { return (unsigned)(packed[i / 2] >> (4 * (i & 1))) & 0xFu; }
 
 /* G = 1 and block amax 6: the scale is exactly 1.0 (E4M3 0x38), so the codes
  * are the plain E2M1 roundings of x, including every tie. */

@@ -1,7 +1,9 @@
 /* test_safetensors: the reader against hand-built files — valid ones (bytes
  * read back exactly, views, metadata, writer round trip) and an attack corpus
  * where each malformed file must fail with its own status and message. Files
- * are written byte by byte here, independently of epmoe's writer. */
+ * are written byte by byte here, independently of epmoe's writer. Special
+ * files (FIFO, device, directory) are refused without blocking, and the
+ * in-memory entry point (the fuzz target's) agrees with the file one. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -10,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "epmoe/safetensors.h"
@@ -281,6 +284,58 @@ static void test_truncations_and_flips(void **state) {
   free(buf);
 }
 
+
+/* A FIFO blocks open(O_RDONLY) until a writer appears, and a device never
+ * ends: both must be refused at once, before any read. The alarm turns a
+ * hang into a failure. */
+static void test_special_files(void **state) {
+  (void)state;
+  char path[512];
+  snprintf(path, sizeof path, "%s/fifo.safetensors", tmpdir);
+  assert_int_equal(mkfifo(path, 0600), 0);
+  alarm(30);
+  expect_fail(path, EPM_ERR_IO, "is a FIFO, not a regular file: refused", "fifo");
+  expect_fail("/dev/zero", EPM_ERR_IO, "is a character device, not a regular file: refused", "device");
+  expect_fail(tmpdir, EPM_ERR_IO, "is a directory, not a regular file: refused", "directory");
+  alarm(0);
+}
+
+/* epm_st_open_mem on a file's bytes finds the same tensors at the same
+ * places, reads them with epm_st_read, and rejects what the file path does. */
+static void test_open_mem(void **state) {
+  (void)state;
+  const char *hdr = "{\"a\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]},"
+                    "\"b\":{\"dtype\":\"BF16\",\"shape\":[2,2],\"data_offsets\":[8,16]}}";
+  const char *p = write_st("mem.safetensors", hdr, blob, 16);
+  size_t hl = strlen(hdr), total = 8 + hl + 16;
+  uint8_t *img = malloc(total);
+  FILE *fp = fopen(p, "rb");
+  assert_int_equal(fread(img, 1, total, fp), total);
+  fclose(fp);
+  epm_st_file_t *ff, *fm;
+  assert_int_equal(epm_st_open(p, &ff), EPM_OK);
+  assert_int_equal(epm_st_open_mem(img, total, "img", &fm), EPM_OK);
+  assert_int_equal(epm_st_count(fm), epm_st_count(ff));
+  assert_string_equal(epm_st_path(fm), "img");
+  for (size_t i = 0; i < epm_st_count(ff); i++) {
+    const epm_st_tensor_t *a = epm_st_at(ff, i), *b = epm_st_at(fm, i);
+    assert_string_equal(a->name, b->name);
+    assert_int_equal(a->file_offset, b->file_offset);
+    assert_ptr_equal(b->data, img + b->file_offset);
+    uint8_t buf[16];
+    assert_int_equal(epm_st_read(fm, b, buf), EPM_OK);
+    assert_memory_equal(buf, blob + (b->file_offset - 8 - hl), b->nbytes);
+  }
+  epm_st_close(ff);
+  epm_st_close(fm);
+  assert_int_equal(epm_st_open_mem(img, total - 1, "short", &fm), EPM_ERR_FORMAT);
+  assert_null(fm);
+  assert_non_null(strstr(epm_last_error(), "short: tensor 'b': data_offsets [8, 16] past the end"));
+  assert_int_equal(epm_st_open_mem(img, 5, "tiny", &fm), EPM_ERR_FORMAT);
+  assert_non_null(strstr(epm_last_error(), "tiny: file has 5 bytes"));
+  free(img);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_valid_file),
@@ -289,6 +344,8 @@ int main(void) {
       cmocka_unit_test(test_attack_corpus),
       cmocka_unit_test(test_header_length_attacks),
       cmocka_unit_test(test_truncations_and_flips),
+      cmocka_unit_test(test_special_files),
+      cmocka_unit_test(test_open_mem),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

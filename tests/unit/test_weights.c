@@ -5,18 +5,27 @@
  *  - config.json round trip for the three families' naming;
  *  - bad directories (missing expert, wrong dtype, non-scalar scale, bad
  *    quant config, hostile index, E % EP) each fail with their own message;
- *  - gate/up weight_scale_2 mismatch loads with the larger value. */
+ *  - gate/up weight_scale_2 mismatch loads with the larger value;
+ *  - config.json values past their bounds (including a shared-expert count
+ *    whose product with I wraps to a valid size), bad values (NaN/negative
+ *    block scales, out-of-range decode scales, non-finite router), and
+ *    special files (FIFO, device, directory) each refused by name. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
+#include <float.h>
+#include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "epmoe/layer.h"
+#include "epmoe/nvfp4.h"
 #include "epmoe/model_dir.h"
 #include "epmoe/safetensors.h"
 #include "epmoe/weights.h"
@@ -175,6 +184,9 @@ typedef struct {
   const char *reshape;   /* make this scalar F32 [2] */
   const char *revalue;   /* set this F32 scalar to value */
   float value;
+  const char *patch;     /* overwrite bytes [patch_at, patch_at + patch_len) of this tensor */
+  size_t patch_at, patch_len;
+  const uint8_t *patch_bytes;
 } mutate_t;
 
 static void rewrite(const char *dir, const mutate_t *m) {
@@ -188,6 +200,7 @@ static void rewrite(const char *dir, const mutate_t *m) {
   const void **data = calloc(n, sizeof *data);
   size_t *len = calloc(n, sizeof *len);
   static float two[2] = {1.0f, 1.0f};
+  uint8_t *patched = NULL;
   for (size_t i = 0; i < n; i++) {
     const epm_st_tensor_t *t = epm_st_at(f, i);
     if (m->drop && strstr(t->name, m->drop)) continue;
@@ -204,8 +217,16 @@ static void rewrite(const char *dir, const mutate_t *m) {
       len[k] = 8;
     }
     if (m->revalue && strcmp(t->name, m->revalue) == 0) data[k] = &m->value;
+    if (m->patch && strcmp(t->name, m->patch) == 0) {
+      assert_true(m->patch_at + m->patch_len <= t->nbytes);
+      patched = malloc(t->nbytes);
+      memcpy(patched, t->data, t->nbytes);
+      memcpy(patched + m->patch_at, m->patch_bytes, m->patch_len);
+      data[k] = patched;
+    }
     k++;
   }
+  if (m->patch) assert_non_null(patched); /* the tensor exists */
   epm_st_writer_t *w;
   assert_int_equal(epm_st_writer_open(tmp, specs, k, NULL, 0, &w), EPM_OK);
   for (size_t i = 0; i < k; i++) assert_int_equal(epm_st_writer_put(w, data[i], len[i]), EPM_OK);
@@ -215,6 +236,7 @@ static void rewrite(const char *dir, const mutate_t *m) {
   free(specs);
   free(data);
   free(len);
+  free(patched);
 }
 
 static void write_file(const char *dir, const char *name, const char *text) {
@@ -275,7 +297,7 @@ static void test_bad_checkpoints(void **state) {
   write_file(FRESH("layers"), "config.json",
              "{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_experts_per_tok\":2,"
              "\"num_hidden_layers\":9000000000000,\"moe_intermediate_size\":32,\"num_experts\":8}");
-  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "num_hidden_layers = 9000000000000 exceeds the limit 100000");
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "\"num_hidden_layers\" = 9000000000000 exceeds the limit 1024");
   write_file(FRESH("idx"), "model.safetensors.index.json", "{\"weight_map\":{\"a\":\"../../etc/passwd\"}}");
   expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "weight_map file name \"../../etc/passwd\" is not a plain file name");
   write_file(FRESH("idx2"), "model.safetensors.index.json",
@@ -362,6 +384,286 @@ static void test_corrupt_json_files(void **state) {
   epm_model_dir_close(md);
 }
 
+
+/* ---- config.json bounds ---- */
+
+/* config.json of dir with key set to an integer (or removed if v < 0). */
+static void set_config_int(const char *dir, const char *key, json_int_t v) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/config.json", dir);
+  json_t *c = json_load_file(p, 0, NULL);
+  assert_non_null(c);
+  if (v < 0)
+    json_object_del(c, key);
+  else
+    json_object_set_new(c, key, json_integer(v));
+  assert_int_equal(json_dump_file(c, p, JSON_INDENT(1)), 0);
+  json_decref(c);
+}
+
+static void expect_open_fail(const char *dir, epm_status_t st, const char *msg) {
+  epm_model_dir_t *md = (epm_model_dir_t *)0x1;
+  epm_status_t got = epm_model_dir_open(dir, &md);
+  if (got != st || !strstr(epm_last_error(), msg))
+    fail_msg("%s: got %s '%s', want %s containing '%s'", dir, epm_status_name(got), epm_last_error(),
+             epm_status_name(st), msg);
+  assert_null(md);
+}
+
+static void test_config_bounds(void **state) {
+  (void)state;
+  static const struct {
+    const char *key;
+    json_int_t v;
+    const char *msg;
+  } cases[] = {
+      /* 32 x (2^59 + 1) wraps to 32 in 64 bits: a valid-looking shared expert. */
+      {"n_shared_experts", (json_int_t)((INT64_C(1) << 59) + 1), "\"n_shared_experts\" = 576460752303423489 exceeds the limit 16"},
+      {"n_shared_experts", 17, "\"n_shared_experts\" = 17 exceeds the limit 16"},
+      {"hidden_size", (json_int_t)(INT64_C(1) << 59), "\"hidden_size\" = 576460752303423488 exceeds the limit 65536"},
+      {"hidden_size", 65536 + 16, "\"hidden_size\" = 65552 exceeds the limit 65536"},
+      {"moe_intermediate_size", 131072 + 16, "\"moe_intermediate_size\" = 131088 exceeds the limit 131072"},
+      {"n_routed_experts", 1000000000, "\"n_routed_experts\" = 1000000000 exceeds the limit 4096"},
+      {"num_experts_per_tok", 65, "\"num_experts_per_tok\" = 65 exceeds the limit 64"},
+      {"n_group", 65, "\"n_group\" = 65 exceeds the limit 64"},
+      {"topk_group", 65, "\"topk_group\" = 65 exceeds the limit 64"},
+      {"num_hidden_layers", 1025, "\"num_hidden_layers\" = 1025 exceeds the limit 1024"},
+      {"first_k_dense_replace", 1025, "\"first_k_dense_replace\" = 1025 exceeds the limit 1024"},
+      {"moe_layer_freq", 1025, "\"moe_layer_freq\" = 1025 exceeds the limit 1024"},
+  };
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s", make_ckpt("bounds", &small, 1, 0));
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    set_config_int(dir, cases[i].key, cases[i].v);
+    expect_open_fail(dir, EPM_ERR_FORMAT, cases[i].msg);
+    assert_non_null(strstr(epm_last_error(), "config.json"));
+    set_config_int(dir, cases[i].key, -1); /* every key above is optional or restored below */
+    if (strcmp(cases[i].key, "hidden_size") == 0) set_config_int(dir, "hidden_size", small.hidden);
+    if (strcmp(cases[i].key, "moe_intermediate_size") == 0) set_config_int(dir, "moe_intermediate_size", small.intermediate);
+    if (strcmp(cases[i].key, "n_routed_experts") == 0) set_config_int(dir, "n_routed_experts", small.num_experts);
+    if (strcmp(cases[i].key, "num_experts_per_tok") == 0) set_config_int(dir, "num_experts_per_tok", small.top_k);
+    if (strcmp(cases[i].key, "num_hidden_layers") == 0) set_config_int(dir, "num_hidden_layers", 1);
+    if (strcmp(cases[i].key, "n_group") == 0) set_config_int(dir, "n_group", small.n_group);
+    if (strcmp(cases[i].key, "n_shared_experts") == 0) set_config_int(dir, "n_shared_experts", 1);
+  }
+  /* Exactly at a bound is accepted (the limit is inclusive). */
+  set_config_int(dir, "moe_layer_freq", 1024);
+  epm_model_dir_t *md;
+  assert_int_equal(epm_model_dir_open(dir, &md), EPM_OK);
+  assert_int_equal(epm_model_dims_validate(epm_model_dir_dims(md)), EPM_OK);
+  assert_int_equal(epm_model_dir_dims(md)->shared_intermediate, small.intermediate);
+  epm_model_dir_close(md);
+  /* n_shared_experts x moe_intermediate_size over the intermediate bound. */
+  set_config_int(dir, "moe_intermediate_size", 16384);
+  set_config_int(dir, "n_shared_experts", 16);
+  expect_open_fail(dir, EPM_ERR_FORMAT,
+                   "shared expert intermediate = moe_intermediate_size 16384 x n_shared_experts 16 exceeds the limit "
+                   "131072");
+  /* Layer-index arrays must name layers of the model. */
+  write_file(dir, "config.json",
+             "{\"model_type\":\"qwen3_moe\",\"hidden_size\":64,\"num_experts_per_tok\":2,\"num_hidden_layers\":2,"
+             "\"moe_intermediate_size\":32,\"num_experts\":8,\"mlp_only_layers\":[0,5000]}");
+  expect_open_fail(dir, EPM_ERR_FORMAT, "\"mlp_only_layers\"[1] = 5000 is not a layer index below num_hidden_layers = 2");
+  write_file(dir, "config.json",
+             "{\"model_type\":\"llama4\",\"text_config\":{\"hidden_size\":64,\"num_experts_per_tok\":1,"
+             "\"num_hidden_layers\":4,\"intermediate_size\":32,\"num_local_experts\":8,\"moe_layers\":[1,-3]}}");
+  expect_open_fail(dir, EPM_ERR_FORMAT, "\"moe_layers\"[1] = -3 is not a layer index below num_hidden_layers = 4");
+}
+
+/* A config within every bound but far larger than the files: the load fails
+ * on the first missing tensor, before allocating what config.json claims
+ * (16 TB per expert array here). */
+static void test_check_before_alloc(void **state) {
+  (void)state;
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s", make_ckpt("huge", &small, 1, 0));
+  set_config_int(dir, "hidden_size", EPM_CKPT_MAX_HIDDEN);
+  set_config_int(dir, "moe_intermediate_size", EPM_CKPT_MAX_INTERMEDIATE);
+  set_config_int(dir, "n_routed_experts", EPM_CKPT_MAX_EXPERTS);
+  set_config_int(dir, "n_group", 8);
+  set_config_int(dir, "topk_group", 4);
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "tensor 'model.layers.0.mlp.experts.8.gate_proj.input_scale' is missing");
+  /* Every scale present but the shapes too small for the config: named. */
+  set_config_int(dir, "n_routed_experts", small.num_experts);
+  set_config_int(dir, "n_group", small.n_group);
+  set_config_int(dir, "topk_group", small.topk_group);
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "experts.0.gate_proj.weight' is U8 [32, 32], expected U8 [131072, 32768]");
+}
+
+/* ---- values ---- */
+
+static void test_check_functions(void **state) {
+  (void)state;
+  /* Block scales: exactly the finite, non-negative E4M3 codes (decoded by
+   * the codec, not by the check) pass; -0 is refused with the negatives. */
+  for (int b = 0; b < 256; b++) {
+    const uint8_t v = (uint8_t)b;
+    const float f = epm_e4m3_to_f32(v);
+    const int good = isfinite(f) && !signbit(f);
+    epm_status_t st = epm_check_block_scales("f", "t", &v, 1, 1);
+    if ((st == EPM_OK) != good) fail_msg("byte 0x%02x (%g): got %s", b, (double)f, epm_status_name(st));
+  }
+  uint8_t sf[3][5];
+  memset(sf, 0x38, sizeof sf);
+  sf[2][3] = 0x7f;
+  sf[2][4] = 0xc0;
+  assert_int_equal(epm_check_block_scales("f.safetensors", "w.weight_scale", &sf[0][0], 3, 5), EPM_ERR_FORMAT);
+  assert_string_equal(epm_last_error(),
+                      "f.safetensors: tensor 'w.weight_scale': block scale [2, 3] is 0x7f (NaN, nan); E4M3 block "
+                      "scales must be 0x00..0x7e (finite, >= 0); 2 of 15 are bad");
+  sf[2][3] = 0x38;
+  assert_int_equal(epm_check_block_scales("f", "w", &sf[0][0], 3, 5), EPM_ERR_FORMAT);
+  assert_non_null(strstr(epm_last_error(), "block scale [2, 4] is 0xc0 (negative, -2)"));
+  /* Decode scales: the stated range, and that it means what it says. */
+  assert_true(isfinite(1.0f / EPM_DECODE_SCALE_MIN));
+  assert_true(isfinite(6.0f * 448.0f * EPM_DECODE_SCALE_MAX));
+  assert_true(EPM_DECODE_SCALE_MIN == FLT_MIN);
+  const float ok[] = {EPM_DECODE_SCALE_MIN, 1e-3f, 1.0f, EPM_DECODE_SCALE_MAX};
+  const float bad[] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, -1.0f, nextafterf(FLT_MIN, 0.0f), 1e-40f,
+                       nextafterf(EPM_DECODE_SCALE_MAX, INFINITY), FLT_MAX};
+  for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) assert_int_equal(epm_check_decode_scale("f", "s", ok[i]), EPM_OK);
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    assert_int_equal(epm_check_decode_scale("f", "x.input_scale", bad[i]), EPM_ERR_FORMAT);
+    assert_non_null(strstr(epm_last_error(), "f: tensor 'x.input_scale' = "));
+  }
+  /* Finite: F32 and BF16, index in the tensor's shape. */
+  float w[6] = {1, 2, 3, 4, 5, NAN};
+  epm_st_tensor_t t = {.name = "r", .dtype = EPM_ST_F32, .ndim = 2, .shape = {2, 3}, .numel = 6,
+                       .data = (const uint8_t *)w, .nbytes = sizeof w};
+  assert_int_equal(epm_check_finite("f", &t), EPM_ERR_FORMAT);
+  assert_string_equal(epm_last_error(), "f: tensor 'r': element [1, 2] is nan; 1 of 6 elements are not finite");
+  w[5] = 6;
+  assert_int_equal(epm_check_finite("f", &t), EPM_OK);
+  const uint8_t bf[8] = {0x80, 0x3f, 0x80, 0x7f, 0x80, 0xff, 0x00, 0x40}; /* 1, inf, -inf, 2 */
+  t = (epm_st_tensor_t){.name = "b", .dtype = EPM_ST_BF16, .ndim = 1, .shape = {4}, .numel = 4, .data = bf, .nbytes = 8};
+  assert_int_equal(epm_check_finite("f", &t), EPM_ERR_FORMAT);
+  assert_string_equal(epm_last_error(), "f: tensor 'b': element [1] is inf; 2 of 4 elements are not finite");
+}
+
+static void test_bad_values(void **state) {
+  (void)state;
+  const char *d;
+  char dir[600], sub[32];
+#define FRESH(sub) (d = make_ckpt(sub, &small, 1, 0), snprintf(dir, sizeof dir, "%s", d), dir)
+  static const uint8_t nan7f = 0x7f, nanff = 0xff, neg1 = 0xb8, negz = 0x80;
+  static const struct {
+    const char *tensor;
+    size_t at;
+    const uint8_t *byte;
+    const char *msg;
+  } sfc[] = {
+      /* up_proj scales are [32, 4]: byte 13 is [3, 1]. */
+      {"model.layers.0.mlp.experts.2.up_proj.weight_scale", 13, &nan7f, "experts.2.up_proj.weight_scale': block scale [3, 1] is 0x7f (NaN"},
+      {"model.layers.0.mlp.experts.0.gate_proj.weight_scale", 0, &nanff, "block scale [0, 0] is 0xff (NaN"},
+      {"model.layers.0.mlp.experts.3.down_proj.weight_scale", 9, &neg1, "experts.3.down_proj.weight_scale': block scale [4, 1] is 0xb8 (negative, -1)"},
+      {"model.layers.0.mlp.shared_experts.down_proj.weight_scale", 0, &negz, "shared_experts.down_proj.weight_scale': block scale [0, 0] is 0x80 (negative, -0)"},
+  };
+  for (size_t i = 0; i < sizeof sfc / sizeof sfc[0]; i++) {
+    snprintf(sub, sizeof sub, "sf%zu", i);
+    rewrite(FRESH(sub), &(mutate_t){.patch = sfc[i].tensor, .patch_at = sfc[i].at, .patch_len = 1, .patch_bytes = sfc[i].byte});
+    expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, sfc[i].msg);
+    assert_non_null(strstr(epm_last_error(), "model.safetensors"));
+  }
+  /* Expert 2's bad scale is not in rank 1 of 2's slice (experts 4..7). */
+  rewrite(FRESH("sf_rank"), &(mutate_t){.patch = sfc[0].tensor, .patch_at = 13, .patch_len = 1, .patch_bytes = &nan7f});
+  epm_model_dir_t *md;
+  epm_layer_t l;
+  assert_int_equal(epm_model_dir_open(dir, &md), EPM_OK);
+  assert_int_equal(epm_weights_load_layer(md, 0, 1, 2, &l, NULL), EPM_OK);
+  epm_layer_free(&l);
+  assert_int_equal(epm_weights_load_layer(md, 0, 0, 2, &l, NULL), EPM_ERR_FORMAT);
+  epm_model_dir_close(md);
+  /* Decode scales outside [FLT_MIN, FLT_MAX / 2688]; rank 1 of 2 loads expert
+   * 6, and every rank reads every expert's input_scale. */
+  static const struct {
+    const char *tensor;
+    float v;
+    const char *msg;
+  } sc[] = {
+      {"model.layers.0.mlp.experts.6.up_proj.weight_scale_2", INFINITY, "experts.6.up_proj.weight_scale_2' = inf"},
+      {"model.layers.0.mlp.experts.6.up_proj.weight_scale_2", NAN, "weight_scale_2' = nan"},
+      {"model.layers.0.mlp.experts.1.down_proj.input_scale", 0.0f, "experts.1.down_proj.input_scale' = 0;"},
+      {"model.layers.0.mlp.experts.7.gate_proj.input_scale", 1e-40f, "experts.7.gate_proj.input_scale' = 9.99995e-41"},
+      {"model.layers.0.mlp.experts.7.gate_proj.input_scale", 1e36f, "experts.7.gate_proj.input_scale' = 1e+36"},
+      {"model.layers.0.mlp.shared_experts.up_proj.input_scale", -2.0f, "shared_experts.up_proj.input_scale' = -2"},
+  };
+  for (size_t i = 0; i < sizeof sc / sizeof sc[0]; i++) {
+    snprintf(sub, sizeof sub, "sc%zu", i);
+    rewrite(FRESH(sub), &(mutate_t){.revalue = sc[i].tensor, .value = sc[i].v});
+    expect_load_fail(dir, 1, 2, EPM_ERR_FORMAT, sc[i].msg);
+    assert_non_null(strstr(epm_last_error(), "a decode scale must be finite and in ["));
+  }
+  /* Router: Inf bias, NaN bf16 weight, named with the index. */
+  static const uint8_t inf32[4] = {0x00, 0x00, 0x80, 0x7f}, nanbf[2] = {0xc0, 0x7f};
+  rewrite(FRESH("bias"), &(mutate_t){.patch = "model.layers.0.mlp.gate.e_score_correction_bias", .patch_at = 20,
+                                     .patch_len = 4, .patch_bytes = inf32});
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT,
+                   "e_score_correction_bias': element [5] is inf; 1 of 8 elements are not finite");
+  rewrite(FRESH("rw"), &(mutate_t){.patch = "model.layers.0.mlp.gate.weight", .patch_at = 2 * (2 * 64 + 7),
+                                   .patch_len = 2, .patch_bytes = nanbf});
+  expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "gate.weight': element [2, 7] is nan");
+#undef FRESH
+}
+
+/* ---- special files ---- */
+
+static void replace_with(const char *dir, const char *name, const char *kind) {
+  char p[600];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  assert_int_equal(unlink(p), 0);
+  if (strcmp(kind, "fifo") == 0) assert_int_equal(mkfifo(p, 0600), 0);
+  if (strcmp(kind, "dir") == 0) assert_int_equal(mkdir(p, 0700), 0);
+  if (strcmp(kind, "dev") == 0) assert_int_equal(symlink("/dev/zero", p), 0);
+}
+
+static void test_special_files(void **state) {
+  (void)state;
+  /* Opening a FIFO for reading blocks until a writer comes; if the loader
+   * ever does, the alarm kills the test instead of hanging it. */
+  alarm(60);
+  const char *d;
+  char dir[600], sub[32];
+#define FRESH(sub, shard) (d = make_ckpt(sub, &small, 1, shard), snprintf(dir, sizeof dir, "%s", d), dir)
+  static const struct {
+    const char *file, *kind, *msg;
+  } cases[] = {
+      {"config.json", "fifo", "config.json: is a FIFO, not a regular file: refused"},
+      {"hf_quant_config.json", "fifo", "hf_quant_config.json: is a FIFO, not a regular file: refused"},
+      {"model.safetensors", "fifo", "model.safetensors: is a FIFO, not a regular file: refused"},
+      {"model.safetensors", "dev", "model.safetensors: is a character device, not a regular file: refused"},
+      {"config.json", "dir", "config.json: is a directory, not a regular file: refused"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    snprintf(sub, sizeof sub, "special%zu", i);
+    replace_with(FRESH(sub, 0), cases[i].file, cases[i].kind);
+    expect_open_fail(dir, EPM_ERR_IO, cases[i].msg);
+  }
+  /* A FIFO in place of a shard: opened lazily, refused at the lookup. */
+  FRESH("fifo_shard", 12 << 10);
+  char shard[256];
+  epm_model_dir_t *md;
+  assert_int_equal(epm_model_dir_open(dir, &md), EPM_OK);
+  assert_true(epm_model_dir_file_count(md) >= 2);
+  snprintf(shard, sizeof shard, "%s", epm_model_dir_file_name(md, 1));
+  epm_model_dir_close(md);
+  replace_with(dir, shard, "fifo");
+  expect_load_fail(dir, 0, 1, EPM_ERR_IO, "is a FIFO, not a regular file: refused");
+  assert_non_null(strstr(epm_last_error(), shard));
+  replace_with(dir, "model.safetensors.index.json", "fifo");
+  expect_open_fail(dir, EPM_ERR_IO, "model.safetensors.index.json: is a FIFO, not a regular file: refused");
+  /* A symlink to a regular file is fine (Hugging Face caches are symlinks). */
+  FRESH("link", 0);
+  char from[700], to[700];
+  snprintf(from, sizeof from, "%s/model.safetensors", dir);
+  snprintf(to, sizeof to, "%s/blob", dir);
+  assert_int_equal(rename(from, to), 0);
+  assert_int_equal(symlink("blob", from), 0);
+  assert_int_equal(epm_model_dir_open(dir, &md), EPM_OK);
+  epm_model_dir_close(md);
+  alarm(0);
+#undef FRESH
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tiny_multi_file),
@@ -369,6 +671,11 @@ int main(void) {
       cmocka_unit_test(test_bad_checkpoints),
       cmocka_unit_test(test_scale_2_mismatch_uses_max),
       cmocka_unit_test(test_corrupt_json_files),
+      cmocka_unit_test(test_config_bounds),
+      cmocka_unit_test(test_check_before_alloc),
+      cmocka_unit_test(test_check_functions),
+      cmocka_unit_test(test_bad_values),
+      cmocka_unit_test(test_special_files),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
