@@ -64,15 +64,22 @@ typedef struct {
   char error[EPM_DB_ERROR_BYTES]; /* 192: NUL-terminated, when status != 0 */
 } epm_db_ctl_t;
 
-_Static_assert(offsetof(epm_db_ctl_t, seq) == 64, "doorbell layout: seq at 64");
-_Static_assert(offsetof(epm_db_ctl_t, m) == 72, "doorbell layout: m at 72");
-_Static_assert(offsetof(epm_db_ctl_t, layer) == 80, "doorbell layout: layer at 80");
-_Static_assert(offsetof(epm_db_ctl_t, ring) == 92, "doorbell layout: ring at 92");
-_Static_assert(offsetof(epm_db_ctl_t, done_seq) == 128, "doorbell layout: done_seq at 128");
-_Static_assert(offsetof(epm_db_ctl_t, ack) == 140, "doorbell layout: ack at 140");
-_Static_assert(offsetof(epm_db_ctl_t, step_id) == 152, "doorbell layout: step_id at 152");
-_Static_assert(offsetof(epm_db_ctl_t, error) == 192, "doorbell layout: error at 192");
-_Static_assert(sizeof(epm_db_ctl_t) <= EPM_DB_CTL_BYTES, "the control block fits its page");
+/* The layout is the wire format: pinned down for C and C++ alike. */
+#ifdef __cplusplus
+#define EPM__DB_ASSERT(cond, msg) static_assert(cond, msg)
+#else
+#define EPM__DB_ASSERT(cond, msg) _Static_assert(cond, msg)
+#endif
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, seq) == 64, "doorbell layout: seq at 64");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, m) == 72, "doorbell layout: m at 72");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, layer) == 80, "doorbell layout: layer at 80");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, ring) == 92, "doorbell layout: ring at 92");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, done_seq) == 128, "doorbell layout: done_seq at 128");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, ack) == 140, "doorbell layout: ack at 140");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, step_id) == 152, "doorbell layout: step_id at 152");
+EPM__DB_ASSERT(offsetof(epm_db_ctl_t, error) == 192, "doorbell layout: error at 192");
+EPM__DB_ASSERT(sizeof(epm_db_ctl_t) <= EPM_DB_CTL_BYTES, "the control block fits its page");
+#undef EPM__DB_ASSERT
 
 #ifdef __cplusplus
 }
