@@ -7,6 +7,7 @@
  * passed rank-dependent garbage (a NULL buffer with a non-zero size).
  */
 #include <stdlib.h>
+#include <string.h>
 
 #include "comm_impl.h"
 #include "epmoe/checked.h"
@@ -85,6 +86,23 @@ epm_status_t epm_comm_exchange_sizes(epm_comm_t *c, int64_t mine, int64_t *all) 
   return c->ops->exchange_sizes(c, mine, all);
 }
 
+/* Payload of a successful data collective (epm_comm_traffic). The products
+ * are byte sizes the checks below proved to fit size_t; uint64 wraps only
+ * after 2^64 bytes in all. */
+static void count_traffic(epm_comm_t *c, uint64_t sent, uint64_t recv) {
+  c->traffic.bytes_sent += sent;
+  c->traffic.bytes_recv += recv;
+}
+
+void epm_comm_traffic(const epm_comm_t *c, epm_comm_traffic_t *out) {
+  if (!out) return;
+  if (!c) {
+    memset(out, 0, sizeof *out);
+    return;
+  }
+  *out = c->traffic;
+}
+
 /* Sum of counts[0..P-1], each >= 0, without overflow; also bytes of the
  * total and of this rank's part for one row size. */
 static epm_status_t counts_total(const epm_comm_t *c, const char *what, const int64_t *counts,
@@ -127,7 +145,13 @@ epm_status_t epm_comm_allgatherv_multi(epm_comm_t *c, const epm_comm_gather_buf_
     (void)sb;
     (void)rb;
   }
-  return c->ops->allgatherv(c, bufs, nbufs, counts, total);
+  EPM_TRY(c->ops->allgatherv(c, bufs, nbufs, counts, total));
+  for (int i = 0; i < nbufs; i++) { /* sizes fit size_t (checked above) */
+    const uint64_t row = bufs[i].elem_size, mine = (uint64_t)counts[c->rank];
+    count_traffic(c, (uint64_t)(c->size - 1) * mine * row, ((uint64_t)total - mine) * row);
+  }
+  c->traffic.calls++;
+  return EPM_OK;
 }
 
 epm_status_t epm_comm_allgatherv(epm_comm_t *c, const void *send, void *recv,
@@ -156,7 +180,82 @@ epm_status_t epm_comm_reduce_scatterv(epm_comm_t *c, const void *send, void *rec
   if (epm_mul_i64(total, row_elems, &total_elems))
     return epm_error(EPM_ERR_OVERFLOW, "%s: %lld rows x %lld elements overflows int64", what,
                      (long long)total, (long long)row_elems);
-  return c->ops->reduce_scatterv(c, send, recv, counts, total, row_elems, dtype);
+  EPM_TRY(c->ops->reduce_scatterv(c, send, recv, counts, total, row_elems, dtype));
+  const uint64_t mine = (uint64_t)counts[c->rank];
+  count_traffic(c, ((uint64_t)total - mine) * row_bytes, (uint64_t)(c->size - 1) * mine * row_bytes);
+  c->traffic.calls++;
+  return EPM_OK;
+}
+
+enum { ROWS_MAX = 1 << 20 }; /* values per rank of one rows exchange */
+
+epm_status_t epm_comm_exchange_rows(epm_comm_t *c, const int64_t *mine, int n, int64_t *all) {
+  EPM_TRY(comm_live(c, "exchange_rows"));
+  /* n is part of the contract (the same on every rank), so rejecting it
+   * here rejects it on every rank. */
+  if (n < 1 || n > ROWS_MAX)
+    return epm_error(EPM_ERR_INVALID_ARG, "exchange_rows: %d values per rank is outside [1, %d]", n, ROWS_MAX);
+  if ((int64_t)n * c->size > INT32_MAX)
+    return epm_error(EPM_ERR_OVERFLOW, "exchange_rows: %d values x %d ranks passes 2^31-1", n, c->size);
+  if (!mine || !all) return epm_error(EPM_ERR_INVALID_ARG, "exchange_rows: mine[] or all[] is NULL");
+  return c->ops->exchange_rows(c, mine, n, all);
+}
+
+/* The P x P matrix of an all-to-all: every entry >= 0, and every rank's row
+ * (sends) and column (receives) sum without overflow; this rank's sums out.
+ * Whole-matrix checks, so every rank given the same matrix decides alike. */
+static epm_status_t matrix_totals(const epm_comm_t *c, const char *what, const int64_t *counts,
+                                  int64_t *send_total, int64_t *recv_total) {
+  if (!counts) return epm_error(EPM_ERR_INVALID_ARG, "%s: counts[] is NULL", what);
+  const int P = c->size;
+  for (int a = 0; a < P; a++)
+    for (int b = 0; b < P; b++) {
+      const int64_t x = counts[(size_t)a * (size_t)P + (size_t)b];
+      if (x < 0)
+        return epm_error(EPM_ERR_INVALID_ARG, "%s: rank %d sends %lld rows to rank %d (< 0)", what, a, (long long)x, b);
+    }
+  for (int a = 0; a < P; a++) {
+    int64_t row = 0, col = 0;
+    for (int b = 0; b < P; b++) {
+      const int64_t x = counts[(size_t)a * (size_t)P + (size_t)b], y = counts[(size_t)b * (size_t)P + (size_t)a];
+      if (epm_add_i64(row, x, &row) || epm_add_i64(col, y, &col))
+        return epm_error(EPM_ERR_OVERFLOW, "%s: the rows rank %d sends or receives pass INT64_MAX", what, a);
+    }
+    if (a == c->rank) {
+      *send_total = row;
+      *recv_total = col;
+    }
+  }
+  return EPM_OK;
+}
+
+epm_status_t epm_comm_alltoallv_multi(epm_comm_t *c, const epm_comm_gather_buf_t *bufs, int nbufs,
+                                      const int64_t *counts) {
+  const char *what = "alltoallv";
+  EPM_TRY(comm_live(c, what));
+  if (nbufs < 1 || !bufs) return epm_error(EPM_ERR_INVALID_ARG, "%s: %d buffers", what, nbufs);
+  int64_t stot = 0, rtot = 0;
+  EPM_TRY(matrix_totals(c, what, counts, &stot, &rtot));
+  for (int i = 0; i < nbufs; i++) {
+    size_t sb, rb;
+    if (bufs[i].elem_size == 0)
+      return epm_error(EPM_ERR_INVALID_ARG, "%s: buffer %d has elem_size 0", what, i);
+    EPM_TRY(rows_bytes(what, "send", stot, bufs[i].elem_size, bufs[i].send, &sb));
+    EPM_TRY(rows_bytes(what, "recv", rtot, bufs[i].elem_size, bufs[i].recv, &rb));
+  }
+  EPM_TRY(c->ops->alltoallv(c, bufs, nbufs, counts, stot, rtot));
+  const int P = c->size, me = c->rank;
+  const uint64_t self = (uint64_t)counts[(size_t)me * (size_t)P + (size_t)me];
+  for (int i = 0; i < nbufs; i++)
+    count_traffic(c, ((uint64_t)stot - self) * bufs[i].elem_size, ((uint64_t)rtot - self) * bufs[i].elem_size);
+  c->traffic.calls++;
+  return EPM_OK;
+}
+
+epm_status_t epm_comm_alltoallv(epm_comm_t *c, const void *send, void *recv, const int64_t *counts,
+                                size_t elem_size) {
+  epm_comm_gather_buf_t b = {.send = send, .recv = recv, .elem_size = elem_size};
+  return epm_comm_alltoallv_multi(c, &b, 1, counts);
 }
 
 epm_status_t epm_comm_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n) {

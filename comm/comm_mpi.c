@@ -309,6 +309,8 @@ static const epm_comm_ops_t mpi_ops = {
     .exchange_sizes = mpi_exchange_sizes,
     .allgatherv = mpi_allgatherv,
     .reduce_scatterv = mpi_reduce_scatterv,
+    .exchange_rows = epm__mpi_exchange_rows, /* comm_mpi_a2a.c */
+    .alltoallv = epm__mpi_alltoallv,
     .allreduce_max_f32 = mpi_allreduce_max_f32,
     .barrier = mpi_barrier,
     .wait = mpi_wait,
@@ -347,3 +349,20 @@ fail:
   c->ops = NULL;
   return st;
 }
+
+/* ---- for comm_mpi_a2a.c: the all-to-all lives in its own file ---- */
+
+void *epm__comm_mpi_handle(epm_comm_t *c) { return &impl_of(c)->comm; }
+
+epm_status_t epm__comm_mpi_scratch(epm_comm_t *c, size_t bytes, void **out) {
+  EPM_TRY(grow_scratch(impl_of(c), bytes));
+  *out = impl_of(c)->scratch;
+  return EPM_OK;
+}
+
+epm_status_t epm__comm_mpi_requests(epm_comm_t *c, size_t n, void **out) {
+  EPM_TRY(grow_reqs(impl_of(c), n));
+  *out = impl_of(c)->reqs;
+  return EPM_OK;
+}
+

@@ -11,7 +11,9 @@
  * root with rows, all inside one group; reduce-scatter-v is ncclReduceScatter
  * when equal, else one ncclReduce per root. Roots with 0 rows are skipped; the
  * counts are the same on every rank, so every rank skips the same roots.
- * Sizes exchange and the host side of the barrier go over MPI.
+ * All-to-all-v is one group of ncclSend/ncclRecv (NCCL's own alltoall has
+ * no v-form either). Sizes and rows exchanges and the host side of the
+ * barrier go over MPI.
  */
 #include <cuda_runtime_api.h>
 #include <mpi.h>
@@ -177,6 +179,67 @@ static epm_status_t nccl_reduce_scatterv(epm_comm_t *c, const void *send, void *
   return settle(c, rc, "reduce_scatterv: ncclGroupEnd");
 }
 
+static epm_status_t nccl_exchange_rows(epm_comm_t *c, const int64_t *mine, int n, int64_t *all) {
+  int rc = MPI_Allgather(mine, n, MPI_INT64_T, all, n, MPI_INT64_T, impl_of(c)->mpi);
+  return rc == MPI_SUCCESS ? EPM_OK : epm__mpi_status(rc, "exchange_rows: MPI_Allgather");
+}
+
+/* All-to-all-v: one group of point-to-point calls. Every pair's send and
+ * receive are in the same group on both sides, so NCCL matches them whatever
+ * order the peers are listed in; a pair with 0 rows issues nothing on either
+ * side (both read the same matrix). The local block is a device copy on the
+ * stream, ordered with the group. */
+static epm_status_t nccl_alltoallv(epm_comm_t *c, const epm_comm_gather_buf_t *bufs, int nbufs,
+                                   const int64_t *counts, int64_t send_total, int64_t recv_total) {
+  nccl_impl_t *n = impl_of(c);
+  const int P = c->size, me = c->rank;
+  int64_t calls = 0;
+  for (int r = 0; r < P; r++) {
+    if (r == me) continue;
+    calls += (counts[(size_t)me * (size_t)P + (size_t)r] > 0) + (counts[(size_t)r * (size_t)P + (size_t)me] > 0);
+  }
+  calls *= nbufs;
+  if (calls > NCCL_GROUP_MAX_OPS)
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "alltoallv: %lld grouped NCCL send/recv calls (%d arrays) > %d",
+                     (long long)calls, nbufs, NCCL_GROUP_MAX_OPS);
+  (void)send_total;
+  (void)recv_total;
+  for (int i = 0; i < nbufs; i++) {
+    const size_t row = bufs[i].elem_size;
+    size_t so = 0, ro = 0;
+    for (int r = 0; r < me; r++) {
+      so += (size_t)counts[(size_t)me * (size_t)P + (size_t)r] * row;
+      ro += (size_t)counts[(size_t)r * (size_t)P + (size_t)me] * row;
+    }
+    const size_t self = (size_t)counts[(size_t)me * (size_t)P + (size_t)me] * row;
+    if (self) {
+      cudaError_t e = cudaMemcpyAsync((char *)bufs[i].recv + ro, (const char *)bufs[i].send + so, self,
+                                      cudaMemcpyDeviceToDevice, n->stream);
+      if (e != cudaSuccess) return epm_cuda_status(e, "alltoallv: cudaMemcpyAsync (local block)");
+    }
+  }
+  if (calls == 0) return EPM_OK;
+  ncclResult_t rc = ncclGroupStart();
+  if (rc != ncclSuccess) return nccl_fail(c, rc, "alltoallv: ncclGroupStart");
+  ncclResult_t first = ncclSuccess;
+  for (int i = 0; i < nbufs && (first == ncclSuccess || first == ncclInProgress); i++) {
+    const size_t row = bufs[i].elem_size;
+    size_t so = 0, ro = 0;
+    for (int r = 0; r < P && (first == ncclSuccess || first == ncclInProgress); r++) {
+      const size_t sb = (size_t)counts[(size_t)me * (size_t)P + (size_t)r] * row;
+      const size_t rb = (size_t)counts[(size_t)r * (size_t)P + (size_t)me] * row;
+      if (r != me && sb) first = ncclSend((const char *)bufs[i].send + so, sb, ncclUint8, r, n->nc, n->stream);
+      if (r != me && rb && (first == ncclSuccess || first == ncclInProgress))
+        first = ncclRecv((char *)bufs[i].recv + ro, rb, ncclUint8, r, n->nc, n->stream);
+      so += sb;
+      ro += rb;
+    }
+  }
+  rc = ncclGroupEnd(); /* always close the group, even after a failed call */
+  if (first != ncclSuccess && first != ncclInProgress) return nccl_fail(c, first, "alltoallv: ncclSend/ncclRecv");
+  return settle(c, rc, "alltoallv: ncclGroupEnd");
+}
+
 static epm_status_t nccl_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n) {
   nccl_impl_t *ni = impl_of(c);
   ncclResult_t rc = ncclAllReduce(buf, buf, (size_t)n, ncclFloat32, ncclMax, ni->nc, ni->stream);
@@ -254,6 +317,8 @@ static const epm_comm_ops_t nccl_ops = {
     .exchange_sizes = nccl_exchange_sizes,
     .allgatherv = nccl_allgatherv,
     .reduce_scatterv = nccl_reduce_scatterv,
+    .exchange_rows = nccl_exchange_rows,
+    .alltoallv = nccl_alltoallv,
     .allreduce_max_f32 = nccl_allreduce_max_f32,
     .barrier = nccl_barrier,
     .wait = nccl_wait,

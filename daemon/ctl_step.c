@@ -54,6 +54,11 @@ typedef struct {
   int shared, check, json;
   double tol;
   epm_opt_list_t tokens_list; /* --tokens-per-rank as parsed; copied into tokens */
+  epm_dispatch_mode_t dispatch;
+  long long recv_capacity;
+  const char *dispatch_latency_us, *dispatch_gbps; /* auto's cost terms, "AG,A2A" */
+  epm_dispatch_cost_t cost;                        /* parsed from the two above */
+  int calibrate;
 } step_opts_t;
 
 #define AT(field) EPM_OPT_AT(step_opts_t, field)
@@ -63,6 +68,8 @@ typedef struct {
 static const epm_opt_choice_t backends[] = {{"cpu", EPM_BACKEND_CPU}, {"cuda", EPM_BACKEND_CUDA}, {NULL, 0}};
 static const epm_opt_choice_t scales[] = {{"static", EPM_SCALE_STATIC}, {"dynamic", EPM_SCALE_DYNAMIC}, {NULL, 0}};
 static const epm_opt_choice_t partials[] = {{"f32", EPM_DTYPE_F32}, {"bf16", EPM_DTYPE_BF16}, {NULL, 0}};
+static const epm_opt_choice_t dispatches[] = {
+    {"allgather", EPM_DISPATCH_ALLGATHER}, {"alltoall", EPM_DISPATCH_ALLTOALL}, {"auto", EPM_DISPATCH_AUTO}, {NULL, 0}};
 
 static const epm_opt_t step_opts[] = {
     {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
@@ -91,6 +98,16 @@ static const epm_opt_t step_opts[] = {
     {.name = "no-shared", .kind = EPM_OPT_SET, AT(shared), .value = 0, .help = "leave out the shared expert"},
     {.name = "partial", .kind = EPM_OPT_ENUM, AT(partial), .def = "f32", .choices = partials,
      .help = "reduce-scatter dtype"},
+    {.name = "dispatch", .kind = EPM_OPT_ENUM, AT(dispatch), .def = "allgather", .choices = dispatches,
+     .help = "allgather, alltoall, or auto (per step, by the cost model)"},
+    {.name = "recv-capacity", COUNT(0, 1LL << 40), AT(recv_capacity), .def = "0", .flags = EPM_OPT_KMG, .arg = "N",
+     .help = "alltoall: most token rows a rank receives per step\n(0 = any routing)"},
+    {.name = "dispatch-latency-us", .kind = EPM_OPT_STR, AT(dispatch_latency_us), .arg = "AG,A2A",
+     .help = "auto's per-call latency of each mode (us)"},
+    {.name = "dispatch-gbps", .kind = EPM_OPT_STR, AT(dispatch_gbps), .arg = "AG,A2A",
+     .help = "auto's bandwidth of each mode (GB/s)"},
+    {.name = "calibrate-dispatch", .kind = EPM_OPT_FLAG, AT(calibrate),
+     .help = "measure those terms with this job's comm, print them, and exit"},
     {.name = "threads", COUNT(1, 1024), AT(threads), .flags = EPM_OPT_KMG, .arg = "T",
      .help = "reference threads per rank (default: cores / ranks on the node)"},
     {.name = "repeat", COUNT(1, 1 << 20), AT(repeat), .def = "1", .flags = EPM_OPT_KMG,
@@ -142,6 +159,10 @@ static int parse_args(int argc, char **argv, step_opts_t *o) {
   }
   if (st == EPM_OK && o->routing && epm_routing_method_parse(o->routing, &m) != EPM_OK)
     st = epm_error_wrap(EPM_ERR_INVALID_ARG, "bad value for --routing");
+  epm_dispatch_cost_default(&o->cost);
+  if (st == EPM_OK && (o->dispatch_latency_us || o->dispatch_gbps) &&
+      epm_dispatch_cost_parse(o->dispatch_latency_us, o->dispatch_gbps, &o->cost) != EPM_OK)
+    st = epm_error_wrap(EPM_ERR_INVALID_ARG, "bad value for --dispatch-latency-us / --dispatch-gbps");
   if (st == EPM_OK) {
     o->tokens = calloc(o->tokens_list.n, sizeof *o->tokens);
     if (!o->tokens) st = epm_error(EPM_ERR_NOMEM, "no memory for %zu token counts", o->tokens_list.n);
@@ -235,6 +256,9 @@ static epm_status_t setup(step_t *s) {
   gc.scale_mode = o->scale;
   gc.shared_expert = o->shared;
   gc.partial_dtype = o->partial;
+  gc.dispatch = o->dispatch;
+  gc.recv_capacity = o->recv_capacity;
+  gc.dispatch_cost = o->cost;
   EPM_TRY(epm_group_create(&gc, &s->boot, &s->group));
   s->eng = epm_group_engine(s->group, layer_id);
 
@@ -300,14 +324,23 @@ out:
   return st;
 }
 
-/* Per-rank stage means (ms) gathered to rank 0: [P][STAGE_COUNT]. */
+/* Per-rank stage means (ms) and the last step's dispatch numbers gathered
+ * to rank 0: [P][NSTAT], NSTAT = STAGE_COUNT + the DISP_ values. */
+enum { DISP_A2A_STEPS, DISP_ROWS, DISP_D_SENT, DISP_D_RECV, DISP_C_SENT, DISP_C_RECV, DISP_N };
+#define NSTAT (EPM_STAGE_COUNT + DISP_N)
+static const char *const disp_names[DISP_N] = {"alltoall_steps", "expert_rows",  "dispatch_sent",
+                                               "dispatch_recv",  "combine_sent", "combine_recv"};
 static double *gather_stages(step_t *s) {
   epm_engine_stats_t st;
-  double mine[EPM_STAGE_COUNT], *all = NULL;
+  double mine[NSTAT], *all = NULL;
   epm_engine_stats(s->eng, &st);
   for (int i = 0; i < EPM_STAGE_COUNT; i++) mine[i] = st.steps ? 1e3 * st.sum_s[i] / (double)st.steps : 0.0;
+  const double d[DISP_N] = {(double)st.steps_mode[EPM_DISPATCH_ALLTOALL], (double)st.last_expert_rows,
+                            (double)st.last_dispatch_sent, (double)st.last_dispatch_recv,
+                            (double)st.last_combine_sent, (double)st.last_combine_recv};
+  memcpy(mine + EPM_STAGE_COUNT, d, sizeof d);
   const size_t bytes = sizeof mine;
-  if (s->rank == 0) all = calloc((size_t)s->P * EPM_STAGE_COUNT, sizeof *all);
+  if (s->rank == 0) all = calloc((size_t)s->P * NSTAT, sizeof *all);
   /* Every rank joins the gather, even when rank 0 could not allocate (it
    * then offers a 0-byte buffer and the gather fails on every rank). */
   if (epm_bootstrap_gather_bytes(&s->boot, 0, mine, bytes, all, all ? (size_t)s->P * bytes : 0, NULL) != EPM_OK) {
@@ -334,7 +367,16 @@ static void print_text(step_t *s, const double *stages, const epm_moe_checksum_t
   printf("\n");
   for (int r = 0; r < s->P; r++) {
     printf("%4d %8lld", r, o->tokens[r]);
-    for (int i = 0; i < EPM_STAGE_COUNT; i++) printf(" %14.3f", stages[r * EPM_STAGE_COUNT + i]);
+    for (int i = 0; i < EPM_STAGE_COUNT; i++) printf(" %14.3f", stages[r * NSTAT + i]);
+    printf("\n");
+  }
+  printf("dispatch %s: %.0f of %lld measured steps alltoall; last step's bytes to/from other ranks\n%4s",
+         epm_dispatch_mode_name(o->dispatch), stages[EPM_STAGE_COUNT + DISP_A2A_STEPS], o->repeat, "rank");
+  for (int i = 1; i < DISP_N; i++) printf(" %14s", disp_names[i]);
+  printf("\n");
+  for (int r = 0; r < s->P; r++) {
+    printf("%4d", r);
+    for (int i = 1; i < DISP_N; i++) printf(" %14.0f", stages[r * NSTAT + EPM_STAGE_COUNT + i]);
     printf("\n");
   }
   printf("checksum fnv1a64 %016llx sum %.9g absmax %.9g%s\n", (unsigned long long)cs->fnv1a64, cs->sum, cs->absmax,
@@ -357,8 +399,12 @@ static void print_json(step_t *s, const double *stages, const epm_moe_checksum_t
     json_object_set_new(rk, "rank", json_integer(r));
     json_object_set_new(rk, "tokens", json_integer(o->tokens[r]));
     for (int i = 0; i < EPM_STAGE_COUNT; i++)
-      json_object_set_new(ms, epm_engine_stage_name((epm_engine_stage_t)i), json_real(stages[r * EPM_STAGE_COUNT + i]));
+      json_object_set_new(ms, epm_engine_stage_name((epm_engine_stage_t)i), json_real(stages[r * NSTAT + i]));
     json_object_set_new(rk, "stage_ms", ms);
+    json_t *dj = json_object();
+    for (int i = 0; i < DISP_N; i++)
+      json_object_set_new(dj, disp_names[i], json_integer((json_int_t)stages[r * NSTAT + EPM_STAGE_COUNT + i]));
+    json_object_set_new(rk, "dispatch", dj);
     json_array_append_new(ranks, rk);
   }
   json_object_set_new(root, "preset", json_string(o->preset));
@@ -379,6 +425,7 @@ static void print_json(step_t *s, const double *stages, const epm_moe_checksum_t
   json_object_set_new(root, "shared", json_boolean(o->shared && s->dims.shared_experts));
   json_object_set_new(root, "partial", json_string(o->partial == EPM_DTYPE_F32 ? "f32" : "bf16"));
   json_object_set_new(root, "repeat", json_integer(o->repeat));
+  json_object_set_new(root, "dispatch", json_string(epm_dispatch_mode_name(o->dispatch)));
   json_object_set_new(root, "ranks", ranks);
   snprintf(hex, sizeof hex, "%016llx", (unsigned long long)cs->fnv1a64);
   json_t *sum = json_object();
@@ -449,6 +496,28 @@ int epm_ctl_step(int argc, char **argv) {
     return st == EPM_ERR_INVALID_ARG ? EPM_EXIT_USAGE : 1;
   }
 
+  if (s.o.calibrate) { /* the dispatch cost terms for this job's comm, then exit */
+    epm_dispatch_cost_t c;
+    st = epm_dispatch_calibrate(epm_group_comm(s.group), s.dims.hidden, s.dims.top_k, s.o.partial, 0, &c);
+    char flags[160];
+    snprintf(flags, sizeof flags, "--dispatch-latency-us %.1f,%.1f --dispatch-gbps %.3f,%.3f", c.latency_us[0],
+             c.latency_us[1], c.gbps[0], c.gbps[1]);
+    if (st != EPM_OK) fprintf(stderr, "epmoectl step: rank %d: calibration: %s\n", s.rank, epm_last_error());
+    else if (s.rank == 0 && s.o.json)
+      printf("{\"comm\":\"%s\",\"ep\":%d,\"hidden\":%lld,\"top_k\":%lld,\"latency_us\":{\"allgather\":%.3f,"
+             "\"alltoall\":%.3f},\"gbps\":{\"allgather\":%.4f,\"alltoall\":%.4f},\"flags\":\"%s\"}\n",
+             epm_comm_backend_name(epm_group_comm(s.group)), s.P, (long long)s.dims.hidden, (long long)s.dims.top_k,
+             c.latency_us[0], c.latency_us[1], c.gbps[0], c.gbps[1], flags);
+    else if (s.rank == 0)
+      printf("dispatch calibration: comm %s, EP %d, H %lld, top-%lld, %s partials\n"
+             "  allgather latency %.1f us, %.3f GB/s; alltoall latency %.1f us, %.3f GB/s\n"
+             "for epmoed / epmoectl step: %s\n",
+             epm_comm_backend_name(epm_group_comm(s.group)), s.P, (long long)s.dims.hidden, (long long)s.dims.top_k,
+             s.o.partial == EPM_DTYPE_F32 ? "f32" : "bf16", c.latency_us[0], c.gbps[0], c.latency_us[1], c.gbps[1],
+             flags);
+    step_free(&s);
+    return st == EPM_OK ? 0 : 1;
+  }
   const int64_t n_all = s.M * s.dims.hidden;
   epm_moe_checksum_t cs = {0}, first = {0};
   int identical = 1;

@@ -37,6 +37,9 @@ typedef struct {
   int64_t warmup_tokens;
   int64_t layers;        /* MoE layers served (0 = all of a checkpoint) */
   int64_t step_delay_ms; /* test hook: sleep inside each step (0 = off) */
+  char dispatch[16];     /* allgather | alltoall | auto (epmoe/dispatch.h) */
+  int64_t recv_capacity; /* alltoall receive rows per rank (0 = any routing) */
+  char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 
@@ -76,6 +79,12 @@ typedef struct {
   int nstages;
   const char *stage_name[16];
   double stage_sum[16], stage_last[16];
+  /* dispatch (epmoe/dispatch.h): the last step's mode and its payload bytes
+   * to / from other ranks, steps per mode, and byte sums over all steps */
+  const char *dispatch_last;
+  uint64_t dispatch_steps[2]; /* allgather, alltoall */
+  uint64_t dispatch_sent_last, dispatch_recv_last, combine_sent_last, combine_recv_last;
+  uint64_t comm_sent_total, comm_recv_total;
 } srv_stats_t;
 
 void srv_stats_init(srv_stats_t *s);

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli_opt.h"
+#include "epmoe/dispatch.h"
 #include "epmoe/log.h"
 #include "srv.h"
 
@@ -15,6 +16,7 @@
 
 static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
+static const epm_opt_choice_t dispatches[] = {{"allgather", 0}, {"alltoall", 0}, {"auto", 0}, {NULL, 0}};
 
 /* The environment variable of --name is EPMOE_NAME (dashes -> underscores);
  * scripts and unit files depend on these names. */
@@ -50,6 +52,16 @@ static const epm_opt_t opts[] = {
      .env = "EPMOE_WARMUP_TOKENS", .help = "tokens per rank of the start-up warm-up step"},
     {.name = "step-delay-ms", .kind = EPM_OPT_INT64, AT(step_delay_ms), .def = "0", .min = 0, .max = 600000,
      .env = "EPMOE_STEP_DELAY_MS", .arg = "MS", .help = "testing: sleep this long inside every step"},
+    {.name = "dispatch", .kind = EPM_OPT_STRBUF, AT(dispatch), .def = "allgather", .choices = dispatches,
+     .env = "EPMOE_DISPATCH", .help = "how tokens reach the experts (auto: per step, by the cost\nterms below)"},
+    {.name = "recv-capacity", .kind = EPM_OPT_INT64, AT(recv_capacity), .def = "0", .min = 0, .max = (int64_t)1 << 40,
+     .env = "EPMOE_RECV_CAPACITY", .arg = "N",
+     .help = "alltoall: most token rows a rank receives per step\n(0 = any routing fits)"},
+    {.name = "dispatch-latency-us", .kind = EPM_OPT_STRBUF, AT(dispatch_latency_us), .def = "",
+     .env = "EPMOE_DISPATCH_LATENCY_US", .arg = "AG,A2A",
+     .help = "auto: fixed cost per step of each mode in us\n(epmoectl step --calibrate-dispatch)"},
+    {.name = "dispatch-gbps", .kind = EPM_OPT_STRBUF, AT(dispatch_gbps), .def = "", .env = "EPMOE_DISPATCH_GBPS",
+     .arg = "AG,A2A", .help = "auto: bandwidth of each mode in GB/s (same calibration)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");
@@ -78,6 +90,12 @@ epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, int *help) 
   EPM_TRY(epm_opt_parse(&cmd, argc, argv, &res));
   *help = res.help;
   if (res.help) return EPM_OK;
+  {
+    epm_dispatch_cost_t dc; /* a typo in the cost terms stops the start, not the first step */
+    epm_dispatch_cost_default(&dc);
+    if (epm_dispatch_cost_parse(c->dispatch_latency_us, c->dispatch_gbps, &dc) != EPM_OK)
+      return epm_error_wrap(EPM_ERR_INVALID_ARG, "bad --dispatch-latency-us / --dispatch-gbps");
+  }
   if (c->socket_dir[0] == '\0') {
     const char *x = getenv("XDG_RUNTIME_DIR");
     int n = x && *x ? snprintf(c->socket_dir, sizeof c->socket_dir, "%s/epmoe", x)

@@ -154,6 +154,16 @@ static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   putf(b, "\r\n# Stages\r\n");
   for (int i = 0; i < c->nstages; i++)
     putf(b, "stage_%s:last=%.6f,sum=%.6f\r\n", c->stage_name[i], c->stage_last[i], c->stage_sum[i]);
+  putf(b, "\r\n# Dispatch\r\n");
+  putf(b, "dispatch_last_mode:%s\r\n", c->dispatch_last ? c->dispatch_last : "none");
+  putf(b, "dispatch_steps:allgather=%llu,alltoall=%llu\r\n", (unsigned long long)c->dispatch_steps[0],
+       (unsigned long long)c->dispatch_steps[1]);
+  putf(b, "dispatch_last_bytes:sent=%llu,received=%llu\r\n", (unsigned long long)c->dispatch_sent_last,
+       (unsigned long long)c->dispatch_recv_last);
+  putf(b, "combine_last_bytes:sent=%llu,received=%llu\r\n", (unsigned long long)c->combine_sent_last,
+       (unsigned long long)c->combine_recv_last);
+  putf(b, "comm_bytes_total:sent=%llu,received=%llu\r\n", (unsigned long long)c->comm_sent_total,
+       (unsigned long long)c->comm_recv_total);
   putf(b, "\r\n# Errors\r\n");
   for (int e = 1; e < EPM_STATUS_COUNT; e++)
     if (c->errors_total[e]) putf(b, "errors_%s:%llu\r\n", epm_status_name((epm_status_t)e), (unsigned long long)c->errors_total[e]);
@@ -210,6 +220,13 @@ static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   putf(b, "# HELP epmoe_stage_seconds_total time spent per engine stage\n# TYPE epmoe_stage_seconds_total counter\n");
   for (int i = 0; i < c->nstages; i++)
     putf(b, "epmoe_stage_seconds_total{rank=\"%d\",stage=\"%s\"} %.9f\n", r, c->stage_name[i], c->stage_sum[i]);
+  putf(b, "# HELP epmoe_dispatch_steps_total steps per dispatch mode\n# TYPE epmoe_dispatch_steps_total counter\n");
+  putf(b, "epmoe_dispatch_steps_total{rank=\"%d\",mode=\"allgather\"} %llu\n", r, (unsigned long long)c->dispatch_steps[0]);
+  putf(b, "epmoe_dispatch_steps_total{rank=\"%d\",mode=\"alltoall\"} %llu\n", r, (unsigned long long)c->dispatch_steps[1]);
+  putf(b, "# HELP epmoe_comm_bytes_total step payload bytes to / from other ranks (dispatch + combine)\n"
+          "# TYPE epmoe_comm_bytes_total counter\n");
+  putf(b, "epmoe_comm_bytes_total{rank=\"%d\",direction=\"sent\"} %llu\n", r, (unsigned long long)c->comm_sent_total);
+  putf(b, "epmoe_comm_bytes_total{rank=\"%d\",direction=\"received\"} %llu\n", r, (unsigned long long)c->comm_recv_total);
 #undef COUNTER
 }
 
@@ -241,6 +258,15 @@ void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt) {
       if (c.errors_total[e]) json_object_set_new(err, epm_status_name((epm_status_t)e), json_integer((json_int_t)c.errors_total[e]));
     json_object_set_new(o, "latency", lat);
     json_object_set_new(o, "stages", stg);
+    json_object_set_new(
+        o, "dispatch",
+        json_pack("{s:s,s:{s:I,s:I},s:{s:I,s:I},s:{s:I,s:I},s:{s:I,s:I}}", "last_mode",
+                  c.dispatch_last ? c.dispatch_last : "none", "steps", "allgather", (json_int_t)c.dispatch_steps[0],
+                  "alltoall", (json_int_t)c.dispatch_steps[1], "last_dispatch_bytes", "sent",
+                  (json_int_t)c.dispatch_sent_last, "received", (json_int_t)c.dispatch_recv_last, "last_combine_bytes",
+                  "sent", (json_int_t)c.combine_sent_last, "received", (json_int_t)c.combine_recv_last,
+                  "comm_bytes_total", "sent", (json_int_t)c.comm_sent_total, "received",
+                  (json_int_t)c.comm_recv_total));
     json_object_set_new(o, "errors", err);
     char *txt = json_dumps(o, JSON_COMPACT);
     if (txt) epm_buf_put(b, txt, strlen(txt));

@@ -170,6 +170,14 @@ static void record_stages(srv_worker_t *w) {
     st->stage_last[i] = last[i];
     st->stage_sum[i] += last[i];
   }
+  st->dispatch_last = epm_dispatch_mode_name(es.last_mode);
+  st->dispatch_steps[es.last_mode == EPM_DISPATCH_ALLTOALL]++;
+  st->dispatch_sent_last = es.last_dispatch_sent;
+  st->dispatch_recv_last = es.last_dispatch_recv;
+  st->combine_sent_last = es.last_combine_sent;
+  st->combine_recv_last = es.last_combine_recv;
+  st->comm_sent_total += es.last_dispatch_sent + es.last_combine_sent;
+  st->comm_recv_total += es.last_dispatch_recv + es.last_combine_recv;
   pthread_mutex_unlock(&st->mu);
 }
 
@@ -215,6 +223,11 @@ static int load_model(srv_worker_t *w) {
   gc.num_layers = s->cfg.layers;
   gc.comm_timeout_s = (double)s->cfg.step_timeout_s;
   gc.max_tokens_per_rank = s->cfg.max_tokens_per_rank;
+  /* The dispatch options were checked at start-up (srv_config.c). */
+  (void)epm_dispatch_mode_parse(s->cfg.dispatch, &gc.dispatch);
+  gc.recv_capacity = s->cfg.recv_capacity;
+  epm_dispatch_cost_default(&gc.dispatch_cost);
+  (void)epm_dispatch_cost_parse(s->cfg.dispatch_latency_us, s->cfg.dispatch_gbps, &gc.dispatch_cost);
   if (epm_group_create(&gc, &s->boot, &w->group) != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "loading the model failed: %s", epm_last_error());
     return 0;

@@ -1,5 +1,6 @@
 /* engine.c — the EP step (epmoe/engine.h): stages on the backend, collectives
- * on the comm, all buffers allocated once at create time.
+ * on the comm, all buffers allocated once at create time. The allgather mode
+ * is here; the alltoall mode and the per-step choice are in engine_a2a.c.
  *
  * Failure agreement: the sizes exchange is the first collective of a step.
  * A rank whose arguments or local stages (route, quantize) failed sends
@@ -7,7 +8,7 @@
  * same collective and returns an error; nobody is left waiting in the
  * allgather. A failure after the dispatch (the experts, a collective) cannot
  * be agreed on without another collective per step, so it aborts the comm. */
-#include "epmoe/engine.h"
+#include "engine_impl.h"
 
 #include <pthread.h>
 #include <stdlib.h>
@@ -18,44 +19,7 @@
 #include "epmoe/log.h"
 #include "epmoe/plan.h"
 
-/* Sent in the sizes exchange by a rank that cannot take part in this step;
- * far above any capacity, so it also fails every receiver's bound check. */
-#define STEP_FAILED (INT64_C(1) << 62)
-
-struct epm_engine {
-  epm_engine_config_t cfg;
-  const epm_layer_t *layer;
-  epm_comm_t *comm;
-  epm_backend_t *be;
-  epm_backend_weights_t *w;
-  int rank, size, device;
-  int64_t H, E, k, max_m, max_M;
-  int use_shared;
-  int weight_on_input; /* llama4: router weight scales the input (top-1) */
-  size_t partial_elem; /* bytes per element of the reduce-scatter */
-
-  /* Backend memory. The _loc buffers hold this rank's rows, the _all ones the
-   * gathered rows; x/logits/y staging exists only on a device backend. */
-  epm_bf16_t *x_dev;
-  epm_bf16_t *x_woi; /* [max_m, H] weighted input (weight_on_input only) */
-  float *logits_dev;
-  epm_bf16_t *y_dev;
-  int32_t *ids_loc, *ids_all;
-  float *wts_loc, *wts_all;
-  uint8_t *packed_loc, *packed_all, *sf_loc, *sf_all;
-  void *partial_all; /* [max_M, H] partial_dtype */
-  void *y_red;       /* [max_m, H] partial_dtype: the reduce-scatter output */
-  float *y32;        /* [max_m, H] fp32 (aliases y_red when partials are fp32) */
-  float *amax_buf;   /* [1] for the dynamic scale's all-reduce */
-  size_t buffer_bytes;
-  int owns_buffers; /* 0 when borrowed from cfg.share_buffers */
-  int stage_io;     /* this step: x/logits/y are host memory on a device backend */
-
-  int64_t *counts; /* [size] host: the sizes exchange */
-
-  pthread_mutex_t stats_mu;
-  epm_engine_stats_t stats;
-};
+#define STEP_FAILED EPM__STEP_FAILED
 
 static const char *const stage_names[EPM_STAGE_COUNT] = {
 #define EPM__STAGE_NAME(id, name) [EPM_STAGE_##id] = name,
@@ -84,6 +48,7 @@ static epm_status_t alloc_buf(epm_engine_t *e, const epm_plan_buf_t *b, size_t e
 
 static void free_buffers(epm_engine_t *e) {
   if (!e->owns_buffers) return;
+  epm__a2a_free(e);
   void *bufs[] = {e->x_dev,   e->x_woi, e->logits_dev, e->y_dev,      e->ids_loc, e->ids_all,     e->wts_loc,
                   e->wts_all, e->packed_loc, e->packed_all, e->sf_loc,  e->sf_all,      e->partial_all,
                   e->y_red,   e->amax_buf};
@@ -110,6 +75,8 @@ static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
   SAME(weight_on_input, "weight on input")
   SAME(rank, "rank")
   SAME(size, "EP size")
+  SAME(cfg.dispatch, "dispatch mode")
+  SAME(recv_cap, "alltoall receive capacity")
 #undef SAME
   if (!what && (o->comm != e->comm || o->be != e->be)) return epm_error(EPM_ERR_INVALID_ARG,
       "share_buffers: the other engine uses another comm or backend");
@@ -132,6 +99,7 @@ static epm_status_t borrow_buffers(epm_engine_t *e, const epm_engine_t *o) {
   e->y_red = o->y_red;
   e->y32 = o->y32;
   e->amax_buf = o->amax_buf;
+  epm__a2a_borrow(e, o);
   e->owns_buffers = 0;
   return EPM_OK;
 }
@@ -142,7 +110,8 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
   epm_plan_t *p = malloc(sizeof *p);
   if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
   epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
-                          .tokens_per_rank = NULL, .max_tokens_per_rank = e->max_m};
+                          .tokens_per_rank = NULL, .max_tokens_per_rank = e->max_m,
+                          .recv_capacity = e->cfg.recv_capacity};
   epm_status_t st = epm_plan_compute(&pc, p);
   if (st != EPM_OK) {
     free(p);
@@ -157,21 +126,28 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
   if (e->weight_on_input)
     EPM_TRY_GOTO(alloc_buf(e, &p->x_local, sizeof(epm_bf16_t), "weighted x", (void **)&e->x_woi), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_local, sizeof(int32_t), "topk_ids", (void **)&e->ids_loc), st, out);
-  EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_gathered, sizeof(int32_t), "gathered topk_ids", (void **)&e->ids_all), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_local, sizeof(float), "topk_weights", (void **)&e->wts_loc), st, out);
-  EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_gathered, sizeof(float), "gathered topk_weights", (void **)&e->wts_all), st, out);
   EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xq_local.bytes, (void **)&e->packed_loc), st, out);
-  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xq_gathered.bytes, (void **)&e->packed_all), st, out);
   EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_local.bytes, (void **)&e->sf_loc), st, out);
-  EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_gathered.bytes, (void **)&e->sf_all), st, out);
-  e->buffer_bytes += p->xq_local.bytes + p->xq_gathered.bytes + p->xsf_local.bytes + p->xsf_gathered.bytes;
-  EPM_TRY_GOTO(alloc_buf(e, &p->partial_y, e->partial_elem, "partial y", &e->partial_all), st, out);
+  e->buffer_bytes += p->xq_local.bytes + p->xsf_local.bytes;
+  if (e->ag_bufs) { /* the gathered rows exist only where the allgather mode can run */
+    EPM_TRY_GOTO(alloc_buf(e, &p->topk_ids_gathered, sizeof(int32_t), "gathered topk_ids", (void **)&e->ids_all), st,
+                 out);
+    EPM_TRY_GOTO(alloc_buf(e, &p->topk_w_gathered, sizeof(float), "gathered topk_weights", (void **)&e->wts_all), st,
+                 out);
+    EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xq_gathered.bytes, (void **)&e->packed_all), st, out);
+    EPM_TRY_GOTO(epm_backend_alloc(e->be, p->xsf_gathered.bytes, (void **)&e->sf_all), st, out);
+    e->buffer_bytes += p->xq_gathered.bytes + p->xsf_gathered.bytes;
+    EPM_TRY_GOTO(alloc_buf(e, &p->partial_y, e->partial_elem, "partial y", &e->partial_all), st, out);
+  }
   EPM_TRY_GOTO(alloc_buf(e, &p->y_local, e->partial_elem, "reduced y", &e->y_red), st, out);
   if (e->cfg.partial_dtype == EPM_DTYPE_F32)
     e->y32 = e->y_red;
   else
     EPM_TRY_GOTO(alloc_buf(e, &p->y_local, sizeof(float), "y fp32", (void **)&e->y32), st, out);
   EPM_TRY_GOTO(alloc_buf(e, &one, sizeof(float), "amax", (void **)&e->amax_buf), st, out);
+  /* Last: on the cpu backend its host views alias the buffers above. */
+  if (e->a2a_bufs) EPM_TRY_GOTO(epm__a2a_alloc(e, p->a2a_send_rows, p->a2a_recv_rows), st, out);
 out:
   free(p);
   return st;
@@ -206,6 +182,19 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   if (epm_dtype_size(cfg->partial_dtype) == 0)
     return epm_error(EPM_ERR_INVALID_ARG, "partial dtype %d is not f32 (0) or bf16 (1)",
                      (int)cfg->partial_dtype);
+  if (cfg->dispatch != EPM_DISPATCH_ALLGATHER && cfg->dispatch != EPM_DISPATCH_ALLTOALL &&
+      cfg->dispatch != EPM_DISPATCH_AUTO)
+    return epm_error(EPM_ERR_INVALID_ARG, "dispatch mode %d is not allgather (0), alltoall (1) or auto (2)",
+                     (int)cfg->dispatch);
+  if (cfg->recv_capacity < 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "recv_capacity = %lld must be >= 0 (0 = EP x max_tokens_per_rank)",
+                     (long long)cfg->recv_capacity);
+  epm_dispatch_cost_t cost = cfg->dispatch_cost;
+  {
+    const epm_dispatch_cost_t zero = {{0, 0}, {0, 0}};
+    if (!memcmp(&cost, &zero, sizeof cost)) epm_dispatch_cost_default(&cost);
+    EPM_TRY(epm_dispatch_cost_validate(&cost));
+  }
   EPM_TRY(epm_model_dims_validate(&layer->dims));
   const int rank = epm_comm_rank(comm), size = epm_comm_size(comm);
   EPM_TRY(check_slice(layer, rank, size));
@@ -237,16 +226,25 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
    * applied to the input before quantization, the experts sum with weight 1. */
   e->weight_on_input = layer->dims.routing == EPM_ROUTING_LLAMA4;
   e->partial_elem = epm_dtype_size(cfg->partial_dtype);
+  e->ag_bufs = cfg->dispatch != EPM_DISPATCH_ALLTOALL;
+  e->a2a_bufs = cfg->dispatch != EPM_DISPATCH_ALLGATHER;
+  e->cost = cost;
   pthread_mutex_init(&e->stats_mu, NULL);
+  EPM_TRY_GOTO(epm_dispatch_row_bytes(e->H, e->k, cfg->partial_dtype, &e->drow, &e->crow), st, fail);
   if (epm_mul_i64(e->max_m, size, &e->max_M)) {
     st = epm_error(EPM_ERR_OVERFLOW, "max tokens %lld x EP %d overflows", (long long)e->max_m, size);
     goto fail;
   }
+  /* alltoall rows, as the plan computes them (alloc_buffers checks they
+   * agree): a token reaches at most min(k, P) ranks, once each. */
+  e->send_cap = e->max_m * (e->k < size ? e->k : size);
+  e->recv_cap = cfg->recv_capacity > 0 && cfg->recv_capacity < e->max_M ? cfg->recv_capacity : e->max_M;
   e->counts = calloc((size_t)size, sizeof *e->counts);
   if (!e->counts) {
     st = epm_error(EPM_ERR_NOMEM, "sizes array for %d ranks", size);
     goto fail;
   }
+  EPM_TRY_GOTO(epm__a2a_host_init(e), st, fail);
   EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
   if (cfg->share_buffers)
     EPM_TRY_GOTO(borrow_buffers(e, cfg->share_buffers), st, fail);
@@ -254,12 +252,13 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
     EPM_TRY_GOTO(alloc_buffers(e), st, fail);
   EPM_LOG(EPM_LOG_INFO, "engine",
           "layer %lld: experts [%lld, %lld) of %lld, max %lld tokens/rank (%lld gathered), "
-          "%s scale, shared %s, %s partials, %zu buffer bytes%s on %s",
+          "%s scale, shared %s, %s partials, %s dispatch (receive capacity %lld rows), %zu buffer bytes%s on %s",
           (long long)layer->layer_index, (long long)layer->expert_offset,
           (long long)(layer->expert_offset + layer->experts.count), (long long)e->E,
           (long long)e->max_m, (long long)e->max_M,
           cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic", e->use_shared ? "on" : "off",
-          epm_dtype_name(cfg->partial_dtype), e->buffer_bytes,
+          epm_dtype_name(cfg->partial_dtype), epm_dispatch_mode_name(cfg->dispatch),
+          (long long)epm_engine_recv_capacity(e), e->buffer_bytes,
           e->owns_buffers ? "" : " (buffers shared with another engine)", epm_backend_name(be));
   *out = e;
   return EPM_OK;
@@ -272,12 +271,14 @@ void epm_engine_destroy(epm_engine_t *e) {
   if (!e) return;
   free_buffers(e);
   epm_backend_weights_free(e->be, e->w);
+  epm__a2a_host_free(e);
   free(e->counts);
   pthread_mutex_destroy(&e->stats_mu);
   free(e);
 }
 
 size_t epm_engine_buffer_bytes(const epm_engine_t *e) { return e ? e->buffer_bytes : 0; }
+int64_t epm_engine_recv_capacity(const epm_engine_t *e) { return e && e->a2a_bufs ? e->recv_cap : 0; }
 
 void epm_engine_stats(const epm_engine_t *e, epm_engine_stats_t *out) {
   pthread_mutex_lock((pthread_mutex_t *)&e->stats_mu);
@@ -293,12 +294,9 @@ void epm_engine_stats_reset(epm_engine_t *e) {
 
 /* Stage timing: on a device backend the stage's work is queued, so wait for
  * it before reading the clock (otherwise the time lands on a later stage). */
-typedef struct {
-  epm_engine_t *e;
-  double t, s[EPM_STAGE_COUNT];
-} step_timer_t;
+typedef epm__step_timer_t step_timer_t;
 
-static epm_status_t stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
+epm_status_t epm__engine_stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
   if (epm_backend_is_device(tm->e->be)) EPM_TRY(epm_backend_sync(tm->e->be));
   double t = epm_clock_s();
   tm->s[stage] += t - tm->t;
@@ -306,16 +304,31 @@ static epm_status_t stage_end(step_timer_t *tm, epm_engine_stage_t stage) {
   return EPM_OK;
 }
 
-static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, int64_t M, float a1, int ok) {
+static void record(epm_engine_t *e, const step_timer_t *tm, int64_t m, const epm__step_plan_t *sp, float a1,
+                   int ok) {
   pthread_mutex_lock(&e->stats_mu);
   epm_engine_stats_t *s = &e->stats;
   if (ok) {
+    const epm_comm_traffic_t *tr = tm->tr;
     s->steps++;
     s->tokens_local += (uint64_t)m;
-    s->tokens_gathered += (uint64_t)M;
+    s->tokens_gathered += (uint64_t)sp->M;
     s->last_m = m;
-    s->last_M = M;
+    s->last_M = sp->M;
     s->last_input_scale = a1;
+    s->last_mode = sp->mode;
+    s->steps_mode[sp->mode == EPM_DISPATCH_ALLTOALL]++;
+    s->last_expert_rows = sp->mode == EPM_DISPATCH_ALLTOALL ? sp->rows_in : sp->M;
+    s->last_dispatch_sent = tr[1].bytes_sent - tr[0].bytes_sent;
+    s->last_dispatch_recv = tr[1].bytes_recv - tr[0].bytes_recv;
+    s->last_combine_sent = tr[2].bytes_sent - tr[1].bytes_sent;
+    s->last_combine_recv = tr[2].bytes_recv - tr[1].bytes_recv;
+    s->bytes_sent += tr[2].bytes_sent - tr[0].bytes_sent;
+    s->bytes_recv += tr[2].bytes_recv - tr[0].bytes_recv;
+    for (int i = 0; i < EPM_DISPATCH_MODES; i++) {
+      s->last_model_s[i] = sp->model_s[i];
+      s->last_model_bytes[i] = sp->model_bytes[i];
+    }
     for (int i = 0; i < EPM_STAGE_COUNT; i++) {
       s->last_s[i] = tm->s[i];
       s->sum_s[i] += tm->s[i];
@@ -346,7 +359,7 @@ static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf
     logits_be = e->logits_dev;
   }
   EPM_TRY(epm_backend_route(e->be, e->w, logits_be, m, e->ids_loc, e->wts_loc));
-  EPM_TRY(stage_end(tm, EPM_STAGE_ROUTE));
+  EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_ROUTE));
   *x_q = *x_be; /* what the routed experts see; the shared expert reads x_be */
   if (e->weight_on_input) {
     EPM_TRY(epm_backend_weight_on_input(e->be, *x_be, m, e->H, e->wts_loc, e->x_woi));
@@ -357,7 +370,7 @@ static epm_status_t local_stages(epm_engine_t *e, step_timer_t *tm, const epm_bf
   } else {
     EPM_TRY(epm_backend_quantize(e->be, *x_q, m, e->H, G, e->packed_loc, e->sf_loc));
   }
-  return stage_end(tm, EPM_STAGE_QUANTIZE);
+  return epm__engine_stage_end(tm, EPM_STAGE_QUANTIZE);
 }
 
 /* After the sizes exchange: validate every rank's count, total M. */
@@ -394,38 +407,45 @@ static epm_status_t dynamic_scale(epm_engine_t *e, float amax, float *a1) {
   return EPM_OK;
 }
 
-/* Everything from the allgather on. Any error here leaves peers inside a
+/* Everything from the dispatch on. Any error here leaves peers inside a
  * collective, so the caller aborts the comm. */
-static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm_bf16_t *x_be,
-                                     const epm_bf16_t *x_q, int64_t m,
-                                     int64_t M, float a1, epm_bf16_t *y_local) {
+static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const epm__step_plan_t *sp,
+                                     const epm_bf16_t *x_be, const epm_bf16_t *x_q, int64_t m, float a1,
+                                     epm_bf16_t *y_local) {
   const float G = 1.0f / a1;
-  const int64_t H = e->H, k = e->k;
+  const int64_t H = e->H, k = e->k, M = sp->M;
   if (e->cfg.scale_mode == EPM_SCALE_DYNAMIC) {
     EPM_TRY(epm_backend_quantize(e->be, x_q, m, H, G, e->packed_loc, e->sf_loc));
-    EPM_TRY(stage_end(tm, EPM_STAGE_QUANTIZE));
+    EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_QUANTIZE));
   }
-  const epm_comm_gather_buf_t bufs[4] = {
-      {e->packed_loc, e->packed_all, (size_t)(H / 2)},
-      {e->sf_loc, e->sf_all, (size_t)(H / EPM_NVFP4_BLOCK)},
-      {e->ids_loc, e->ids_all, (size_t)k * sizeof(int32_t)},
-      {e->wts_loc, e->wts_all, (size_t)k * sizeof(float)},
-  };
-  EPM_TRY(epm_comm_allgatherv_multi(e->comm, bufs, 4, e->counts));
-  EPM_TRY(epm_comm_wait(e->comm, 0));
-  EPM_TRY(stage_end(tm, EPM_STAGE_ALLGATHER));
+  epm_comm_traffic(e->comm, &tm->tr[0]);
+  if (sp->mode == EPM_DISPATCH_ALLTOALL) {
+    EPM_TRY(epm__a2a_run(e, tm, sp, m, a1)); /* y32 = the routed sum */
+  } else {
+    const epm_comm_gather_buf_t bufs[4] = {
+        {e->packed_loc, e->packed_all, (size_t)(H / 2)},
+        {e->sf_loc, e->sf_all, (size_t)(H / EPM_NVFP4_BLOCK)},
+        {e->ids_loc, e->ids_all, (size_t)k * sizeof(int32_t)},
+        {e->wts_loc, e->wts_all, (size_t)k * sizeof(float)},
+    };
+    EPM_TRY(epm_comm_allgatherv_multi(e->comm, bufs, 4, e->counts));
+    EPM_TRY(epm_comm_wait(e->comm, 0));
+    epm_comm_traffic(e->comm, &tm->tr[1]);
+    EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_ALLGATHER));
 
-  EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_all, e->sf_all, a1, e->ids_all, e->wts_all, M,
-                              e->cfg.partial_dtype, e->partial_all));
-  EPM_TRY(stage_end(tm, EPM_STAGE_EXPERTS));
+    EPM_TRY(epm_backend_experts(e->be, e->w, e->packed_all, e->sf_all, a1, e->ids_all, e->wts_all, M,
+                                e->cfg.partial_dtype, e->partial_all));
+    EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_EXPERTS));
 
-  EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, e->cfg.partial_dtype));
-  EPM_TRY(epm_comm_wait(e->comm, 0));
-  EPM_TRY(stage_end(tm, EPM_STAGE_REDUCE_SCATTER));
+    EPM_TRY(epm_comm_reduce_scatterv(e->comm, e->partial_all, e->y_red, e->counts, H, e->cfg.partial_dtype));
+    EPM_TRY(epm_comm_wait(e->comm, 0));
+    epm_comm_traffic(e->comm, &tm->tr[2]);
+    EPM_TRY(epm__engine_stage_end(tm, EPM_STAGE_REDUCE_SCATTER));
+    if (e->cfg.partial_dtype == EPM_DTYPE_BF16) EPM_TRY(epm_backend_bf16_to_f32(e->be, e->y_red, m * H, e->y32));
+  }
 
   /* Own tokens only from here: y = bf16(routed sum + shared(x)). */
   const int64_t n = m * H;
-  if (e->cfg.partial_dtype == EPM_DTYPE_BF16) EPM_TRY(epm_backend_bf16_to_f32(e->be, e->y_red, n, e->y32));
   if (e->use_shared) EPM_TRY(epm_backend_shared_add(e->be, e->w, x_be, m, e->y32));
   if (e->stage_io) {
     EPM_TRY(epm_backend_f32_to_bf16(e->be, e->y32, n, e->y_dev));
@@ -433,7 +453,7 @@ static epm_status_t dispatch_combine(epm_engine_t *e, step_timer_t *tm, const ep
   } else {
     EPM_TRY(epm_backend_f32_to_bf16(e->be, e->y32, n, y_local));
   }
-  return stage_end(tm, EPM_STAGE_SHARED);
+  return epm__engine_stage_end(tm, EPM_STAGE_SHARED);
 }
 
 static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,
@@ -442,34 +462,42 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
   e->stage_io = epm_backend_is_device(e->be) && !in_backend_mem;
   step_timer_t tm = {.e = e, .t = epm_clock_s()};
   const double t0 = tm.t;
-  /* Decode scale a1 of the gathered activations; encode scale G = fp32(1/a1). */
+  /* Decode scale a1 of the dispatched activations; encode scale G = fp32(1/a1). */
   float a1 = e->layer->input_scale, amax = 0.0f;
   const epm_bf16_t *x_be = NULL, *x_q = NULL;
-  int64_t M = 0;
+  epm__step_plan_t sp = {.mode = EPM_DISPATCH_ALLGATHER};
 
   epm_status_t local = local_stages(e, &tm, x_local, logits, m_r, 1.0f / a1, &x_be, &x_q, &amax);
   if (local == EPM_OK && m_r > 0 && !y_local)
     local = epm_error(EPM_ERR_INVALID_ARG, "rank %d: %lld tokens but y is NULL", e->rank, (long long)m_r);
-  epm_status_t st = epm_comm_exchange_sizes(e->comm, local == EPM_OK ? m_r : STEP_FAILED, e->counts);
-  if (st == EPM_OK && local != EPM_OK) st = local; /* keep this rank's own message */
-  if (st == EPM_OK) st = check_counts(e, &M);
+  epm_status_t st;
+  if (e->cfg.dispatch == EPM_DISPATCH_ALLGATHER) {
+    st = epm_comm_exchange_sizes(e->comm, local == EPM_OK ? m_r : STEP_FAILED, e->counts);
+    if (st == EPM_OK && local != EPM_OK) st = local; /* keep this rank's own message */
+    if (st == EPM_OK) st = check_counts(e, &sp.M);
+  } else {
+    /* The rows exchange carries the per-destination counts; a local failure
+     * (also in the routing plan) still joins it, as a sentinel. */
+    if (local == EPM_OK) local = epm__a2a_route_plan(e, m_r);
+    st = epm__a2a_exchange(e, local == EPM_OK ? m_r : STEP_FAILED, local, &sp);
+  }
   if (st == EPM_OK && e->cfg.scale_mode == EPM_SCALE_DYNAMIC) st = dynamic_scale(e, amax, &a1);
-  if (st == EPM_OK) st = stage_end(&tm, EPM_STAGE_SIZES);
+  if (st == EPM_OK) st = epm__engine_stage_end(&tm, EPM_STAGE_SIZES);
   if (st != EPM_OK) {
-    record(e, &tm, m_r, 0, a1, 0);
+    record(e, &tm, m_r, &sp, a1, 0);
     return st;
   }
 
-  st = dispatch_combine(e, &tm, x_be, x_q, m_r, M, a1, y_local);
+  st = dispatch_combine(e, &tm, &sp, x_be, x_q, m_r, a1, y_local);
   if (st != EPM_OK) {
     EPM_LOG(EPM_LOG_ERROR, "engine", "step failed after the dispatch (%s: %s); aborting the comm",
             epm_status_name(st), epm_last_error());
     epm_comm_abort(e->comm);
-    record(e, &tm, m_r, M, a1, 0);
+    record(e, &tm, m_r, &sp, a1, 0);
     return st;
   }
   tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
-  record(e, &tm, m_r, M, a1, 1);
+  record(e, &tm, m_r, &sp, a1, 1);
   return EPM_OK;
 }
 

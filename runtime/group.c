@@ -124,6 +124,9 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
   base.scale_mode = cfg->scale_mode;
   base.shared_expert = cfg->shared_expert != 0;
   base.partial_dtype = cfg->partial_dtype;
+  base.dispatch = cfg->dispatch;
+  base.recv_capacity = cfg->recv_capacity;
+  base.dispatch_cost = cfg->dispatch_cost;
   g->ec = base;
   EPM_TRY_GOTO(make_backend_and_comm(g, cfg), st, out);
   EPM_TRY_GOTO(pick_layers(g, cfg, &md), st, out);

@@ -163,6 +163,9 @@ static epm_status_t check_config(const epm_plan_config_t *cfg, int64_t *tile) {
   if (cfg->rank < 0 || cfg->rank >= cfg->ep_size)
     return epm_error(EPM_ERR_INVALID_ARG, "rank = %lld is outside [0, ep_size = %lld)",
                      (long long)cfg->rank, (long long)cfg->ep_size);
+  if (cfg->recv_capacity < 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "recv_capacity = %lld must be >= 0 (0 = the worst case)",
+                     (long long)cfg->recv_capacity);
   *tile = cfg->tile == 0 ? EPM_PLAN_DEFAULT_TILE : cfg->tile;
   if (*tile < 1 || *tile > EPM_PLAN_MAX_TILE)
     return epm_error(EPM_ERR_INVALID_ARG, "tile = %lld must be between 1 and %d",
@@ -210,6 +213,10 @@ static epm_status_t plan_tokens(epm_plan_t *p) {
   mk = p->expanded_pairs;
   EPM_TRY(add("uniform local pairs", mk, ep - 1, &mk));
   p->local_pairs_uniform = mk / ep;
+  EPM_TRY(mul("alltoall send rows (m_r x min(top_k, ep_size))", p->tokens_local,
+              d->top_k < ep ? d->top_k : ep, &p->a2a_send_rows));
+  const int64_t cap = p->config.recv_capacity;
+  p->a2a_recv_rows = cap > 0 && cap < M ? cap : M;
   return epm_plan_local_rows_bound(M, d->top_k, p->local_experts, p->tile, &p->local_pairs_max,
                                    &p->gemm_m_tiles_max, &p->permuted_rows_max);
 }

@@ -6,8 +6,8 @@
 # shared expert. EP 3 needs E % 3 == 0: --experts 24.
 add_executable(test_engine_mpi mpi/test_engine_mpi.c)
 target_link_libraries(test_engine_mpi PRIVATE epmoe)
-foreach(np 1 2 4)
-  epm_add_mpi_test(engine_mpi_np${np} NP ${np} COMMAND test_engine_mpi LABELS mpi TIMEOUT 180)
+foreach(np 1 2 4 8)
+  epm_add_mpi_test(engine_mpi_np${np} NP ${np} COMMAND test_engine_mpi LABELS mpi TIMEOUT 240)
 endforeach()
 
 set(_step epmoectl step --preset tiny --seed 7 --check)
@@ -28,7 +28,30 @@ epm_add_mpi_test(step_deepseek_ep4 NP 4
                  COMMAND epmoectl step --preset deepseek-r1 --experts 16 --seed 3 --tokens-per-rank 4,2,0,3 --check
                  LABELS mpi large TIMEOUT 900)
 
-foreach(c repeat split badlen badexp json)
+# The alltoall dispatch (each token only to the ranks owning its experts)
+# and auto against the same EP=1 reference: P = 1 (bit-identical) to 32
+# (tiny, --experts 32: one expert per rank; 32 ranks on 2 cores take ~5 s),
+# odd splits with zeros, all-zero, one rank holding every token, bf16
+# partials, dynamic scale, llama4 top-1.
+set(_a2a ${_step} --dispatch alltoall)
+epm_add_mpi_test(step_a2a_np1 NP 1 COMMAND ${_a2a} --tokens-per-rank 9 --repeat 2 --tolerance 0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_np2 NP 2 COMMAND ${_a2a} --tokens-per-rank 5,3 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_np3 NP 3 COMMAND ${_a2a} --experts 24 --tokens-per-rank 4,0,6 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_np5 NP 5 COMMAND ${_a2a} --experts 20 --tokens-per-rank 1,0,7,2,3 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_np8 NP 8 COMMAND ${_a2a} --tokens-per-rank 2,0,1,5,0,3,0,4 --repeat 2 LABELS mpi TIMEOUT 180)
+epm_add_mpi_test(step_a2a_all_zero NP 4 COMMAND ${_a2a} --tokens-per-rank 0,0,0,0 --repeat 2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_one_rank_all NP 4 COMMAND ${_a2a} --tokens-per-rank 0,0,13,0 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_bf16_np3 NP 3 COMMAND ${_a2a} --experts 24 --tokens-per-rank 6,1,0 --partial bf16 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_dynamic_np4 NP 4 COMMAND ${_a2a} --tokens-per-rank 2,6,1,3 --scale dynamic LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_llama4_np4 NP 4 COMMAND ${_a2a} --routing llama4 --tokens-per-rank 3,0,5,2 LABELS mpi TIMEOUT 120)
+epm_add_mpi_test(step_a2a_np16 NP 16 COMMAND ${_a2a} --experts 32 --tokens-per-rank 3,0,5,1,0,0,7,2,1,1,4,0,9,3,2,0
+                 LABELS mpi TIMEOUT 180)
+epm_add_mpi_test(step_a2a_np32 NP 32 COMMAND ${_a2a} --experts 32 --repeat 2
+                 --tokens-per-rank 3,0,5,1,0,0,7,2,1,1,4,0,9,3,2,0,1,6,0,2,5,0,0,1,3,8,0,2,1,0,4,1 LABELS mpi TIMEOUT 240)
+epm_add_mpi_test(step_auto_np32 NP 32 COMMAND ${_step} --dispatch auto --experts 32
+                 --tokens-per-rank 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,40 LABELS mpi TIMEOUT 240)
+
+foreach(c repeat split badlen badexp json modes calibrate overflow)
   add_test(NAME step_runs_${c}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh ${c} ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
   set_tests_properties(step_runs_${c} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2

@@ -108,6 +108,55 @@ epm_status_t epm_comm_reduce_scatterv(epm_comm_t *c, const void *send, void *rec
                                       const int64_t *counts, int64_t row_elems,
                                       epm_dtype_t dtype);
 
+/* Rows exchange: the sizes exchange with n values per rank. Rank r's
+ * mine[0..n) lands in all[r*n .. r*n+n) (host, P*n values) on every rank.
+ * Any value travels unchecked (sentinels, as for epm_comm_exchange_sizes);
+ * n is the same on every rank, 1 <= n <= 2^20. Host result, complete on
+ * return, both backends. The all-to-all step exchanges each rank's
+ * per-destination row counts this way, so that every rank sees the whole
+ * count matrix (every rank's receive total, for a capacity check that fails
+ * on all ranks alike, and the bytes of both dispatch modes). */
+epm_status_t epm_comm_exchange_rows(epm_comm_t *c, const int64_t *mine, int n, int64_t *all);
+
+/* All-to-all-v of byte rows. counts is the P x P count matrix, the same on
+ * every rank (as the counts of the other collectives; build it with
+ * epm_comm_exchange_rows): counts[s*P + d] = rows of elem_size bytes that
+ * rank s sends to rank d. This rank sends row `me` of it: send holds its rows
+ * for rank 0, then for rank 1, ..., contiguous; and receives column `me`:
+ * recv gets the rows from rank 0, then rank 1, ... (rank order of the
+ * source). Counts may be 0 anywhere, also all of them; every rank still
+ * calls. send must not overlap recv. There is no 2^31 limit.
+ * MPI: one MPI_Alltoallv when every rank's send and receive bytes fit the
+ *   MPI count limit (decided from the matrix, so alike on every rank), else
+ *   point-to-point pieces of at most that limit (the local block a memcpy).
+ * NCCL: one group of ncclSend/ncclRecv per peer with rows (the local block
+ *   a device copy), on the comm's stream. */
+epm_status_t epm_comm_alltoallv(epm_comm_t *c, const void *send, void *recv, const int64_t *counts,
+                                size_t elem_size);
+/* Several arrays with the same counts in one exchange (fp4 rows, scales,
+ * ids, weights), as epm_comm_alltoallv for each. MPI packs each
+ * destination's rows of all arrays into one block (one exchange); NCCL
+ * issues all of them in one group (at most 2048 calls: nbufs x 2 x peers). */
+epm_status_t epm_comm_alltoallv_multi(epm_comm_t *c, const epm_comm_gather_buf_t *bufs, int nbufs,
+                                      const int64_t *counts);
+
+/* Payload bytes this comm moved to and from OTHER ranks in its data
+ * collectives since creation (allgather-v, reduce-scatter-v, all-to-all-v;
+ * not the sizes/rows exchange, the all-reduce max or the barrier), counted
+ * from the arguments of each successful call as the algorithm's logical
+ * bytes (what the anchors call logical bandwidth, not wire bytes):
+ *   allgather-v       sent (P-1) x own rows, received the other ranks' rows
+ *   reduce-scatter-v  sent the rows of the other ranks' segments, received
+ *                     (P-1) x own segment
+ *   all-to-all-v      rows to / from every rank but itself
+ * Read it on the thread that calls the collectives (no lock). */
+typedef struct {
+  uint64_t bytes_sent;
+  uint64_t bytes_recv;
+  uint64_t calls; /* data collectives counted */
+} epm_comm_traffic_t;
+void epm_comm_traffic(const epm_comm_t *c, epm_comm_traffic_t *out);
+
 /* In-place all-reduce max of n floats in the comm's memory kind (the dynamic
  * global scale: every rank's amax -> the group's amax). */
 epm_status_t epm_comm_allreduce_max_f32(epm_comm_t *c, float *buf, int64_t n);

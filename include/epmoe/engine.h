@@ -1,13 +1,24 @@
 /* epmoe/engine.h — the EP step engine: one MoE layer forward across the EP
  * group, one object per layer per rank.
  *
- *   route -> quantize -> sizes exchange -> allgather-v (fp4 rows, scales,
- *   top-k ids, top-k weights; rank order) -> local experts + finalize
- *   (partial y over this rank's experts) -> reduce-scatter-v (sum, rank
+ *   route -> quantize -> counts exchange -> dispatch -> local experts +
+ *   finalize (partial y over this rank's experts) -> combine (sum, rank
  *   order) -> + shared expert for own tokens -> bf16 y
  *
+ * Two dispatch modes (epmoe/dispatch.h), fixed or chosen per step (auto):
+ *   allgather  sizes exchange, allgather-v of fp4 rows, scales, top-k ids and
+ *              weights (rank order), experts over all M rows, reduce-scatter-v
+ *   alltoall   rows exchange of every rank's per-destination token counts,
+ *              all-to-all-v of each token's row once to every rank owning
+ *              one of its experts, experts over the received rows (the same
+ *              backend op), all-to-all-v of the partials back, summed per
+ *              token in rank order on the token's rank
+ * Both give the same bits (a rank owning none of a token's experts adds an
+ * exact +0 in allgather mode and nothing in alltoall mode).
+ *
  * The engine owns no threads. All step buffers are allocated once at create
- * time from max_tokens_per_rank x EP size; a step allocates nothing.
+ * time from max_tokens_per_rank x EP size (and the alltoall receive capacity);
+ * a step allocates nothing.
  *
  * Numerics: with the static global scale every rank quantizes with the
  * layer's input_scale, so the gathered NVFP4 rows are exactly those an EP=1
@@ -24,6 +35,7 @@
 
 #include "epmoe/backend.h"
 #include "epmoe/comm.h"
+#include "epmoe/dispatch.h"
 #include "epmoe/layer.h"
 #include "epmoe/nvfp4.h"
 #include "epmoe/status.h"
@@ -51,9 +63,21 @@ typedef struct {
    * dtype, must outlive this engine, and the two must never step at the
    * same time. NULL = own buffers. */
   const struct epm_engine *share_buffers;
+  /* How tokens reach the experts: allgather, alltoall, or auto (per step,
+   * by the cost model below). Buffers of both modes exist only for auto. */
+  epm_dispatch_mode_t dispatch;
+  /* alltoall: most token rows one rank may receive in a step (its expert
+   * batch); 0 = EP x max_tokens_per_rank, which no routing can exceed. A
+   * step whose routing would send more to some rank fails on every rank
+   * with EPM_ERR_OVERFLOW naming that rank and the numbers (before any
+   * data moves), never dropping a row; auto runs such a step in allgather
+   * mode instead. */
+  int64_t recv_capacity;
+  /* auto: the cost model's terms; all zero = epm_dispatch_cost_default(). */
+  epm_dispatch_cost_t dispatch_cost;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \
@@ -61,8 +85,10 @@ typedef struct {
   X(QUANTIZE, "quantize")                                                \
   X(SIZES, "sizes")            /* sizes exchange (+ amax all-reduce) */  \
   X(ALLGATHER, "allgather")                                              \
+  X(A2A_DISPATCH, "a2a_dispatch")  /* pack + all-to-all-v out */         \
   X(EXPERTS, "experts")        /* local experts + finalize */            \
   X(REDUCE_SCATTER, "reduce_scatter")                                    \
+  X(A2A_COMBINE, "a2a_combine")    /* all-to-all-v back + rank-order sum */ \
   X(SHARED, "shared")          /* shared expert + bf16 output */         \
   X(TOTAL, "total")
 
@@ -81,7 +107,19 @@ typedef struct {
   uint64_t tokens_local;    /* sum of m_r over successful steps */
   uint64_t tokens_gathered; /* sum of M */
   int64_t last_m;           /* this rank's tokens in the last step */
-  int64_t last_M;           /* gathered tokens in the last step */
+  int64_t last_M;           /* tokens of all ranks in the last step */
+  /* Dispatch. Bytes are this rank's payload to / from other ranks as the
+   * comm counted it (epm_comm_traffic; the counts exchange not included). */
+  epm_dispatch_mode_t last_mode;                /* mode of the last successful step */
+  uint64_t steps_mode[EPM_DISPATCH_MODES];      /* successful steps per mode */
+  int64_t last_expert_rows;  /* rows the expert stage ran over: M, or the rows received */
+  uint64_t last_dispatch_sent, last_dispatch_recv; /* allgather-v / first all-to-all-v */
+  uint64_t last_combine_sent, last_combine_recv;   /* reduce-scatter-v / all-to-all-v back */
+  uint64_t bytes_sent, bytes_recv; /* sums over successful steps, dispatch + combine */
+  /* auto: the model's predicted seconds of each mode for the last step and
+   * the busiest rank's bytes it used (0 in a fixed mode). */
+  double last_model_s[EPM_DISPATCH_MODES];
+  uint64_t last_model_bytes[EPM_DISPATCH_MODES];
   float last_input_scale;   /* decode scale a1 of the last step's activations (G = 1/a1) */
   double last_s[EPM_STAGE_COUNT]; /* last successful step */
   double sum_s[EPM_STAGE_COUNT];  /* over successful steps */
@@ -103,8 +141,10 @@ void epm_engine_destroy(epm_engine_t *eng); /* NULL ok */
  * [in]  x_local  bf16 [m_r, H], logits fp32 [m_r, E]: host memory, caller-owned.
  * [out] y_local  bf16 [m_r, H], host memory.
  * Errors: a bad argument or a failure before the dispatch is reported to all
- * ranks through the sizes exchange (every rank returns an error, none hangs);
- * a failure after it aborts the comm (EPM_ERR_ABORTED on the others). */
+ * ranks through the sizes / rows exchange (every rank returns an error, none
+ * hangs), and so is an alltoall receive-capacity overflow (EPM_ERR_OVERFLOW
+ * on every rank, naming the rank); a failure after it aborts the comm
+ * (EPM_ERR_ABORTED on the others). */
 epm_status_t epm_engine_step(epm_engine_t *eng, const epm_bf16_t *x_local, const float *logits,
                              int64_t m_r, epm_bf16_t *y_local);
 
@@ -119,6 +159,9 @@ epm_status_t epm_engine_step_backend_mem(epm_engine_t *eng, const epm_bf16_t *x_
  * while a step runs. */
 void epm_engine_stats(const epm_engine_t *eng, epm_engine_stats_t *out);
 void epm_engine_stats_reset(epm_engine_t *eng);
+
+/* The alltoall receive capacity in token rows (0 in allgather mode). */
+int64_t epm_engine_recv_capacity(const epm_engine_t *eng);
 
 /* Bytes of step buffers the engine allocated (backend memory). */
 size_t epm_engine_buffer_bytes(const epm_engine_t *eng);

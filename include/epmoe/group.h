@@ -56,9 +56,16 @@ typedef struct {
   epm_scale_mode_t scale_mode;
   int shared_expert;           /* 1: add the layer's shared expert when it has one */
   epm_dtype_t partial_dtype;
+  /* Dispatch (epmoe/dispatch.h): mode, alltoall receive capacity in token
+   * rows (0 = any routing fits), auto's cost terms (all 0 = defaults). */
+  epm_dispatch_mode_t dispatch;
+  int64_t recv_capacity;
+  epm_dispatch_cost_t dispatch_cost;
 } epm_group_config_t;
 
-#define EPM_GROUP_CONFIG_INIT {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32}
+#define EPM_GROUP_CONFIG_INIT                                                                     \
+  {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
+   {{0, 0}, {0, 0}}}
 
 /* What HELLO/STATUS report. */
 typedef struct {

@@ -63,6 +63,9 @@ typedef struct {
   const int64_t *tokens_per_rank;
   int64_t max_tokens_per_rank;
   int64_t tile;                   /* GEMM M-tile; 0 = EPM_PLAN_DEFAULT_TILE */
+  /* alltoall dispatch: most token rows one rank receives per step (>= 0);
+   * 0 = the worst case M (every token of every rank routed to this rank). */
+  int64_t recv_capacity;
 } epm_plan_config_t;
 
 /* One buffer: logical shape [rows, cols] (fp4 counts unpacked elements, the
@@ -113,6 +116,12 @@ typedef struct {
    * applied to the local experts.) */
   int64_t gemm_m_tiles_max;
   int64_t permuted_rows_max;   /* gemm_m_tiles_max * tile: rows of every expert buffer */
+  /* alltoall dispatch (each token once to every rank owning one of its
+   * experts): rows this rank sends, at most m_r * min(k, ep_size), and rows
+   * it may receive, min(recv_capacity, M) (M when recv_capacity is 0). Its
+   * send/receive buffers are these rows of the local/gathered row widths. */
+  int64_t a2a_send_rows;
+  int64_t a2a_recv_rows;
 
   /* ---- local (this rank's m_r tokens) ---- */
   epm_plan_buf_t x_local;           /* [m_r, H] bf16, engine input */

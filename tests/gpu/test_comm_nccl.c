@@ -6,6 +6,7 @@
  * rank-order sum only by NCCL's reduction order (bounded below); the max
  * all-reduce must match exactly. Counts: unequal, zeros, all zero, one rank
  * holding everything, equal (the ncclAllGather / ncclReduceScatter path).
+ * All-to-all-v (grouped ncclSend/ncclRecv) must match MPI byte for byte.
  */
 #include <cuda_runtime_api.h>
 #include <math.h>
@@ -124,6 +125,57 @@ static void reduce_case(int pat, int64_t row, epm_dtype_t dt) {
   epm_comm_free(cn, dr);
 }
 
+/* All-to-all-v: rank s sends count(s, d) rows to d; NCCL must deliver the
+ * bytes MPI delivers (both checked against the source pattern). */
+static int64_t a2a_count(int pat, int s, int d) {
+  switch (pat) {
+    case 0: return (s * 5 + d * 3 + 1) % 7;      /* unequal, some zero */
+    case 1: return d == P - 1 ? 9 + s : 0;       /* everything to the last rank */
+    case 2: return 0;                            /* nothing at all */
+    case 3: return s == d ? 4 : 0;               /* local block only */
+    default: return 3;                           /* equal */
+  }
+}
+
+static void alltoall_case(int pat, const size_t *esz, int nbufs) {
+  int64_t counts[64 * 64], stot = 0, rtot = 0;
+  for (int s = 0; s < P; s++)
+    for (int d = 0; d < P; d++) counts[s * P + d] = a2a_count(pat, s, d);
+  for (int r = 0; r < P; r++) stot += counts[me * P + r], rtot += counts[r * P + me];
+  epm_comm_gather_buf_t hb[4], db[4];
+  for (int b = 0; b < nbufs; b++) {
+    size_t sn = (size_t)stot * esz[b], rn = (size_t)rtot * esz[b], pos = 0;
+    uint8_t *snd = sn ? malloc(sn) : NULL;
+    for (int d = 0; d < P; d++)
+      for (int64_t i = 0; i < counts[me * P + d] * (int64_t)esz[b]; i++) snd[pos++] = cc_byte(me, 30 + b, d * 100000 + i);
+    hb[b] = (epm_comm_gather_buf_t){.send = snd, .recv = rn ? malloc(rn) : NULL, .elem_size = esz[b]};
+    void *dr = NULL;
+    CHECK_OK(epm_comm_alloc(cn, rn, &dr));
+    if (rn) CUDA_OK(cudaMemset(dr, 0xA5, rn));
+    db[b] = (epm_comm_gather_buf_t){.send = dev_copy(snd, sn), .recv = dr, .elem_size = esz[b]};
+  }
+  CUDA_OK(cudaDeviceSynchronize());
+  CHECK_OK(epm_comm_alltoallv_multi(cm, hb, nbufs, counts));
+  CHECK_OK(epm_comm_alltoallv_multi(cn, db, nbufs, counts));
+  CHECK_OK(epm_comm_wait(cn, 60));
+  for (int b = 0; b < nbufs; b++) {
+    size_t rn = (size_t)rtot * esz[b], pos = 0;
+    uint8_t *got = rn ? malloc(rn) : NULL;
+    if (rn) CUDA_OK(cudaMemcpy(got, db[b].recv, rn, cudaMemcpyDeviceToHost));
+    const uint8_t *want = hb[b].recv;
+    for (int s = 0; s < P; s++)
+      for (int64_t i = 0; i < counts[s * P + me] * (int64_t)esz[b]; i++, pos++)
+        CHECK(got[pos] == want[pos] && want[pos] == cc_byte(s, 30 + b, me * 100000 + i),
+              "alltoallv pattern %d buf %d: byte %zu is %u (nccl) / %u (mpi), want %u", pat, b, pos, got[pos],
+              want[pos], cc_byte(s, 30 + b, me * 100000 + i));
+    free(got);
+    free((void *)hb[b].send);
+    free(hb[b].recv);
+    epm_comm_free(cn, (void *)db[b].send);
+    epm_comm_free(cn, db[b].recv);
+  }
+}
+
 static void scalars_case(void) {
   int64_t a[64], b[64];
   CHECK_OK(epm_comm_exchange_sizes(cn, 1000 + me, a));
@@ -176,6 +228,10 @@ int main(int argc, char **argv) {
       reduce_case(p, rows[k], EPM_DTYPE_F32);
       reduce_case(p, rows[k], EPM_DTYPE_BF16);
     }
+  }
+  for (int p = 0; p < 5; p++) {
+    for (int e = 0; e < 3; e++) alltoall_case(p, &esz[e], 1);
+    alltoall_case(p, multi, 4);
   }
   epm_comm_destroy(cn);
   epm_comm_destroy(cm);

@@ -15,6 +15,14 @@
 #            the reference (tests/gpu/test_gpu_moe.c), repeats bit-identical
 #   json     --json --check prints one JSON object whose checksum and check
 #            agree with the text output of the same job (python3 parses it)
+#   modes    EP=4: --dispatch allgather / alltoall / auto on the splits
+#            3,5,0,8 and 0,0,16,0 all print one checksum (the alltoall sum
+#            adds the same terms in the same rank order)
+#   calibrate --calibrate-dispatch --json: one object, latencies >= 0,
+#            bandwidths > 0, and the flags line that feeds them back is
+#            accepted by a step with --dispatch auto
+#   overflow --recv-capacity 2 with 16 tokens: every rank exits with the
+#            capacity error naming a rank and the numbers (exit 1, no hang)
 set -u
 case_="$1" mpiexec="$2" ctl="$3"
 run() { # NP ARGS... -> stdout of the job; exit status in $rc
@@ -67,12 +75,53 @@ j = json.loads(lines[0])
 assert j["ep"] == 4 and j["tokens_per_rank"] == [3, 5, 0, 8] and j["tokens"] == 16, j
 assert [r["tokens"] for r in j["ranks"]] == [3, 5, 0, 8]
 for r in j["ranks"]:
-    assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "experts", "reduce_scatter", "shared", "total"}, r
+    assert set(r["stage_ms"]) == {"route", "quantize", "sizes", "allgather", "a2a_dispatch", "experts", "reduce_scatter", "a2a_combine", "shared", "total"}, r
     assert all(v >= 0 for v in r["stage_ms"].values()), r
+    assert set(r["dispatch"]) == {"alltoall_steps", "expert_rows", "dispatch_sent", "dispatch_recv", "combine_sent", "combine_recv"}, r
+    assert r["dispatch"]["alltoall_steps"] == 0 and r["dispatch"]["expert_rows"] == 16, r
+    M, m = 16, r["tokens"]; Bd = 256 // 2 + 256 // 16 + 8 * 4; Bc = 4 * 256  # tiny: H 256, top-4
+    assert r["dispatch"]["dispatch_sent"] == 3 * m * Bd and r["dispatch"]["dispatch_recv"] == (M - m) * Bd, r
+    assert r["dispatch"]["combine_sent"] == (M - m) * Bc and r["dispatch"]["combine_recv"] == 3 * m * Bc, r
+assert j["dispatch"] == "allgather", j["dispatch"]
 assert j["check"]["pass"] is True and j["check"]["max_err"] <= j["check"]["tolerance"], j["check"]
 assert j["checksum"]["fnv1a64"] == sys.argv[1], (j["checksum"], sys.argv[1])
 print("json ok:", j["checksum"]["fnv1a64"])
 ' "$a" || fail "bad JSON"
+    ;;
+  modes)
+    sums=""
+    for mode in allgather alltoall auto; do
+      for split in 3,5,0,8 0,0,16,0; do
+        run 4 $common --tokens-per-rank $split --dispatch $mode; [ $rc = 0 ] || fail "$mode $split rc $rc"
+        s=$(fnv); echo "$mode $split: $s"; [ -n "$s" ] || fail "no checksum for $mode $split"
+        sums="$sums $s"
+      done
+    done
+    [ "$(printf '%s\n' $sums | sort -u | wc -l)" = 1 ] || fail "modes or splits differ:$sums"
+    ;;
+  calibrate)
+    run 3 $common --experts 24 --tokens-per-rank 1,1,1 --calibrate-dispatch --json; [ $rc = 0 ] || fail "calibrate rc $rc"
+    command -v python3 >/dev/null || { echo "no python3: skipping the parse"; echo PASS; exit 0; }
+    flags=$(printf '%s\n' "$out" | python3 -c '
+import json, sys
+lines = [l for l in sys.stdin.read().splitlines() if l.strip()]
+assert len(lines) == 1, lines
+j = json.loads(lines[0])
+assert j["comm"] == "mpi" and j["ep"] == 3, j
+for m in ("allgather", "alltoall"):
+    assert j["latency_us"][m] >= 0 and j["gbps"][m] > 0, j
+print(j["flags"])
+') || fail "bad calibration JSON: $out"
+    echo "calibrated: $flags"
+    run 3 $common --experts 24 --tokens-per-rank 2,0,5 --dispatch auto --check $flags
+    [ $rc = 0 ] || fail "auto step with the calibrated terms rc $rc"
+    ;;
+  overflow)
+    run 4 $common --tokens-per-rank 3,5,0,8 --dispatch alltoall --recv-capacity 2
+    cat "$tmp.err"
+    [ $rc = 1 ] || fail "expected exit 1, got $rc"
+    n=$(grep -c "EPM_ERR_OVERFLOW: alltoall dispatch: rank [0-3] would receive [0-9]* token rows this step.*above its receive capacity of 2 rows" "$tmp.err")
+    [ "$n" = 4 ] || fail "expected the capacity error from all 4 ranks, got $n"
     ;;
   cuda)
     ngpu=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU')

@@ -4,7 +4,10 @@
  * index), so the expected gathered array and the expected rank-order fp32
  * sums are recomputed here without any communication. The chunk limit is
  * lowered (epm_comm_mpi_set_max_count) to drive the >INT_MAX code paths with
- * small buffers; results must be identical to the unchunked ones.
+ * small buffers; results must be identical to the unchunked ones. The
+ * all-to-all-v runs over count matrices with zeros, an all-zero one, all
+ * rows to one rank, self only, one sender and equal counts, checked byte by
+ * byte and against the traffic counters.
  */
 #include <limits.h>
 #include <math.h>
@@ -115,6 +118,107 @@ static void check_reduce(const pattern_t *pt, int64_t row_elems, epm_dtype_t dt,
   free(out2);
 }
 
+/* ---- all-to-all-v ---- */
+
+typedef struct {
+  const char *name;
+  int64_t (*count)(int s, int d, int p); /* rows rank s sends to rank d */
+} matrix_t;
+
+static int64_t mx_unequal(int s, int d, int p) { return (s * 5 + d * 3 + 1) % 7; }
+static int64_t mx_some_zero(int s, int d, int p) { return (s + d) % 2 ? 0 : s + d + 1; }
+static int64_t mx_all_zero(int s, int d, int p) { return 0; }
+static int64_t mx_to_last(int s, int d, int p) { return d == p - 1 ? 9 + s : 0; }
+static int64_t mx_self_only(int s, int d, int p) { return s == d ? 4 : 0; }
+static int64_t mx_from_first(int s, int d, int p) { return s == 0 ? 11 : 0; }
+static int64_t mx_equal(int s, int d, int p) { return 3; }
+
+static const matrix_t matrices[] = {
+    {"unequal", mx_unequal},   {"some-zero", mx_some_zero},     {"all-zero", mx_all_zero},
+    {"to-last", mx_to_last},   {"self-only", mx_self_only},     {"from-first", mx_from_first},
+    {"equal", mx_equal},
+};
+enum { NMAT = sizeof matrices / sizeof matrices[0] };
+
+/* Byte i of the block rank s sends to rank d in array b. */
+static uint8_t a2a_byte(int s, int d, int b, int64_t i) { return cc_byte(s, 20 + b, (int64_t)d * 1000000 + i); }
+
+/* Every rank sends count(me, d) rows to d; the naive expectation: rank me's
+ * receive buffer is rank 0's block for me, then rank 1's, ... and the
+ * traffic counters grow by the rows to and from other ranks. */
+static void check_alltoall(const matrix_t *mt, const size_t *esz, int nbufs, epm_comm_t *c, int64_t limit) {
+  int64_t counts[64 * 64], stot = 0, rtot = 0;
+  for (int s = 0; s < P; s++)
+    for (int d = 0; d < P; d++) counts[s * P + d] = mt->count(s, d, P);
+  for (int r = 0; r < P; r++) {
+    stot += counts[me * P + r];
+    rtot += counts[r * P + me];
+  }
+  epm_comm_gather_buf_t bufs[4];
+  size_t row = 0;
+  for (int b = 0; b < nbufs; b++) {
+    size_t sn = (size_t)stot * esz[b], rn = (size_t)rtot * esz[b], pos = 0;
+    uint8_t *snd = sn ? malloc(sn) : NULL, *rv = rn ? malloc(rn) : NULL;
+    for (int d = 0; d < P; d++)
+      for (int64_t i = 0; i < counts[me * P + d] * (int64_t)esz[b]; i++) snd[pos++] = a2a_byte(me, d, b, i);
+    if (rn) memset(rv, 0xA5, rn); /* poison: every byte must be written */
+    bufs[b] = (epm_comm_gather_buf_t){.send = snd, .recv = rv, .elem_size = esz[b]};
+    row += esz[b];
+  }
+  epm_comm_traffic_t t0, t1;
+  epm_comm_traffic(c, &t0);
+  if (nbufs == 1)
+    CHECK_OK(epm_comm_alltoallv(c, bufs[0].send, bufs[0].recv, counts, esz[0]));
+  else
+    CHECK_OK(epm_comm_alltoallv_multi(c, bufs, nbufs, counts));
+  epm_comm_traffic(c, &t1);
+  uint64_t want_sent = 0, want_recv = 0;
+  for (int r = 0; r < P; r++) {
+    if (r == me) continue;
+    want_sent += (uint64_t)counts[me * P + r] * row;
+    want_recv += (uint64_t)counts[r * P + me] * row;
+  }
+  CHECK(t1.bytes_sent - t0.bytes_sent == want_sent && t1.bytes_recv - t0.bytes_recv == want_recv &&
+            t1.calls == t0.calls + 1,
+        "%s: traffic sent %llu recv %llu, want %llu %llu", mt->name,
+        (unsigned long long)(t1.bytes_sent - t0.bytes_sent), (unsigned long long)(t1.bytes_recv - t0.bytes_recv),
+        (unsigned long long)want_sent, (unsigned long long)want_recv);
+  for (int b = 0; b < nbufs; b++) {
+    const uint8_t *rv = bufs[b].recv;
+    size_t pos = 0;
+    for (int s = 0; s < P; s++)
+      for (int64_t i = 0; i < counts[s * P + me] * (int64_t)esz[b]; i++, pos++)
+        CHECK(rv[pos] == a2a_byte(s, me, b, i), "%s limit %lld buf %d/%d elem %zu: byte %zu (rank %d's byte %lld) is %u, want %u",
+              mt->name, (long long)limit, b, nbufs, esz[b], pos, s, (long long)i, rv[pos], a2a_byte(s, me, b, i));
+    free((void *)bufs[b].send);
+    free(bufs[b].recv);
+  }
+}
+
+static void check_rows_exchange(epm_comm_t *c) {
+  int64_t mine[3] = {me, ((int64_t)me << 40) - 1, me == 1 ? INT64_MIN : -me}, all[64 * 3];
+  CHECK_OK(epm_comm_exchange_rows(c, mine, 3, all));
+  for (int r = 0; r < P; r++)
+    CHECK(all[3 * r] == r && all[3 * r + 1] == ((int64_t)r << 40) - 1 && all[3 * r + 2] == (r == 1 ? INT64_MIN : -r),
+          "rows of rank %d: %lld %lld %lld", r, (long long)all[3 * r], (long long)all[3 * r + 1],
+          (long long)all[3 * r + 2]);
+  CHECK(epm_comm_exchange_rows(c, mine, 0, all) == EPM_ERR_INVALID_ARG, "n = 0 accepted");
+  CHECK(strstr(epm_last_error(), "outside [1,"), "message: %s", epm_last_error());
+  /* A bad matrix is refused on every rank alike (it is the same everywhere). */
+  int64_t counts[64 * 64] = {0};
+  char b[64] = {0};
+  counts[(P - 1) * P] = -2;
+  epm_status_t st = epm_comm_alltoallv(c, b, b + 32, counts, 1);
+  CHECK(st == EPM_ERR_INVALID_ARG, "negative count accepted: %s %s", epm_status_name(st), epm_last_error());
+  char want[64];
+  snprintf(want, sizeof want, "rank %d sends -2 rows to rank 0", P - 1);
+  CHECK(strstr(epm_last_error(), want), "message '%s' lacks '%s'", epm_last_error(), want);
+  counts[(P - 1) * P] = 0;
+  counts[me * P] = 1; /* this rank sends a row but passes no buffer */
+  for (int s = 0; s < P; s++) counts[s * P] = 1;
+  CHECK(epm_comm_alltoallv(c, NULL, b, counts, 4) == EPM_ERR_INVALID_ARG, "NULL send accepted");
+}
+
 /* The inputs must make order visible, or the bit check above proves little:
  * with 3+ ranks some element's reverse-order sum must differ. */
 static void check_order_matters(void) {
@@ -201,6 +305,7 @@ int main(int argc, char **argv) {
   check_order_matters();
   check_sizes_max_barrier(c);
   check_bad_args(c);
+  check_rows_exchange(c);
 
   /* Default limit, then limits that split rows, counts and displacements. */
   const int64_t limits[] = {0, 64, 7, 1};
@@ -218,6 +323,11 @@ int main(int argc, char **argv) {
         check_reduce(&patterns[p], rows[k], EPM_DTYPE_F32, c, lim);
         check_reduce(&patterns[p], rows[k], EPM_DTYPE_BF16, c, lim);
       }
+    }
+    for (int x = 0; x < NMAT; x++) {
+      int n_esz = lim == 1 ? 2 : 5;
+      for (int e = 0; e < n_esz; e++) check_alltoall(&matrices[x], &esz_all[e], 1, c, lim);
+      check_alltoall(&matrices[x], multi, 4, c, lim);
     }
     check_sizes_max_barrier(c);
   }

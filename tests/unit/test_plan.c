@@ -482,6 +482,27 @@ static void test_agrees_with_codec(void **state) {
   }
 }
 
+/* alltoall rows: each token at most once per rank and to at most k ranks;
+ * the receive capacity is the worst case M unless set lower. */
+static void test_alltoall_rows(void **state) {
+  (void)state;
+  epm_plan_config_t c = preset_cfg("deepseek-r1", 32, 10240); /* top-8 < 32 ranks */
+  epm_plan_t p = plan_ok(&c);
+  assert_int_equal(p.a2a_send_rows, 10240 * 8);
+  assert_int_equal(p.a2a_recv_rows, 327680);
+  c.recv_capacity = 50000;
+  p = plan_ok(&c);
+  assert_int_equal(p.a2a_recv_rows, 50000);
+  c.recv_capacity = 400000; /* above M: M bounds it */
+  p = plan_ok(&c);
+  assert_int_equal(p.a2a_recv_rows, 327680);
+  c = preset_cfg("deepseek-r1", 4, 100); /* 4 ranks < top-8: a token reaches at most 4 */
+  p = plan_ok(&c);
+  assert_int_equal(p.a2a_send_rows, 400);
+  c.recv_capacity = -1;
+  expect_error(&c, EPM_ERR_INVALID_ARG, "recv_capacity = -1 must be >= 0");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_seed_boundary_table),
@@ -496,6 +517,7 @@ int main(void) {
       cmocka_unit_test(test_grid_x_chunking),
       cmocka_unit_test(test_buffer_iteration),
       cmocka_unit_test(test_agrees_with_codec),
+      cmocka_unit_test(test_alltoall_rows),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
