@@ -17,6 +17,7 @@ int epm_ctl_plan(int argc, char **argv);
 int epm_ctl_ref(int argc, char **argv);
 int epm_ctl_step(int argc, char **argv);
 int epm_ctl_ckpt(int argc, char **argv);
+int epm_ctl_placement(int argc, char **argv);
 int epm_ctl_status(int argc, char **argv);
 int epm_ctl_stats(int argc, char **argv);
 int epm_ctl_health(int argc, char **argv);

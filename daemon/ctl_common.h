@@ -45,4 +45,10 @@ float ctl_rand_logit(uint64_t seed, int64_t t, int64_t j);
 
 int ctl_cmp_double(const void *a, const void *b);
 
+/* A per-expert load vector read from a file (ctl_placement.c): saved STATS
+ * JSON of the daemons (summed over ranks), a placement file's "load", or a
+ * JSON array of numbers. *load malloc'd [*n]; *ranks (may be NULL) = STATS
+ * objects read. Returns 0, or -1 after printing why. */
+int ctl_load_file(const char *path, double **load, int64_t *n, int *ranks);
+
 #endif

@@ -9,7 +9,9 @@
 #include <string.h>
 
 #include "ctl.h"
+#include "ctl_common.h"
 #include "epmoe/model.h"
+#include "epmoe/placement.h"
 #include "epmoe/plan.h"
 
 #define MAX_RANKS 65536
@@ -22,6 +24,8 @@ typedef struct {
   long long hidden, intermediate, experts, top_k; /* -1: keep the preset's */
   epm_opt_list_t tokens; /* one value: every rank's capacity; N values: each rank's count */
   int json;
+  const char *placement, *load; /* FILE or NULL (default split; uniform load) */
+  long long redundant;
 } opts_t;
 
 #define AT(field) EPM_OPT_AT(opts_t, field)
@@ -32,7 +36,7 @@ static const epm_opt_t plan_opts[] = {
     {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
      .help = "model: deepseek-r1, qwen3-235b, llama4-maverick, tiny"},
     {.name = "ep", COUNT(1, MAX_RANKS), AT(ep), .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED,
-     .help = "expert-parallel group size; must divide the expert count"},
+     .help = "expert-parallel group size"},
     {.name = "tokens-per-rank", .kind = EPM_OPT_LIST, AT(tokens), .min = 0, .max = INT64_MAX,
      .max_items = MAX_RANKS, .flags = EPM_OPT_KMG | EPM_OPT_REQUIRED, .arg = "T|a,b,..",
      .help = "T: tokens on every rank (the capacity buffers are sized for);\n"
@@ -49,6 +53,12 @@ static const epm_opt_t plan_opts[] = {
     {.name = "experts", COUNT(1, INT64_MAX), AT(experts), .flags = EPM_OPT_KMG, .arg = "E", .help = "override the number of routed experts"},
     {.name = "top-k", COUNT(1, INT64_MAX), AT(top_k), .flags = EPM_OPT_KMG, .arg = "K", .help = "override experts per token"},
     {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "print one JSON object instead of the table"},
+    {.name = "placement", .kind = EPM_OPT_STR, AT(placement), .arg = "FILE",
+     .help = "expert placement map (JSON, docs/PLACEMENT.md); default:\nthe contiguous split"},
+    {.name = "redundant-experts", COUNT(0, 1 << 16), AT(redundant), .def = "0", .flags = EPM_OPT_KMG, .arg = "N",
+     .help = "extra slots of the default split (copies of experts 0..N-1)"},
+    {.name = "load", .kind = EPM_OPT_STR, AT(load), .arg = "FILE",
+     .help = "per-expert load for the expected imbalance (as `epmoectl\nplacement --from-stats` reads it); default uniform"},
 };
 
 static epm_opt_cmd_t command(opts_t *o, epm_opt_group_t *g) {
@@ -88,9 +98,9 @@ static void print_text(const epm_plan_t *p) {
          epm_routing_method_name(d->routing));
   if (d->n_group > 1) printf(" (groups %lld, keep %lld)", (long long)d->n_group, (long long)d->topk_group);
   if (d->shared_experts) printf(", shared expert I %lld", (long long)d->shared_intermediate);
-  printf("\nEP %lld, rank %lld: local experts %lld = [%lld, %lld), GEMM M-tile %lld\n",
+  printf("\nEP %lld, rank %lld: local experts %lld = slots [%lld, %lld) of %lld, GEMM M-tile %lld\n",
          (long long)p->config.ep_size, (long long)p->config.rank, (long long)p->local_experts,
-         (long long)p->expert_offset, (long long)(p->expert_offset + p->local_experts),
+         (long long)p->expert_offset, (long long)(p->expert_offset + p->local_experts), (long long)p->num_slots,
          (long long)p->tile);
   printf("tokens: local %lld, max per rank %lld, gathered %lld; pairs M*k %lld\n",
          (long long)p->tokens_local, (long long)p->tokens_max, (long long)p->tokens_gathered,
@@ -153,7 +163,41 @@ static void print_text(const epm_plan_t *p) {
   }
 }
 
+/* The placement and its expected per-rank load (epmoe/placement.h). */
+typedef struct {
+  const char *source, *load_source;
+  const epm_placement_t *p;
+  double *rank_load; /* [P] */
+  double imbalance, max, mean;
+} place_info_t;
+
+static void print_placement(const place_info_t *pi) {
+  const epm_placement_t *p = pi->p;
+  double lo = pi->rank_load[0];
+  for (int64_t r = 1; r < p->ep_size; r++) lo = pi->rank_load[r] < lo ? pi->rank_load[r] : lo;
+  printf("placement %s: %lld slots (%lld redundant) over %lld ranks; expected per-rank load (%s): max/mean %.4f "
+         "(max %.6g, mean %.6g, min %.6g)\n",
+         pi->source, (long long)p->num_slots, (long long)(p->num_slots - p->num_experts), (long long)p->ep_size,
+         pi->load_source, pi->imbalance, pi->max, pi->mean, lo);
+}
+
 static json_t *jint(int64_t v) { return json_integer((json_int_t)v); }
+
+static json_t *placement_json(const place_info_t *pi) {
+  json_t *o = json_object(), *per = json_array(), *rl = json_array();
+  for (int64_t r = 0; r < pi->p->ep_size; r++) {
+    json_array_append_new(per, jint(epm_placement_rank_slots(pi->p, r)));
+    json_array_append_new(rl, json_real(pi->rank_load[r]));
+  }
+  json_object_set_new(o, "source", json_string(pi->source));
+  json_object_set_new(o, "num_slots", jint(pi->p->num_slots));
+  json_object_set_new(o, "redundant_experts", jint(pi->p->num_slots - pi->p->num_experts));
+  json_object_set_new(o, "slots_per_rank", per);
+  json_object_set_new(o, "load", json_string(pi->load_source));
+  json_object_set_new(o, "rank_load", rl);
+  json_object_set_new(o, "imbalance", json_real(pi->imbalance));
+  return o;
+}
 static json_t *jsize(size_t v) { return json_integer((json_int_t)v); } /* < 2^63: from int64 */
 
 static json_t *to_json(const epm_plan_t *p) {
@@ -177,6 +221,7 @@ static json_t *to_json(const epm_plan_t *p) {
   json_object_set_new(root, "tile", jint(p->tile));
   json_object_set_new(root, "local_experts", jint(p->local_experts));
   json_object_set_new(root, "expert_offset", jint(p->expert_offset));
+  json_object_set_new(root, "num_slots", jint(p->num_slots));
   json_object_set_new(tok, "local", jint(p->tokens_local));
   json_object_set_new(tok, "max_per_rank", jint(p->tokens_max));
   json_object_set_new(tok, "gathered", jint(p->tokens_gathered));
@@ -260,9 +305,31 @@ int epm_ctl_plan(int argc, char **argv) {
   /* One value is the capacity of every rank, a list the exact count of each. */
   cfg.tokens_per_rank = o.tokens.n > 1 ? o.tokens.v : NULL;
   cfg.max_tokens_per_rank = o.tokens.n > 1 ? 0 : o.tokens.v[0];
-  epm_status_t st = epm_plan_compute(&cfg, &p);
+  /* The placement and the load its expected imbalance is computed for. */
+  epm_placement_t pl = EPM_PLACEMENT_INIT;
+  place_info_t pi = {o.placement ? o.placement : "default", o.load ? o.load : "uniform", &pl, NULL, 1.0, 0, 0};
+  double *load = NULL;
+  int64_t nload = 0;
+  epm_status_t st = o.placement ? epm_placement_load_file(o.placement, &pl)
+                                : epm_placement_default(cfg.dims.num_experts, o.ep, o.redundant, &pl);
+  if (st == EPM_OK && o.load && ctl_load_file(o.load, &load, &nload, NULL) != 0)
+    st = epm_error(EPM_ERR_INVALID_ARG, "--load %s could not be read (see above)", o.load);
+  if (st == EPM_OK && load && nload != cfg.dims.num_experts)
+    st = epm_error(EPM_ERR_INVALID_ARG, "--load %s has %lld experts; the model has %lld", o.load, (long long)nload,
+                   (long long)cfg.dims.num_experts);
+  if (st == EPM_OK) {
+    pi.rank_load = calloc((size_t)pl.ep_size, sizeof *pi.rank_load);
+    st = pi.rank_load ? EPM_OK : epm_error(EPM_ERR_NOMEM, "rank loads");
+  }
+  if (st == EPM_OK) st = epm_placement_rank_load(&pl, load, pi.rank_load);
+  if (st == EPM_OK) st = epm_placement_imbalance(&pl, load, &pi.imbalance, &pi.max, &pi.mean);
+  cfg.placement = &pl;
+  if (st == EPM_OK) st = epm_plan_compute(&cfg, &p);
   epm_opt_free(&cmd);
+  free(load);
   if (st != EPM_OK) {
+    epm_placement_free(&pl);
+    free(pi.rank_load);
     if (st == EPM_ERR_OVERFLOW) {
       fprintf(stderr, "epmoectl plan: %s\n", epm_last_error());
       return 1;
@@ -271,6 +338,7 @@ int epm_ctl_plan(int argc, char **argv) {
   }
   if (o.json) {
     json_t *root = to_json(&p);
+    json_object_set_new(root, "placement", placement_json(&pi));
     char *s = json_dumps(root, JSON_INDENT(2));
     json_decref(root);
     if (!s) {
@@ -281,6 +349,9 @@ int epm_ctl_plan(int argc, char **argv) {
     free(s);
   } else {
     print_text(&p);
+    print_placement(&pi);
   }
+  epm_placement_free(&pl);
+  free(pi.rank_load);
   return 0;
 }

@@ -3,8 +3,9 @@
  *
  * The seed defines the GLOBAL token set (epmoe/tokens.h): rank r takes rows
  * [m_0 + ... + m_{r-1}, + m_r), so any split of the same total is the same
- * problem. Each rank generates only its expert slice of the seeded layer
- * (expert e depends only on (seed, layer, e)); with --check rank 0 also
+ * problem. Each rank generates only its expert slots of the seeded layer
+ * (expert e depends only on (seed, layer, e); the slots follow the default
+ * placement, --redundant-experts or --placement); with --check rank 0 also
  * generates the whole layer and recomputes the step with the reference
  * full-layer function (EP = 1).
  *
@@ -37,6 +38,7 @@
 #include "epmoe/layer.h"
 #include "epmoe/log.h"
 #include "epmoe/moe_ref.h"
+#include "epmoe/placement.h"
 #include "epmoe/tokens.h"
 
 #define MAX_RANKS 4096
@@ -45,8 +47,9 @@ typedef struct {
   const char *preset;
   long long *tokens; /* per rank, from --tokens-per-rank */
   int ntokens;
-  long long seed, weights_seed, layer, repeat, warmup, experts, top_k, threads;
+  long long seed, weights_seed, layer, repeat, warmup, experts, top_k, threads, redundant;
   const char *routing; /* --routing override, NULL = the preset's */
+  const char *placement; /* --placement FILE, NULL = the default split */
   int weights_seed_set;
   epm_backend_kind_t backend;
   epm_scale_mode_t scale;
@@ -84,7 +87,11 @@ static const epm_opt_t step_opts[] = {
     {.name = "layer", COUNT(0, 1 << 20), AT(layer), .def = "0", .flags = EPM_OPT_KMG, .arg = "L",
      .help = "layer index"},
     {.name = "experts", COUNT(1, 1 << 16), AT(experts), .flags = EPM_OPT_KMG, .arg = "E",
-     .help = "override the preset's routed expert count (E % P must be 0)"},
+     .help = "override the preset's routed expert count"},
+    {.name = "redundant-experts", COUNT(0, 1 << 16), AT(redundant), .def = "0", .flags = EPM_OPT_KMG, .arg = "N",
+     .help = "N extra slots holding second copies of experts 0..N-1\n(default placement)"},
+    {.name = "placement", .kind = EPM_OPT_STR, AT(placement), .arg = "FILE",
+     .help = "expert placement map (JSON, docs/PLACEMENT.md) instead of\nthe default split"},
     {.name = "routing", .kind = EPM_OPT_STR, AT(routing), .arg = "NAME",
      .help = "override the routing method (default, renormalize,\n"
              "renormalize-naive, deepseek-v3, llama4, topk); methods other\n"
@@ -188,6 +195,7 @@ typedef struct {
   epm_bootstrap_t boot;
   int booted, rank, P;
   epm_model_dims_t dims;
+  epm_placement_t placement; /* --placement, when given */
   epm_group_t *group; /* backend, comm, the layer and its engine */
   epm_engine_t *eng;  /* the group's engine of --layer */
   int64_t off, m, M, max_m;
@@ -197,6 +205,7 @@ typedef struct {
 
 static void step_free(step_t *s) {
   epm_group_destroy(s->group);
+  epm_placement_free(&s->placement);
   free(s->x);
   free(s->y);
   free(s->y_all);
@@ -226,10 +235,10 @@ static epm_status_t setup(step_t *s) {
   }
   if (o->top_k) s->dims.top_k = o->top_k;
   EPM_TRY(epm_model_dims_validate(&s->dims));
-  if (s->dims.num_experts % s->P)
-    return epm_error(EPM_ERR_INVALID_ARG,
-                     "%lld experts do not split over %d ranks; pass --experts N with N %% %d == 0",
-                     (long long)s->dims.num_experts, s->P, s->P);
+  if (o->placement) EPM_TRY(epm_placement_load_file(o->placement, &s->placement));
+  if (o->placement && o->redundant && o->redundant != s->placement.num_slots - s->placement.num_experts)
+    return epm_error(EPM_ERR_INVALID_ARG, "--redundant-experts %lld but the placement %s has %lld redundant slots",
+                     o->redundant, o->placement, (long long)(s->placement.num_slots - s->placement.num_experts));
   /* Every check above depends only on the arguments, so all ranks return
    * here alike or all reach the (collective) group creation below. */
   s->M = 0;
@@ -259,6 +268,8 @@ static epm_status_t setup(step_t *s) {
   gc.dispatch = o->dispatch;
   gc.recv_capacity = o->recv_capacity;
   gc.dispatch_cost = o->cost;
+  gc.placement = o->placement ? &s->placement : NULL;
+  gc.redundant_experts = o->redundant;
   EPM_TRY(epm_group_create(&gc, &s->boot, &s->group));
   s->eng = epm_group_engine(s->group, layer_id);
 
@@ -359,6 +370,20 @@ static void print_text(step_t *s, const double *stages, const epm_moe_checksum_t
          o->preset, (long long)s->dims.hidden, (long long)s->dims.intermediate, (long long)s->dims.num_experts,
          (long long)s->dims.top_k, epm_routing_method_name(s->dims.routing),
          s->dims.shared_experts && o->shared ? ", shared expert" : "", s->P, (long long)s->M, o->seed, o->layer);
+  {
+    const epm_placement_t *pl = epm_group_placement(s->group);
+    double imb = 1.0;
+    int64_t lo = pl->num_slots, hi = 0;
+    for (int r = 0; r < s->P; r++) {
+      const int64_t n = epm_placement_rank_slots(pl, r);
+      lo = n < lo ? n : lo;
+      hi = n > hi ? n : hi;
+    }
+    (void)epm_placement_imbalance(pl, NULL, &imb, NULL, NULL);
+    printf("      placement %s: %lld slots (%lld redundant), %lld..%lld per rank, uniform-load imbalance %.3f\n",
+           o->placement ? o->placement : "default", (long long)pl->num_slots,
+           (long long)(pl->num_slots - pl->num_experts), (long long)lo, (long long)hi, imb);
+  }
   printf("      backend %s, comm %s, scale %s (input_scale %g), partials %s, repeat %lld\n",
          epm_backend_name(epm_group_backend(s->group)), epm_comm_backend_name(epm_group_comm(s->group)), scale_name(o->scale), (double)input_scale,
          o->partial == EPM_DTYPE_F32 ? "f32" : "bf16", o->repeat);
@@ -413,6 +438,7 @@ static void print_json(step_t *s, const double *stages, const epm_moe_checksum_t
   json_object_set_new(root, "experts", json_integer(s->dims.num_experts));
   json_object_set_new(root, "top_k", json_integer(s->dims.top_k));
   json_object_set_new(root, "ep", json_integer(s->P));
+  json_object_set_new(root, "slots", json_integer(epm_group_placement(s->group)->num_slots));
   json_object_set_new(root, "tokens_per_rank", toks);
   json_object_set_new(root, "tokens", json_integer(s->M));
   json_object_set_new(root, "seed", json_integer(o->seed));

@@ -18,6 +18,7 @@ static const ctl_cmd_t commands[] = {
     {"ref", epm_ctl_ref, "run one MoE layer on the CPU reference; print checksum and timing"},
     {"step", epm_ctl_step, "one EP step across the ranks of an mpirun job (in-process, no daemon)"},
     {"ckpt", epm_ctl_ckpt, "make, inspect or load an NVFP4 ModelOpt-style checkpoint directory"},
+    {"placement", epm_ctl_placement, "balanced expert placement map from observed loads (JSON)"},
     {"status", epm_ctl_status, "print a daemon's status (text or --json)"},
     {"stats", epm_ctl_stats, "print a daemon's counters (INFO text, --json or --prometheus)"},
     {"health", epm_ctl_health, "probe health: exit 0 healthy, 1 not ready, 2 failed"},

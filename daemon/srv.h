@@ -40,6 +40,8 @@ typedef struct {
   char dispatch[16];     /* allgather | alltoall | auto (epmoe/dispatch.h) */
   int64_t recv_capacity; /* alltoall receive rows per rank (0 = any routing) */
   char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
+  char placement[512];   /* expert placement map (JSON file), "" = default split */
+  int64_t redundant_experts; /* extra slots of the default split */
   uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 
@@ -85,6 +87,11 @@ typedef struct {
   uint64_t dispatch_steps[2]; /* allgather, alltoall */
   uint64_t dispatch_sent_last, dispatch_recv_last, combine_sent_last, combine_recv_last;
   uint64_t comm_sent_total, comm_recv_total;
+  /* per logical expert: (token, expert) pairs of this rank's own tokens,
+   * summed over completed steps of every layer, and of the last step;
+   * allocated once the model is loaded (n_experts 0 before) */
+  int64_t n_experts;
+  uint64_t *expert_tokens, *expert_tokens_last;
 } srv_stats_t;
 
 void srv_stats_init(srv_stats_t *s);

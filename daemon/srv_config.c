@@ -62,6 +62,11 @@ static const epm_opt_t opts[] = {
      .help = "auto: fixed cost per step of each mode in us\n(epmoectl step --calibrate-dispatch)"},
     {.name = "dispatch-gbps", .kind = EPM_OPT_STRBUF, AT(dispatch_gbps), .def = "", .env = "EPMOE_DISPATCH_GBPS",
      .arg = "AG,A2A", .help = "auto: bandwidth of each mode in GB/s (same calibration)"},
+    {.name = "placement", .kind = EPM_OPT_STRBUF, AT(placement), .def = "", .env = "EPMOE_PLACEMENT", .arg = "FILE",
+     .help = "expert placement map (JSON, docs/PLACEMENT.md; `epmoectl\nplacement` writes one); default: the contiguous split"},
+    {.name = "redundant-experts", .kind = EPM_OPT_INT64, AT(redundant_experts), .def = "0", .min = 0, .max = 1 << 16,
+     .env = "EPMOE_REDUNDANT_EXPERTS", .arg = "N",
+     .help = "extra slots of the default split: second copies of\nexperts 0..N-1 (ignored with --placement)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");

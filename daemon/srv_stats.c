@@ -140,6 +140,38 @@ void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
   srv_config_dump(&s->cfg, b, 0);
 }
 
+/* The per-expert counters, copied under the lock (the worker adds to them
+ * while we render). NULL arrays and n 0 before the model is loaded. */
+typedef struct {
+  int64_t n;
+  uint64_t *total, *last;
+} loads_t;
+
+static void loads_take(srv_t *s, loads_t *l) {
+  memset(l, 0, sizeof *l);
+  pthread_mutex_lock(&s->stats.mu);
+  const int64_t n = s->stats.n_experts;
+  if (n > 0) {
+    l->total = malloc((size_t)n * sizeof *l->total);
+    l->last = malloc((size_t)n * sizeof *l->last);
+    if (l->total && l->last) {
+      memcpy(l->total, s->stats.expert_tokens, (size_t)n * sizeof *l->total);
+      memcpy(l->last, s->stats.expert_tokens_last, (size_t)n * sizeof *l->last);
+      l->n = n;
+    }
+  }
+  pthread_mutex_unlock(&s->stats.mu);
+}
+
+static void loads_free(loads_t *l) {
+  free(l->total);
+  free(l->last);
+}
+
+static void put_list(epm_buf_t *b, const uint64_t *v, int64_t n) {
+  for (int64_t i = 0; i < n; i++) putf(b, "%s%llu", i ? "," : "", (unsigned long long)v[i]);
+}
+
 static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   putf(b, "# Stats\r\nrank:%d\r\nsteps_total:%llu\r\nsteps_failed:%llu\r\ntokens_total:%llu\r\nforwards_total:%llu\r\n",
        s->rank, (unsigned long long)c->steps_total, (unsigned long long)c->steps_failed,
@@ -167,6 +199,14 @@ static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   putf(b, "\r\n# Errors\r\n");
   for (int e = 1; e < EPM_STATUS_COUNT; e++)
     if (c->errors_total[e]) putf(b, "errors_%s:%llu\r\n", epm_status_name((epm_status_t)e), (unsigned long long)c->errors_total[e]);
+  loads_t l;
+  loads_take(s, &l);
+  putf(b, "\r\n# Experts\r\nexpert_tokens:");
+  put_list(b, l.total, l.n);
+  putf(b, "\r\nexpert_tokens_last_step:");
+  put_list(b, l.last, l.n);
+  putf(b, "\r\n");
+  loads_free(&l);
 }
 
 static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
@@ -227,6 +267,16 @@ static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
           "# TYPE epmoe_comm_bytes_total counter\n");
   putf(b, "epmoe_comm_bytes_total{rank=\"%d\",direction=\"sent\"} %llu\n", r, (unsigned long long)c->comm_sent_total);
   putf(b, "epmoe_comm_bytes_total{rank=\"%d\",direction=\"received\"} %llu\n", r, (unsigned long long)c->comm_recv_total);
+  loads_t l;
+  loads_take(s, &l);
+  if (l.n > 0) {
+    putf(b, "# HELP epmoe_expert_tokens_total tokens of this rank routed to each logical expert (sum over ranks: "
+            "the expert's load)\n# TYPE epmoe_expert_tokens_total counter\n");
+    for (int64_t e = 0; e < l.n; e++)
+      putf(b, "epmoe_expert_tokens_total{rank=\"%d\",expert=\"%lld\"} %llu\n", r, (long long)e,
+           (unsigned long long)l.total[e]);
+  }
+  loads_free(&l);
 #undef COUNTER
 }
 
@@ -268,6 +318,20 @@ void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt) {
                   "comm_bytes_total", "sent", (json_int_t)c.comm_sent_total, "received",
                   (json_int_t)c.comm_recv_total));
     json_object_set_new(o, "errors", err);
+    {
+      loads_t l;
+      json_t *ex = json_object(), *tot = json_array(), *last = json_array();
+      loads_take(s, &l);
+      for (int64_t e = 0; e < l.n; e++) {
+        json_array_append_new(tot, json_integer((json_int_t)l.total[e]));
+        json_array_append_new(last, json_integer((json_int_t)l.last[e]));
+      }
+      loads_free(&l);
+      json_object_set_new(ex, "num_experts", json_integer((json_int_t)l.n));
+      json_object_set_new(ex, "tokens_total", tot);
+      json_object_set_new(ex, "tokens_last_step", last);
+      json_object_set_new(o, "experts", ex);
+    }
     char *txt = json_dumps(o, JSON_COMPACT);
     if (txt) epm_buf_put(b, txt, strlen(txt));
     free(txt);

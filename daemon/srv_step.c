@@ -29,6 +29,7 @@
 #include "devmem.h"
 #include "epmoe/log.h"
 #include "epmoe/group.h"
+#include "epmoe/placement.h"
 #include "epmoe/rendezvous.h"
 #include "srv.h"
 
@@ -49,6 +50,7 @@ struct srv_worker {
   uint64_t in_step_id;
   uint32_t in_step_layer;
   epm_group_t *group; /* backend, comm, layers, engines (epmoe/group.h) */
+  uint64_t *load;     /* [E] scratch: the last step's per-expert load */
   epm_rendezvous_t *rdv;
   srv_req_t *cur;    /* head request: joined, or about to be */
   uint64_t joined_ns; /* when cur was joined */
@@ -158,7 +160,17 @@ static void record_stages(srv_worker_t *w) {
   double last[16];
   epm_engine_stats_t es;
   int n = EPM_STAGE_COUNT < 16 ? EPM_STAGE_COUNT : 16;
-  epm_engine_stats(epm_group_last_engine(w->group), &es);
+  const epm_engine_t *eng = epm_group_last_engine(w->group);
+  epm_engine_stats(eng, &es);
+  /* The step's per-expert load (the counters exist once the model loaded). */
+  if (st->n_experts > 0 && epm_engine_expert_load(eng, NULL, w->load, st->n_experts) == EPM_OK) {
+    pthread_mutex_lock(&st->mu);
+    for (int64_t e = 0; e < st->n_experts; e++) {
+      st->expert_tokens_last[e] = w->load[e];
+      st->expert_tokens[e] += w->load[e];
+    }
+    pthread_mutex_unlock(&st->mu);
+  }
   for (int i = 0; i < n; i++) {
     names[i] = epm_engine_stage_name((epm_engine_stage_t)i);
     last[i] = es.last_s[i];
@@ -228,11 +240,49 @@ static int load_model(srv_worker_t *w) {
   gc.recv_capacity = s->cfg.recv_capacity;
   epm_dispatch_cost_default(&gc.dispatch_cost);
   (void)epm_dispatch_cost_parse(s->cfg.dispatch_latency_us, s->cfg.dispatch_gbps, &gc.dispatch_cost);
-  if (epm_group_create(&gc, &s->boot, &w->group) != EPM_OK) {
+  gc.redundant_experts = s->cfg.redundant_experts;
+  /* Every rank reads the map itself (the group then compares their hashes);
+   * the ranks agree on the outcome first so a file unreadable on one node
+   * stops all of them before the collective set-up. */
+  epm_placement_t pl = EPM_PLACEMENT_INIT;
+  if (s->cfg.placement[0]) {
+    char why[512] = "";
+    int n_bad = 0, first_bad = -1;
+    epm_status_t pst = epm_placement_load_file(s->cfg.placement, &pl);
+    if (pst == EPM_OK && s->cfg.redundant_experts && s->cfg.redundant_experts != pl.num_slots - pl.num_experts)
+      pst = epm_error(EPM_ERR_INVALID_ARG, "--redundant-experts %lld but the placement %s has %lld redundant slots",
+                      (long long)s->cfg.redundant_experts, s->cfg.placement, (long long)(pl.num_slots - pl.num_experts));
+    if (pst != EPM_OK) snprintf(why, sizeof why, "%s", epm_last_error());
+    if (epm_bootstrap_agree(&s->boot, pst == EPM_OK, &n_bad, &first_bad) != EPM_OK || n_bad) {
+      if (pst != EPM_OK)
+        srv_set_state(s, SRV_ST_FAILED, "loading the model failed: %s", why);
+      else
+        srv_set_state(s, SRV_ST_FAILED, "loading the model failed: rank %d could not use the placement %s",
+                      first_bad, s->cfg.placement);
+      epm_placement_free(&pl);
+      return 0;
+    }
+    gc.placement = &pl;
+  }
+  epm_status_t gst = epm_group_create(&gc, &s->boot, &w->group);
+  epm_placement_free(&pl);
+  if (gst != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "loading the model failed: %s", epm_last_error());
     return 0;
   }
   epm_group_info(w->group, &gi);
+  w->load = calloc((size_t)gi.num_experts, sizeof *w->load);
+  uint64_t *tot = calloc((size_t)gi.num_experts, sizeof *tot), *last = calloc((size_t)gi.num_experts, sizeof *last);
+  if (!w->load || !tot || !last) {
+    free(tot), free(last);
+    srv_set_state(s, SRV_ST_FAILED, "no memory for the load counters of %lld experts", (long long)gi.num_experts);
+    return 0;
+  }
+  pthread_mutex_lock(&s->stats.mu);
+  s->stats.expert_tokens = tot;
+  s->stats.expert_tokens_last = last;
+  s->stats.n_experts = gi.num_experts;
+  pthread_mutex_unlock(&s->stats.mu);
   memset(&info, 0, sizeof info);
   info.hidden = gi.hidden;
   info.num_experts = gi.num_experts;
@@ -244,9 +294,10 @@ static int load_model(srv_worker_t *w) {
   snprintf(info.backend, sizeof info.backend, "%s", gi.backend);
   srv_set_info(s, &info);
   srv_set_state(s, SRV_ST_STARTING, "weights loaded; warm-up step pending");
-  EPM_LOG(EPM_LOG_INFO, "step", "model %s (H %lld, E %lld, experts [%lld, +%lld) here) on %s loaded in %.2f s",
+  EPM_LOG(EPM_LOG_INFO, "step", "model %s (H %lld, E %lld, slots [%lld, +%lld) of %lld here, placement %s) on %s loaded in %.2f s",
           s->info.model, (long long)s->info.hidden, (long long)s->info.num_experts, (long long)gi.first_expert,
-          (long long)gi.local_experts, s->info.backend, (double)(epm_clock_ns() - t0) * 1e-9);
+          (long long)gi.local_experts, (long long)gi.num_slots, s->cfg.placement[0] ? s->cfg.placement : "default",
+          s->info.backend, (double)(epm_clock_ns() - t0) * 1e-9);
   uv_async_send(&s->wake);
   return 1;
 }
@@ -468,6 +519,8 @@ static void *worker_main(void *arg) {
     srv_set_state(s, SRV_ST_FAILED, "control plane on rank %d: %s", s->rank, epm_last_error());
   epm_group_destroy(w->group);
   w->group = NULL;
+  free(w->load);
+  w->load = NULL;
   if (srv_get_state(s, NULL, 0) != SRV_ST_FAILED) epm_rendezvous_destroy(w->rdv); /* collective: drained ranks only */
   w->rdv = NULL;
   {

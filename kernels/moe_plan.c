@@ -52,9 +52,10 @@ epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t lo
 }
 
 
-epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
-                          int64_t top_k, int64_t expert_offset, int64_t local_experts,
-                          epm_moe_plan_t *out) {
+/* placed: local_experts bank slots of a placement (any experts, replicas
+ * allowed), else the contiguous slice [expert_offset, + local_experts). */
+static epm_status_t plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts, int64_t top_k,
+                         int64_t expert_offset, int64_t local_experts, int placed, epm_moe_plan_t *out) {
   if (!out) return epm_error(EPM_ERR_INVALID_ARG, "moe plan: out is NULL");
   memset(out, 0, sizeof *out);
   if (tokens < 0) return epm_error(EPM_ERR_INVALID_ARG, "moe plan: tokens = %lld < 0", (long long)tokens);
@@ -68,8 +69,11 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
   if (num_experts <= 0 || top_k <= 0 || top_k > num_experts)
     return epm_error(EPM_ERR_INVALID_ARG, "moe plan: top_k = %lld must be in [1, num_experts = %lld]",
                      (long long)top_k, (long long)num_experts);
-  if (local_experts <= 0 || expert_offset < 0 || local_experts > num_experts ||
-      expert_offset > num_experts - local_experts)
+  if (placed && (local_experts <= 0 || local_experts > INT32_MAX))
+    return epm_error(EPM_ERR_INVALID_ARG, "moe plan: %lld bank slots; need 1 .. %d", (long long)local_experts,
+                     INT32_MAX);
+  if (!placed && (local_experts <= 0 || expert_offset < 0 || local_experts > num_experts ||
+                  expert_offset > num_experts - local_experts))
     return epm_error(EPM_ERR_INVALID_ARG,
                      "moe plan: local experts [%lld, %lld + %lld) must lie within [0, %lld)",
                      (long long)expert_offset, (long long)expert_offset, (long long)local_experts,
@@ -99,6 +103,7 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
   out->num_experts = num_experts;
   out->expert_offset = expert_offset;
   out->local_experts = local_experts;
+  out->placed = placed;
   out->pairs = pairs;
   out->max_rows = rows;
   out->max_m_tiles = m_tiles;
@@ -143,6 +148,17 @@ epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t
                                                                               : out->n_tiles_gemm2);
   out->grid_tiles = (uint32_t)(tiles < 1 ? 1 : (tiles > 1024 ? 1024 : tiles));
   return EPM_OK;
+}
+
+epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
+                          int64_t top_k, int64_t expert_offset, int64_t local_experts,
+                          epm_moe_plan_t *out) {
+  return plan(tokens, hidden, inter, num_experts, top_k, expert_offset, local_experts, 0, out);
+}
+
+epm_status_t epm_moe_plan_placed(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
+                                 int64_t top_k, int64_t local_slots, epm_moe_plan_t *out) {
+  return plan(tokens, hidden, inter, num_experts, top_k, 0, local_slots, 1, out);
 }
 
 epm_status_t epm_moe_workspace_carve(const epm_moe_plan_t *p, void *base_dev,

@@ -90,10 +90,7 @@ epm_status_t epm_backend_weights_load(epm_backend_t *be, const epm_layer_t *laye
                      (long long)max_local, (long long)max_gathered);
   EPM_TRY(epm_model_dims_validate(&layer->dims));
   const epm_expert_bank_t *b = &layer->experts;
-  if (b->count < 0 || layer->expert_offset < 0 || layer->expert_offset + b->count > layer->dims.num_experts)
-    return epm_error(EPM_ERR_INVALID_ARG, "layer holds experts [%lld, %lld) outside [0, %lld)",
-                     (long long)layer->expert_offset, (long long)(layer->expert_offset + b->count),
-                     (long long)layer->dims.num_experts);
+  EPM_TRY(epm_layer_check_bank(layer));
   if (b->count > 0 && (b->hidden != layer->dims.hidden || b->intermediate != layer->dims.intermediate))
     return epm_error(EPM_ERR_INVALID_ARG, "expert bank is [H %lld, I %lld]; dims say [H %lld, I %lld]",
                      (long long)b->hidden, (long long)b->intermediate, (long long)layer->dims.hidden,

@@ -8,7 +8,8 @@
  *   quantize  epm_kernel_quantize_bf16, linear scales; the encode scale goes
  *             through a one-float device slot of the backend
  *   experts   epm_kernel_moe_forward over a workspace sized for the
- *             gathered capacity (plan of max_gathered rows; a smaller M uses
+ *             gathered capacity (a placed bank's replica table uploaded at
+ *             load; plan of max_gathered rows; a smaller M uses
  *             a prefix of every piece). The workspace and the shared-expert
  *             scratch belong to the backend, grown at load, and are shared by
  *             every layer loaded on it: per-layer copies would multiply the
@@ -57,6 +58,8 @@ typedef struct {
   struct epm_backend_weights hdr; /* first: backend.c reads it */
   dev_bank_t routed, shared;
   float *bias_dev;       /* [E] or NULL */
+  /* A placed bank's replica table (layer.h slots), NULL when unplaced. */
+  int32_t *rep_start_dev, *rep_local_dev;
   int has_shared;
 } cuda_weights_t;
 
@@ -148,6 +151,8 @@ static void cuda_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
   free_bank(&w->routed);
   free_bank(&w->shared);
   cudaFree(w->bias_dev);
+  cudaFree(w->rep_start_dev);
+  cudaFree(w->rep_local_dev);
   free(w);
 }
 
@@ -212,6 +217,16 @@ static epm_status_t load_shared(cuda_ctx_t *c, cuda_weights_t *w, const epm_laye
   return EPM_OK;
 }
 
+/* The routed experts' plan: a placed bank maps ids through its replica
+ * table, an unplaced one is the contiguous slice. */
+static epm_status_t routed_plan(const epm_layer_t *l, int64_t M, epm_moe_plan_t *p) {
+  const epm_model_dims_t *d = &l->dims;
+  if (l->slots.num_slots > 0)
+    return epm_moe_plan_placed(M, d->hidden, d->intermediate, d->num_experts, d->top_k, l->experts.count, p);
+  return epm_moe_plan(M, d->hidden, d->intermediate, d->num_experts, d->top_k, l->expert_offset, l->experts.count,
+                      p);
+}
+
 static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, int64_t max_local,
                                       int64_t max_gathered, epm_backend_weights_t **out) {
   cuda_ctx_t *c = ctx_of(be);
@@ -224,9 +239,13 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
   EPM_TRY_GOTO(upload_bank(&l->experts, &w->routed), st, fail);
   if (l->router_bias)
     EPM_TRY_GOTO(upload(l->router_bias, (size_t)d->num_experts * sizeof(float), (void **)&w->bias_dev), st, fail);
-  EPM_TRY_GOTO(epm_moe_plan(max_gathered > 0 ? max_gathered : 1, d->hidden, d->intermediate, d->num_experts,
-                            d->top_k, l->expert_offset, l->experts.count, &p),
-               st, fail);
+  if (l->slots.num_slots > 0) {
+    EPM_TRY_GOTO(upload(l->slots.rep_start, (size_t)(d->num_experts + 1) * sizeof(int32_t),
+                        (void **)&w->rep_start_dev), st, fail);
+    EPM_TRY_GOTO(upload(l->slots.rep_local, (size_t)l->slots.num_slots * sizeof(int32_t),
+                        (void **)&w->rep_local_dev), st, fail);
+  }
+  EPM_TRY_GOTO(routed_plan(l, max_gathered > 0 ? max_gathered : 1, &p), st, fail);
   EPM_TRY_GOTO(grow_dev(c, &c->ws_dev, &c->ws_cap, p.workspace_bytes, "expert workspace"), st, fail);
   w->has_shared = d->shared_experts > 0 && l->shared.count > 0;
   if (w->has_shared) EPM_TRY_GOTO(load_shared(c, w, l, max_local), st, fail);
@@ -281,17 +300,19 @@ static epm_status_t cuda_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_
   return quantize_on(be, x, m, hidden, G, packed, sf);
 }
 
-static epm_status_t run_moe(epm_backend_t *be, const epm_layer_t *l, const dev_bank_t *bank, const epm_moe_plan_t *p,
-                            void *ws_dev, float a1, float down_input_scale, const uint8_t *packed,
-                            const uint8_t *sf, const int32_t *ids, const float *weights, int out_f32, void *out) {
+static epm_status_t run_moe(epm_backend_t *be, const cuda_weights_t *w, const dev_bank_t *bank,
+                            const epm_moe_plan_t *p, void *ws_dev, float a1, float down_input_scale,
+                            const uint8_t *packed, const uint8_t *sf, const int32_t *ids, const float *weights,
+                            int out_f32, void *out) {
   epm_moe_workspace_t ws;
-  (void)l;
   EPM_TRY(epm_moe_workspace_carve(p, ws_dev, &ws));
   const epm_moe_weights_dev_t wd = {
       .gate_w = bank->gate_w, .gate_sf = bank->gate_sf, .up_w = bank->up_w, .up_sf = bank->up_sf,
       .down_w = bank->down_w, .down_sf = bank->down_sf, .gate_up_scale_2 = bank->gate_up_scale_2,
       .down_scale_2 = bank->down_scale_2, .input_scale = a1, .down_input_scale = down_input_scale};
-  const epm_moe_inputs_dev_t in = {.hidden_fp4 = packed, .hidden_sf = sf, .ids = ids, .weights = weights};
+  const epm_moe_inputs_dev_t in = {.hidden_fp4 = packed, .hidden_sf = sf, .ids = ids, .weights = weights,
+                                   .rep_start = p->placed ? w->rep_start_dev : NULL,
+                                   .rep_local = p->placed ? w->rep_local_dev : NULL};
   return epm_kernel_moe_forward(p, &wd, &in, &ws, out_f32, out, ctx_of(be)->stream);
 }
 
@@ -301,9 +322,8 @@ static epm_status_t cuda_experts(epm_backend_t *be, const epm_backend_weights_t 
   const cuda_weights_t *w = (const cuda_weights_t *)hw;
   const epm_layer_t *l = hw->layer;
   epm_moe_plan_t p;
-  EPM_TRY(epm_moe_plan(M, l->dims.hidden, l->dims.intermediate, l->dims.num_experts, l->dims.top_k,
-                       l->expert_offset, l->experts.count, &p));
-  return run_moe(be, l, &w->routed, &p, ctx_of(be)->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
+  EPM_TRY(routed_plan(l, M, &p));
+  return run_moe(be, w, &w->routed, &p, ctx_of(be)->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
                  dtype == EPM_DTYPE_F32, partial);
 }
 
@@ -319,7 +339,7 @@ static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights
   if (!w->has_shared) return EPM_OK;
   EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, c->sh_packed, c->sh_sf));
   EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
-  EPM_TRY(run_moe(be, l, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
+  EPM_TRY(run_moe(be, w, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
                   c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0, c->sh_out));
   return epm_kernel_shared_combine(y, c->sh_out, m * H, c->stream);
 }

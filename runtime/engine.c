@@ -110,6 +110,7 @@ static epm_status_t alloc_buffers(epm_engine_t *e) {
   epm_plan_t *p = malloc(sizeof *p);
   if (!p) return epm_error(EPM_ERR_NOMEM, "step plan (%zu bytes)", sizeof *p);
   epm_plan_config_t pc = {.dims = e->layer->dims, .ep_size = e->size, .rank = e->rank,
+                          .placement = e->cfg.placement, /* valid during create */
                           .tokens_per_rank = NULL, .max_tokens_per_rank = e->max_m,
                           .recv_capacity = e->cfg.recv_capacity};
   epm_status_t st = epm_plan_compute(&pc, p);
@@ -153,20 +154,51 @@ out:
   return st;
 }
 
-static epm_status_t check_slice(const epm_layer_t *l, int rank, int size) {
+/* The layer's bank must be exactly this rank's slots of the placement, and a
+ * placed bank must route with that placement's replica table (a bank of the
+ * same experts cut from another map would serve other pairs). */
+static epm_status_t check_bank_in(const epm_layer_t *l, int rank, int size, const epm_placement_t *p) {
   const int64_t E = l->dims.num_experts;
-  if (E % size != 0)
-    return epm_error(EPM_ERR_INVALID_ARG,
-                     "%lld experts do not split evenly over EP size %d (E %% EP = %lld); "
-                     "choose an EP size dividing E",
-                     (long long)E, size, (long long)(E % size));
-  const int64_t El = E / size;
-  if (l->expert_offset != (int64_t)rank * El || l->experts.count != El)
-    return epm_error(EPM_ERR_INVALID_ARG,
-                     "rank %d of %d must hold experts [%lld, %lld); the layer holds [%lld, %lld)", rank,
-                     size, (long long)(rank * El), (long long)((rank + 1) * El),
-                     (long long)l->expert_offset, (long long)(l->expert_offset + l->experts.count));
-  return EPM_OK;
+  if (p->num_experts != E || p->ep_size != size)
+    return epm_error(EPM_ERR_INVALID_ARG, "the placement maps %lld experts over %lld ranks; the layer has %lld "
+                     "experts and the comm %d ranks", (long long)p->num_experts, (long long)p->ep_size,
+                     (long long)E, size);
+  EPM_TRY(epm_layer_check_bank(l));
+  const int64_t first = p->rank_start[rank], n = epm_placement_rank_slots(p, rank);
+  if (l->experts.count != n)
+    return epm_error(EPM_ERR_INVALID_ARG, "rank %d of %d must hold experts in %lld slots (global slots [%lld, %lld)); "
+                     "the layer holds %lld", rank, size, (long long)n, (long long)first, (long long)(first + n),
+                     (long long)l->experts.count);
+  for (int64_t i = 0; i < n; i++)
+    if (epm_layer_slot_expert(l, i) != p->slot_expert[first + i])
+      return epm_error(EPM_ERR_INVALID_ARG, "rank %d of %d must hold experts as the placement puts them: bank slot "
+                       "%lld holds expert %lld, the placement expert %d", rank, size, (long long)i,
+                       (long long)epm_layer_slot_expert(l, i), p->slot_expert[first + i]);
+  if (l->slots.num_slots == 0) {
+    if (p->num_slots != E)
+      return epm_error(EPM_ERR_INVALID_ARG, "an unplaced expert slice cannot serve a placement with %lld redundant "
+                       "slots; load the layer for the placement", (long long)(p->num_slots - E));
+    return EPM_OK;
+  }
+  int32_t *want = malloc((size_t)p->num_slots * sizeof *want);
+  if (!want) return epm_error(EPM_ERR_NOMEM, "replica table of %lld slots", (long long)p->num_slots);
+  epm_status_t st = epm_placement_local_map(p, rank, want);
+  if (st == EPM_OK && (l->slots.num_slots != p->num_slots || l->slots.first_slot != first ||
+                       memcmp(l->slots.rep_start, p->replica_start, (size_t)(E + 1) * sizeof *want) != 0 ||
+                       memcmp(l->slots.rep_local, want, (size_t)p->num_slots * sizeof *want) != 0))
+    st = epm_error(EPM_ERR_INVALID_ARG, "rank %d of %d: the layer was placed with another map (its replica table "
+                   "differs from the engine's placement)", rank, size);
+  free(want);
+  return st;
+}
+
+static epm_status_t check_bank(const epm_layer_t *l, int rank, int size, const epm_placement_t *given) {
+  if (given) return check_bank_in(l, rank, size, given);
+  epm_placement_t dflt = EPM_PLACEMENT_INIT;
+  EPM_TRY(epm_placement_default(l->dims.num_experts, size, 0, &dflt));
+  epm_status_t st = check_bank_in(l, rank, size, &dflt);
+  epm_placement_free(&dflt);
+  return st;
 }
 
 epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t *layer, epm_comm_t *comm,
@@ -197,7 +229,7 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   }
   EPM_TRY(epm_model_dims_validate(&layer->dims));
   const int rank = epm_comm_rank(comm), size = epm_comm_size(comm);
-  EPM_TRY(check_slice(layer, rank, size));
+  EPM_TRY(check_bank(layer, rank, size, cfg->placement));
   const int dev_be = epm_backend_is_device(be), dev_comm = epm_comm_mem_kind(comm) == EPM_MEM_DEVICE;
   if (dev_be != dev_comm)
     return epm_error(EPM_ERR_INVALID_ARG,
@@ -240,26 +272,31 @@ epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t
   e->send_cap = e->max_m * (e->k < size ? e->k : size);
   e->recv_cap = cfg->recv_capacity > 0 && cfg->recv_capacity < e->max_M ? cfg->recv_capacity : e->max_M;
   e->counts = calloc((size_t)size, sizeof *e->counts);
-  if (!e->counts) {
-    st = epm_error(EPM_ERR_NOMEM, "sizes array for %d ranks", size);
+  e->load_total = calloc((size_t)e->E, sizeof *e->load_total);
+  e->load_last = calloc((size_t)e->E, sizeof *e->load_last);
+  if (epm_backend_is_device(be)) e->ids_host = malloc((size_t)(e->max_m * e->k) * sizeof *e->ids_host);
+  if (!e->counts || !e->load_total || !e->load_last || (epm_backend_is_device(be) && !e->ids_host)) {
+    st = epm_error(EPM_ERR_NOMEM, "sizes array for %d ranks and load counters for %lld experts", size,
+                   (long long)e->E);
     goto fail;
   }
-  EPM_TRY_GOTO(epm__a2a_host_init(e), st, fail);
+  EPM_TRY_GOTO(epm__a2a_host_init(e, cfg->placement), st, fail);
   EPM_TRY_GOTO(epm_backend_weights_load(be, layer, e->max_m, e->max_M, &e->w), st, fail);
   if (cfg->share_buffers)
     EPM_TRY_GOTO(borrow_buffers(e, cfg->share_buffers), st, fail);
   else
     EPM_TRY_GOTO(alloc_buffers(e), st, fail);
   EPM_LOG(EPM_LOG_INFO, "engine",
-          "layer %lld: experts [%lld, %lld) of %lld, max %lld tokens/rank (%lld gathered), "
+          "layer %lld: %lld expert slots (first: expert %lld) of %lld experts, max %lld tokens/rank (%lld gathered), "
           "%s scale, shared %s, %s partials, %s dispatch (receive capacity %lld rows), %zu buffer bytes%s on %s",
-          (long long)layer->layer_index, (long long)layer->expert_offset,
-          (long long)(layer->expert_offset + layer->experts.count), (long long)e->E,
+          (long long)layer->layer_index, (long long)layer->experts.count,
+          (long long)epm_layer_slot_expert(layer, 0), (long long)e->E,
           (long long)e->max_m, (long long)e->max_M,
           cfg->scale_mode == EPM_SCALE_STATIC ? "static" : "dynamic", e->use_shared ? "on" : "off",
           epm_dtype_name(cfg->partial_dtype), epm_dispatch_mode_name(cfg->dispatch),
           (long long)epm_engine_recv_capacity(e), e->buffer_bytes,
           e->owns_buffers ? "" : " (buffers shared with another engine)", epm_backend_name(be));
+  e->cfg.placement = NULL; /* read during create only */
   *out = e;
   return EPM_OK;
 fail:
@@ -273,6 +310,9 @@ void epm_engine_destroy(epm_engine_t *e) {
   epm_backend_weights_free(e->be, e->w);
   epm__a2a_host_free(e);
   free(e->counts);
+  free(e->load_total);
+  free(e->load_last);
+  free(e->ids_host);
   pthread_mutex_destroy(&e->stats_mu);
   free(e);
 }
@@ -289,7 +329,39 @@ void epm_engine_stats(const epm_engine_t *e, epm_engine_stats_t *out) {
 void epm_engine_stats_reset(epm_engine_t *e) {
   pthread_mutex_lock(&e->stats_mu);
   memset(&e->stats, 0, sizeof e->stats);
+  memset(e->load_total, 0, (size_t)e->E * sizeof *e->load_total);
+  memset(e->load_last, 0, (size_t)e->E * sizeof *e->load_last);
   pthread_mutex_unlock(&e->stats_mu);
+}
+
+epm_status_t epm_engine_expert_load(const epm_engine_t *e, uint64_t *total, uint64_t *last, int64_t n) {
+  if (!e) return epm_error(EPM_ERR_INVALID_ARG, "engine_expert_load: NULL engine");
+  if (n != e->E)
+    return epm_error(EPM_ERR_INVALID_ARG, "engine_expert_load: %lld counters asked; the layer has %lld experts",
+                     (long long)n, (long long)e->E);
+  pthread_mutex_lock((pthread_mutex_t *)&e->stats_mu);
+  if (total) memcpy(total, e->load_total, (size_t)n * sizeof *total);
+  if (last) memcpy(last, e->load_last, (size_t)n * sizeof *last);
+  pthread_mutex_unlock((pthread_mutex_t *)&e->stats_mu);
+  return EPM_OK;
+}
+
+/* After a successful step: count the routed ids of this rank's own tokens
+ * per expert (copied out first on a device backend). */
+static epm_status_t count_load(epm_engine_t *e, int64_t m) {
+  const int64_t n = m * e->k;
+  const int32_t *ids = e->ids_loc;
+  if (n > 0 && e->ids_host) {
+    EPM_TRY(epm_backend_copy_d2h(e->be, e->ids_host, e->ids_loc, (size_t)n * sizeof *e->ids_host));
+    ids = e->ids_host;
+  }
+  pthread_mutex_lock(&e->stats_mu);
+  memset(e->load_last, 0, (size_t)e->E * sizeof *e->load_last);
+  for (int64_t i = 0; i < n; i++)
+    if (ids[i] >= 0 && ids[i] < e->E) e->load_last[ids[i]]++;
+  for (int64_t x = 0; x < e->E; x++) e->load_total[x] += e->load_last[x];
+  pthread_mutex_unlock(&e->stats_mu);
+  return EPM_OK;
 }
 
 /* Stage timing: on a device backend the stage's work is queued, so wait for
@@ -497,8 +569,9 @@ static epm_status_t step(epm_engine_t *e, const epm_bf16_t *x_local, const float
     return st;
   }
   tm.s[EPM_STAGE_TOTAL] = epm_clock_s() - t0;
-  record(e, &tm, m_r, &sp, a1, 1);
-  return EPM_OK;
+  st = count_load(e, m_r);
+  record(e, &tm, m_r, &sp, a1, st == EPM_OK);
+  return st;
 }
 
 epm_status_t epm_engine_step(epm_engine_t *e, const epm_bf16_t *x_local, const float *logits, int64_t m_r,

@@ -139,8 +139,39 @@ void epm__a2a_borrow(epm_engine_t *e, const epm_engine_t *o) {
   e->host_mirrors = 0; /* the owner frees them */
 }
 
-epm_status_t epm__a2a_host_init(epm_engine_t *e) {
+/* Where each expert's pairs go. The replica rule picks a copy by the token's
+ * gathered row, which alltoall does not know before its exchange (and the
+ * receiver would see another row number), so alltoall takes placements in
+ * which every expert has one slot: uneven splits and custom maps, not
+ * redundant experts. */
+static epm_status_t owner_table(epm_engine_t *e, const epm_placement_t *given) {
+  epm_placement_t dflt = EPM_PLACEMENT_INIT;
+  const epm_placement_t *p = given;
+  epm_status_t st = EPM_OK;
+  if (!p) {
+    EPM_TRY(epm_placement_default(e->E, e->size, 0, &dflt));
+    p = &dflt;
+  }
+  e->expert_rank = malloc((size_t)e->E * sizeof *e->expert_rank);
+  if (!e->expert_rank) st = epm_error(EPM_ERR_NOMEM, "alltoall owner table of %lld experts", (long long)e->E);
+  for (int64_t x = 0; st == EPM_OK && x < e->E; x++) {
+    if (epm_placement_replicas(p, x) != 1) {
+      st = epm_error(EPM_ERR_INVALID_ARG,
+                     "%s dispatch needs one slot per expert, but expert %lld has %lld copies (%lld redundant slots); "
+                     "use --dispatch allgather with redundant experts",
+                     epm_dispatch_mode_name(e->cfg.dispatch), (long long)x, (long long)epm_placement_replicas(p, x),
+                     (long long)(p->num_slots - e->E));
+      break;
+    }
+    e->expert_rank[x] = (int32_t)epm_placement_slot_rank(p, epm_placement_slot(p, x, 0));
+  }
+  epm_placement_free(&dflt);
+  return st;
+}
+
+epm_status_t epm__a2a_host_init(epm_engine_t *e, const epm_placement_t *p) {
   if (!e->a2a_bufs) return EPM_OK;
+  EPM_TRY(owner_table(e, p));
   const size_t P = (size_t)e->size;
   e->send_tok = malloc((e->send_cap > 0 ? (size_t)e->send_cap : 1) * sizeof *e->send_tok);
   e->send_cnt = calloc(P, sizeof *e->send_cnt);
@@ -163,6 +194,7 @@ void epm__a2a_host_free(epm_engine_t *e) {
   free(e->send_cnt);
   free(e->xrow);
   free(e->xall);
+  free(e->expert_rank);
   free(e->matrix);
   free(e->matrix_t);
   free(e->scratch_i);
@@ -172,7 +204,7 @@ void epm__a2a_host_free(epm_engine_t *e) {
 
 epm_status_t epm__a2a_route_plan(epm_engine_t *e, int64_t m) {
   const int P = e->size;
-  const int64_t k = e->k, E = e->E, El = E / P;
+  const int64_t k = e->k, E = e->E;
   const int32_t *ids = e->ids_loc;
   if (epm_backend_is_device(e->be) && m > 0) {
     EPM_TRY(epm_backend_copy_d2h(e->be, e->h_ids_loc, e->ids_loc, (size_t)(m * k) * sizeof(int32_t)));
@@ -190,7 +222,7 @@ epm_status_t epm__a2a_route_plan(epm_engine_t *e, int64_t m) {
       if (id < 0 || id >= E)
         return epm_error(EPM_ERR_INTERNAL, "rank %d: token %lld slot %lld routed to expert %d outside [0, %lld)",
                          e->rank, (long long)t, (long long)j, (int)id, (long long)E);
-      const int64_t d = id / El;
+      const int64_t d = e->expert_rank[id];
       if (seen[d] != t) {
         seen[d] = t;
         e->send_cnt[d]++;
@@ -204,7 +236,7 @@ epm_status_t epm__a2a_route_plan(epm_engine_t *e, int64_t m) {
   }
   for (int64_t t = 0; t < m; t++)
     for (int64_t j = 0; j < k; j++) {
-      const int64_t d = ids[t * k + j] / El;
+      const int64_t d = e->expert_rank[ids[t * k + j]];
       if (seen[d] != t) {
         seen[d] = t;
         e->send_tok[pos[d]++] = t;

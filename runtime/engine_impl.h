@@ -80,6 +80,12 @@ struct epm_engine {
 
   pthread_mutex_t stats_mu;
   epm_engine_stats_t stats;
+  /* Per-expert load of this rank's own tokens (epm_engine_expert_load),
+   * under stats_mu; ids_host stages the routed ids of a device backend. */
+  uint64_t *load_total, *load_last;
+  int32_t *ids_host;
+  /* alltoall: [E] the rank holding each expert's one slot (host). */
+  int32_t *expert_rank;
 };
 
 /* Per-step timer: engine.c. */
@@ -109,7 +115,8 @@ epm_status_t epm__a2a_alloc(epm_engine_t *e, int64_t send_rows, int64_t recv_row
 void epm__a2a_free(epm_engine_t *e);
 void epm__a2a_borrow(epm_engine_t *e, const epm_engine_t *o);
 /* Per-engine host arrays (not shared with other engines). */
-epm_status_t epm__a2a_host_init(epm_engine_t *e);
+/* `p`: the engine's placement during create (NULL = the default split). */
+epm_status_t epm__a2a_host_init(epm_engine_t *e, const epm_placement_t *p);
 void epm__a2a_host_free(epm_engine_t *e);
 /* Before the exchange (local; an error is reported to the peers by the
  * exchange): which rank each of this rank's tokens goes to. */

@@ -18,6 +18,7 @@
 #include "epmoe/log.h"
 #include "epmoe/model_dir.h"
 #include "epmoe/moe_ref.h"
+#include "epmoe/placement.h"
 #include "epmoe/weights.h"
 
 /* An engine of a layer with options other than the config's. */
@@ -39,7 +40,7 @@ struct epm_group {
   int64_t *layer_id;
   epm_layer_t *layers;
   epm_engine_t **eng;
-  int64_t first_expert, local_experts;
+  epm_placement_t placement;
   epm_engine_config_t ec; /* the config's engine options (variants change two) */
   variant_t *variants;
   const epm_engine_t *last; /* the engine of the last step */
@@ -61,6 +62,7 @@ void epm_group_destroy(epm_group_t *g) {
   free(g->eng);
   free(g->layers);
   free(g->layer_id);
+  epm_placement_free(&g->placement);
   epm_comm_destroy(g->comm);
   epm_backend_destroy(g->be);
   free(g);
@@ -115,11 +117,28 @@ static epm_status_t pick_layers(epm_group_t *g, const epm_group_config_t *cfg, e
   return EPM_OK;
 }
 
+/* The map: the caller's (checked against the model and the group) or the
+ * default split with the redundant slots. */
+static epm_status_t make_placement(epm_group_t *g, const epm_group_config_t *cfg) {
+  const int64_t E = g->dims.num_experts, P = g->boot->ep_size;
+  if (!cfg->placement) {
+    epm_status_t st = epm_placement_default(E, P, cfg->redundant_experts, &g->placement);
+    if (st != EPM_OK) return epm_error_wrap(st, "model %s", g->model);
+    return EPM_OK;
+  }
+  if (cfg->placement->num_experts != E || cfg->placement->ep_size != P)
+    return epm_error(EPM_ERR_INVALID_ARG, "the placement maps %lld experts over %lld ranks, but model %s has %lld "
+                     "experts and the group %lld ranks", (long long)cfg->placement->num_experts,
+                     (long long)cfg->placement->ep_size, g->model, (long long)E, (long long)P);
+  return epm_placement_copy(cfg->placement, &g->placement);
+}
+
 static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
   epm_model_dir_t *md = NULL;
   epm_status_t st = EPM_OK;
-  const int P = g->boot->ep_size, r = g->boot->ep_rank;
+  const int r = g->boot->ep_rank;
   epm_engine_config_t base = EPM_ENGINE_CONFIG_INIT;
+  base.placement = &g->placement;
   base.max_tokens_per_rank = cfg->max_tokens_per_rank;
   base.scale_mode = cfg->scale_mode;
   base.shared_expert = cfg->shared_expert != 0;
@@ -130,19 +149,13 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
   g->ec = base;
   EPM_TRY_GOTO(make_backend_and_comm(g, cfg), st, out);
   EPM_TRY_GOTO(pick_layers(g, cfg, &md), st, out);
-  if (g->dims.num_experts % P) {
-    st = epm_error(EPM_ERR_INVALID_ARG, "%lld experts do not split over %d ranks (E %% ranks must be 0)",
-                   (long long)g->dims.num_experts, P);
-    goto out;
-  }
-  g->local_experts = g->dims.num_experts / P;
-  g->first_expert = (int64_t)r * g->local_experts;
+  EPM_TRY_GOTO(make_placement(g, cfg), st, out);
   for (int64_t i = 0; i < g->nlayers; i++) {
     if (md)
-      EPM_TRY_GOTO(epm_weights_load_layer(md, g->layer_id[i], r, P, &g->layers[i], NULL), st, out);
+      EPM_TRY_GOTO(epm_weights_load_layer_placed(md, g->layer_id[i], &g->placement, r, &g->layers[i], NULL), st,
+                   out);
     else
-      EPM_TRY_GOTO(epm_layer_generate(&g->dims, g->layer_id[i], cfg->seed, g->first_expert, g->local_experts,
-                                      &g->layers[i]),
+      EPM_TRY_GOTO(epm_layer_generate_placed(&g->dims, g->layer_id[i], cfg->seed, &g->placement, r, &g->layers[i]),
                    st, out);
     epm_engine_config_t ec = g->ec;
     /* Layers step one after another, so one set of step buffers serves all. */
@@ -152,6 +165,24 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
 out:
   epm_model_dir_close(md);
   return st;
+}
+
+/* Every rank must route with the same map (a file per node may differ): the
+ * max and the min of the hash over the ranks must both be this rank's. Unless
+ * all are equal no rank is both, so a mismatch fails every rank. Returns the
+ * collective's own status. */
+static epm_status_t agree_placement(epm_group_t *g, epm_status_t *st, char *why, size_t n) {
+  const uint64_t h = epm_placement_hash(&g->placement);
+  /* max of h and of its complement: both equal on every rank iff all equal;
+   * the top bit is dropped so the values stay non-negative int64. */
+  int64_t v[2] = {(int64_t)(h >> 1), (int64_t)(~h >> 1)};
+  EPM_TRY(epm_bootstrap_allreduce_i64(g->boot, v, 2, EPM_BOOT_MAX));
+  if (v[0] != (int64_t)(h >> 1) || v[1] != (int64_t)(~h >> 1)) {
+    *st = epm_error(EPM_ERR_INVALID_ARG, "the ranks were given different expert placements (rank %d has map hash "
+                    "%016llx); pass every rank the same map", g->boot->ep_rank, (unsigned long long)h);
+    snprintf(why, n, "%s", epm_last_error());
+  }
+  return EPM_OK;
 }
 
 epm_status_t epm_group_create(const epm_group_config_t *cfg, const epm_bootstrap_t *boot, epm_group_t **out) {
@@ -169,6 +200,9 @@ epm_status_t epm_group_create(const epm_group_config_t *cfg, const epm_bootstrap
    * must not leave the others waiting in the first collective. */
   int n_failed = 0, first_failed = -1;
   epm_status_t ast = epm_bootstrap_agree(boot, st == EPM_OK, &n_failed, &first_failed);
+  /* Every rank built its part: all take the placement check together (it
+   * fails on every rank or none). */
+  if (ast == EPM_OK && st == EPM_OK && !n_failed) ast = agree_placement(g, &st, why, sizeof why);
   if (ast != EPM_OK) {
     epm_group_destroy(g);
     return ast;
@@ -211,6 +245,37 @@ const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer) {
 const epm_engine_t *epm_group_last_engine(const epm_group_t *g) {
   return !g ? NULL : g->last ? g->last : g->eng[0];
 }
+const epm_placement_t *epm_group_placement(const epm_group_t *g) { return g ? &g->placement : NULL; }
+
+/* Add one engine's per-expert load (t, l: scratch of n) to the sums. */
+static epm_status_t add_load(const epm_group_t *g, const epm_engine_t *e, uint64_t *t, uint64_t *l, int64_t n,
+                             uint64_t *total, uint64_t *last) {
+  EPM_TRY(epm_engine_expert_load(e, t, l, n));
+  const int is_last = e == epm_group_last_engine(g);
+  for (int64_t k = 0; k < n; k++) {
+    if (total) total[k] += t[k];
+    if (last && is_last) last[k] = l[k];
+  }
+  return EPM_OK;
+}
+
+epm_status_t epm_group_expert_load(const epm_group_t *g, uint64_t *total, uint64_t *last, int64_t n) {
+  if (!g) return epm_error(EPM_ERR_INVALID_ARG, "group_expert_load: NULL group");
+  if (n != g->dims.num_experts)
+    return epm_error(EPM_ERR_INVALID_ARG, "group_expert_load: %lld counters asked; the model has %lld experts",
+                     (long long)n, (long long)g->dims.num_experts);
+  uint64_t *t = calloc((size_t)n, sizeof *t), *l = calloc((size_t)n, sizeof *l);
+  epm_status_t st = t && l ? EPM_OK : epm_error(EPM_ERR_NOMEM, "load counters of %lld experts", (long long)n);
+  if (total) memset(total, 0, (size_t)n * sizeof *total);
+  if (last) memset(last, 0, (size_t)n * sizeof *last);
+  /* every engine that stepped: each layer's, and its variants for other step options */
+  for (int64_t i = 0; st == EPM_OK && i < g->nlayers; i++) st = add_load(g, g->eng[i], t, l, n, total, last);
+  for (const variant_t *v = g->variants; st == EPM_OK && v; v = v->next) st = add_load(g, v->eng, t, l, n, total, last);
+  free(t);
+  free(l);
+  return st;
+}
+
 epm_backend_t *epm_group_backend(epm_group_t *g) { return g ? g->be : NULL; }
 epm_comm_t *epm_group_comm(epm_group_t *g) { return g ? g->comm : NULL; }
 
@@ -302,8 +367,9 @@ void epm_group_info(const epm_group_t *g, epm_group_info_t *o) {
   o->num_experts = g->dims.num_experts;
   o->top_k = g->dims.top_k;
   o->num_layers = g->nlayers;
-  o->first_expert = g->first_expert;
-  o->local_experts = g->local_experts;
+  o->first_expert = g->placement.rank_start[g->boot->ep_rank];
+  o->local_experts = epm_placement_rank_slots(&g->placement, g->boot->ep_rank);
+  o->num_slots = g->placement.num_slots;
   for (int64_t i = 0; i < g->nlayers; i++) {
     const epm_layer_t *l = &g->layers[i];
     o->weight_bytes += epm_expert_bank_bytes(&l->experts) + epm_expert_bank_bytes(&l->shared) +

@@ -25,6 +25,7 @@
 #include <string.h>
 
 #include "epmoe/checked.h"
+#include "epmoe/kernels.h" /* epm_moe_local_slot: the replica rule */
 #include "epmoe/moe_ref.h"
 #include "epmoe/nvfp4.h"
 
@@ -93,25 +94,65 @@ size_t epm_expert_bank_bytes(const epm_expert_bank_t *b) {
   return all + 2 * (size_t)b->count * sizeof(float);
 }
 
+static void slots_free(epm_slot_map_t *m) {
+  free(m->expert);
+  free(m->rep_start);
+  free(m->rep_local);
+  memset(m, 0, sizeof *m);
+}
+
 void epm_layer_free(epm_layer_t *l) {
   if (!l) return;
   bank_free(&l->experts);
   bank_free(&l->shared);
+  slots_free(&l->slots);
   free(l->router_w);
   free(l->router_bias);
   l->router_w = NULL;
   l->router_bias = NULL;
 }
 
-epm_status_t epm_layer_alloc(const epm_model_dims_t *dims, int64_t expert_offset, int64_t count,
-                             epm_layer_t *out) {
-  if (!dims || !out) return epm_error(EPM_ERR_INVALID_ARG, "epm_layer_alloc: NULL argument");
-  EPM_TRY(epm_model_dims_validate(dims));
-  if (expert_offset < 0 || count < 0 || expert_offset > dims->num_experts - count)
+int64_t epm_layer_local_slot(const epm_layer_t *l, int64_t expert, int64_t token) {
+  if (l->slots.num_slots > 0) return epm_moe_local_slot(l->slots.rep_start, l->slots.rep_local, expert, token);
+  const int64_t i = expert - l->expert_offset;
+  return i >= 0 && i < l->experts.count ? i : -1;
+}
+
+int64_t epm_layer_slot_expert(const epm_layer_t *l, int64_t i) {
+  return l->slots.num_slots > 0 ? (int64_t)l->slots.expert[i] : l->expert_offset + i;
+}
+
+epm_status_t epm_layer_check_bank(const epm_layer_t *l) {
+  const int64_t E = l->dims.num_experts, n = l->experts.count;
+  const epm_slot_map_t *m = &l->slots;
+  if (m->num_slots == 0) {
+    if (l->expert_offset < 0 || n < 0 || l->expert_offset > E - n)
+      return epm_error(EPM_ERR_INVALID_ARG, "local experts [%lld, %lld + %lld) are not within [0, num_experts %lld)",
+                       (long long)l->expert_offset, (long long)l->expert_offset, (long long)n, (long long)E);
+    return EPM_OK;
+  }
+  if (!m->expert || !m->rep_start || !m->rep_local || n < 1 || n > m->num_slots || m->first_slot < 0 ||
+      m->first_slot > m->num_slots - n || m->rep_start[0] != 0 || m->rep_start[E] != m->num_slots)
     return epm_error(EPM_ERR_INVALID_ARG,
-                     "local experts [%lld, %lld + %lld) are not within [0, num_experts %lld)",
-                     (long long)expert_offset, (long long)expert_offset, (long long)count,
-                     (long long)dims->num_experts);
+                     "placed bank of %lld slots at global slot %lld of %lld is inconsistent with its %lld experts",
+                     (long long)n, (long long)m->first_slot, (long long)m->num_slots, (long long)E);
+  for (int64_t e = 0; e < E; e++)
+    if (m->rep_start[e + 1] <= m->rep_start[e])
+      return epm_error(EPM_ERR_INVALID_ARG, "placed bank: expert %lld has no replica", (long long)e);
+  for (int64_t i = 0; i < m->num_slots; i++)
+    if (m->rep_local[i] < -1 || m->rep_local[i] >= n)
+      return epm_error(EPM_ERR_INVALID_ARG, "placed bank: replica %lld maps to bank slot %d of %lld", (long long)i,
+                       m->rep_local[i], (long long)n);
+  for (int64_t i = 0; i < n; i++)
+    if (m->expert[i] < 0 || m->expert[i] >= E)
+      return epm_error(EPM_ERR_INVALID_ARG, "placed bank: slot %lld holds expert %d; experts are [0, %lld)",
+                       (long long)i, m->expert[i], (long long)E);
+  return EPM_OK;
+}
+
+/* Storage for `count` bank entries; the caller checked what they hold. */
+static epm_status_t layer_alloc(const epm_model_dims_t *dims, int64_t expert_offset, int64_t count,
+                                epm_layer_t *out) {
   epm_layer_t l;
   memset(&l, 0, sizeof l);
   l.dims = *dims;
@@ -137,6 +178,53 @@ epm_status_t epm_layer_alloc(const epm_model_dims_t *dims, int64_t expert_offset
 fail:
   epm_layer_free(&l);
   return st;
+}
+
+epm_status_t epm_layer_alloc(const epm_model_dims_t *dims, int64_t expert_offset, int64_t count,
+                             epm_layer_t *out) {
+  if (!dims || !out) return epm_error(EPM_ERR_INVALID_ARG, "epm_layer_alloc: NULL argument");
+  EPM_TRY(epm_model_dims_validate(dims));
+  if (expert_offset < 0 || count < 0 || expert_offset > dims->num_experts - count)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "local experts [%lld, %lld + %lld) are not within [0, num_experts %lld)",
+                     (long long)expert_offset, (long long)expert_offset, (long long)count,
+                     (long long)dims->num_experts);
+  return layer_alloc(dims, expert_offset, count, out);
+}
+
+epm_status_t epm_layer_alloc_placed(const epm_model_dims_t *dims, const epm_placement_t *p, int64_t rank,
+                                    epm_layer_t *out) {
+  if (!dims || !p || !out || !p->rank_start)
+    return epm_error(EPM_ERR_INVALID_ARG, "epm_layer_alloc_placed: NULL argument");
+  EPM_TRY(epm_model_dims_validate(dims));
+  if (p->num_experts != dims->num_experts)
+    return epm_error(EPM_ERR_INVALID_ARG, "the placement maps %lld experts but the model '%s' has %lld",
+                     (long long)p->num_experts, dims->name, (long long)dims->num_experts);
+  if (rank < 0 || rank >= p->ep_size)
+    return epm_error(EPM_ERR_INVALID_ARG, "rank %lld is outside the placement's %lld ranks", (long long)rank,
+                     (long long)p->ep_size);
+  const int64_t n = epm_placement_rank_slots(p, rank), first = p->rank_start[rank], E = p->num_experts;
+  epm_layer_t l;
+  EPM_TRY(layer_alloc(dims, 0, n, &l));
+  epm_slot_map_t *m = &l.slots;
+  m->expert = malloc((size_t)n * sizeof *m->expert);
+  m->rep_start = malloc((size_t)(E + 1) * sizeof *m->rep_start);
+  m->rep_local = malloc((size_t)p->num_slots * sizeof *m->rep_local);
+  if (!m->expert || !m->rep_start || !m->rep_local) {
+    epm_layer_free(&l);
+    return epm_error(EPM_ERR_NOMEM, "slot map of %lld slots", (long long)p->num_slots);
+  }
+  memcpy(m->expert, p->slot_expert + first, (size_t)n * sizeof *m->expert);
+  memcpy(m->rep_start, p->replica_start, (size_t)(E + 1) * sizeof *m->rep_start);
+  epm_status_t st = epm_placement_local_map(p, rank, m->rep_local);
+  if (st != EPM_OK) {
+    epm_layer_free(&l);
+    return st;
+  }
+  m->num_slots = p->num_slots;
+  m->first_slot = first;
+  *out = l;
+  return EPM_OK;
 }
 
 /* ---- generator ----------------------------------------------------------- */
@@ -247,17 +335,15 @@ static epm_status_t gen_expert(uint64_t seed, int64_t layer, int64_t id, epm_exp
   return EPM_OK;
 }
 
-epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
-                                int64_t expert_offset, int64_t count, epm_layer_t *out) {
-  if (layer_index < 0)
-    return epm_error(EPM_ERR_INVALID_ARG, "layer_index %lld is negative", (long long)layer_index);
-  epm_layer_t l;
-  EPM_TRY(epm_layer_alloc(dims, expert_offset, count, &l));
+/* Fill an allocated layer: each bank slot, the shared expert, the router. */
+static epm_status_t generate_into(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
+                                  epm_layer_t *out) {
+  epm_layer_t l = *out;
   epm_status_t st = EPM_OK;
   const int64_t H = dims->hidden, E = dims->num_experts;
   const int nt = epm_moe_ref_threads(0);
-  for (int64_t e = 0; e < count; e++)
-    EPM_TRY_GOTO(gen_expert(seed, layer_index, expert_offset + e, &l.experts, e), st, fail);
+  for (int64_t e = 0; e < l.experts.count; e++)
+    EPM_TRY_GOTO(gen_expert(seed, layer_index, epm_layer_slot_expert(&l, e), &l.experts, e), st, fail);
   if (l.shared.count > 0) EPM_TRY_GOTO(gen_expert(seed, layer_index, SHARED_EXPERT_ID, &l.shared, 0), st, fail);
 #pragma omp parallel for schedule(static) num_threads(nt)
   for (int64_t e = 0; e < E; e++)
@@ -281,7 +367,24 @@ epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_inde
   return EPM_OK;
 fail:
   epm_layer_free(&l);
+  memset(out, 0, sizeof *out);
   return st;
+}
+
+epm_status_t epm_layer_generate(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
+                                int64_t expert_offset, int64_t count, epm_layer_t *out) {
+  if (layer_index < 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "layer_index %lld is negative", (long long)layer_index);
+  EPM_TRY(epm_layer_alloc(dims, expert_offset, count, out));
+  return generate_into(dims, layer_index, seed, out);
+}
+
+epm_status_t epm_layer_generate_placed(const epm_model_dims_t *dims, int64_t layer_index, uint64_t seed,
+                                       const epm_placement_t *p, int64_t rank, epm_layer_t *out) {
+  if (layer_index < 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "layer_index %lld is negative", (long long)layer_index);
+  EPM_TRY(epm_layer_alloc_placed(dims, p, rank, out));
+  return generate_into(dims, layer_index, seed, out);
 }
 
 epm_status_t epm_layer_random_hidden(int64_t hidden, uint64_t seed, int64_t first_token, int64_t m,

@@ -214,10 +214,7 @@ static epm_status_t check_experts_args(const epm_layer_t *l, const uint8_t *x_fp
   if (H <= 0 || H % 16 != 0)
     return epm_error(EPM_ERR_INVALID_ARG, "hidden %lld must be a positive multiple of 16", (long long)H);
   if (E < 1) return epm_error(EPM_ERR_INVALID_ARG, "num_experts %lld must be >= 1", (long long)E);
-  if (l->expert_offset < 0 || l->experts.count < 0 || l->expert_offset > E - l->experts.count)
-    return epm_error(EPM_ERR_INVALID_ARG, "local experts [%lld, %lld + %lld) are not within [0, num_experts %lld)",
-                     (long long)l->expert_offset, (long long)l->expert_offset, (long long)l->experts.count,
-                     (long long)E);
+  EPM_TRY(epm_layer_check_bank(l));
   EPM_TRY(epm__bank_check("routed experts", &l->experts, H));
   if (m < 0) return epm_error(EPM_ERR_INVALID_ARG, "token count m %lld is negative", (long long)m);
   if (k < 1 || k > E)
@@ -253,7 +250,7 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
   float g_mid, d_mid;
   EPM_TRY(epm__mid_scales(l->down_input_scale, opts->mid_global_scale, &g_mid, &d_mid));
   if (m == 0) return EPM_OK;
-  const int64_t H = l->dims.hidden, off = l->expert_offset, el = l->experts.count;
+  const int64_t H = l->dims.hidden, el = l->experts.count;
   const int nt = epm_moe_ref_threads(opts->threads);
   const int64_t mk = m * k; /* checked above */
   size_t ybytes, tbytes;
@@ -263,7 +260,9 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
     return epm_error(EPM_ERR_OVERFLOW, "%lld tokens x top_k %lld pair table overflows size_t", (long long)m,
                      (long long)k);
 
-  /* Group local pairs by expert: cnt/start per expert, row of each pair. */
+  /* Group local pairs by bank slot: cnt/start per slot, row of each pair.
+   * row_of first holds each pair's bank slot (-1: served elsewhere; the
+   * placement's replica rule with the pair's row as the token index). */
   int64_t *start = calloc((size_t)el + 1, sizeof(int64_t));
   int64_t *row_of = malloc(tbytes);
   int64_t *tok = malloc(tbytes);
@@ -273,8 +272,10 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
     st = epm_error(EPM_ERR_NOMEM, "pair tables for %lld tokens x top_k %lld", (long long)m, (long long)k);
     goto out;
   }
-  for (int64_t i = 0; i < mk; i++)
-    if (ids[i] >= off && ids[i] < off + el) start[ids[i] - off + 1]++;
+  for (int64_t i = 0; i < mk; i++) {
+    row_of[i] = epm_layer_local_slot(l, ids[i], i / k);
+    if (row_of[i] >= 0) start[row_of[i] + 1]++;
+  }
   int64_t max_n = 0;
   for (int64_t e = 0; e < el; e++) {
     max_n = start[e + 1] > max_n ? start[e + 1] : max_n;
@@ -288,9 +289,9 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
       goto out;
     }
     for (int64_t i = 0; i < mk; i++) {
-      row_of[i] = -1;
-      if (ids[i] < off || ids[i] >= off + el) continue;
-      int64_t e = ids[i] - off, r = start[e] + fill[e]++;
+      const int64_t e = row_of[i];
+      if (e < 0) continue;
+      const int64_t r = start[e] + fill[e]++;
       row_of[i] = r;
       tok[r] = i / k;
     }
@@ -323,7 +324,7 @@ epm_status_t epm_moe_ref_experts(const epm_layer_t *l, const uint8_t *x_fp4, con
     st = epm__expert_forward(&l->experts, e, a, n, x_decode_scale, g_mid, d_mid, !opts->expert_out_fp32, nt,
                              y + start[e] * H, tm);
     if (st != EPM_OK) {
-      epm_error_wrap(st, "local expert %lld (global %lld)", (long long)e, (long long)(off + e));
+      epm_error_wrap(st, "local expert %lld (global %lld)", (long long)e, (long long)epm_layer_slot_expert(l, e));
       goto out;
     }
   }

@@ -155,10 +155,16 @@ static epm_status_t check_config(const epm_plan_config_t *cfg, int64_t *tile) {
   if (st != EPM_OK) return epm_error_wrap(st, "model '%s'", cfg->dims.name);
   if (cfg->ep_size < 1)
     return epm_error(EPM_ERR_INVALID_ARG, "ep_size = %lld must be >= 1", (long long)cfg->ep_size);
-  if (cfg->dims.num_experts % cfg->ep_size != 0)
+  const epm_placement_t *pl = cfg->placement;
+  if (pl && (pl->num_experts != cfg->dims.num_experts || pl->ep_size != cfg->ep_size))
     return epm_error(EPM_ERR_INVALID_ARG,
-                     "num_experts = %lld is not divisible by ep_size = %lld (experts are split "
-                     "evenly across ranks)",
+                     "the placement maps %lld experts over %lld ranks; the plan is for %lld experts over %lld ranks",
+                     (long long)pl->num_experts, (long long)pl->ep_size, (long long)cfg->dims.num_experts,
+                     (long long)cfg->ep_size);
+  if (!pl && cfg->dims.num_experts < cfg->ep_size)
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "num_experts = %lld cannot give each of ep_size = %lld ranks an expert (add redundant "
+                     "experts with a placement)",
                      (long long)cfg->dims.num_experts, (long long)cfg->ep_size);
   if (cfg->rank < 0 || cfg->rank >= cfg->ep_size)
     return epm_error(EPM_ERR_INVALID_ARG, "rank = %lld is outside [0, ep_size = %lld)",
@@ -203,12 +209,13 @@ static epm_status_t count_tokens(const epm_plan_config_t *cfg, int64_t *local, i
   return EPM_OK;
 }
 
-static epm_status_t plan_tokens(epm_plan_t *p) {
+static epm_status_t plan_tokens(epm_plan_t *p, const epm_placement_t *pl) {
   const epm_model_dims_t *d = &p->config.dims;
   const int64_t M = p->tokens_gathered, ep = p->config.ep_size;
   int64_t mk;
-  p->local_experts = d->num_experts / ep;
-  p->expert_offset = p->config.rank * p->local_experts; /* < E: no overflow */
+  p->local_experts = epm_placement_rank_slots(pl, p->config.rank);
+  p->expert_offset = pl->rank_start[p->config.rank];
+  p->num_slots = pl->num_slots;
   EPM_TRY(mul("expanded pairs (gathered tokens x top_k)", M, d->top_k, &p->expanded_pairs));
   mk = p->expanded_pairs;
   EPM_TRY(add("uniform local pairs", mk, ep - 1, &mk));
@@ -320,7 +327,16 @@ epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out) {
   p.config.tokens_per_rank = NULL;
   p.tile = tile;
   EPM_TRY(count_tokens(cfg, &p.tokens_local, &p.tokens_max, &p.tokens_gathered));
-  EPM_TRY(plan_tokens(&p));
+  p.config.placement = NULL;
+  if (cfg->placement) {
+    EPM_TRY(plan_tokens(&p, cfg->placement));
+  } else {
+    epm_placement_t dflt = EPM_PLACEMENT_INIT;
+    EPM_TRY(epm_placement_default(cfg->dims.num_experts, cfg->ep_size, 0, &dflt));
+    epm_status_t st = plan_tokens(&p, &dflt);
+    epm_placement_free(&dflt);
+    EPM_TRY(st);
+  }
   EPM_TRY(plan_activations(&p));
   EPM_TRY(plan_weights(&p));
   EPM_TRY(plan_totals(&p));

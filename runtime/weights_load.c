@@ -263,13 +263,15 @@ static int expert_bytes(int64_t H, int64_t I, int64_t *out) {
 }
 
 epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, size_t *out) {
-  if (ep_size < 1 || d->num_experts % ep_size != 0)
-    return epm_error(EPM_ERR_INVALID_ARG, "num_experts %lld is not divisible by EP size %d",
+  if (ep_size < 1 || d->num_experts < ep_size)
+    return epm_error(EPM_ERR_INVALID_ARG, "%lld experts cannot give each of %d ranks a slot",
                      (long long)d->num_experts, ep_size);
   int64_t per, shared = 0, local, router, total;
+  /* The default split's largest slice: the first E mod P ranks hold one more. */
+  const int64_t most = d->num_experts / ep_size + (d->num_experts % ep_size != 0);
   if (expert_bytes(d->hidden, d->intermediate, &per) ||
       (d->shared_experts && expert_bytes(d->hidden, d->shared_intermediate, &shared)) ||
-      epm_mul_i64(per, d->num_experts / ep_size, &local) ||
+      epm_mul_i64(per, most, &local) ||
       epm_add_i64(d->hidden, 2, &router) || epm_mul3_i64(d->num_experts, router, 2, &router) ||
       epm_add_i64(local, shared, &total) ||
       epm_add_i64(total, router, &total))
@@ -282,26 +284,34 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
 epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_rank, int ep_size,
                                     epm_layer_t *out, epm_load_progress_t *progress) {
   const epm_model_dims_t *d = epm_model_dir_dims(md);
-  const int64_t E = d->num_experts;
+  epm_placement_t p = EPM_PLACEMENT_INIT;
   memset(out, 0, sizeof *out);
   if (ep_size < 1 || ep_rank < 0 || ep_rank >= ep_size)
     return epm_error(EPM_ERR_INVALID_ARG, "EP rank %d of %d is invalid", ep_rank, ep_size);
-  if (E % ep_size != 0)
-    return epm_error(EPM_ERR_INVALID_ARG,
-                     "%s: %lld experts cannot be split evenly over EP size %d (E %% EP = %lld)",
-                     epm_model_dir_path(md), (long long)E, ep_size, (long long)(E % ep_size));
+  epm_status_t st = epm_placement_default(d->num_experts, ep_size, 0, &p);
+  if (st != EPM_OK) return epm_error_wrap(st, "%s", epm_model_dir_path(md));
+  st = epm_weights_load_layer_placed(md, layer, &p, ep_rank, out, progress);
+  epm_placement_free(&p);
+  return st;
+}
+
+epm_status_t epm_weights_load_layer_placed(epm_model_dir_t *md, int64_t layer, const epm_placement_t *p,
+                                           int64_t rank, epm_layer_t *out, epm_load_progress_t *progress) {
+  const epm_model_dims_t *d = epm_model_dir_dims(md);
+  const int64_t E = d->num_experts;
+  memset(out, 0, sizeof *out);
   if (!epm_model_dir_is_moe_layer(md, layer))
     return epm_error(EPM_ERR_INVALID_ARG, "%s: layer %lld is not a MoE layer of this %lld-layer model",
                      epm_model_dir_path(md), (long long)layer, (long long)d->num_layers);
-  const int64_t count = E / ep_size, off = (int64_t)ep_rank * count;
   ctx_t c = {md, epm_model_dir_family(md), layer, progress, 0, NULL, 0, 0};
   epm_status_t st;
   float in_s, down_s, sh_g = 0, sh_u = 0, sh_d = 0;
+  const int64_t first = p->rank_start[rank], count = epm_placement_rank_slots(p, rank);
   /* Check every tensor this rank needs before allocating: the allocation is
    * sized by config.json, and only tensors the files really hold justify it. */
   EPM_TRY_GOTO(global_input_scales(&c, E, &in_s, &down_s), st, fail);
   for (int64_t i = 0; i < count; i++)
-    EPM_TRY_GOTO(load_expert(&c, off + i, d->hidden, d->intermediate, NULL, 0), st, fail);
+    EPM_TRY_GOTO(load_expert(&c, p->slot_expert[first + i], d->hidden, d->intermediate, NULL, 0), st, fail);
   if (d->shared_experts) {
     EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, d->hidden, d->shared_intermediate, NULL, 0), st, fail);
     EPM_TRY_GOTO(scalar_f32(&c, EPM_EXPERT_SHARED, EPM_PROJ_GATE, EPM_FIELD_INPUT_SCALE, &sh_g), st, fail);
@@ -310,13 +320,14 @@ epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_r
   }
   EPM_TRY_GOTO(load_router_tensor(&c, 0, E, d->hidden, NULL), st, fail);
   if (d->routing == EPM_ROUTING_DEEPSEEK_V3) EPM_TRY_GOTO(load_router_tensor(&c, 1, E, 0, NULL), st, fail);
-  EPM_TRY(epm_layer_alloc(d, off, count, out));
+  st = epm_layer_alloc_placed(d, p, rank, out);
+  if (st != EPM_OK) return epm_error_wrap(st, "%s", epm_model_dir_path(md));
   out->layer_index = layer;
-  out->expert_offset = off;
   out->input_scale = in_s;
   out->down_input_scale = down_s;
+  /* A replica reads the same tensors as the expert's first slot. */
   for (int64_t i = 0; i < count; i++)
-    EPM_TRY_GOTO(load_expert(&c, off + i, d->hidden, d->intermediate, &out->experts, i), st, fail);
+    EPM_TRY_GOTO(load_expert(&c, out->slots.expert[i], d->hidden, d->intermediate, &out->experts, i), st, fail);
   if (d->shared_experts) {
     EPM_TRY_GOTO(load_expert(&c, EPM_EXPERT_SHARED, d->hidden, d->shared_intermediate, &out->shared, 0), st, fail);
     out->shared_input_scale = fmaxf(sh_g, sh_u);
@@ -332,8 +343,8 @@ epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_r
   return EPM_OK;
 fail:
   free(c.jobs);
-  epm_error_wrap(st, "loading layer %lld experts [%lld, %lld) (EP rank %d of %d)", (long long)layer,
-                 (long long)off, (long long)(off + count), ep_rank, ep_size);
+  epm_error_wrap(st, "loading layer %lld slots [%lld, %lld) (EP rank %lld of %lld)", (long long)layer,
+                 (long long)first, (long long)(first + count), (long long)rank, (long long)p->ep_size);
   epm_layer_free(out);
   return st;
 }

@@ -3,7 +3,7 @@
 # "Engine"), bit-identical repeats (--repeat inside a job; step_runs.sh across
 # jobs and across splits of one token set), unequal / zero / all-zero token
 # counts, usage errors. tiny: H 256, I 128, E 16, top-4, deepseek-v3 groups,
-# shared expert. EP 3 needs E % 3 == 0: --experts 24.
+# shared expert. (E not divisible by P: tests/placement.cmake.)
 add_executable(test_engine_mpi mpi/test_engine_mpi.c)
 target_link_libraries(test_engine_mpi PRIVATE epmoe)
 foreach(np 1 2 4 8)
@@ -51,7 +51,7 @@ epm_add_mpi_test(step_a2a_np32 NP 32 COMMAND ${_a2a} --experts 32 --repeat 2
 epm_add_mpi_test(step_auto_np32 NP 32 COMMAND ${_step} --dispatch auto --experts 32
                  --tokens-per-rank 0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,40 LABELS mpi TIMEOUT 240)
 
-foreach(c repeat split badlen badexp json modes calibrate overflow)
+foreach(c repeat split badlen badexp json modes calibrate overflow a2a_placed)
   add_test(NAME step_runs_${c}
            COMMAND sh ${CMAKE_CURRENT_SOURCE_DIR}/mpi/step_runs.sh ${c} ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:epmoectl>)
   set_tests_properties(step_runs_${c} PROPERTIES LABELS mpi TIMEOUT 240 PROCESSORS 2

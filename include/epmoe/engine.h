@@ -38,6 +38,7 @@
 #include "epmoe/dispatch.h"
 #include "epmoe/layer.h"
 #include "epmoe/nvfp4.h"
+#include "epmoe/placement.h"
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -75,9 +76,15 @@ typedef struct {
   int64_t recv_capacity;
   /* auto: the cost model's terms; all zero = epm_dispatch_cost_default(). */
   epm_dispatch_cost_t dispatch_cost;
+  /* Where the experts live (epmoe/placement.h): the layer must hold exactly
+   * this rank's slots of it. Read during create only. NULL = the default
+   * placement of E experts over the comm's ranks (contiguous, the first
+   * E mod P ranks one expert more), which an unplaced contiguous slice may
+   * also match. */
+  const epm_placement_t *placement;
 } epm_engine_config_t;
 
-#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}}
+#define EPM_ENGINE_CONFIG_INIT {0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, NULL, EPM_DISPATCH_ALLGATHER, 0, {{0, 0}, {0, 0}}, NULL}
 
 /* Stages timed per step (wall clock on the calling thread, seconds). */
 #define EPM_ENGINE_STAGES(X)                                             \
@@ -128,8 +135,8 @@ typedef struct {
 
 /* Create the engine of one layer on this rank. Not collective (no
  * communication), but every rank of the comm must create its engine with the
- * same config and dims. The layer must hold exactly this rank's contiguous
- * slice [rank*E/P, (rank+1)*E/P) (E % P == 0).
+ * same config, dims and placement. The layer must hold exactly this rank's
+ * slots of the placement (cfg.placement, or the default split).
  * [in] layer, comm, be: caller-owned, must outlive the engine.
  * [out] *out: destroy with epm_engine_destroy. */
 epm_status_t epm_engine_create(const epm_engine_config_t *cfg, const epm_layer_t *layer,
@@ -162,6 +169,15 @@ void epm_engine_stats_reset(epm_engine_t *eng);
 
 /* The alltoall receive capacity in token rows (0 in allgather mode). */
 int64_t epm_engine_recv_capacity(const epm_engine_t *eng);
+
+/* Per-expert load: for each logical expert e in [0, n), n = num_experts, the
+ * (token, expert) pairs routed to e from THIS rank's own tokens, summed over
+ * successful steps (total) and of the last successful step (last); either
+ * may be NULL. Summed over the ranks this is the group's load per expert (in
+ * pairs, i.e. tokens: a token picks an expert at most once), what
+ * epm_placement_balance() takes. Safe from another thread while a step runs.
+ * EPM_ERR_INVALID_ARG when n is not the layer's expert count. */
+epm_status_t epm_engine_expert_load(const epm_engine_t *eng, uint64_t *total, uint64_t *last, int64_t n);
 
 /* Bytes of step buffers the engine allocated (backend memory). */
 size_t epm_engine_buffer_bytes(const epm_engine_t *eng);

@@ -61,11 +61,19 @@ typedef struct {
   epm_dispatch_mode_t dispatch;
   int64_t recv_capacity;
   epm_dispatch_cost_t dispatch_cost;
+  /* Where the experts live, the same map for every served layer
+   * (epmoe/placement.h): `placement` when given (its expert count and EP
+   * size must match the model and the group; copied), else the default
+   * contiguous split of E + redundant_experts slots (the redundant slots are
+   * second copies of experts 0, 1, ...). Every rank must pass the same map:
+   * creation compares their hashes and fails on all ranks otherwise. */
+  const epm_placement_t *placement;
+  int64_t redundant_experts;
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}}
+   {{0, 0}, {0, 0}}, NULL, 0}
 
 /* What HELLO/STATUS report. */
 typedef struct {
@@ -74,7 +82,8 @@ typedef struct {
   int ep_rank, ep_size, gpu;
   int64_t hidden, num_experts, top_k;
   int64_t num_layers;
-  int64_t first_expert, local_experts; /* this rank's slice */
+  int64_t first_expert, local_experts; /* this rank's slots: first global slot, slot count */
+  int64_t num_slots;                   /* slots of the group (E + redundant) */
   uint64_t weight_bytes; /* this rank's weights, all served layers */
   uint64_t buffer_bytes; /* step buffers (backend memory) */
 } epm_group_info_t;
@@ -135,6 +144,11 @@ const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer);
 /* The engine that ran the last step (its stage timings), or the first
  * layer's engine before any step. */
 const epm_engine_t *epm_group_last_engine(const epm_group_t *g);
+/* The group's expert placement (owned by the group). */
+const epm_placement_t *epm_group_placement(const epm_group_t *g);
+/* Per-expert load of this rank's own tokens over every served layer:
+ * epm_engine_expert_load summed over the engines (n = num_experts). */
+epm_status_t epm_group_expert_load(const epm_group_t *g, uint64_t *total, uint64_t *last, int64_t n);
 /* The backend (stream, device) and comm, for callers that own step buffers. */
 epm_backend_t *epm_group_backend(epm_group_t *g);
 epm_comm_t *epm_group_comm(epm_group_t *g);

@@ -88,9 +88,13 @@ epm_status_t epm_kernel_routing(const epm_routing_plan_t *p, const float *logits
 
 /* ---- MoE experts: permute -> GEMM1+SwiGLU+requant -> GEMM2 -> finalize ---
  * Inputs: the gathered NVFP4 tokens (hidden_fp4 [M, H/2], linear scales
- * [M, H/16], decode scale input_scale), ids/weights [M, k]. Only the local
- * experts [expert_offset, expert_offset + E_l) contribute; a token whose
- * experts are all non-local gets exact 0 (so EP partials sum).
+ * [M, H/16], decode scale input_scale), ids/weights [M, k]. Only the pairs
+ * served by this rank's E_l bank slots contribute: with a contiguous plan
+ * (epm_moe_plan) ids in [expert_offset, expert_offset + E_l), slot id -
+ * expert_offset; with a placed plan (epm_moe_plan_placed) the pair (t, j) goes
+ * to bank slot epm_moe_local_slot(rep_start, rep_local, ids[t, j], t) when it
+ * is >= 0 (the placement's replica rule, epmoe/placement.h). A token whose
+ * experts are all served elsewhere gets exact 0 (so EP partials sum).
  *
  * permute   per-local-expert histogram, prefix sum padded to EPM_MOE_TILE_M
  *           (on the device; no host read of counts), pair -> row map
@@ -108,8 +112,26 @@ epm_status_t epm_kernel_routing(const epm_routing_plan_t *p, const float *logits
  *           accumulate; out is bf16 or fp32 (EP partial for the reduce). */
 #define EPM_MOE_TILE_M 64
 
+#if defined(__CUDACC__)
+#define EPM_MOE_HD __host__ __device__
+#else
+#define EPM_MOE_HD
+#endif
+
+/* The replica rule of a placement, on one rank: the pair (gathered token t,
+ * logical expert e) is served by replica t mod n_e of e's n_e replicas
+ * (rep_start[e] .. rep_start[e + 1]); rep_local gives that replica's bank
+ * slot on this rank, or -1 when it lives on another rank. The one definition
+ * the kernels, the CPU reference and epm_placement_slot() share. */
+static inline EPM_MOE_HD int64_t epm_moe_local_slot(const int32_t *rep_start, const int32_t *rep_local, int64_t e,
+                                                    int64_t token) {
+  const int64_t b = rep_start[e], n = (int64_t)rep_start[e + 1] - b;
+  return rep_local[b + token % n];
+}
+
 typedef struct {
   int64_t tokens, hidden, inter, top_k, num_experts, expert_offset, local_experts;
+  int placed;             /* 1: ids map to bank slots through the inputs' rep_start/rep_local */
   int64_t pairs;          /* tokens * top_k */
   int64_t max_rows;       /* worst case padded rows = epm_plan_t.permuted_rows_max at tile TILE_M */
   int64_t max_m_tiles;    /* max_rows / TILE_M */
@@ -143,8 +165,11 @@ typedef struct {
 
 typedef struct {
   const uint8_t *hidden_fp4, *hidden_sf; /* [M, H/2], linear [M, H/16] */
-  const int32_t *ids;                    /* [M, k] global expert ids */
+  const int32_t *ids;                    /* [M, k] global (logical) expert ids */
   const float *weights;                  /* [M, k] fp32 (rounded to bf16 in finalize) */
+  /* Placed plans only (NULL otherwise): the rank's replica table, device
+   * memory: rep_start [num_experts + 1], rep_local [rep_start[num_experts]]. */
+  const int32_t *rep_start, *rep_local;
 } epm_moe_inputs_dev_t;
 
 /* Worst-case local pairs, GEMM M-tiles and padded rows for `tokens` gathered
@@ -158,6 +183,12 @@ epm_status_t epm_plan_local_rows_bound(int64_t tokens, int64_t top_k, int64_t lo
 epm_status_t epm_moe_plan(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
                           int64_t top_k, int64_t expert_offset, int64_t local_experts,
                           epm_moe_plan_t *out);
+/* Plan for M gathered tokens and local_slots bank slots of a placement:
+ * ids are logical experts in [0, num_experts) mapped to bank slots through
+ * the inputs' rep_start/rep_local (a rank may hold any set of experts, and
+ * replicas). Sizes and grids as epm_moe_plan with E_l = local_slots. */
+epm_status_t epm_moe_plan_placed(int64_t tokens, int64_t hidden, int64_t inter, int64_t num_experts,
+                                 int64_t top_k, int64_t local_slots, epm_moe_plan_t *out);
 /* Point the workspace pieces into one device allocation of workspace_bytes. */
 epm_status_t epm_moe_workspace_carve(const epm_moe_plan_t *p, void *base_dev,
                                      epm_moe_workspace_t *ws);

@@ -5,8 +5,10 @@
  * depend on the thread count (each output element is computed by one thread in
  * a fixed order).
  *
- * Numerics, per local (token t, slot j) with e = ids[t,j] in the layer's slice
- * [expert_offset, expert_offset + count); a1 = the input decode scale,
+ * Numerics, per local (token t, slot j): e = ids[t,j] in the layer's slice
+ * [expert_offset, expert_offset + count), or for a placed layer a pair its
+ * bank serves under the placement's replica rule (token index t = the row of
+ * the call, epm_layer_local_slot); a1 = the input decode scale,
  * w13s2 / w2s2 = the expert's weight_scale_2:
  *   1 a   = e2m1(x) * e4m3(sf_x)                         exact in fp32 (no global scale yet)
  *   2 W   = e2m1(w) * e4m3(sf_w)                         gate, up, down tiles, exact in fp32
@@ -86,7 +88,8 @@ int epm_moe_ref_threads(int requested);
 
 /* Routed experts of one layer slice on already-routed, already-quantized tokens
  * (what an EP rank sees after the all-gather).
- *   layer           [in] experts [expert_offset, expert_offset + count) of E = layer->dims.num_experts
+ *   layer           [in] experts [expert_offset, expert_offset + count) of E = layer->dims.num_experts,
+ *                   or a placed bank (layer.h): row t of the call is the gathered token index
  *   x_fp4, x_sf     [in] [m, H/2] packed E2M1 and [m, H/16] linear E4M3 scales
  *   x_decode_scale  [in] a1 > 0, finite: the decode scale x was quantized with (layer->input_scale)
  *   m               tokens, >= 0 (0 writes nothing and succeeds)

@@ -19,7 +19,7 @@
  *             routed to top-k ids (int32) + weights (fp32), quantized to
  *             NVFP4 (packed [m_r, H/2] + linear scales [m_r, H/16])
  *   gathered  all-gather-v of fp4 rows, linear scales, ids, weights -> M rows
- *   expert    the (token, expert) pairs that hit this rank's E_l experts,
+ *   expert    the (token, expert) pairs that hit this rank's E_l expert slots,
  *             permuted by expert with each expert's rows padded to the GEMM
  *             M-tile; GEMM1 [rows, 2I] -> SwiGLU + NVFP4 requant [rows, I]
  *             -> GEMM2 [rows, H] -> finalize (weighted sum per token) into
@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "epmoe/model.h"
+#include "epmoe/placement.h"
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -55,8 +56,13 @@ extern "C" {
 /* What the caller asks about. */
 typedef struct {
   epm_model_dims_t dims;          /* validated by epm_plan_compute */
-  int64_t ep_size;                /* EP group size, >= 1, divides dims.num_experts */
+  int64_t ep_size;                /* EP group size, >= 1 */
   int64_t rank;                   /* 0 <= rank < ep_size */
+  /* Where the experts live (read during the call only): NULL = the default
+   * placement, the contiguous split with the first E mod ep_size ranks
+   * holding one expert more (epmoe/placement.h). Its expert count and EP size
+   * must match dims and ep_size. */
+  const epm_placement_t *placement;
   /* Either the exact token count of every rank ([ep_size], caller-owned, read
    * during the call only) or NULL, then every rank has max_tokens_per_rank
    * (the capacity case the engine sizes its buffers for). Counts may be 0. */
@@ -95,15 +101,16 @@ typedef struct {
 #define EPM_PLAN_MAX_LIMITS 8
 
 typedef struct {
-  epm_plan_config_t config;    /* copy; tokens_per_rank set to NULL (not kept) */
+  epm_plan_config_t config;    /* copy; tokens_per_rank and placement set to NULL (not kept) */
   int64_t tile;                /* resolved GEMM M-tile */
 
   /* ---- tokens and experts ---- */
   int64_t tokens_local;        /* m_r of this rank */
   int64_t tokens_max;          /* max over ranks of m_r */
   int64_t tokens_gathered;     /* M = sum over ranks of m_r */
-  int64_t local_experts;       /* E_l = E / ep_size */
-  int64_t expert_offset;       /* rank * E_l: local experts are [offset, offset + E_l) */
+  int64_t num_slots;           /* S: physical expert slots of the group (E + redundant) */
+  int64_t local_experts;       /* E_l: this rank's slots (floor or ceil of S / ep_size by default) */
+  int64_t expert_offset;       /* this rank's first global slot: its slots are [offset, offset + E_l) */
   int64_t expanded_pairs;      /* M * k: every (token, slot) pair of the gathered batch */
   /* Worst case of pairs landing on local experts: a token picks k distinct
    * experts, so at most min(k, E_l) of them are local: M * min(k, E_l). */
@@ -200,9 +207,9 @@ typedef struct {
 
 /* Compute the plan. cfg is read only during the call. On error *out is left
  * untouched and the message names the values: EPM_ERR_INVALID_ARG for bad
- * dims, ep_size, rank, tile or token counts (E % ep_size != 0, negative
- * tokens, rank out of range); EPM_ERR_OVERFLOW when a size does not fit in
- * int64/size_t. */
+ * dims, ep_size, rank, tile, placement or token counts (more ranks than
+ * slots, a placement of other E or P, negative tokens, rank out of range);
+ * EPM_ERR_OVERFLOW when a size does not fit in int64/size_t. */
 epm_status_t epm_plan_compute(const epm_plan_config_t *cfg, epm_plan_t *out);
 
 /* epm_plan_local_rows_bound() (worst-case local pairs and padded rows) is

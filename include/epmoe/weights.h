@@ -15,8 +15,10 @@
  *   llama4 [UNVERIFIED against a real export]: P = language_model.model.layers.L.feed_forward,
  *     <shared> = shared_expert, <router> = router
  *
- * Loading rank r of EP ranks takes experts [r*E/EP, (r+1)*E/EP) (E % EP must
- * be 0) and reads input_scale of ALL experts so every rank computes the same
+ * Loading rank r takes that rank's slots of an expert placement
+ * (epmoe/placement.h; by default the contiguous split with the first E mod EP
+ * ranks holding one expert more; a replica reads the same tensors as its
+ * expert) and reads input_scale of ALL experts so every rank computes the same
  * global scales: input_scale = max over experts of max(gate, up) input_scale,
  * down_input_scale = max over experts of the down input_scale. When an
  * expert's gate and up weight_scale_2 differ (never in ModelOpt exports, which
@@ -68,7 +70,8 @@ void epm_load_progress_add(epm_load_progress_t *p, size_t bytes);
 /* Prints the summary ("loaded 6.3 GB in 4.1 s, 1540 MB/s"); returns seconds. */
 double epm_load_progress_end(epm_load_progress_t *p, const char *what);
 
-/* Bytes one rank copies for one layer (its experts, the shared expert, router). */
+/* Bytes one rank copies for one layer (its experts, the shared expert,
+ * router) under the default split: the largest slice, ceil(E / EP) experts. */
 epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, size_t *out);
 
 /* Load checkpoint layer `layer` (must be a MoE layer) for rank ep_rank of
@@ -78,6 +81,10 @@ epm_status_t epm_weights_layer_bytes(const epm_model_dims_t *d, int ep_size, siz
  * the tensor and the file. progress may be NULL. */
 epm_status_t epm_weights_load_layer(epm_model_dir_t *md, int64_t layer, int ep_rank, int ep_size,
                                     epm_layer_t *out, epm_load_progress_t *progress);
+/* The same for `rank`'s slots of placement p (a placed bank, layer.h); the
+ * unplaced form above loads the default placement of ep_size ranks. */
+epm_status_t epm_weights_load_layer_placed(epm_model_dir_t *md, int64_t layer, const epm_placement_t *p,
+                                           int64_t rank, epm_layer_t *out, epm_load_progress_t *progress);
 
 /* ---- value checks (docs/RELIABILITY.md "Checkpoints") ----
  * Shared by the loader and `epmoectl ckpt inspect`, so a checkpoint inspect

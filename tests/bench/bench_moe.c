@@ -91,7 +91,7 @@ int main(int argc, char **argv) {
   epm_moe_workspace_t ws;
   EPM_CHECK(epm_moe_workspace_carve(&mp, wsb, &ws));
   uint16_t *dout = gpu_alloc_poisoned(mp.out_bf16_bytes, 0);
-  gpu_step_t step = {qp, rp, mp, dx, dg, dl, NULL, w, {dq, dsf, dids, dw}, ws, 0, dout};
+  gpu_step_t step = {qp, rp, mp, dx, dg, dl, NULL, w, {dq, dsf, dids, dw, NULL, NULL}, ws, 0, dout};
   enum { NST = GPU_STEP_STAGES };
   float *t[NST], ms[NST];
   for (int s = 0; s < NST; s++) t[s] = calloc((size_t)iters, sizeof(float));

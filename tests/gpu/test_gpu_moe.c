@@ -4,7 +4,9 @@
  * layers, local slices at both ends of the expert range and the full range,
  * k = 1, an expert with no tokens, tokens whose experts are all non-local
  * (must be exactly 0), zero tokens, dims that are not multiples of the tile,
- * bf16 output and the fp32 EP-partial output, and the step captured in a
+ * bf16 output and the fp32 EP-partial output, placed banks (every rank of
+ * the default split with redundant slots and of a balanced map: ids through
+ * the rank's replica table), and the step captured in a
  * CUDA graph (bit-identical replay). Outputs are poisoned (NaN) before each
  * run. Also FlashInfer's MoE vectors: the full layer and both EP slices of
  * the bundle, dims and slices from its manifest. Prints the max error per
@@ -18,6 +20,7 @@
 #include "epmoe/layer.h"
 #include "epmoe/moe_ref.h"
 #include "epmoe/nvfp4.h"
+#include "epmoe/placement.h"
 #include "epmoe/routing.h"
 #include "gpu_util.h"
 #include "testutil.h"
@@ -27,11 +30,17 @@ static double worst_rel = 0, worst_abs_rel = 0; /* vs the CPU reference only */
 
 /* Run the pipeline; returns bf16 out (as fp32) and fp32 out, host. */
 static void gpu_moe(const epm_moe_weights_dev_t *w, int64_t m, int64_t H, int64_t I, int64_t E, int64_t k,
-                    int64_t off, int64_t el, const uint8_t *xq, const uint8_t *xsf, const int32_t *ids,
-                    const float *wts, float *out_bf16_as_f32, float *out_f32) {
+                    int64_t off, int64_t el, const epm_slot_map_t *slots, const uint8_t *xq, const uint8_t *xsf,
+                    const int32_t *ids, const float *wts, float *out_bf16_as_f32, float *out_f32) {
   epm_moe_plan_t p;
-  EPM_CHECK(epm_moe_plan(m, H, I, E, k, off, el, &p));
-  epm_moe_inputs_dev_t in;
+  epm_moe_inputs_dev_t in = {0};
+  if (slots) { /* a placed bank: ids go through the rank's replica table */
+    EPM_CHECK(epm_moe_plan_placed(m, H, I, E, k, el, &p));
+    in.rep_start = gpu_upload(slots->rep_start, (size_t)(E + 1) * sizeof(int32_t));
+    in.rep_local = gpu_upload(slots->rep_local, (size_t)slots->num_slots * sizeof(int32_t));
+  } else {
+    EPM_CHECK(epm_moe_plan(m, H, I, E, k, off, el, &p));
+  }
   in.hidden_fp4 = gpu_upload(xq, (size_t)(m * H / 2));
   in.hidden_sf = gpu_upload(xsf, (size_t)(m * H / 16));
   in.ids = gpu_upload(ids, (size_t)(m * k) * sizeof(int32_t));
@@ -80,6 +89,8 @@ static void gpu_moe(const epm_moe_weights_dev_t *w, int64_t m, int64_t H, int64_
   GPU_CHECK(cudaFree((void *)in.hidden_sf));
   GPU_CHECK(cudaFree((void *)in.ids));
   GPU_CHECK(cudaFree((void *)in.weights));
+  GPU_CHECK(cudaFree((void *)in.rep_start)); /* NULL ok */
+  GPU_CHECK(cudaFree((void *)in.rep_local));
   GPU_CHECK(cudaFree(wsb));
   GPU_CHECK(cudaFree(ob));
   GPU_CHECK(cudaFree(of));
@@ -98,11 +109,16 @@ static void judge(const char *name, gpu_cmp_t c, double tol_rel_l2, double tol_m
 
 typedef enum { IDS_ROUTED, IDS_CRAFTED } ids_mode_t;
 
-static void moe_case(const char *name, epm_model_dims_t d, int64_t m, int64_t off, int64_t el, ids_mode_t mode,
-                     uint64_t seed) {
+static void moe_case_in(const char *name, epm_model_dims_t d, int64_t m, int64_t off, int64_t el, ids_mode_t mode,
+                        uint64_t seed, const epm_placement_t *pl, int64_t rank) {
   const int64_t H = d.hidden, I = d.intermediate, E = d.num_experts, k = d.top_k;
   epm_layer_t layer;
-  EPM_CHECK(epm_layer_generate(&d, 0, seed, off, el, &layer));
+  if (pl) {
+    EPM_CHECK(epm_layer_generate_placed(&d, 0, seed, pl, rank, &layer));
+    el = layer.experts.count;
+  } else {
+    EPM_CHECK(epm_layer_generate(&d, 0, seed, off, el, &layer));
+  }
   epm_test_rng_t rng = {seed * 7 + 1};
   size_t mh = (size_t)(m * H);
   epm_bf16_t *x = malloc(mh * 2 + 2);
@@ -145,7 +161,7 @@ static void moe_case(const char *name, epm_model_dims_t d, int64_t m, int64_t of
   EPM_CHECK(epm_moe_ref_experts(&layer, xq, xsf, layer.input_scale, m, k, ids, wts, NULL, ref_f, ref_b, NULL));
   epm_moe_weights_dev_t w;
   gpu_upload_experts(&layer, &w);
-  gpu_moe(&w, m, H, I, E, k, off, el, xq, xsf, ids, wts, out_b, out_f);
+  gpu_moe(&w, m, H, I, E, k, off, el, pl ? &layer.slots : NULL, xq, xsf, ids, wts, out_b, out_f);
   gpu_free_experts(&w);
   float *ref_bf = malloc(mh * 4 + 4);
   for (size_t i = 0; i < mh; i++) ref_bf[i] = epm_bf16_to_f32(ref_b[i]);
@@ -157,7 +173,7 @@ static void moe_case(const char *name, epm_model_dims_t d, int64_t m, int64_t of
   int64_t nonzero = 0;
   for (int64_t t = 0; t < m; t++) {
     int any = 0;
-    for (int64_t j = 0; j < k; j++) any |= ids[t * k + j] >= off && ids[t * k + j] < off + el;
+    for (int64_t j = 0; j < k; j++) any |= epm_layer_local_slot(&layer, ids[t * k + j], t) >= 0;
     if (!any)
       for (int64_t h = 0; h < H; h++) nonzero += out_b[t * H + h] != 0.0f || out_f[t * H + h] != 0.0f;
   }
@@ -176,6 +192,22 @@ static void moe_case(const char *name, epm_model_dims_t d, int64_t m, int64_t of
   free(out_b);
   free(out_f);
   epm_layer_free(&layer);
+}
+
+static void moe_case(const char *name, epm_model_dims_t d, int64_t m, int64_t off, int64_t el, ids_mode_t mode,
+                     uint64_t seed) {
+  moe_case_in(name, d, m, off, el, mode, seed, NULL, 0);
+}
+
+/* Every rank of a placement: the kernels map ids through the rank's replica
+ * table (non-contiguous experts, replicas) like the reference. */
+static void placed_cases(const char *name, epm_model_dims_t d, int64_t m, const epm_placement_t *pl, uint64_t seed) {
+  for (int64_t r = 0; r < pl->ep_size; r++) {
+    char n[160];
+    snprintf(n, sizeof n, "%s, rank %lld of %lld (%lld slots)", name, (long long)r, (long long)pl->ep_size,
+             (long long)epm_placement_rank_slots(pl, r));
+    moe_case_in(n, d, m, 0, 0, IDS_ROUTED, seed, pl, r);
+  }
 }
 
 static epm_model_dims_t tiny(void) {
@@ -228,7 +260,7 @@ static void flashinfer_case(const epm_bundle_moe_t *p, epm_bundle_slice_t s, con
   w.input_scale = in_scale;
   w.down_input_scale = down_in_scale;
   float *ob = malloc((size_t)(m * H) * 4 + 4), *of = malloc((size_t)(m * H) * 4 + 4);
-  gpu_moe(&w, m, H, I, E, k, s.off, s.count, hf->data, hsf->data, ids->data, tw->data, ob, of);
+  gpu_moe(&w, m, H, I, E, k, s.off, s.count, NULL, hf->data, hsf->data, ids->data, tw->data, ob, of);
   gpu_free_experts(&w);
   char name[128];
   snprintf(name, sizeof name, "flashinfer %s experts [%lld, %lld) of %lld, %lld tokens (fp32 partial)", want_name,
@@ -248,6 +280,17 @@ int main(void) {
   moe_case("tiny all experts", d, 200, 0, 16, IDS_ROUTED, 3);
   moe_case("tiny crafted (empty expert, non-local tokens)", d, 200, 4, 4, IDS_CRAFTED, 4);
   moe_case("tiny zero tokens", d, 0, 0, 4, IDS_ROUTED, 5);
+  {
+    epm_placement_t pl = EPM_PLACEMENT_INIT;
+    double load[16];
+    for (int e = 0; e < 16; e++) load[e] = e % 6 == 1 ? 40.0 : 3.0;
+    EPM_CHECK(epm_placement_default(16, 3, 2, &pl)); /* 6 slots each; experts 0, 1 twice */
+    placed_cases("tiny default split + 2 redundant", d, 300, &pl, 7);
+    epm_placement_free(&pl);
+    EPM_CHECK(epm_placement_balance(16, 5, 4, load, &pl)); /* scattered experts, replicas */
+    placed_cases("tiny balanced map", d, 300, &pl, 8);
+    epm_placement_free(&pl);
+  }
   epm_model_dims_t k1 = d;
   k1.routing = EPM_ROUTING_RENORMALIZE;
   k1.top_k = 1;

@@ -95,7 +95,7 @@ int main(int argc, char **argv) {
   EPM_CHECK(epm_moe_workspace_carve(&mp, wsb, &ws));
   uint16_t *dout = gpu_alloc_poisoned(mp.out_bf16_bytes, 0xFF);
 
-  gpu_step_t step = {qp, rp, mp, dx, dg, dl, dbias, w, {dq, dsf, dids, dw}, ws, 0, dout};
+  gpu_step_t step = {qp, rp, mp, dx, dg, dl, dbias, w, {dq, dsf, dids, dw, NULL, NULL}, ws, 0, dout};
   float ms[GPU_STEP_STAGES], total = 0;
   gpu_step_run(&step, NULL); /* warm-up */
   gpu_step_run(&step, ms);

@@ -8,7 +8,7 @@
 #            are summed over the same ranks in the same order wherever the
 #            row lives), and so does a second job
 #   badlen   a list of 3 counts in a job of 2 ranks -> exit 64 with a message
-#   badexp   E = 16 over 3 ranks without --experts -> exit 64 naming the fix
+#   badexp   2 experts over 3 ranks (a rank without a slot) -> exit 64 naming the fix
 #   cuda     (label gpu; exit 77 without a GPU) the cuda backend + NCCL comm
 #            against the EP=1 CPU reference: EP 1, and EP 2 with 2 GPUs;
 #            tolerance 0.05 = the kernels' documented max|diff|/max|ref| vs
@@ -58,10 +58,10 @@ case "$case_" in
     [ "$(grep -c 'has 3 values' "$tmp.err")" = 1 ] || fail "message printed more than once"
     ;;
   badexp)
-    run 3 $common --tokens-per-rank 1,2,3
+    run 3 $common --experts 2 --routing topk --top-k 1 --tokens-per-rank 1,2,3
     cat "$tmp.err"
     [ $rc = 64 ] || fail "expected exit 64, got $rc"
-    grep -q "16 experts do not split over 3 ranks; pass --experts" "$tmp.err" || fail "message missing"
+    grep -q "2 slots (2 experts + 0 redundant) cannot give each of 3 ranks a slot; use at most 2 ranks or add redundant experts" "$tmp.err" || fail "message missing"
     ;;
   json)
     run 4 $common --tokens-per-rank 3,5,0,8 --check; [ $rc = 0 ] || fail "text job rc $rc"; a=$(fnv)
@@ -115,6 +115,18 @@ print(j["flags"])
     echo "calibrated: $flags"
     run 3 $common --experts 24 --tokens-per-rank 2,0,5 --dispatch auto --check $flags
     [ $rc = 0 ] || fail "auto step with the calibrated terms rc $rc"
+    ;;
+  a2a_placed)
+    # alltoall on an uneven split (16 experts on 3 ranks): bit-identical to
+    # EP=1; with redundant experts it is refused on every rank, naming the fix.
+    run 3 $common --tokens-per-rank 4,0,6 --dispatch alltoall --check --tolerance 0
+    printf '%s\n' "$out"
+    [ $rc = 0 ] || fail "alltoall on 16 experts over 3 ranks: exit $rc"
+    printf '%s\n' "$out" | grep -q "PASS" || fail "no PASS line"
+    run 3 $common --tokens-per-rank 4,0,6 --dispatch alltoall --redundant-experts 2
+    cat "$tmp.err"
+    [ $rc = 64 ] || fail "alltoall with redundant experts: expected exit 64, got $rc"
+    grep -q "alltoall dispatch needs one slot per expert, but expert 0 has 2 copies" "$tmp.err" || fail "message missing"
     ;;
   overflow)
     run 4 $common --tokens-per-rank 3,5,0,8 --dispatch alltoall --recv-capacity 2

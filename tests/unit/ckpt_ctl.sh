@@ -23,7 +23,8 @@ expect 1 "already holds a checkpoint" "$ctl" ckpt make --preset tiny --layers 1 
 expect 0 "^ok" "$ctl" ckpt inspect "$tmp/ok"
 expect 0 '"ok": true' "$ctl" ckpt inspect "$tmp/ok" --json
 expect 0 "rank 1 of 4, 2 layers" "$ctl" ckpt load "$tmp/ok" --ep 4 --rank 1
-expect 1 "not divisible by EP size 3" "$ctl" ckpt load "$tmp/ok" --ep 3
+expect 0 "rank 2 of 3, 2 layers" "$ctl" ckpt load "$tmp/ok" --ep 3 --rank 2
+expect 1 "cannot give each of 17 ranks" "$ctl" ckpt load "$tmp/ok" --ep 17
 # Damage: a truncated data file, a stray tensor missing from the index.
 cp -r "$tmp/ok" "$tmp/trunc"
 f=$(ls "$tmp/trunc"/model-00002-*.safetensors)

@@ -134,7 +134,7 @@ static void test_usage_errors(void **state) {
       "plan --preset tiny --ep 4 --tokens-per-rank 1,2",             /* 2 values, EP 4 */
       "plan --preset tiny --ep 2 --tokens-per-rank 1,,2",
       "plan --preset nope --ep 1 --tokens-per-rank 1",
-      "plan --preset deepseek-r1 --ep 3 --tokens-per-rank 1",        /* 256 % 3 */
+      "plan --preset deepseek-r1 --ep 512 --tokens-per-rank 1",      /* 256 experts < 512 ranks */
       "plan --preset tiny --ep 2 --rank 2 --tokens-per-rank 1",
       "plan --preset tiny --ep 2 --tokens-per-rank 1 --tile 0",
       "plan --preset tiny --ep 2 --tokens-per-rank 1 --hidden 100",

@@ -120,10 +120,10 @@ static void check_round_trip(const epm_model_dims_t *d, const char *dir, int64_t
       for (int r = 0; r < ep; r++) {
         epm_layer_t part;
         assert_int_equal(epm_weights_load_layer(md, L, r, ep, &part, NULL), EPM_OK);
-        assert_int_equal(part.expert_offset, covered); /* contiguous, disjoint, in rank order */
+        assert_int_equal(part.slots.first_slot, covered); /* contiguous, disjoint, in rank order */
         assert_int_equal(part.experts.count, d->num_experts / ep);
         common_equal(&part, &full); /* global input scales identical on every rank */
-        bank_equal(&part.experts, &full.experts, 0, part.expert_offset, part.experts.count);
+        bank_equal(&part.experts, &full.experts, 0, part.slots.first_slot, part.experts.count);
         covered += part.experts.count;
         epm_layer_free(&part);
       }
@@ -283,7 +283,7 @@ static void test_bad_checkpoints(void **state) {
   expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "experts.5.gate_proj.input_scale' = -1");
   rewrite(FRESH("router"), &(mutate_t){.retype = "model.layers.0.mlp.gate.weight"});
   expect_load_fail(dir, 0, 1, EPM_ERR_FORMAT, "gate.weight' is F16 [8, 64], expected BF16 or F32 [8, 64]");
-  expect_load_fail(FRESH("ep3"), 0, 3, EPM_ERR_INVALID_ARG, "8 experts cannot be split evenly over EP size 3");
+  expect_load_fail(FRESH("ep9"), 0, 9, EPM_ERR_INVALID_ARG, "8 slots (8 experts + 0 redundant) cannot give each of 9 ranks a slot");
   write_file(FRESH("gs"), "hf_quant_config.json", "{\"quantization\":{\"quant_algo\":\"NVFP4\",\"group_size\":32}}");
   expect_load_fail(dir, 0, 1, EPM_ERR_NOT_SUPPORTED, "group_size 32; NVFP4 uses 16-element blocks");
   write_file(FRESH("algo"), "hf_quant_config.json", "{\"quantization\":{\"quant_algo\":\"FP8\"}}");
