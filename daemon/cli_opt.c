@@ -2,6 +2,7 @@
 #include "cli_opt.h"
 
 #include <ctype.h>
+#include <stdarg.h>
 #include <errno.h>
 #include <limits.h>
 #include <math.h>
@@ -248,7 +249,8 @@ static epm_status_t set_value(const epm_opt_t *o, void *base, const char *text) 
 /* A table bug is the programmer's, found on the first run of the command. */
 static epm_status_t check_opt(const epm_opt_t *o) {
   size_t want = 0;
-  if (!o->name || !o->name[0] || strchr(o->name, '=') || strcmp(o->name, "help") == 0 || o->short_name == 'h')
+  if (!o->name || !o->name[0] || strchr(o->name, '=') || strcmp(o->name, "help") == 0 ||
+      strcmp(o->name, "version") == 0 || o->short_name == 'h')
     return epm_error(EPM_ERR_INTERNAL, "option table: bad name '%s'", o->name ? o->name : "(null)");
   switch (o->kind) {
     case EPM_OPT_FLAG: case EPM_OPT_SET: case EPM_OPT_ENUM: want = sizeof(int); break;
@@ -341,14 +343,17 @@ epm_status_t epm_opt_parse(const epm_opt_cmd_t *cmd, int argc, char *const *argv
   EPM_TRY(check_cmd(cmd));
 
   /* Help wins over everything else on the line, so a broken line can still
-   * ask what it should have been. */
+   * ask what it should have been; --version comes next, for the same reason. */
   for (int a = 1; a < argc; a++) {
     if (strcmp(argv[a], "--") == 0) break;
     if (strcmp(argv[a], "-h") == 0 || strcmp(argv[a], "--help") == 0) {
       res->help = 1;
+      res->version = 0;
       return EPM_OK;
     }
+    if (strcmp(argv[a], "--version") == 0) res->version = 1;
   }
+  if (res->version) return EPM_OK;
 
   /* defaults < environment < argv */
   for (size_t g = 0; g < cmd->ngroups; g++)
@@ -426,6 +431,97 @@ void epm_opt_free(const epm_opt_cmd_t *cmd) {
       l->v = NULL;
       l->n = 0;
     }
+}
+
+/* ---- the environment ------------------------------------------------------ */
+
+size_t epm_opt_edit_distance(const char *a, const char *b) {
+  enum { W = 64 }; /* names longer than this are never near anything */
+  size_t n = strlen(a), m = strlen(b);
+  if (n >= W || m >= W) return n > m ? n : m;
+  size_t d[W + 1][W + 1];
+  for (size_t i = 0; i <= n; i++) d[i][0] = i;
+  for (size_t j = 0; j <= m; j++) d[0][j] = j;
+  for (size_t i = 1; i <= n; i++)
+    for (size_t j = 1; j <= m; j++) {
+      size_t best = d[i - 1][j - 1] + (a[i - 1] != b[j - 1]);
+      if (d[i - 1][j] + 1 < best) best = d[i - 1][j] + 1;
+      if (d[i][j - 1] + 1 < best) best = d[i][j - 1] + 1;
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] && d[i - 2][j - 2] + 1 < best)
+        best = d[i - 2][j - 2] + 1;
+      d[i][j] = best;
+    }
+  return d[n][m];
+}
+
+typedef struct {
+  char text[1024];
+  size_t len;
+} msg_t;
+
+static void msg_add(msg_t *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void msg_add(msg_t *m, const char *fmt, ...) {
+  va_list ap;
+  if (m->len >= sizeof m->text - 1) return;
+  va_start(ap, fmt);
+  int n = vsnprintf(m->text + m->len, sizeof m->text - m->len, fmt, ap);
+  va_end(ap);
+  if (n > 0) m->len = m->len + (size_t)n < sizeof m->text ? m->len + (size_t)n : sizeof m->text - 1;
+}
+
+/* Calls fn(name, arg) for every known name: the options' variables, then
+ * the extra list. */
+static int each_known(const epm_opt_cmd_t *cmd, const char *const *known, int (*fn)(const char *, void *), void *arg) {
+  for (size_t g = 0; g < cmd->ngroups; g++)
+    for (size_t i = 0; i < cmd->groups[g].n; i++)
+      if (cmd->groups[g].opts[i].env && fn(cmd->groups[g].opts[i].env, arg)) return 1;
+  for (size_t k = 0; known && known[k]; k++)
+    if (fn(known[k], arg)) return 1;
+  return 0;
+}
+
+typedef struct {
+  const char *name; /* the variable's name, not NUL-terminated */
+  size_t len;
+  size_t dist;      /* nearness wanted (pass 2) */
+  msg_t *m;
+  int found;
+} env_probe_t;
+
+static int is_name(const char *known, void *arg) {
+  env_probe_t *p = arg;
+  return strlen(known) == p->len && strncmp(known, p->name, p->len) == 0;
+}
+
+static int near_at(const char *known, void *arg) {
+  env_probe_t *p = arg;
+  char name[64];
+  snprintf(name, sizeof name, "%.*s", (int)(p->len < sizeof name ? p->len : sizeof name - 1), p->name);
+  if (epm_opt_edit_distance(name, known) == p->dist) {
+    msg_add(p->m, "%s%s", p->found ? " or " : " (did you mean ", known);
+    p->found++;
+  }
+  return 0;
+}
+
+epm_status_t epm_opt_check_env(const epm_opt_cmd_t *cmd, const char *prefix, const char *const *known,
+                               char *const *envp) {
+  msg_t m = {{0}, 0};
+  size_t plen = strlen(prefix), unknown = 0;
+  for (size_t e = 0; envp && envp[e]; e++) {
+    const char *eq = strchr(envp[e], '=');
+    env_probe_t p = {envp[e], eq ? (size_t)(eq - envp[e]) : strlen(envp[e]), 0, &m, 0};
+    if (strncmp(envp[e], prefix, plen) != 0 || each_known(cmd, known, is_name, &p)) continue;
+    msg_add(&m, "%s%.*s", unknown++ ? "; " : "", (int)p.len, p.name);
+    /* the nearest names, if any is near: a quarter of the name's letters
+     * after the prefix, at least 1, at most 3 */
+    size_t tail = p.len > plen ? p.len - plen : 1, limit = tail / 4 < 1 ? 1 : tail / 4 > 3 ? 3 : tail / 4;
+    for (p.dist = 1; p.dist <= limit && !p.found; p.dist++) each_known(cmd, known, near_at, &p);
+    if (p.found) msg_add(&m, "?)");
+  }
+  if (!unknown) return EPM_OK;
+  return epm_error(EPM_ERR_INVALID_ARG, "unknown environment variable%s %s: not a setting of %s (%s --help lists "
+                   "them)", unknown > 1 ? "s" : "", m.text, cmd->prog, cmd->prog);
 }
 
 /* ---- text ----------------------------------------------------------------- */
@@ -547,9 +643,14 @@ void epm_opt_help(FILE *f, const epm_opt_cmd_t *cmd) {
     const epm_opt_group_t *gr = &cmd->groups[g];
     if (g == 0 || gr->title) fprintf(f, "\n%s\n", gr->title ? gr->title : "options:");
     for (size_t i = 0; i < gr->n; i++) help_row(f, &gr->opts[i], gr->base);
-    if (g == 0) fprintf(f, "%-*s%s\n", HELP_COL, "  -h, --help", "print this text and exit 0");
+    if (g == 0) {
+      fprintf(f, "%-*s%s\n", HELP_COL, "  -h, --help", "print this text and exit 0");
+      fprintf(f, "%-*s%s\n", HELP_COL, "  --version", "print the version and exit 0");
+    }
   }
-  if (cmd->ngroups == 0) fprintf(f, "\noptions:\n%-*s%s\n", HELP_COL, "  -h, --help", "print this text and exit 0");
+  if (cmd->ngroups == 0)
+    fprintf(f, "\noptions:\n%-*s%s\n%-*s%s\n", HELP_COL, "  -h, --help", "print this text and exit 0", HELP_COL,
+            "  --version", "print the version and exit 0");
   if (cmd->epilog) fprintf(f, "\n%s\n", cmd->epilog);
 }
 

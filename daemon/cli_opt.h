@@ -9,6 +9,7 @@
  * "-x VALUE" for an option with a short name; "--" ends the options; "-h" or
  * "--help" anywhere before "--" asks for help. Numbers are strict: decimal,
  * nothing before or after, in the option's bounds; doubles must be finite.
+ * "--version" anywhere before "--" asks for the version (help wins over it).
  *
  * The parser never prints and never exits: it returns EPM_OK or a status with
  * a message (epm_last_error()) that names the option, the value and the
@@ -102,6 +103,7 @@ typedef struct {
 
 typedef struct {
   int help;                           /* -h/--help given: nothing else was parsed */
+  int version;                        /* --version given (and no help): nothing else was parsed */
   int nargs;                          /* positional arguments, in order */
   const char *args[EPM_OPT_MAX_ARGS]; /* point into argv */
 } epm_opt_result_t;
@@ -119,6 +121,19 @@ void epm_opt_free(const epm_opt_cmd_t *cmd);
 void epm_opt_help(FILE *f, const epm_opt_cmd_t *cmd);
 /* The short form for usage errors: the synopsis and where --help is. */
 void epm_opt_usage(FILE *f, const epm_opt_cmd_t *cmd);
+
+/* Environment variables named PREFIX* that are neither an option's .env in
+ * cmd nor in known (a NULL-terminated list of names something else in the
+ * process reads: a library, a wrapper script), searched in envp ("NAME=value"
+ * strings, NULL-terminated: environ). A misspelt setting is otherwise ignored
+ * silently, so this is an error: EPM_ERR_INVALID_ARG naming every unknown
+ * variable with the known names nearest to it (edit distance), e.g.
+ * "unknown environment variable EPMOE_MODLE (did you mean EPMOE_MODEL?)". */
+epm_status_t epm_opt_check_env(const epm_opt_cmd_t *cmd, const char *prefix, const char *const *known,
+                               char *const *envp);
+/* Optimal string alignment distance: insertions, deletions, substitutions
+ * and swaps of two neighbours, each costing 1 ("MODLE" -> "MODEL" is 1). */
+size_t epm_opt_edit_distance(const char *a, const char *b);
 
 /* The value of o in base as text (lists comma-separated); returns buf. */
 const char *epm_opt_format(const epm_opt_t *o, const void *base, char *buf, size_t n);

@@ -26,7 +26,8 @@ int epm_ctl_bench(int argc, char **argv);
 int epm_ctl_shutdown(int argc, char **argv);
 
 /* Parse a subcommand's argv with cmd. Returns -1 to go on, or the exit code
- * the subcommand returns at once: 0 after --help (printed to stdout),
+ * the subcommand returns at once: 0 after --help (printed to stdout) or
+ * --version ("epmoectl VERSION" on stdout),
  * EPM_EXIT_USAGE after a bad command line ("<prog>: <why>" and the synopsis
  * printed to stderr), 1 when out of memory. */
 int epm_ctl_args(const epm_opt_cmd_t *cmd, int argc, char **argv, epm_opt_result_t *res);

@@ -418,7 +418,9 @@ static int cmd_load(int argc, char **argv) {
   }
   epm_load_progress_t prog;
   int64_t n = epm_model_dir_moe_layer_count(md);
-  epm_load_progress_begin(&prog, per * (size_t)n, 0);
+  char what[128];
+  snprintf(what, sizeof what, "ckpt load: rank %lld of %lld, %lld layers", rank, ep, (long long)n);
+  epm_load_progress_begin(&prog, what, per * (size_t)n, EPM_PROGRESS_AUTO);
   uint64_t h = EPM_FNV1A64_INIT;
   for (int64_t i = 0; i < n; i++) {
     epm_layer_t l;
@@ -429,9 +431,7 @@ static int cmd_load(int argc, char **argv) {
     h = epm_fnv1a64(l.experts.gate_w, 64, h); /* keep the copy observable */
     epm_layer_free(&l);
   }
-  char what[128];
-  snprintf(what, sizeof what, "ckpt load: rank %lld of %lld, %lld layers", rank, ep, (long long)n);
-  epm_load_progress_end(&prog, what);
+  epm_load_progress_end(&prog);
   epm_model_dir_close(md);
   return h == 0; /* never 0 in practice; avoids the copy being optimised away */
 }
@@ -439,6 +439,10 @@ static int cmd_load(int argc, char **argv) {
 int epm_ctl_ckpt(int argc, char **argv) {
   if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
     help_all(stdout);
+    return 0;
+  }
+  if (argc >= 2 && strcmp(argv[1], "--version") == 0) {
+    printf("epmoectl %s\n", EPMOE_VERSION_STRING);
     return 0;
   }
   int (*const run[ACT_COUNT])(int, char **) = {cmd_make, cmd_inspect, cmd_load};

@@ -6,6 +6,7 @@
 #include "ctl_common.h"
 
 #include <dirent.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -109,4 +110,21 @@ float ctl_rand_logit(uint64_t seed, int64_t t, int64_t j) {
 int ctl_cmp_double(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
+}
+
+ctl_json_t *ctl_json_ranks(void) { return json_pack("{s:[]}", "ranks"); }
+
+void ctl_json_rank(ctl_json_t *doc, int rank, ctl_json_t *obj, const char *error) {
+  json_t *e = json_pack("{s:i}", "rank", rank);
+  if (error) json_object_set_new(e, "error", json_string(error));
+  else if (json_is_object(obj)) json_object_update(e, obj); /* a "rank" member of obj is the same number */
+  json_decref(obj);
+  json_array_append_new(json_object_get(doc, "ranks"), e);
+}
+
+void ctl_json_print(ctl_json_t *doc) {
+  char *txt = json_dumps(doc, JSON_COMPACT);
+  if (txt) printf("%s\n", txt);
+  free(txt);
+  json_decref(doc);
 }

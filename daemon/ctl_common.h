@@ -32,6 +32,20 @@ typedef struct {
  * after printing why (none found, bad rank). *out malloc'd. */
 int ctl_find_sockets(const ctl_target_opts_t *o, ctl_sock_t **out);
 
+/* --json of every subcommand that selects daemons (status, stats, health,
+ * shutdown): ONE shape whatever the selection (--rank R, --all, one daemon
+ * or many), so a script parses it the same way every time:
+ *   {"ranks":[{"rank":0,...},{"rank":1,...}]}
+ * in rank order; a daemon that could not be asked is {"rank":R,"error":"..."}.
+ * The document is a jansson json_t; ctl_json_rank steals obj. */
+typedef struct json_t ctl_json_t;
+ctl_json_t *ctl_json_ranks(void);
+/* Append rank's entry: "rank" first, then obj's members (obj may be NULL);
+ * with error != NULL, {"rank":R,"error":error} instead of obj. */
+void ctl_json_rank(ctl_json_t *doc, int rank, ctl_json_t *obj, const char *error);
+/* Print doc on one line of stdout and free it. */
+void ctl_json_print(ctl_json_t *doc);
+
 /* --tokens-per-rank of forward and bench: one count per daemon, in rank order. */
 #define CTL_TOKENS_OPT(type, field)                                                              \
   {.name = "tokens-per-rank", .kind = EPM_OPT_LIST, EPM_OPT_AT(type, field), .min = 0,           \

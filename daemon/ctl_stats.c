@@ -1,6 +1,8 @@
 /* epmoectl stats — each selected daemon's counters: INFO text (default),
- * --json, or --prometheus (text exposition 0.0.4, every series labelled with
- * its rank, so the outputs of several ranks concatenate into one scrape). */
+ * --json ({"ranks":[{"rank":R,...}]}, ctl_common.h), or --prometheus (text
+ * exposition 0.0.4, every series labelled with its rank, the families of
+ * several ranks merged into one scrape). */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -69,7 +71,7 @@ static void merge_prom(char **texts, int n) {
 /* The format, a single epm_text_format_t (the group's base). */
 static const epm_opt_t stats_opts[] = {
     {.name = "json", .kind = EPM_OPT_SET, .off = 0, .size = sizeof(epm_text_format_t), .value = EPM_FMT_JSON,
-     .help = "one JSON object per rank"},
+     .help = "{\"ranks\":[{\"rank\":R,...}]}, one entry per selected rank"},
     {.name = "prometheus", .kind = EPM_OPT_SET, .off = 0, .size = sizeof(epm_text_format_t),
      .value = EPM_FMT_PROMETHEUS, .help = "Prometheus text exposition, every series labelled with its rank"},
 };
@@ -108,21 +110,28 @@ int epm_ctl_stats(int argc, char **argv) {
     free(socks);
     return rc;
   }
+  ctl_json_t *doc = fmt == EPM_FMT_JSON ? ctl_json_ranks() : NULL;
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     char *text = NULL;
     if (epm_client_connect(socks[i].path, o.timeout_ms, &c) != EPM_OK || epm_client_stats(c, fmt, &text) != EPM_OK) {
       fprintf(stderr, "epmoectl stats: rank %d: %s\n", socks[i].rank, epm_last_error());
       rc = 1;
+      if (doc) ctl_json_rank(doc, socks[i].rank, NULL, epm_last_error());
+    } else if (doc) {
+      json_error_t je;
+      json_t *obj = json_loads(text, 0, &je);
+      if (!obj) rc = 1;
+      ctl_json_rank(doc, socks[i].rank, obj, obj ? NULL : "the daemon's STATS is not JSON");
     } else {
       for (char *p = text; *p; p++)
         if (*p != '\r') putchar(*p);
-      if (fmt == EPM_FMT_JSON) putchar('\n');
-      else if (fmt == EPM_FMT_TEXT && i + 1 < n) putchar('\n');
+      if (fmt == EPM_FMT_TEXT && i + 1 < n) putchar('\n');
     }
     free(text);
     epm_client_close(c);
   }
+  if (doc) ctl_json_print(doc);
   free(socks);
   return rc;
 }

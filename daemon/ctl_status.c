@@ -1,5 +1,6 @@
 /* epmoectl status — each selected daemon's STATUS: Redis-INFO-style text, or
- * with --json one JSON object per rank (a JSON array with several ranks). */
+ * with --json {"ranks":[{"rank":R,...STATUS...},...]} (ctl_common.h). */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -8,7 +9,7 @@
 
 static const epm_opt_t status_opts[] = {
     {.name = "json", .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int),
-     .help = "one JSON object per rank (an array with several ranks)"},
+     .help = "{\"ranks\":[{\"rank\":R,...}]}, one entry per selected rank"},
 };
 
 int epm_ctl_status(int argc, char **argv) {
@@ -27,7 +28,7 @@ int epm_ctl_status(int argc, char **argv) {
   if ((rc = epm_ctl_args(&cmd, argc, argv, &res)) >= 0) return rc;
   rc = 0;
   if ((n = ctl_find_sockets(&o, &socks)) < 0) return 1;
-  if (json && n > 1) printf("[");
+  ctl_json_t *doc = json ? ctl_json_ranks() : NULL;
   for (int i = 0; i < n; i++) {
     epm_client_t *c = NULL;
     char *text = NULL;
@@ -35,9 +36,12 @@ int epm_ctl_status(int argc, char **argv) {
         epm_client_status(c, json, &text) != EPM_OK) {
       fprintf(stderr, "epmoectl status: rank %d: %s\n", socks[i].rank, epm_last_error());
       rc = 1;
-      if (json && n > 1) printf("%snull", i ? "," : "");
-    } else if (json) {
-      printf("%s%s", n > 1 && i ? "," : "", text);
+      if (doc) ctl_json_rank(doc, socks[i].rank, NULL, epm_last_error());
+    } else if (doc) {
+      json_error_t je;
+      json_t *obj = json_loads(text, 0, &je);
+      if (!obj) rc = 1;
+      ctl_json_rank(doc, socks[i].rank, obj, obj ? NULL : "the daemon's STATUS is not JSON");
     } else {
       /* the INFO text uses \r\n like Redis; print it as plain lines */
       printf("%s", i ? "\n" : "");
@@ -47,7 +51,7 @@ int epm_ctl_status(int argc, char **argv) {
     free(text);
     epm_client_close(c);
   }
-  if (json) printf(n > 1 ? "]\n" : "\n");
+  if (doc) ctl_json_print(doc);
   free(socks);
   return rc;
 }

@@ -159,8 +159,9 @@ static int parse_args(int argc, char **argv, step_opts_t *o) {
   o->shared = 1;
   o->weights_seed = -1; /* not given: the token seed */
   epm_status_t st = epm_opt_parse(&cmd, argc, argv, &res);
-  if (st == EPM_OK && res.help) {
-    epm_opt_help(stdout, &cmd);
+  if (st == EPM_OK && (res.help || res.version)) {
+    if (res.help) epm_opt_help(stdout, &cmd);
+    else printf("epmoectl %s\n", EPMOE_VERSION_STRING);
     epm_opt_free(&cmd);
     return -1;
   }

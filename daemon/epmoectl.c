@@ -57,6 +57,10 @@ int epm_ctl_args(const epm_opt_cmd_t *cmd, int argc, char **argv, epm_opt_result
     epm_opt_help(stdout, cmd);
     return 0;
   }
+  if (res->version) {
+    printf("epmoectl %s\n", EPMOE_VERSION_STRING);
+    return 0;
+  }
   return -1;
 }
 

@@ -8,7 +8,6 @@
  * Threads: this file's libuv loop on the main thread, which also starts and
  * ends MPI (epm_bootstrap_init / _finalize); the worker (srv_step.c) makes
  * every MPI call in between. */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -40,44 +39,6 @@ static void notify_sync(srv_t *s) {
     snprintf(status, sizeof status, "draining: %s", reason);
     notify_warn(srv_notify_stopping(&g_notify, status));
   }
-}
-
-void srv_set_state(srv_t *s, srv_state_t st, const char *fmt, ...) {
-  va_list ap;
-  pthread_mutex_lock(&s->state_mu);
-  /* failed is final; draining only moves to failed */
-  if (!(s->state == SRV_ST_FAILED || (s->state == SRV_ST_DRAINING && st != SRV_ST_FAILED))) {
-    s->state = st;
-    va_start(ap, fmt);
-    vsnprintf(s->state_reason, sizeof s->state_reason, fmt, ap);
-    va_end(ap);
-  }
-  pthread_mutex_unlock(&s->state_mu);
-}
-
-srv_state_t srv_get_state(srv_t *s, char *reason, size_t n) {
-  srv_state_t st;
-  pthread_mutex_lock(&s->state_mu);
-  st = s->state;
-  if (reason && n) snprintf(reason, n, "%s", s->state_reason);
-  pthread_mutex_unlock(&s->state_mu);
-  return st;
-}
-
-void srv_set_info(srv_t *s, const srv_model_info_t *info) {
-  pthread_mutex_lock(&s->state_mu);
-  s->info = *info;
-  s->info_ready = 1;
-  pthread_mutex_unlock(&s->state_mu);
-}
-
-int srv_get_info(srv_t *s, srv_model_info_t *out) {
-  int ok;
-  pthread_mutex_lock(&s->state_mu);
-  ok = s->info_ready;
-  if (ok) *out = s->info;
-  pthread_mutex_unlock(&s->state_mu);
-  return ok;
 }
 
 static void fatal_exit(srv_t *s, int code) {
@@ -164,19 +125,27 @@ static void on_watchdog(uv_timer_t *h) {
 
 int main(int argc, char **argv) {
   srv_t *s = &g_srv;
-  int rc;
+  srv_config_action_t act;
   epm_log_level_t lvl;
+  epm_log_format_t fmt;
+  epm_log_prefix_t prefix;
 
-  if (srv_config_load(&s->cfg, argc, argv, &rc) != EPM_OK) {
+  if (srv_config_load(&s->cfg, argc, argv, &act) != EPM_OK) {
     fprintf(stderr, "epmoed: %s\n", epm_last_error());
     srv_config_usage(stderr, 0);
     return 64; /* EX_USAGE: bad command line or EPMOE_* value */
   }
-  if (rc) { /* --help */
+  if (act == SRV_CONFIG_HELP) {
     srv_config_usage(stdout, 1);
     return 0;
   }
+  if (act == SRV_CONFIG_VERSION) {
+    printf("epmoed %s\n", EPMOE_VERSION_STRING);
+    return 0;
+  }
   if (epm_log_level_parse(s->cfg.log_level, &lvl) == 0) epm_log_set_level(lvl);
+  if (epm_log_format_parse(s->cfg.log_format, &fmt) == 0) epm_log_set_format(fmt);
+  if (epm_log_prefix_parse(s->cfg.log_prefix, &prefix) == 0) epm_log_set_prefix(prefix);
   pthread_mutex_init(&s->state_mu, NULL);
   srv_stats_init(&s->stats);
   s->listen_fd = -1;

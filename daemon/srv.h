@@ -29,6 +29,8 @@ typedef struct {
   char socket_dir[256];
   int64_t max_tokens_per_rank;
   char log_level[8];
+  char log_format[8];   /* text | json */
+  char log_prefix[8];   /* auto | syslog | none */
   int64_t step_timeout_s;
   int64_t metrics_port; /* 0 = off */
   int64_t max_frame;    /* bytes of one frame's payload */
@@ -42,14 +44,18 @@ typedef struct {
   char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
   char placement[512];   /* expert placement map (JSON file), "" = default split */
   int64_t redundant_experts; /* extra slots of the default split */
-  uint8_t src[24];       /* per table row: 0 default, 1 environment, 2 flag */
+  uint8_t src[32];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 
+/* What main() does after srv_config_load. */
+typedef enum { SRV_CONFIG_RUN = 0, SRV_CONFIG_HELP, SRV_CONFIG_VERSION } srv_config_action_t;
 /* Fill defaults, then EPMOE_* env, then flags (flag wins), with the one
- * option parser (cli_opt.h). Prints nothing: returns EPM_OK (*help set when
- * --help was asked for), or EPM_ERR_INVALID_ARG with a message naming the
- * option, the value and the limit. */
-epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, int *help);
+ * option parser (cli_opt.h). Prints nothing: returns EPM_OK (*act says
+ * whether --help or --version was asked for), or EPM_ERR_INVALID_ARG with a
+ * message naming the option, the value and the limit. Also refused: an
+ * EPMOE_* variable that is no setting (a misspelling), and neither --model
+ * nor --preset (no silent default model). */
+epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, srv_config_action_t *act);
 /* The --help text (full) or the synopsis for a usage error, on f. */
 void srv_config_usage(FILE *f, int full);
 /* "config_name:value" lines, Redis INFO style (\r\n), or JSON members
@@ -64,6 +70,8 @@ typedef struct {
   uint64_t count;
   double sum;
   uint64_t bucket[SRV_HIST_BUCKETS]; /* cumulative at render time, raw here */
+  double last;      /* the latest observation (seconds) */
+  double last_unix; /* when it was added (Unix seconds; 0 = never) */
 } srv_hist_t;
 
 typedef enum { SRV_H_WAIT = 0, SRV_H_STEP, SRV_H_REQUEST, SRV_H_COUNT } srv_hist_id_t;
@@ -71,13 +79,15 @@ typedef enum { SRV_H_WAIT = 0, SRV_H_STEP, SRV_H_REQUEST, SRV_H_COUNT } srv_hist
 typedef struct {
   pthread_mutex_t mu;
   uint64_t steps_total, steps_failed, tokens_total, forwards_total;
+  int64_t last_step_tokens; /* this rank's tokens in the latest completed step */
   uint64_t requests_total[EPM_MSG_TYPE_MAX + 1];
   uint64_t errors_total[EPM_STATUS_COUNT];
   uint64_t bytes_in, bytes_out, bytes_shm;
   uint64_t connections_total, connections_refused;
   int64_t connections_open;
   srv_hist_t hist[SRV_H_COUNT];
-  /* engine stage timings of the last step and their sums (seconds) */
+  /* engine stage timings of the last step and their sums (seconds); the
+   * engine's "total" stage is one of them, rendered apart from the others */
   int nstages;
   const char *stage_name[16];
   double stage_sum[16], stage_last[16];

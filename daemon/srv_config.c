@@ -10,25 +10,33 @@
 #include "cli_opt.h"
 #include "epmoe/dispatch.h"
 #include "epmoe/log.h"
+#include "epmoe/model.h"
 #include "srv.h"
+
+extern char **environ;
 
 #define AT(field) EPM_OPT_AT(srv_config_t, field)
 
 static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
+static const epm_opt_choice_t log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
+static const epm_opt_choice_t log_prefixes[] = {{"auto", 0}, {"syslog", 0}, {"none", 0}, {NULL, 0}};
 static const epm_opt_choice_t dispatches[] = {{"allgather", 0}, {"alltoall", 0}, {"auto", 0}, {NULL, 0}};
 
 /* The environment variable of --name is EPMOE_NAME (dashes -> underscores);
  * scripts and unit files depend on these names. */
 static const epm_opt_t opts[] = {
     {.name = "model", .kind = EPM_OPT_STRBUF, AT(model), .def = "", .env = "EPMOE_MODEL", .arg = "DIR",
-     .help = "checkpoint directory (NVFP4 safetensors); overrides --preset"},
-    {.name = "preset", .kind = EPM_OPT_STRBUF, AT(preset), .def = "tiny", .env = "EPMOE_PRESET", .arg = "NAME",
-     .help = "model preset: tiny, deepseek-r1, qwen3-235b, llama4-maverick"},
+     .help = "checkpoint directory (NVFP4 safetensors); overrides --preset.\n"
+             "This or --preset is required"},
+    {.name = "preset", .kind = EPM_OPT_STRBUF, AT(preset), .def = "", .env = "EPMOE_PRESET", .arg = "NAME",
+     .help = "generated weights of a model preset (tests, benchmarks):\n"
+             "tiny, deepseek-r1, qwen3-235b, llama4-maverick"},
     {.name = "seed", .kind = EPM_OPT_INT64, AT(seed), .def = "1", .min = 0, .max = INT64_MAX, .env = "EPMOE_SEED",
      .help = "seed of the generated preset weights"},
-    {.name = "layers", .kind = EPM_OPT_INT64, AT(layers), .def = "1", .min = 0, .max = 4096, .env = "EPMOE_LAYERS",
-     .help = "MoE layers served: preset layers 0..N-1, or a checkpoint's\nfirst N (0 = all)"},
+    {.name = "layers", .kind = EPM_OPT_INT64, AT(layers), .def = "0", .min = 0, .max = 4096, .env = "EPMOE_LAYERS",
+     .help = "MoE layers served: a checkpoint's first N, or preset layers\n"
+             "0..N-1 (0 = every layer of a checkpoint; 1 of a preset)"},
     {.name = "backend", .kind = EPM_OPT_STRBUF, AT(backend), .def = "auto", .choices = backends,
      .env = "EPMOE_BACKEND", .help = "where the experts run (auto: cuda when a GPU is visible)"},
     {.name = "socket-dir", .kind = EPM_OPT_STRBUF, AT(socket_dir), .def = "", .env = "EPMOE_SOCKET_DIR",
@@ -37,6 +45,15 @@ static const epm_opt_t opts[] = {
      .max = (int64_t)1 << 24, .env = "EPMOE_MAX_TOKENS_PER_RANK", .help = "largest m_r one FORWARD may carry"},
     {.name = "log-level", .kind = EPM_OPT_STRBUF, AT(log_level), .def = "info", .choices = log_levels,
      .env = "EPMOE_LOG_LEVEL", .help = "log verbosity"},
+    {.name = "log-format", .kind = EPM_OPT_STRBUF, AT(log_format), .def = "text", .choices = log_formats,
+     .env = "EPMOE_LOG_FORMAT",
+     .help = "log lines on stderr: text, or one JSON object per line"},
+    {.name = "log-prefix", .kind = EPM_OPT_STRBUF, AT(log_prefix), .def = "auto", .choices = log_prefixes,
+     .env = "EPMOE_LOG_PREFIX",
+     .help = "\"<N>\" syslog priority before each line, which journald\n"
+             "stores as PRIORITY: auto = when stderr is the journal\n"
+             "(JOURNAL_STREAM); syslog = always (ranks under mpirun\n"
+             "in a systemd unit reach the journal through mpirun)"},
     {.name = "step-timeout", .kind = EPM_OPT_INT64, AT(step_timeout_s), .def = "30", .min = 1, .max = 86400,
      .env = "EPMOE_STEP_TIMEOUT", .arg = "S", .help = "seconds a step may wait for all ranks / run before it fails"},
     {.name = "metrics-port", .kind = EPM_OPT_INT64, AT(metrics_port), .def = "0", .min = 0, .max = 65535,
@@ -73,28 +90,60 @@ _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");
 
 static const char *src_name[] = {"default", "environment", "flag"};
 
+/* EPMOE_* names that are not epmoed options but are known, so they are not
+ * reported as misspelt settings. */
+static const char *const known_env[] = {
+    /* read inside the daemon's process by the library */
+    "EPMOE_ALLOW_SINGLETON", /* comm/bootstrap.c: a world of one on purpose */
+    "EPMOE_THREADS",         /* runtime/moe_ref.c: CPU reference threads */
+    /* the deployment recipes' own settings (deploy/): the recipes keep them
+     * away from the daemon, but an operator's shell may export them */
+    "EPMOE_NP", "EPMOE_PREFIX", "EPMOE_BIN", "EPMOE_RUN_DIR", "EPMOE_READY_TIMEOUT", "EPMOE_READY_FILE",
+    "EPMOE_DRAIN_TIMEOUT", "EPMOE_WORKERS", "EPMOE_SLOTS",
+    /* the tests' and test tools' (tests/) */
+    "EPMOE_TEST_DATA", "EPMOE_BF16_STRIDE", "EPMOE_FUZZ_SECONDS", "EPMOE_FUZZ_TARGETS", "EPMOE_FUZZ_BUILD",
+    NULL};
+
 /* c is only read by --help (no option shows its initial value). */
 static epm_opt_cmd_t command(srv_config_t *c, epm_opt_group_t *g) {
   *g = (epm_opt_group_t){NULL, opts, NOPTS, c, c->src};
   return (epm_opt_cmd_t){
       .prog = "epmoed",
-      .synopsis = "usage: mpirun -np N epmoed [--preset NAME --seed N | --model DIR] [options]",
+      .synopsis = "usage: mpirun -np N epmoed (--model DIR | --preset NAME [--seed N]) [options]",
       .about = "One daemon per rank; serves FORWARD steps on DIR/epmoe.<rank>.sock.\n"
                "Every option also reads an environment variable; the flag wins.",
-      .epilog = "Exit: 0 drained after SIGTERM or SHUTDOWN, 1 start-up or runtime failure,\n"
+      .epilog = "Other EPMOE_* variables: EPMOE_ALLOW_SINGLETON=1 runs a world of one on purpose,\n"
+                "EPMOE_THREADS=N sets the CPU threads; the deployment recipes' and the tests' own\n"
+                "variables are ignored; any other EPMOE_* name is an error (a misspelt setting).\n"
+                "\n"
+                "Exit: 0 drained after SIGTERM or SHUTDOWN, 1 start-up or runtime failure,\n"
                 "3 a step stuck past --step-timeout (fail-stop), 64 bad command line or environment.",
       .groups = g,
       .ngroups = 1};
 }
 
-epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, int *help) {
+epm_status_t srv_config_load(srv_config_t *c, int argc, char **argv, srv_config_action_t *act) {
   epm_opt_group_t g;
   epm_opt_result_t res;
   memset(c, 0, sizeof *c);
   epm_opt_cmd_t cmd = command(c, &g);
   EPM_TRY(epm_opt_parse(&cmd, argc, argv, &res));
-  *help = res.help;
-  if (res.help) return EPM_OK;
+  *act = res.help ? SRV_CONFIG_HELP : res.version ? SRV_CONFIG_VERSION : SRV_CONFIG_RUN;
+  if (*act != SRV_CONFIG_RUN) return EPM_OK;
+  EPM_TRY(epm_opt_check_env(&cmd, "EPMOE_", known_env, environ));
+  /* No silent default model: a daemon that reports healthy while serving
+   * random weights (a misspelt EPMOE_MODEL) is worse than one that stops. */
+  if (!c->model[0] && !c->preset[0]) {
+    char names[256] = "";
+    size_t k = 0;
+    for (const char *const *p = epm_model_preset_names(); *p && k < sizeof names; p++)
+      k += (size_t)snprintf(names + k, sizeof names - k, "%s%s", k ? ", " : "", *p);
+    return epm_error(EPM_ERR_INVALID_ARG,
+                     "no model to serve: pass --model DIR (or EPMOE_MODEL=DIR) with an NVFP4 checkpoint, "
+                     "or --preset NAME (or EPMOE_PRESET=NAME) for generated test weights (%s)", names);
+  }
+  if (!c->model[0] && epm_model_preset(c->preset, &(epm_model_dims_t){0}) != EPM_OK)
+    return epm_error_wrap(EPM_ERR_INVALID_ARG, "bad value for --preset");
   {
     epm_dispatch_cost_t dc; /* a typo in the cost terms stops the start, not the first step */
     epm_dispatch_cost_default(&dc);

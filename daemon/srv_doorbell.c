@@ -105,7 +105,8 @@ static void refuse(srv_doorbell_t *db, uint64_t seq, epm_status_t st, const char
   publish(db, seq, st, msg, 0, NULL);
 }
 
-/* on_done of a doorbell step, on the worker thread. */
+/* on_done of a doorbell step, on the worker thread; the counters as
+ * srv_net_deliver keeps them for FORWARDs. */
 static void step_done(srv_t *s, srv_req_t *r) {
   srv_doorbell_t *db = r->done_ctx;
   uint64_t step_ns = r->t_go_ns ? r->t_done_ns - r->t_go_ns : 0;
@@ -116,6 +117,7 @@ static void step_done(srv_t *s, srv_req_t *r) {
     pthread_mutex_lock(&s->stats.mu);
     s->stats.steps_total++;
     s->stats.tokens_total += (uint64_t)r->m;
+    s->stats.last_step_tokens = r->m;
     pthread_mutex_unlock(&s->stats.mu);
   } else {
     srv_stats_error(&s->stats, r->st);
@@ -141,9 +143,6 @@ static void take(srv_doorbell_t *db, uint64_t seq) {
   db->last = seq;
   const int64_t m = ctl->m;
   const uint32_t layer = ctl->layer, flags = ctl->flags, dtype = ctl->partial_dtype;
-  pthread_mutex_lock(&s->stats.mu);
-  s->stats.forwards_total++; /* a step asked for, by frame or by doorbell */
-  pthread_mutex_unlock(&s->stats.mu);
   if (seq != expected) {
     refuse(db, seq, EPM_ERR_INVALID_ARG,
            "doorbell sequence %llu is not the next one: expected %llu (the last one rung was %llu)",
@@ -194,6 +193,11 @@ static void take(srv_doorbell_t *db, uint64_t seq) {
     r->y = (uint16_t *)(db->map + db->y_off);
   }
   __atomic_add_fetch(&db->refs, 1, __ATOMIC_ACQ_REL);
+  /* Counted like a FORWARD handed to the worker: in flight until step_done
+   * adds its request time (forwards_in_flight = forwards - requests timed). */
+  pthread_mutex_lock(&s->stats.mu);
+  s->stats.forwards_total++;
+  pthread_mutex_unlock(&s->stats.mu);
   srv_worker_submit(s, r);
 }
 

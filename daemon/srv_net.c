@@ -54,6 +54,7 @@ struct srv_conn {
   outbuf_t *out_head, *out_tail;
   int pending_fd;
   int inflight;
+  int worked;      /* sent more than probes (HELLO/HEALTH/STATUS/STATS): its close is worth an info line */
   uint8_t *shm;
   size_t shm_size;
   epm_devmem_t *dev; /* DEV_ATTACH region, mapped on dev_device */
@@ -98,7 +99,10 @@ static void on_poll_closed(uv_handle_t *h) {
 
 static void conn_close(srv_conn_t *c, const char *why) {
   if (c->handle_gone || uv_is_closing((uv_handle_t *)&c->poll)) return;
-  EPM_LOG(EPM_LOG_INFO, "net", "connection %llu (pid %d) closed: %s", (unsigned long long)c->id, (int)c->pid, why);
+  /* Kubernetes and systemd probe every few seconds on every rank: their
+   * connections log at debug, like their accept. */
+  EPM_LOG(c->worked ? EPM_LOG_INFO : EPM_LOG_DEBUG, "net", "connection %llu (pid %d) closed: %s",
+          (unsigned long long)c->id, (int)c->pid, why);
   c->closing = 1;
   uv_poll_stop(&c->poll);
   uv_close((uv_handle_t *)&c->poll, on_poll_closed);
@@ -296,6 +300,7 @@ void srv_net_deliver(srv_t *s, srv_req_t *r) {
     pthread_mutex_lock(&s->stats.mu);
     s->stats.steps_total++;
     s->stats.tokens_total += (uint64_t)r->m;
+    s->stats.last_step_tokens = r->m;
     pthread_mutex_unlock(&s->stats.mu);
   } else {
     pthread_mutex_lock(&s->stats.mu);
@@ -420,6 +425,8 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
   pthread_mutex_lock(&s->stats.mu);
   s->stats.requests_total[f->type]++;
   pthread_mutex_unlock(&s->stats.mu);
+  if (f->type != EPM_MSG_HELLO && f->type != EPM_MSG_HEALTH && f->type != EPM_MSG_STATUS && f->type != EPM_MSG_STATS)
+    c->worked = 1;
   if (f->flags & EPM_FRAME_F_RESPONSE) {
     send_error(c, f->request_id, EPM_ERR_PROTOCOL, "clients send requests; this frame has the RESPONSE flag");
     return;

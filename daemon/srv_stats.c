@@ -9,11 +9,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "epmoe/clock.h"
 #include "epmoe/log.h"
 #include "srv.h"
+#include "srv_process.h"
 
 static const double bucket_le[SRV_HIST_BUCKETS] = {1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 0.01, 0.025,
                                                    0.05, 0.1,    0.25,   0.5,  1,    2.5,    5,    10};
@@ -29,10 +31,19 @@ void srv_stats_init(srv_stats_t *s) {
   pthread_mutex_init(&s->mu, NULL);
 }
 
+static double unix_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
 void srv_hist_add(srv_stats_t *s, srv_hist_id_t h, double seconds) {
+  double now = unix_now();
   pthread_mutex_lock(&s->mu);
   s->hist[h].count++;
   s->hist[h].sum += seconds;
+  s->hist[h].last = seconds;
+  s->hist[h].last_unix = now;
   for (int i = 0; i < SRV_HIST_BUCKETS; i++)
     if (seconds <= bucket_le[i]) {
       s->hist[h].bucket[i]++;
@@ -66,6 +77,38 @@ static double hist_quantile(const srv_hist_t *h, double q) {
     if (acc >= need) return bucket_le[i];
   }
   return 1.0 / 0.0;
+}
+
+/* The engine's "total" stage is the whole step: listed among the stages it
+ * would make every sum over the stage label count each step twice, so it is
+ * rendered as a series of its own. */
+static int is_total_stage(const char *name) { return strcmp(name, "total") == 0; }
+
+/* What the counters say about the present, read once per render. */
+typedef struct {
+  int64_t forwards_in_flight; /* FORWARDs received and not yet answered */
+  int in_step;                /* the worker is inside a step's collective */
+  double in_step_s;
+  double engine_last, engine_sum; /* the engine's "total" stage (0 before a step) */
+} now_t;
+
+static now_t snapshot_now(srv_t *s, const srv_stats_t *c) {
+  now_t n;
+  uint64_t id = 0, ns = 0;
+  uint32_t layer = 0;
+  memset(&n, 0, sizeof n);
+  /* every FORWARD handed to the worker is answered once, through
+   * srv_net_deliver, which records its request latency */
+  n.forwards_in_flight = (int64_t)(c->forwards_total - c->hist[SRV_H_REQUEST].count);
+  if (s->worker) ns = srv_worker_in_step_ns(s, &id, &layer);
+  n.in_step = ns > 0;
+  n.in_step_s = (double)ns * 1e-9;
+  for (int i = 0; i < c->nstages; i++)
+    if (is_total_stage(c->stage_name[i])) {
+      n.engine_last = c->stage_last[i];
+      n.engine_sum = c->stage_sum[i];
+    }
+  return n;
 }
 
 void srv_render_status(srv_t *s, epm_buf_t *b, int json) {
@@ -173,9 +216,16 @@ static void put_list(epm_buf_t *b, const uint64_t *v, int64_t n) {
 }
 
 static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
+  now_t n = snapshot_now(s, c);
+  srv_process_t p;
+  srv_process_sample(&p);
   putf(b, "# Stats\r\nrank:%d\r\nsteps_total:%llu\r\nsteps_failed:%llu\r\ntokens_total:%llu\r\nforwards_total:%llu\r\n",
        s->rank, (unsigned long long)c->steps_total, (unsigned long long)c->steps_failed,
        (unsigned long long)c->tokens_total, (unsigned long long)c->forwards_total);
+  putf(b, "forwards_in_flight:%lld\r\nin_step:%d\r\nin_step_seconds:%.3f\r\n", (long long)n.forwards_in_flight,
+       n.in_step, n.in_step_s);
+  putf(b, "last_step_seconds:%.6f\r\nlast_step_tokens:%lld\r\nlast_step_unix_time:%.3f\r\n",
+       c->hist[SRV_H_STEP].last, (long long)c->last_step_tokens, c->hist[SRV_H_STEP].last_unix);
   putf(b, "bytes_received:%llu\r\nbytes_sent:%llu\r\nbytes_shm:%llu\r\n", (unsigned long long)c->bytes_in,
        (unsigned long long)c->bytes_out, (unsigned long long)c->bytes_shm);
   putf(b, "\r\n# Latency\r\n");
@@ -185,7 +235,9 @@ static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
          hist_quantile(&c->hist[h], 0.99));
   putf(b, "\r\n# Stages\r\n");
   for (int i = 0; i < c->nstages; i++)
-    putf(b, "stage_%s:last=%.6f,sum=%.6f\r\n", c->stage_name[i], c->stage_last[i], c->stage_sum[i]);
+    if (!is_total_stage(c->stage_name[i]))
+      putf(b, "stage_%s:last=%.6f,sum=%.6f\r\n", c->stage_name[i], c->stage_last[i], c->stage_sum[i]);
+  putf(b, "engine_seconds:last=%.6f,sum=%.6f\r\n", n.engine_last, n.engine_sum);
   putf(b, "\r\n# Dispatch\r\n");
   putf(b, "dispatch_last_mode:%s\r\n", c->dispatch_last ? c->dispatch_last : "none");
   putf(b, "dispatch_steps:allgather=%llu,alltoall=%llu\r\n", (unsigned long long)c->dispatch_steps[0],
@@ -196,6 +248,8 @@ static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
        (unsigned long long)c->combine_recv_last);
   putf(b, "comm_bytes_total:sent=%llu,received=%llu\r\n", (unsigned long long)c->comm_sent_total,
        (unsigned long long)c->comm_recv_total);
+  putf(b, "\r\n# Process\r\nresident_memory_bytes:%.0f\r\nopen_fds:%lld\r\ncpu_seconds:%.3f\r\n"
+          "start_time_seconds:%.3f\r\n", p.resident_bytes, (long long)p.open_fds, p.cpu_seconds, p.start_time_seconds);
   putf(b, "\r\n# Errors\r\n");
   for (int e = 1; e < EPM_STATUS_COUNT; e++)
     if (c->errors_total[e]) putf(b, "errors_%s:%llu\r\n", epm_status_name((epm_status_t)e), (unsigned long long)c->errors_total[e]);
@@ -211,6 +265,7 @@ static void render_info(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
 
 static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
   const int r = s->rank;
+  now_t n = snapshot_now(s, c);
   srv_state_t st = srv_get_state(s, NULL, 0);
 #define COUNTER(name, help, val)                                                              \
   putf(b, "# HELP epmoe_" name " " help "\n# TYPE epmoe_" name " counter\nepmoe_" name "{rank=\"%d\"} %llu\n", r, \
@@ -257,9 +312,46 @@ static void render_prom(srv_t *s, const srv_stats_t *c, epm_buf_t *b) {
          hist_name[h], r, (unsigned long long)c->hist[h].count, hist_name[h], r, c->hist[h].sum, hist_name[h], r,
          (unsigned long long)c->hist[h].count);
   }
-  putf(b, "# HELP epmoe_stage_seconds_total time spent per engine stage\n# TYPE epmoe_stage_seconds_total counter\n");
+  putf(b, "# HELP epmoe_stage_seconds_total time spent per engine stage (the stages do not overlap; the whole "
+          "step is epmoe_engine_seconds_total)\n# TYPE epmoe_stage_seconds_total counter\n");
   for (int i = 0; i < c->nstages; i++)
-    putf(b, "epmoe_stage_seconds_total{rank=\"%d\",stage=\"%s\"} %.9f\n", r, c->stage_name[i], c->stage_sum[i]);
+    if (!is_total_stage(c->stage_name[i]))
+      putf(b, "epmoe_stage_seconds_total{rank=\"%d\",stage=\"%s\"} %.9f\n", r, c->stage_name[i], c->stage_sum[i]);
+  putf(b, "# HELP epmoe_engine_seconds_total time inside the engine's steps, stages and the time between them\n"
+          "# TYPE epmoe_engine_seconds_total counter\nepmoe_engine_seconds_total{rank=\"%d\"} %.9f\n", r, n.engine_sum);
+#define GAUGE(name, help, fmt, val) \
+  putf(b, "# HELP epmoe_" name " " help "\n# TYPE epmoe_" name " gauge\nepmoe_" name "{rank=\"%d\"} " fmt "\n", r, val)
+  GAUGE("forwards_in_flight", "FORWARDs received and not answered yet", "%lld", (long long)n.forwards_in_flight);
+  GAUGE("step_in_progress", "1 while this rank is inside a step's collective", "%d", n.in_step);
+  GAUGE("step_in_progress_seconds", "how long the current step has been inside the collective (0: none)", "%.6f",
+        n.in_step_s);
+  GAUGE("last_step_seconds", "collective time of the latest completed step (GO to done)", "%.9f",
+        c->hist[SRV_H_STEP].last);
+  GAUGE("last_step_tokens", "this rank's tokens in the latest completed step", "%lld", (long long)c->last_step_tokens);
+  GAUGE("last_step_timestamp_seconds", "Unix time the latest step completed (0: none yet)", "%.3f",
+        c->hist[SRV_H_STEP].last_unix);
+  GAUGE("last_step_engine_seconds", "engine time of the latest step", "%.9f", n.engine_last);
+  putf(b, "# HELP epmoe_last_step_stage_seconds engine time per stage of the latest step\n"
+          "# TYPE epmoe_last_step_stage_seconds gauge\n");
+  for (int i = 0; i < c->nstages; i++)
+    if (!is_total_stage(c->stage_name[i]))
+      putf(b, "epmoe_last_step_stage_seconds{rank=\"%d\",stage=\"%s\"} %.9f\n", r, c->stage_name[i], c->stage_last[i]);
+#undef GAUGE
+  /* The standard process_* families (the names every Prometheus client
+   * library exports), with the rank label like every other series. */
+  srv_process_t p;
+  srv_process_sample(&p);
+#define PROC(name, type, help, val)                                                                     \
+  if ((val) >= 0)                                                                                       \
+  putf(b, "# HELP " name " " help "\n# TYPE " name " " type "\n" name "{rank=\"%d\"} %.15g\n", r, (double)(val))
+  PROC("process_cpu_seconds_total", "counter", "Total user and system CPU time spent in seconds.", p.cpu_seconds);
+  PROC("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.", p.resident_bytes);
+  PROC("process_virtual_memory_bytes", "gauge", "Virtual memory size in bytes.", p.virtual_bytes);
+  PROC("process_open_fds", "gauge", "Number of open file descriptors.", p.open_fds);
+  PROC("process_max_fds", "gauge", "Maximum number of open file descriptors.", p.max_fds);
+  PROC("process_start_time_seconds", "gauge", "Start time of the process since unix epoch in seconds.",
+       p.start_time_seconds);
+#undef PROC
   putf(b, "# HELP epmoe_dispatch_steps_total steps per dispatch mode\n# TYPE epmoe_dispatch_steps_total counter\n");
   putf(b, "epmoe_dispatch_steps_total{rank=\"%d\",mode=\"allgather\"} %llu\n", r, (unsigned long long)c->dispatch_steps[0]);
   putf(b, "epmoe_dispatch_steps_total{rank=\"%d\",mode=\"alltoall\"} %llu\n", r, (unsigned long long)c->dispatch_steps[1]);
@@ -302,8 +394,22 @@ void srv_render_stats(srv_t *s, epm_buf_t *b, int fmt) {
       json_object_set_new(lat, hist_name[h],
                           json_pack("{s:I,s:f,s:f,s:f}", "count", (json_int_t)c.hist[h].count, "sum", c.hist[h].sum,
                                     "p50_le", hist_quantile(&c.hist[h], 0.5), "p99_le", hist_quantile(&c.hist[h], 0.99)));
+    now_t n = snapshot_now(s, &c);
+    srv_process_t p;
+    srv_process_sample(&p);
     for (int i = 0; i < c.nstages; i++)
-      json_object_set_new(stg, c.stage_name[i], json_pack("{s:f,s:f}", "last", c.stage_last[i], "sum", c.stage_sum[i]));
+      if (!is_total_stage(c.stage_name[i]))
+        json_object_set_new(stg, c.stage_name[i], json_pack("{s:f,s:f}", "last", c.stage_last[i], "sum", c.stage_sum[i]));
+    json_object_set_new(o, "engine", json_pack("{s:f,s:f}", "last", n.engine_last, "sum", n.engine_sum));
+    json_object_set_new(o, "in_flight", json_pack("{s:I,s:b,s:f}", "forwards", (json_int_t)n.forwards_in_flight,
+                                                  "in_step", n.in_step, "in_step_seconds", n.in_step_s));
+    json_object_set_new(o, "last_step", json_pack("{s:f,s:I,s:f}", "seconds", c.hist[SRV_H_STEP].last, "tokens",
+                                                  (json_int_t)c.last_step_tokens, "unix_time",
+                                                  c.hist[SRV_H_STEP].last_unix));
+    json_object_set_new(o, "process", json_pack("{s:f,s:f,s:f,s:f,s:I,s:I}", "resident_memory_bytes", p.resident_bytes,
+                                                "virtual_memory_bytes", p.virtual_bytes, "cpu_seconds", p.cpu_seconds,
+                                                "start_time_seconds", p.start_time_seconds, "open_fds",
+                                                (json_int_t)p.open_fds, "max_fds", (json_int_t)p.max_fds));
     for (int e = 1; e < EPM_STATUS_COUNT; e++)
       if (c.errors_total[e]) json_object_set_new(err, epm_status_name((epm_status_t)e), json_integer((json_int_t)c.errors_total[e]));
     json_object_set_new(o, "latency", lat);

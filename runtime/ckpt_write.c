@@ -260,7 +260,7 @@ static epm_status_t write_shards(mk_t *m, void *scratch, size_t scratch_len) {
   epm_load_progress_t prog;
   size_t total = 0, i = 0;
   for (size_t k = 0; k < m->n; k++) total += m->ents[k].nbytes;
-  epm_load_progress_begin(&prog, total, m->o->quiet);
+  epm_load_progress_begin(&prog, "ckpt make", total, m->o->quiet ? EPM_PROGRESS_QUIET : EPM_PROGRESS_AUTO);
   for (size_t s = 0; s < m->nshards; s++) {
     size_t first = i, cnt = 0;
     while (first + cnt < m->n && m->ents[first + cnt].shard == s) cnt++;
@@ -286,7 +286,7 @@ static epm_status_t write_shards(mk_t *m, void *scratch, size_t scratch_len) {
     }
     EPM_TRY(epm_st_writer_close(w));
   }
-  epm_load_progress_end(&prog, "ckpt make: wrote");
+  epm_load_progress_end(&prog);
   return EPM_OK;
 }
 

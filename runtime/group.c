@@ -150,9 +150,19 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
   EPM_TRY_GOTO(make_backend_and_comm(g, cfg), st, out);
   EPM_TRY_GOTO(pick_layers(g, cfg, &md), st, out);
   EPM_TRY_GOTO(make_placement(g, cfg), st, out);
+  /* A checkpoint load takes minutes at full size: log lines as it goes
+   * (one log stream per rank, so never a redrawn terminal line). */
+  epm_load_progress_t prog;
+  size_t per_layer = 0;
+  if (md) {
+    char what[128];
+    EPM_TRY_GOTO(epm_weights_layer_bytes(&g->dims, g->boot->ep_size, &per_layer), st, out);
+    snprintf(what, sizeof what, "loading %lld layers of %s", (long long)g->nlayers, g->model);
+    epm_load_progress_begin(&prog, what, per_layer * (size_t)g->nlayers, EPM_PROGRESS_LINES);
+  }
   for (int64_t i = 0; i < g->nlayers; i++) {
     if (md)
-      EPM_TRY_GOTO(epm_weights_load_layer_placed(md, g->layer_id[i], &g->placement, r, &g->layers[i], NULL), st,
+      EPM_TRY_GOTO(epm_weights_load_layer_placed(md, g->layer_id[i], &g->placement, r, &g->layers[i], &prog), st,
                    out);
     else
       EPM_TRY_GOTO(epm_layer_generate_placed(&g->dims, g->layer_id[i], cfg->seed, &g->placement, r, &g->layers[i]),
@@ -162,6 +172,7 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
     ec.share_buffers = i > 0 ? g->eng[0] : NULL;
     EPM_TRY_GOTO(epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &g->eng[i]), st, out);
   }
+  if (md) epm_load_progress_end(&prog);
 out:
   epm_model_dir_close(md);
   return st;

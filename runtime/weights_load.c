@@ -51,38 +51,6 @@ int epm_router_name(epm_model_family_t fam, int64_t layer, int bias, char *buf, 
   return n < 0 || (size_t)n >= len;
 }
 
-/* ---- progress ---- */
-void epm_load_progress_begin(epm_load_progress_t *p, size_t total_bytes, int quiet) {
-  memset(p, 0, sizeof *p);
-  p->total = total_bytes;
-  p->t0 = p->last_print = epm_clock_s();
-  p->quiet = quiet;
-  p->live = !quiet && isatty(STDERR_FILENO);
-}
-
-void epm_load_progress_add(epm_load_progress_t *p, size_t bytes) {
-  p->done += bytes;
-  if (!p->live) return;
-  double t = epm_clock_s();
-  if (t - p->last_print < 0.25 && p->done < p->total) return;
-  p->last_print = t;
-  double el = t - p->t0, mbs = el > 0 ? (double)p->done / 1e6 / el : 0.0;
-  double left = p->done < p->total ? (double)(p->total - p->done) : 0.0;
-  double eta = mbs > 0 ? left / 1e6 / mbs : 0.0;
-  fprintf(stderr, "\r  %.2f / %.2f GB  %.0f MB/s  ETA %.0f s   ", (double)p->done / 1e9,
-          (double)p->total / 1e9, mbs, eta);
-  fflush(stderr);
-}
-
-double epm_load_progress_end(epm_load_progress_t *p, const char *what) {
-  double el = epm_clock_s() - p->t0;
-  if (p->live) fputc('\n', stderr);
-  if (!p->quiet)
-    fprintf(stderr, "%s: %.3f GB in %.2f s, %.0f MB/s\n", what, (double)p->done / 1e9, el,
-            el > 0 ? (double)p->done / 1e6 / el : 0.0);
-  return el;
-}
-
 /* ---- loading ---- */
 typedef struct {
   epm_model_dir_t *md;

@@ -29,3 +29,8 @@ add_executable(test_mpi_status mpi/test_mpi_status.c)
 target_include_directories(test_mpi_status PRIVATE ${PROJECT_SOURCE_DIR}/comm)
 target_link_libraries(test_mpi_status PRIVATE epmoe)
 epm_add_mpi_test(mpi_status_np1 NP 1 COMMAND test_mpi_status LABELS mpi TIMEOUT 60)
+
+# The logger (runtime/base/log.c): JSON lines a strict parser accepts, text
+# lines, the journal's "<N>" priorities, the level filter, whole lines from
+# threads (stderr redirected to a file).
+epm_add_test(test_log SOURCES unit/test_log.c LABELS cpu LIBS epm_testutil TIMEOUT 60)

@@ -3,6 +3,9 @@
 #                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)
 epm_add_test(test_protocol SOURCES unit/test_protocol.c LABELS cpu LIBS epmoe_client_static TIMEOUT 60
              ARGS ${PROJECT_SOURCE_DIR}/docs/PROTOCOL.md)
+#   test_srv_stats  the daemon's STATS (Prometheus, JSON, INFO) from hand-set
+#                   counters and measured process values (cpu)
+epm_add_test(test_srv_stats SOURCES unit/test_srv_stats.c LABELS cpu LIBS epmoe_srv TIMEOUT 60)
 # The frame decoder's fuzz target (tests/fuzz/fuzz_frame.c) is built and run
 # with the other fuzz targets: tests/fuzz.cmake.
 
@@ -23,6 +26,14 @@ if(TRUE)
                          ENVIRONMENT "${EPMOE_MPI_ENV}")
   endforeach()
 endif()
+
+# ops_it (mpi): the operator's conventions on 2 CPU daemons serving a
+# checkpoint: every layer by default, JSON logs with syslog priorities and
+# load progress, probes quiet at info, one --json shape for status/stats/
+# health/shutdown, the /metrics series (tests/daemon/ops_it.sh).
+add_test(NAME ops_it COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/ops_it.sh ${MPIEXEC_EXECUTABLE}
+                             $<TARGET_FILE_DIR:epmoed>)
+set_tests_properties(ops_it PROPERTIES LABELS mpi TIMEOUT 180 PROCESSORS 2 ENVIRONMENT "${EPMOE_MPI_ENV}")
 
 # GPU (label gpu, exit 77 without one): the cuda backend and the CUDA
 # device-memory data path (cuMemCreate + POSIX fd over SCM_RIGHTS).

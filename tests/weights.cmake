@@ -3,6 +3,8 @@
 # Python implementation.
 epm_add_test(test_safetensors SOURCES unit/test_safetensors.c LABELS cpu)
 epm_add_test(test_weights SOURCES unit/test_weights.c LABELS cpu)
+# Progress lines of long loads and `ckpt make` when stderr is not a terminal.
+epm_add_test(test_load_progress SOURCES unit/test_load_progress.c LABELS cpu LIBS epm_testutil TIMEOUT 30)
 
 # Interop with the reference implementation: skipped (77) without python3 +
 # safetensors + numpy, never silently passed.

@@ -56,19 +56,34 @@ int epm_weight_name(epm_model_family_t fam, int64_t layer, int64_t expert, epm_p
 /* Router weight (bias = 0) or e_score_correction_bias (bias = 1). */
 int epm_router_name(epm_model_family_t fam, int64_t layer, int bias, char *buf, size_t len);
 
-/* Progress of a long load: a live line (bytes, MB/s, ETA) on stderr when it is
- * a terminal, one summary line otherwise. */
+/* Progress of a long load or write (runtime/load_progress.c). On a terminal
+ * (EPM_PROGRESS_AUTO and stderr is a tty): a live line (GB, MB/s, ETA)
+ * redrawn in place. Otherwise (logs, journald, a pipe, EPM_PROGRESS_LINES):
+ * an info log line "WHAT: 1.20 GB of 3.40 GB (35%), 310 MB/s, ETA 7 s" each time
+ * another 10 % is done or interval_s (5 s) passed, whichever comes first, so
+ * a load of minutes is never silent and a short one prints at most 9 lines.
+ * Every mode but QUIET ends with one summary line. */
+typedef enum {
+  EPM_PROGRESS_AUTO = 0,  /* live on a terminal, else lines */
+  EPM_PROGRESS_QUIET = 1, /* nothing */
+  EPM_PROGRESS_LINES = 2  /* lines even on a terminal (daemons: one log stream) */
+} epm_progress_mode_t;
+
 typedef struct {
   size_t total, done;
   double t0, last_print;
-  int live;
+  double interval_s; /* lines: longest silence (5 s; tests may shorten it) */
+  int live;          /* redrawn terminal line */
   int quiet;
+  int last_decile;   /* lines: the last 10 % step printed */
+  char what[96];
 } epm_load_progress_t;
 
-void epm_load_progress_begin(epm_load_progress_t *p, size_t total_bytes, int quiet);
+/* mode: an epm_progress_mode_t (0 and 1 keep meaning "not quiet", "quiet"). */
+void epm_load_progress_begin(epm_load_progress_t *p, const char *what, size_t total_bytes, int mode);
 void epm_load_progress_add(epm_load_progress_t *p, size_t bytes);
-/* Prints the summary ("loaded 6.3 GB in 4.1 s, 1540 MB/s"); returns seconds. */
-double epm_load_progress_end(epm_load_progress_t *p, const char *what);
+/* Logs the summary ("WHAT: done, 6.30 GB in 4.10 s, 1540 MB/s"); returns seconds. */
+double epm_load_progress_end(epm_load_progress_t *p);
 
 /* Bytes one rank copies for one layer (its experts, the shared expert,
  * router) under the default split: the largest slice, ceil(E / EP) experts. */

@@ -72,7 +72,8 @@ ok "$NP ranks, 16 experts + 2 redundant: forward --check --tolerance 0 (inline a
 "$CTL" stats --socket-dir "$S" --json >"$T/stats.json" || fail "stats --json"
 python3 - "$T/stats.json" "$NP" "$sent" <<'PY' || fail "STATS load"
 import json, sys
-objs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+# `stats --json` is one line {"ranks": [{"rank": R, ...STATS JSON...}, ...]}
+objs = json.load(open(sys.argv[1]))["ranks"]
 np_, sent = int(sys.argv[2]), int(sys.argv[3])
 assert len(objs) == np_, len(objs)
 tot = [0] * 16

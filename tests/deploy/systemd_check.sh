@@ -36,7 +36,7 @@ echo "ok: self-check: a unit with Type=notfy is refused"
 
 # the properties the daemon relies on
 for kv in Type=notify NotifyAccess=all RuntimeDirectory=epmoe/%i RuntimeDirectoryMode=0750 \
-  Environment=EPMOE_SOCKET_DIR=/run/epmoe/%i User=epmoe Group=epmoe; do
+  Environment=EPMOE_SOCKET_DIR=/run/epmoe/%i Environment=EPMOE_LOG_PREFIX=syslog User=epmoe Group=epmoe; do
   grep -qx "$kv" "$D/epmoe@.service" || fail "epmoe@.service lacks $kv"
 done
 grep -qE '^WatchdogSec=[1-9]' "$D/epmoe@.service" || fail "epmoe@.service has no WatchdogSec"

@@ -5,9 +5,14 @@
 # `--x=v` and `--x v` give the same result for every subcommand that takes
 # values (the value visibly takes effect: an output, a checksum, or the path
 # in a runtime error); epmoed --help exits 0 and names each option's EPMOE_*
-# variable; bad values to epmoed (flag or environment) exit 64.
+# variable; bad values to epmoed (flag or environment) exit 64; `--version` on
+# both programs and every subcommand prints the project version; epmoed
+# refuses to start without --model or --preset, and refuses an EPMOE_*
+# variable it does not know (naming the nearest setting), while every EPMOE_*
+# name the sources and recipes use is known.
 set -u
 ctl="$1" epmoed="${2:-}"
+src=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d /tmp/epm_cli_XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 empty="$tmp/no-daemons"
@@ -143,7 +148,7 @@ if [ -n "$epmoed" ]; then
   [ $rc = 0 ] || fail "epmoed --help exited $rc"
   [ -s "$tmp/err" ] && fail "epmoed --help wrote to stderr"
   n=0
-  for opt in $(printf '%s\n' "$help" | sed -n 's/^  --\([a-z-]*\).*/\1/p' | grep -v '^help$'); do
+  for opt in $(printf '%s\n' "$help" | sed -n 's/^  --\([a-z-]*\).*/\1/p' | grep -v '^\(help\|version\)$'); do
     env=EPMOE_$(printf '%s' "$opt" | tr 'a-z-' 'A-Z_')
     printf '%s\n' "$help" | grep -q "env $env)" || fail "epmoed --help: --$opt does not name $env"
     n=$((n + 1))
@@ -156,7 +161,41 @@ if [ -n "$epmoed" ]; then
   expect 64 "usage: mpirun -np N epmoed" "$epmoed" --layers
   expect 64 "bad value for --max-frame \(from EPMOE_MAX_FRAME\): '1X' is not an integer" env EPMOE_MAX_FRAME=1X "$epmoed"
   expect 64 "unexpected argument 'stray'" "$epmoed" stray
+  # no silent default model (bounded: a daemon that did start would serve forever)
+  expect 64 "no model to serve: pass --model DIR \(or EPMOE_MODEL=DIR\).*--preset NAME" timeout 20 "$epmoed"
+  expect 64 "no model to serve" timeout 20 env -u EPMOE_MODEL -u EPMOE_PRESET "$epmoed" --backend cpu
+  expect 64 "bad value for --preset: unknown model preset 'tinyy'" "$epmoed" --preset tinyy
+  # a misspelt setting is an error naming the nearest names, even when the
+  # rest of the line is fine
+  expect 64 "unknown environment variable EPMOE_MODLE \(did you mean EPMOE_MODEL\?\)" timeout 20 env EPMOE_MODLE=/m "$epmoed" --preset tiny
+  expect 64 "EPMOE_SOCKETDIR \(did you mean EPMOE_SOCKET_DIR\?\); EPMOE_ZZZ: not a setting of epmoed" \
+    timeout 20 env EPMOE_SOCKETDIR=/s EPMOE_ZZZ=1 "$epmoed" --preset tiny
+  # every EPMOE_* name read by the sources, the recipes and the tests is known
+  names=$({ grep -rhoE 'getenv\("EPMOE_[A-Z0-9_]+"' "$src"/runtime "$src"/comm "$src"/kernels "$src"/daemon "$src"/tests |
+    sed 's/getenv("//;s/"//'
+    grep -rhoE '\$\{?EPMOE_[A-Z0-9_]+' "$src"/deploy "$src"/tests --include='*.sh' --include='*.sbatch' \
+      --include='*.service' --include='*.yaml' --include=Containerfile | sed 's/^\$[{]\{0,1\}//'
+    grep -rhoE '^EPMOE_[A-Z0-9_]+=' "$src"/deploy | sed 's/=$//'; } | sort -u)
+  [ "$(printf '%s\n' "$names" | wc -l)" -ge 20 ] || fail "found only these EPMOE_* names in the sources: $names"
+  for v in $names; do
+    out=$(env "$v=1" "$epmoed" --preset tiny --max-tokens-per-rank 0 2>&1)
+    printf '%s\n' "$out" | grep -q "unknown environment" && fail "epmoed does not know $v (used in the sources): $out"
+  done
+  # --version: the project version, exit 0, on stdout
+  ver=$(sed -n 's/^project(epmoe VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")
+  [ -n "$ver" ] || fail "no project version in $src/CMakeLists.txt"
+  expect 0 "^epmoed $ver\$" "$epmoed" --version
+  expect 0 "^epmoed $ver\$" env EPMOE_MODLE=x "$epmoed" --layers=0 --version
 fi
+ver=${ver:-$(sed -n 's/^project(epmoe VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")}
+expect 0 "^epmoectl $ver\$" "$ctl" --version
+for s in $subs "ckpt make" "ckpt inspect" "ckpt load"; do
+  # shellcheck disable=SC2086  # "ckpt make" is two words on purpose
+  out=$("$ctl" $s --version 2>&1); rc=$?
+  if [ $rc != 0 ] || [ "$out" != "epmoectl $ver" ]; then
+    fail "epmoectl $s --version: exit $rc, '$out' (want 'epmoectl $ver')"
+  fi
+done
 
 [ $fails = 0 ] || { echo "$fails failure(s)"; exit 1; }
 echo "ok: epmoectl ($subs) and epmoed command lines"

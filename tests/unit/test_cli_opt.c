@@ -1,8 +1,10 @@
 /* test_cli_opt: the one command-line parser (daemon/cli_opt.c) on a table
  * that has every kind: both spellings, short options, "--", every class of
  * error with the option, the value and the limit in its message, bounds at
- * their edges, defaults < environment < flag, the table's own checks, and
- * --help generated from the table. Expected values are worked by hand. */
+ * their edges, defaults < environment < flag, the table's own checks,
+ * --help generated from the table, --version, and the check for unknown
+ * environment variables with its edit distance. Expected values are worked
+ * by hand. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -184,6 +186,75 @@ static void test_help_first(void **state) {
   assert_int_equal(res.help, 1);
 }
 
+static void test_version(void **state) {
+  (void)state;
+  /* like help: stores nothing, even on a broken line; help wins over it */
+  assert_int_equal(PARSE("--n", "7", "--version", "--bogus"), EPM_OK);
+  assert_int_equal(res.version, 1);
+  assert_int_equal(res.help, 0);
+  assert_int_equal(o.n, 0);
+  assert_int_equal(PARSE("--version", "--help"), EPM_OK);
+  assert_int_equal(res.help, 1);
+  assert_int_equal(res.version, 0);
+  /* after "--" it is an argument */
+  assert_int_equal(PARSE("--", "--version"), EPM_OK);
+  assert_int_equal(res.version, 0);
+  assert_string_equal(res.args[0], "--version");
+  /* and --help says so */
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&text, &len);
+  epm_opt_help(f, &cmd);
+  fclose(f);
+  assert_non_null(strstr(text, "  --version               print the version and exit 0\n"));
+  free(text);
+}
+
+/* Distances worked by hand: one edit of each kind, a swap of neighbours
+ * counted once, and the empty string. */
+static void test_edit_distance(void **state) {
+  (void)state;
+  assert_int_equal(epm_opt_edit_distance("EPMOE_MODEL", "EPMOE_MODEL"), 0);
+  assert_int_equal(epm_opt_edit_distance("EPMOE_MODLE", "EPMOE_MODEL"), 1);   /* swap */
+  assert_int_equal(epm_opt_edit_distance("EPMOE_MODE", "EPMOE_MODEL"), 1);    /* insert */
+  assert_int_equal(epm_opt_edit_distance("EPMOE_MODELS", "EPMOE_MODEL"), 1);  /* delete */
+  assert_int_equal(epm_opt_edit_distance("EPMOE_MODAL", "EPMOE_MODEL"), 1);   /* substitute */
+  assert_int_equal(epm_opt_edit_distance("EPMOE_SOCKETDIR", "EPMOE_SOCKET_DIR"), 1);
+  assert_int_equal(epm_opt_edit_distance("kitten", "sitting"), 3);
+  assert_int_equal(epm_opt_edit_distance("", "abc"), 3);
+  assert_int_equal(epm_opt_edit_distance("abc", ""), 3);
+  assert_int_equal(epm_opt_edit_distance("ab", "ba"), 1);
+  assert_int_equal(epm_opt_edit_distance("flaw", "lawn"), 2); /* delete f, insert n */
+  assert_int_equal(epm_opt_edit_distance("ca", "abc"), 3);    /* a restricted swap edits no letter twice */
+}
+
+static void test_check_env(void **state) {
+  (void)state;
+  static const char *const known[] = {"EPM_TEST_SIDE", NULL};
+  /* the options' variables and the extra names pass; other prefixes are not looked at */
+  char *ok[] = {(char *)"EPM_TEST_N=3", (char *)"EPM_TEST_BUF=x", (char *)"EPM_TEST_SIDE=1", (char *)"PATH=/bin",
+                (char *)"EPM_TESTING", NULL};
+  assert_int_equal(epm_opt_check_env(&cmd, "EPM_TEST_", known, ok), EPM_OK);
+  assert_int_equal(epm_opt_check_env(&cmd, "EPM_TEST_", known, NULL), EPM_OK);
+  /* a misspelling names the nearest known names, every one at that distance */
+  char *typo[] = {(char *)"EPM_TEST_BUG=1", NULL};
+  WANT_ERR(epm_opt_check_env(&cmd, "EPM_TEST_", known, typo),
+           "unknown environment variable EPM_TEST_BUG (did you mean EPM_TEST_BUF?): not a setting of t");
+  char *two_near[] = {(char *)"EPM_TEST_SIDF=", NULL}; /* one from SIDE; N and BUF are far */
+  WANT_ERR(epm_opt_check_env(&cmd, "EPM_TEST_", known, two_near), "EPM_TEST_SIDF (did you mean EPM_TEST_SIDE?)");
+  /* all unknown names in one message; one with nothing near has no guess */
+  char *many[] = {(char *)"EPM_TEST_NN=1", (char *)"HOME=/", (char *)"EPM_TEST_FAR_AWAY_NAME=2", NULL};
+  WANT_ERR(epm_opt_check_env(&cmd, "EPM_TEST_", known, many), "unknown environment variables EPM_TEST_NN (did you "
+           "mean EPM_TEST_N?); EPM_TEST_FAR_AWAY_NAME: not a setting of t (t --help lists them)");
+  /* a name without '=' counts as set */
+  char *bare[] = {(char *)"EPM_TEST_X", NULL};
+  WANT_ERR(epm_opt_check_env(&cmd, "EPM_TEST_", known, bare), "EPM_TEST_X");
+  /* equal distance: both named, in table order */
+  static const char *const pair[] = {"EPM_TEST_AB", "EPM_TEST_AC", NULL};
+  char *amb[] = {(char *)"EPM_TEST_AA=1", NULL};
+  WANT_ERR(epm_opt_check_env(&cmd, "EPM_TEST_", pair, amb), "(did you mean EPM_TEST_AB or EPM_TEST_AC?)");
+}
+
 static void test_errors_name_option_value_limit(void **state) {
   (void)state;
   WANT_ERR(PARSE("--bogus"), "unknown option '--bogus'");
@@ -338,6 +409,8 @@ static void test_table_checks(void **state) {
   const epm_opt_t bad_def[] = {{.name = "d", .kind = EPM_OPT_INT64, .off = 0, .size = sizeof(int64_t), .def = "7",
                                 .min = 0, .max = 5, .help = ""}};
   const epm_opt_t help_name[] = {{.name = "help", .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int), .help = ""}};
+  const epm_opt_t version_name[] = {
+      {.name = "version", .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int), .help = ""}};
   const epm_opt_t flag_env[] = {
       {.name = "f", .kind = EPM_OPT_FLAG, .off = 0, .size = sizeof(int), .env = "EPM_X", .help = ""}};
   struct {
@@ -350,6 +423,7 @@ static void test_table_checks(void **state) {
       {twice, 2, &i32, "option --a declared twice"},
       {bad_def, 1, &i64, "the default of --d: 7 is outside [0, 5]"},
       {help_name, 1, &i32, "bad name 'help'"},
+      {version_name, 1, &i32, "bad name 'version'"},
       {flag_env, 1, &i32, "a flag has no default, environment or requirement"},
   };
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
@@ -426,6 +500,9 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_both_spellings, setup, teardown),
       cmocka_unit_test_setup_teardown(test_double_dash_and_args, setup, teardown),
       cmocka_unit_test_setup_teardown(test_help_first, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_version, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_edit_distance, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_check_env, setup, teardown),
       cmocka_unit_test_setup_teardown(test_errors_name_option_value_limit, setup, teardown),
       cmocka_unit_test_setup_teardown(test_bounds_edges, setup, teardown),
       cmocka_unit_test_setup_teardown(test_lists, setup, teardown),
