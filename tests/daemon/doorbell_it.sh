@@ -49,6 +49,10 @@ out=$(timeout 60 "$CTL" bench --socket-dir "$T/s1" --tokens-per-rank 4,4 --doorb
 echo "$out" | grep -q "doorbell (host): .* overhead p50" || fail "bench --doorbell output: $out"
 echo "ok: $(echo "$out" | grep 'doorbell (host)')"
 "$CTL" forward --socket-dir "$T/s1" --tokens-per-rank 3,4 --check >/dev/null 2>&1 || fail "FORWARD after the doorbells"
+for r in 0 1; do
+  "$CTL" stats --socket-dir "$T/s1" --rank $r | grep -q "^forwards_in_flight:0" ||
+    fail "rank $r: forwards_in_flight is not 0 after every doorbell step (refused ones included) was answered"
+done
 grep -q "doorbell closed" "$T/log1" || fail "no 'doorbell closed' line after the clients left"
 stop "$T/s1"
 echo "ok: FORWARDs still pass after the doorbell clients left; SHUTDOWN exit 0"
