@@ -54,6 +54,7 @@ typedef struct {
   epm_backend_kind_t backend;
   epm_scale_mode_t scale;
   epm_dtype_t partial;
+  int kernels; /* epm_kernels_t */
   int shared, check, json;
   double tol;
   epm_opt_list_t tokens_list; /* --tokens-per-rank as parsed; copied into tokens */
@@ -73,6 +74,7 @@ static const epm_opt_choice_t scales[] = {{"static", EPM_SCALE_STATIC}, {"dynami
 static const epm_opt_choice_t partials[] = {{"f32", EPM_DTYPE_F32}, {"bf16", EPM_DTYPE_BF16}, {NULL, 0}};
 static const epm_opt_choice_t dispatches[] = {
     {"allgather", EPM_DISPATCH_ALLGATHER}, {"alltoall", EPM_DISPATCH_ALLTOALL}, {"auto", EPM_DISPATCH_AUTO}, {NULL, 0}};
+static const epm_opt_choice_t kernel_sets[] = {{"v1", EPM_KERNELS_V1}, {"v2", EPM_KERNELS_V2}, {NULL, 0}};
 
 static const epm_opt_t step_opts[] = {
     {.name = "preset", .kind = EPM_OPT_STR, AT(preset), .flags = EPM_OPT_REQUIRED, .arg = "NAME",
@@ -117,6 +119,8 @@ static const epm_opt_t step_opts[] = {
      .help = "measure those terms with this job's comm, print them, and exit"},
     {.name = "threads", COUNT(1, 1024), AT(threads), .flags = EPM_OPT_KMG, .arg = "T",
      .help = "reference threads per rank (default: cores / ranks on the node)"},
+    {.name = "kernels", .kind = EPM_OPT_ENUM, AT(kernels), .def = "v1", .choices = kernel_sets,
+     .help = "cuda kernels: v1 (reference) or v2 (fast)"},
     {.name = "repeat", COUNT(1, 1 << 20), AT(repeat), .def = "1", .flags = EPM_OPT_KMG,
      .help = "run the step N times; the output must be bit-identical"},
     {.name = "warmup", COUNT(0, 1000), AT(warmup), .def = "0", .flags = EPM_OPT_KMG,
@@ -271,6 +275,7 @@ static epm_status_t setup(step_t *s) {
   gc.dispatch_cost = o->cost;
   gc.placement = o->placement ? &s->placement : NULL;
   gc.redundant_experts = o->redundant;
+  gc.kernels = (epm_kernels_t)o->kernels;
   EPM_TRY(epm_group_create(&gc, &s->boot, &s->group));
   s->eng = epm_group_engine(s->group, layer_id);
 

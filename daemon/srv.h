@@ -44,6 +44,7 @@ typedef struct {
   char dispatch_latency_us[48], dispatch_gbps[48]; /* auto's terms "AG,A2A" ("" = defaults) */
   char placement[512];   /* expert placement map (JSON file), "" = default split */
   int64_t redundant_experts; /* extra slots of the default split */
+  char kernels[4];       /* v1 | v2: the cuda backend's kernels */
   uint8_t src[32];       /* per table row: 0 default, 1 environment, 2 flag */
 } srv_config_t;
 

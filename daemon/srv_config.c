@@ -18,6 +18,7 @@ extern char **environ;
 #define AT(field) EPM_OPT_AT(srv_config_t, field)
 
 static const epm_opt_choice_t backends[] = {{"cpu", 0}, {"cuda", 0}, {"auto", 0}, {NULL, 0}};
+static const epm_opt_choice_t kernels[] = {{"v1", 0}, {"v2", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_levels[] = {{"error", 0}, {"warn", 0}, {"info", 0}, {"debug", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_formats[] = {{"text", 0}, {"json", 0}, {NULL, 0}};
 static const epm_opt_choice_t log_prefixes[] = {{"auto", 0}, {"syslog", 0}, {"none", 0}, {NULL, 0}};
@@ -84,6 +85,8 @@ static const epm_opt_t opts[] = {
     {.name = "redundant-experts", .kind = EPM_OPT_INT64, AT(redundant_experts), .def = "0", .min = 0, .max = 1 << 16,
      .env = "EPMOE_REDUNDANT_EXPERTS", .arg = "N",
      .help = "extra slots of the default split: second copies of\nexperts 0..N-1 (ignored with --placement)"},
+    {.name = "kernels", .kind = EPM_OPT_STRBUF, AT(kernels), .def = "v1", .choices = kernels, .env = "EPMOE_KERNELS",
+     .help = "cuda kernels: v1 (reference) or v2 (fast: sm_90a wgmma, warp routing)"},
 };
 #define NOPTS (sizeof opts / sizeof opts[0])
 _Static_assert(NOPTS <= sizeof(((srv_config_t *)0)->src), "src[] too small");

@@ -235,6 +235,7 @@ static int load_model(srv_worker_t *w) {
   gc.num_layers = s->cfg.layers;
   gc.comm_timeout_s = (double)s->cfg.step_timeout_s;
   gc.max_tokens_per_rank = s->cfg.max_tokens_per_rank;
+  gc.kernels = strcmp(s->cfg.kernels, "v2") == 0 ? EPM_KERNELS_V2 : EPM_KERNELS_V1;
   /* The dispatch options were checked at start-up (srv_config.c). */
   (void)epm_dispatch_mode_parse(s->cfg.dispatch, &gc.dispatch);
   gc.recv_capacity = s->cfg.recv_capacity;

@@ -5,6 +5,7 @@
 #include "epmoe/kernels.h"
 #include "plan_util.h"
 #include "routing_core.h"
+#include "routing_warp_core.h"
 
 epm_status_t epm_routing_plan(const epm_model_dims_t *dims, int64_t tokens,
                               epm_routing_plan_t *out) {
@@ -59,5 +60,34 @@ epm_status_t epm_routing_plan(const epm_model_dims_t *dims, int64_t tokens,
   out->block = 128u;
   int64_t g = (tokens + 127) / 128;
   out->grid = (uint32_t)(g < 1 ? 1 : (g > 65536 ? 65536 : g));
+  /* Warp kernel: one warp per token, 4 per block (many small blocks fill
+   * every SM at a few thousand tokens). */
+  out->warp_ok = e <= EPM_RW_MAX_EXPERTS && k <= EPM_RW_MAX_K;
+  out->experts_per_lane = (int32_t)((e + EPM_RW_LANES - 1) / EPM_RW_LANES);
+  out->warp_block = 128u;
+  int64_t wg = (tokens + 3) / 4;
+  out->warp_grid = (uint32_t)(wg < 1 ? 1 : (wg > 65536 ? 65536 : wg));
+  return EPM_OK;
+}
+
+epm_status_t epm__rw_cfg(const epm_routing_plan_t *p, int64_t ep_size, epm_rw_cfg_t *out) {
+  if (!p || !out) return epm_error(EPM_ERR_INVALID_ARG, "warp routing: NULL plan or config");
+  if (!p->warp_ok)
+    return epm_error(EPM_ERR_NOT_SUPPORTED,
+                     "warp routing: num_experts = %lld and top_k = %lld must be <= %d and <= %d (use the "
+                     "thread-per-token kernel)",
+                     (long long)p->num_experts, (long long)p->top_k, EPM_RW_MAX_EXPERTS, EPM_RW_MAX_K);
+  if (ep_size < 0 || (ep_size > 0 && p->num_experts % ep_size != 0))
+    return epm_error(EPM_ERR_INVALID_ARG, "warp routing: ep_size = %lld must divide num_experts = %lld",
+                     (long long)ep_size, (long long)p->num_experts);
+  memset(out, 0, sizeof *out);
+  out->method = (int)p->method;
+  out->num_experts = p->num_experts;
+  out->top_k = p->top_k;
+  out->n_group = p->n_group;
+  out->topk_group = p->topk_group;
+  out->routed_scaling_factor = p->routed_scaling_factor;
+  out->epl = p->experts_per_lane;
+  out->ep_size = ep_size;
   return EPM_OK;
 }

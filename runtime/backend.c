@@ -26,6 +26,10 @@ const char *epm_backend_kind_name(epm_backend_kind_t kind) {
   return kind_names[kind];
 }
 
+const char *epm_kernels_name(epm_kernels_t k) {
+  return k == EPM_KERNELS_V1 ? "v1" : (k == EPM_KERNELS_V2 ? "v2" : "invalid");
+}
+
 static epm_status_t unsupported(const epm_backend_t *be, const char *op) {
   return epm_error(EPM_ERR_NOT_SUPPORTED, "backend '%s' does not implement '%s'", be->ops->name, op);
 }
@@ -36,6 +40,10 @@ epm_status_t epm_backend_create(const epm_backend_config_t *cfg, epm_backend_t *
   if (!be) return epm_error(EPM_ERR_NOMEM, "backend object (%zu bytes)", sizeof *be);
   be->cfg = *cfg;
   epm_status_t st;
+  if (cfg->kernels != EPM_KERNELS_V1 && cfg->kernels != EPM_KERNELS_V2) {
+    free(be);
+    return epm_error(EPM_ERR_INVALID_ARG, "backend kernels %d is not v1 (0) or v2 (1)", (int)cfg->kernels);
+  }
   switch (cfg->kind) {
     case EPM_BACKEND_CPU: st = epm__backend_cpu_init(be); break;
     case EPM_BACKEND_CUDA: st = epm__backend_cuda_init(be); break;

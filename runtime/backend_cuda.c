@@ -18,7 +18,15 @@
  * bf16 <-> fp32 and the shared combine run as kernels (kernels/elementwise.cu).
  * Weight on input and the dynamic-scale amax have no kernels yet: they stage
  * through pinned host buffers sized at load (m_r x H), which costs a sync
- * each. */
+ * each.
+ *
+ * Kernel sets (epm_backend_config_t.kernels): v1 runs the reference kernels
+ * on the canonical weights; v2 runs the warp routing and the fast expert
+ * GEMMs on weights prepacked once at load (epm_moe2_prepack_expert, one
+ * expert at a time through a host buffer) for this device's architecture
+ * (sm_90: wgmma; sm_100: CUTLASS in an EPMOE_CUTLASS build); the shared
+ * expert takes the same path as the routed ones. Creating a v2 backend on a
+ * device without those kernels fails with EPM_ERR_NOT_SUPPORTED. */
 #include <cuda_runtime_api.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,6 +38,8 @@
 
 typedef struct {
   int device;
+  epm_kernels_t kernels;
+  int arch, sm_count; /* v2: 90 or 100, and the persistent grid */
   cudaStream_t stream;
   float *scale_dev; /* [1] encode scale read by the quantize kernel */
   /* Scratch of the expert stages, shared by every layer loaded on this
@@ -50,7 +60,8 @@ typedef struct {
 } cuda_ctx_t;
 
 typedef struct {
-  uint8_t *gate_w, *gate_sf, *up_w, *up_sf, *down_w, *down_sf;
+  uint8_t *gate_w, *gate_sf, *up_w, *up_sf, *down_w, *down_sf; /* v1: canonical */
+  uint8_t *w13, *w2;                                           /* v2: prepacked */
   float *gate_up_scale_2, *down_scale_2;
 } dev_bank_t;
 
@@ -120,7 +131,8 @@ static epm_status_t upload(const void *src, size_t bytes, void **dst) {
 }
 
 static void free_bank(dev_bank_t *d) {
-  void *p[] = {d->gate_w, d->gate_sf, d->up_w, d->up_sf, d->down_w, d->down_sf, d->gate_up_scale_2, d->down_scale_2};
+  void *p[] = {d->gate_w, d->gate_sf, d->up_w,  d->up_sf,           d->down_w,
+               d->down_sf, d->w13,    d->w2,    d->gate_up_scale_2, d->down_scale_2};
   for (size_t i = 0; i < sizeof p / sizeof p[0]; i++) cudaFree(p[i]);
   memset(d, 0, sizeof *d);
 }
@@ -143,6 +155,54 @@ static epm_status_t upload_bank(const epm_expert_bank_t *b, dev_bank_t *d) {
   EPM_TRY(upload(b->gate_up_scale_2, s2, (void **)&d->gate_up_scale_2));
   EPM_TRY(upload(b->down_scale_2, s2, (void **)&d->down_scale_2));
   return EPM_OK;
+}
+
+/* The v2 plan options of this backend (tiles from the token count). */
+static epm_moe2_opts_t moe2_opts(const cuda_ctx_t *c) {
+  epm_moe2_opts_t o = EPM_MOE2_OPTS_INIT;
+  o.sm_count = c->sm_count;
+  o.arch = c->arch;
+  return o;
+}
+
+/* v2: prepack each expert on the host, copy it to its slot on the device. */
+static epm_status_t upload_bank_v2(const cuda_ctx_t *c, const epm_expert_bank_t *b, dev_bank_t *d) {
+  const int64_t n = b->count, H = b->hidden, I = b->intermediate;
+  const epm_moe2_opts_t o = moe2_opts(c);
+  epm_moe2_plan_t p;
+  size_t w13_all, w2_all, s2;
+  EPM_TRY(epm_moe2_plan(1, H, I, n, 1, 0, n, &o, &p));
+  if (epm_mul_size((size_t)n, p.w13_expert_bytes, &w13_all) || epm_mul_size((size_t)n, p.w2_expert_bytes, &w2_all) ||
+      epm_mul_size((size_t)n, sizeof(float), &s2))
+    return epm_error(EPM_ERR_OVERFLOW, "prepacked expert bank of %lld x [H %lld, I %lld] overflows", (long long)n,
+                     (long long)H, (long long)I);
+  EPM_TRY(epm_cuda_status(cudaMalloc((void **)&d->w13, w13_all ? w13_all : 256), "cudaMalloc(%zu bytes) for weights", w13_all));
+  EPM_TRY(epm_cuda_status(cudaMalloc((void **)&d->w2, w2_all ? w2_all : 256), "cudaMalloc(%zu bytes) for weights", w2_all));
+  EPM_TRY(upload(b->gate_up_scale_2, s2, (void **)&d->gate_up_scale_2));
+  EPM_TRY(upload(b->down_scale_2, s2, (void **)&d->down_scale_2));
+  uint8_t *h13 = malloc(p.w13_expert_bytes), *h2 = malloc(p.w2_expert_bytes);
+  epm_status_t st = (h13 && h2) ? EPM_OK : epm_error(EPM_ERR_NOMEM, "prepack staging of %zu + %zu bytes",
+                                                      p.w13_expert_bytes, p.w2_expert_bytes);
+  const size_t wi = (size_t)(I * (H / 2)), si = (size_t)(I * (H / 16)), wd = (size_t)(H * (I / 2)),
+               sd = (size_t)(H * (I / 16));
+  for (int64_t e = 0; st == EPM_OK && e < n; e++) {
+    const size_t ue = (size_t)e;
+    st = epm_moe2_prepack_expert(&p, b->gate_w + ue * wi, b->gate_sf + ue * si, b->up_w + ue * wi, b->up_sf + ue * si,
+                                 b->down_w + ue * wd, b->down_sf + ue * sd, h13, h2);
+    if (st == EPM_OK)
+      st = epm_cuda_status(cudaMemcpy(d->w13 + ue * p.w13_expert_bytes, h13, p.w13_expert_bytes, cudaMemcpyHostToDevice),
+                           "cudaMemcpy(prepacked gate/up of expert %lld)", (long long)e);
+    if (st == EPM_OK)
+      st = epm_cuda_status(cudaMemcpy(d->w2 + ue * p.w2_expert_bytes, h2, p.w2_expert_bytes, cudaMemcpyHostToDevice),
+                           "cudaMemcpy(prepacked down of expert %lld)", (long long)e);
+  }
+  free(h13);
+  free(h2);
+  return st;
+}
+
+static epm_status_t upload_bank_any(const cuda_ctx_t *c, const epm_expert_bank_t *b, dev_bank_t *d) {
+  return c->kernels == EPM_KERNELS_V2 ? upload_bank_v2(c, b, d) : upload_bank(b, d);
 }
 
 static void cuda_weights_free(epm_backend_t *be, epm_backend_weights_t *hw) {
@@ -186,12 +246,29 @@ static epm_status_t grow_dev(cuda_ctx_t *c, void **p, size_t *cap, size_t need, 
   return EPM_OK;
 }
 
+/* Workspace bytes of `tokens` gathered rows over [off, off + el) with the
+ * backend's kernel set. */
+static epm_status_t ws_bytes(const cuda_ctx_t *c, int64_t tokens, int64_t H, int64_t I, int64_t E, int64_t k,
+                             int64_t off, int64_t el, size_t *out) {
+  if (c->kernels == EPM_KERNELS_V2) {
+    const epm_moe2_opts_t o = moe2_opts(c);
+    epm_moe2_plan_t p;
+    EPM_TRY(epm_moe2_plan(tokens, H, I, E, k, off, el, &o, &p));
+    *out = p.workspace_bytes;
+  } else {
+    epm_moe_plan_t p;
+    EPM_TRY(epm_moe_plan(tokens, H, I, E, k, off, el, &p));
+    *out = p.workspace_bytes;
+  }
+  return EPM_OK;
+}
+
 static epm_status_t load_shared(cuda_ctx_t *c, cuda_weights_t *w, const epm_layer_t *l, int64_t max_local) {
   const int64_t H = l->dims.hidden, Is = l->dims.shared_intermediate, rows = max_local > 0 ? max_local : 1;
-  epm_moe_plan_t p;
-  EPM_TRY(upload_bank(&l->shared, &w->shared));
-  EPM_TRY(epm_moe_plan(rows, H, Is, 1, 1, 0, 1, &p));
-  EPM_TRY(grow_dev(c, &c->sh_ws_dev, &c->sh_ws_cap, p.workspace_bytes, "shared expert workspace"));
+  size_t wsb = 0;
+  EPM_TRY(upload_bank_any(c, &l->shared, &w->shared));
+  EPM_TRY(ws_bytes(c, rows, H, Is, 1, 1, 0, 1, &wsb));
+  EPM_TRY(grow_dev(c, &c->sh_ws_dev, &c->sh_ws_cap, wsb, "shared expert workspace"));
   if (rows <= c->sh_rows && H <= c->sh_H) return EPM_OK;
   const int64_t R = rows > c->sh_rows ? rows : c->sh_rows, HH = H > c->sh_H ? H : c->sh_H;
   size_t cap = 0;
@@ -217,6 +294,23 @@ static epm_status_t load_shared(cuda_ctx_t *c, cuda_weights_t *w, const epm_laye
   return EPM_OK;
 }
 
+/* v2 takes a contiguous slice of experts with one slot each (its kernels
+ * have no replica table yet): *off = the first expert. A placement with
+ * redundant experts or a scattered map needs --kernels v1. */
+static epm_status_t v2_slice(const epm_layer_t *l, int64_t *off) {
+  *off = l->expert_offset;
+  if (l->slots.num_slots == 0) return EPM_OK;
+  const int64_t n = l->experts.count;
+  *off = n > 0 ? l->slots.expert[0] : 0;
+  int ok = l->slots.num_slots == l->dims.num_experts;
+  for (int64_t i = 1; ok && i < n; i++) ok = l->slots.expert[i] == *off + i;
+  if (!ok)
+    return epm_error(EPM_ERR_NOT_SUPPORTED, "--kernels v2 takes a contiguous expert slice with one slot per expert; "
+                     "this rank's placement (%lld slots for %lld experts, first expert %lld) needs --kernels v1",
+                     (long long)l->slots.num_slots, (long long)l->dims.num_experts, (long long)*off);
+  return EPM_OK;
+}
+
 /* The routed experts' plan: a placed bank maps ids through its replica
  * table, an unplaced one is the contiguous slice. */
 static epm_status_t routed_plan(const epm_layer_t *l, int64_t M, epm_moe_plan_t *p) {
@@ -234,9 +328,9 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
   cuda_weights_t *w = calloc(1, sizeof *w);
   if (!w) return epm_error(EPM_ERR_NOMEM, "cuda weights handle");
   epm_status_t st;
-  epm_moe_plan_t p;
+  size_t wsb = 0;
   EPM_TRY_GOTO(epm_cuda_status(cudaSetDevice(c->device), "cudaSetDevice(%d)", c->device), st, fail);
-  EPM_TRY_GOTO(upload_bank(&l->experts, &w->routed), st, fail);
+  EPM_TRY_GOTO(upload_bank_any(c, &l->experts, &w->routed), st, fail);
   if (l->router_bias)
     EPM_TRY_GOTO(upload(l->router_bias, (size_t)d->num_experts * sizeof(float), (void **)&w->bias_dev), st, fail);
   if (l->slots.num_slots > 0) {
@@ -245,8 +339,18 @@ static epm_status_t cuda_weights_load(epm_backend_t *be, const epm_layer_t *l, i
     EPM_TRY_GOTO(upload(l->slots.rep_local, (size_t)l->slots.num_slots * sizeof(int32_t),
                         (void **)&w->rep_local_dev), st, fail);
   }
-  EPM_TRY_GOTO(routed_plan(l, max_gathered > 0 ? max_gathered : 1, &p), st, fail);
-  EPM_TRY_GOTO(grow_dev(c, &c->ws_dev, &c->ws_cap, p.workspace_bytes, "expert workspace"), st, fail);
+  if (c->kernels == EPM_KERNELS_V2) {
+    int64_t off = 0;
+    size_t wsb = 0;
+    EPM_TRY_GOTO(v2_slice(l, &off), st, fail);
+    EPM_TRY_GOTO(ws_bytes(c, max_gathered > 0 ? max_gathered : 1, d->hidden, d->intermediate, d->num_experts,
+                          d->top_k, off, l->experts.count, &wsb),
+                 st, fail);
+    EPM_TRY_GOTO(grow_dev(c, &c->ws_dev, &c->ws_cap, wsb, "expert workspace"), st, fail);
+  } else {
+    EPM_TRY_GOTO(routed_plan(l, max_gathered > 0 ? max_gathered : 1, &p), st, fail);
+    EPM_TRY_GOTO(grow_dev(c, &c->ws_dev, &c->ws_cap, p.workspace_bytes, "expert workspace"), st, fail);
+  }
   w->has_shared = d->shared_experts > 0 && l->shared.count > 0;
   if (w->has_shared) EPM_TRY_GOTO(load_shared(c, w, l, max_local), st, fail);
   EPM_TRY_GOTO(grow_host(c, (max_local > 0 ? max_local : 1) * d->hidden), st, fail);
@@ -264,6 +368,9 @@ static epm_status_t cuda_route(epm_backend_t *be, const epm_backend_weights_t *h
   const cuda_weights_t *w = (const cuda_weights_t *)hw;
   epm_routing_plan_t p;
   EPM_TRY(epm_routing_plan(&hw->layer->dims, m, &p));
+  /* v2: one warp per token where the dims allow it (E <= 512, k <= 64) */
+  if (ctx_of(be)->kernels == EPM_KERNELS_V2 && p.warp_ok)
+    return epm_kernel_routing_warp(&p, logits, EPM_DTYPE_F32, w->bias_dev, ids, weights, NULL, ctx_of(be)->stream);
   return epm_kernel_routing(&p, logits, w->bias_dev, ids, weights, ctx_of(be)->stream);
 }
 
@@ -300,6 +407,24 @@ static epm_status_t cuda_quantize(epm_backend_t *be, const epm_bf16_t *x, int64_
   return quantize_on(be, x, m, hidden, G, packed, sf);
 }
 
+/* v2: tokens M over the contiguous experts [off, off + el) of a bank. */
+static epm_status_t run_moe2(epm_backend_t *be, const dev_bank_t *bank, int64_t M, int64_t H, int64_t I, int64_t E,
+                             int64_t k, int64_t off, int64_t el, void *ws_dev, float a1, float down_input_scale,
+                             const uint8_t *packed, const uint8_t *sf, const int32_t *ids, const float *weights,
+                             int out_f32, void *out) {
+  const cuda_ctx_t *c = ctx_of(be);
+  const epm_moe_inputs_dev_t in = {.hidden_fp4 = packed, .hidden_sf = sf, .ids = ids, .weights = weights};
+  const epm_moe2_opts_t o = moe2_opts(c);
+  epm_moe2_plan_t p;
+  epm_moe2_workspace_t ws;
+  EPM_TRY(epm_moe2_plan(M, H, I, E, k, off, el, &o, &p));
+  EPM_TRY(epm_moe2_workspace_carve(&p, ws_dev, &ws));
+  const epm_moe2_weights_dev_t wd = {.w13 = bank->w13, .w2 = bank->w2, .gate_up_scale_2 = bank->gate_up_scale_2,
+                                     .down_scale_2 = bank->down_scale_2, .input_scale = a1,
+                                     .down_input_scale = down_input_scale};
+  return epm_kernel_moe2_forward(&p, &wd, &in, NULL, &ws, out_f32, out, c->stream);
+}
+
 static epm_status_t run_moe(epm_backend_t *be, const cuda_weights_t *w, const dev_bank_t *bank,
                             const epm_moe_plan_t *p, void *ws_dev, float a1, float down_input_scale,
                             const uint8_t *packed, const uint8_t *sf, const int32_t *ids, const float *weights,
@@ -321,6 +446,13 @@ static epm_status_t cuda_experts(epm_backend_t *be, const epm_backend_weights_t 
                                  epm_dtype_t dtype, void *partial) {
   const cuda_weights_t *w = (const cuda_weights_t *)hw;
   const epm_layer_t *l = hw->layer;
+  if (ctx_of(be)->kernels == EPM_KERNELS_V2) {
+    int64_t off = 0;
+    EPM_TRY(v2_slice(l, &off));
+    return run_moe2(be, &w->routed, M, l->dims.hidden, l->dims.intermediate, l->dims.num_experts, l->dims.top_k,
+                    off, l->experts.count, ctx_of(be)->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
+                    dtype == EPM_DTYPE_F32, partial);
+  }
   epm_moe_plan_t p;
   EPM_TRY(routed_plan(l, M, &p));
   return run_moe(be, w, &w->routed, &p, ctx_of(be)->ws_dev, a1, l->down_input_scale, packed, sf, ids, weights,
@@ -335,12 +467,18 @@ static epm_status_t cuda_shared_add(epm_backend_t *be, const epm_backend_weights
   const epm_layer_t *l = hw->layer;
   cuda_ctx_t *c = ctx_of(be);
   const int64_t H = l->dims.hidden;
-  epm_moe_plan_t p;
   if (!w->has_shared) return EPM_OK;
   EPM_TRY(quantize_on(be, x, m, H, 1.0f / l->shared_input_scale, c->sh_packed, c->sh_sf));
-  EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
-  EPM_TRY(run_moe(be, w, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
-                  c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0, c->sh_out));
+  if (c->kernels == EPM_KERNELS_V2) {
+    EPM_TRY(run_moe2(be, &w->shared, m, H, l->dims.shared_intermediate, 1, 1, 0, 1, c->sh_ws_dev,
+                     l->shared_input_scale, l->shared_down_input_scale, c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0,
+                     c->sh_out));
+  } else {
+    epm_moe_plan_t p;
+    EPM_TRY(epm_moe_plan(m, H, l->dims.shared_intermediate, 1, 1, 0, 1, &p));
+    EPM_TRY(run_moe(be, w, &w->shared, &p, c->sh_ws_dev, l->shared_input_scale, l->shared_down_input_scale,
+                    c->sh_packed, c->sh_sf, c->sh_ids, c->sh_w, 0, c->sh_out));
+  }
   return epm_kernel_shared_combine(y, c->sh_out, m * H, c->stream);
 }
 
@@ -404,9 +542,24 @@ epm_status_t epm__backend_cuda_init(epm_backend_t *be) {
   if (be->cfg.device < 0 || be->cfg.device >= n)
     return epm_error(EPM_ERR_INVALID_ARG, "backend 'cuda': device %d is outside [0, %d)", be->cfg.device, n);
   EPM_CUDA_TRY(cudaSetDevice(be->cfg.device));
+  /* v2 needs its kernels for this device's architecture in this build. */
+  int major = 0, minor = 0, sms = 0, arch = 0;
+  EPM_CUDA_TRY(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, be->cfg.device));
+  EPM_CUDA_TRY(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, be->cfg.device));
+  EPM_CUDA_TRY(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, be->cfg.device));
+  if (major == 9 && minor == 0) arch = 90;
+  if (major == 10 && minor == 0) arch = 100;
+  if (be->cfg.kernels == EPM_KERNELS_V2 && (arch == 0 || !epm_moe2_arch_built(arch)))
+    return epm_error(EPM_ERR_NOT_SUPPORTED,
+                     "backend 'cuda': --kernels v2 needs sm_90 (or sm_100 in an EPMOE_CUTLASS build); device %d is "
+                     "compute capability %d.%d%s",
+                     be->cfg.device, major, minor, arch == 100 ? " and this build has no CUTLASS" : "");
   cuda_ctx_t *c = calloc(1, sizeof *c);
   if (!c) return epm_error(EPM_ERR_NOMEM, "cuda backend context");
   c->device = be->cfg.device;
+  c->kernels = be->cfg.kernels;
+  c->arch = arch;
+  c->sm_count = sms > 0 ? sms : 1;
   be->ops = &cuda_ops;
   be->ctx = c;
   e = cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking);

@@ -74,6 +74,7 @@ static epm_status_t make_backend_and_comm(epm_group_t *g, const epm_group_config
   bc.kind = b->gpu >= 0 ? EPM_BACKEND_CUDA : EPM_BACKEND_CPU;
   bc.device = b->gpu >= 0 ? b->gpu : 0;
   bc.threads = cfg->threads;
+  bc.kernels = cfg->kernels;
   if (bc.threads <= 0) {
     /* The node's cores split over the ranks on it, so co-located CPU ranks
      * do not oversubscribe the machine. */

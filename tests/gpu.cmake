@@ -14,6 +14,11 @@ if(EPMOE_HAVE_CUDA)
   # These compare with the CPU reference.
   epm_add_test(test_gpu_routing SOURCES gpu/test_gpu_routing.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
   epm_add_test(test_gpu_moe SOURCES gpu/test_gpu_moe.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 600)
+  # The fast (v2) kernels against the CPU reference, v1 and their own CPU
+  # emulation; 77 as well on a GPU without v2 kernels in this build.
+  epm_add_test(test_gpu_moe2 SOURCES gpu/test_gpu_moe2.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA TIMEOUT 900)
+  epm_add_test(test_gpu_routing_warp SOURCES gpu/test_gpu_routing_warp.c LABELS gpu LIBS epm_gputest GPU NO_CMOCKA
+               TIMEOUT 600)
   epm_add_test(test_gpu_seed SOURCES gpu/test_gpu_seed.c LABELS gpu large LIBS epm_gputest GPU NO_CMOCKA
                TIMEOUT 1200)
   # The whole pipeline past M*H = 2^32 (600,000 x 7168), one of two experts
@@ -33,6 +38,10 @@ if(EPMOE_HAVE_CUDA)
     add_test(NAME test_gpu_moe_memcheck
              COMMAND ${EPMOE_COMPUTE_SANITIZER} --tool memcheck --error-exitcode 1 $<TARGET_FILE:test_gpu_moe>)
     set_tests_properties(test_gpu_moe_memcheck PROPERTIES LABELS gpu TIMEOUT 1200 SKIP_RETURN_CODE 77
+                         RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
+    add_test(NAME test_gpu_moe2_memcheck
+             COMMAND ${EPMOE_COMPUTE_SANITIZER} --tool memcheck --error-exitcode 1 $<TARGET_FILE:test_gpu_moe2>)
+    set_tests_properties(test_gpu_moe2_memcheck PROPERTIES LABELS gpu TIMEOUT 1800 SKIP_RETURN_CODE 77
                          RESOURCE_LOCK gpu ENVIRONMENT "EPMOE_TEST_DATA=${EPMOE_TEST_DATA}")
   endif()
 endif()

@@ -47,13 +47,27 @@ typedef struct epm_backend epm_backend_t;
 /* A layer's weights prepared for one backend (repacked / uploaded). */
 typedef struct epm_backend_weights epm_backend_weights_t;
 
+/* Which CUDA kernels the cuda backend runs (include/epmoe/kernels.h):
+ * v1 = the reference GPU path (WMMA GEMMs, thread-per-token routing), v2 =
+ * the fast path (sm_90a wgmma GEMMs with in-register dequant, warp routing;
+ * on sm_100a the CUTLASS block-scaled GEMMs of an EPMOE_CUTLASS build). Both
+ * compute the same math; outputs differ only by fp32 summation order. */
+typedef enum {
+  EPM_KERNELS_V1 = 0,
+  EPM_KERNELS_V2 = 1,
+} epm_kernels_t;
+
 typedef struct {
   epm_backend_kind_t kind;
   int device;  /* cuda: device ordinal (the bootstrap's local rank); cpu: unused */
   int threads; /* cpu: worker threads for the reference (0 = default) */
+  epm_kernels_t kernels; /* cuda: v1 (default) or v2; cpu: unused */
 } epm_backend_config_t;
 
-#define EPM_BACKEND_CONFIG_INIT {EPM_BACKEND_CPU, 0, 0}
+#define EPM_BACKEND_CONFIG_INIT {EPM_BACKEND_CPU, 0, 0, EPM_KERNELS_V1}
+
+/* "v1" | "v2"; "invalid" for anything else. */
+const char *epm_kernels_name(epm_kernels_t k);
 
 /* "cpu" | "cuda" -> kind; EPM_ERR_INVALID_ARG lists the names. */
 epm_status_t epm_backend_kind_parse(const char *name, epm_backend_kind_t *out);

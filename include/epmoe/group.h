@@ -69,11 +69,12 @@ typedef struct {
    * creation compares their hashes and fails on all ranks otherwise. */
   const epm_placement_t *placement;
   int64_t redundant_experts;
+  epm_kernels_t kernels;       /* cuda backend: v1 (reference) or v2 (fast) kernels */
 } epm_group_config_t;
 
 #define EPM_GROUP_CONFIG_INIT                                                                     \
   {NULL, NULL, NULL, 0, NULL, 0, 0, 0.0, 0, EPM_SCALE_STATIC, 1, EPM_DTYPE_F32, EPM_DISPATCH_ALLGATHER, 0, \
-   {{0, 0}, {0, 0}}, NULL, 0}
+   {{0, 0}, {0, 0}}, NULL, 0, EPM_KERNELS_V1}
 
 /* What HELLO/STATUS report. */
 typedef struct {

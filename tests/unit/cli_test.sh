@@ -110,6 +110,10 @@ expect 64 "bad value for --seed: 'x' is not an integer" "$ctl" step --preset tin
 expect 64 "bad value for --partial: 'f16' is not one of f32\|bf16" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --partial=f16
 expect 64 "bad value for --tolerance: 'nan' is not a finite number" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --tolerance nan
 expect 64 "bad value for --routing" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --routing=nope
+expect 64 "bad value for --kernels: 'v3' is not one of v1\|v2" "$ctl" step --preset tiny --tokens-per-rank 3 --seed 1 --kernels=v3
+# --kernels picks the cuda backend's kernels; the cpu reference ignores it
+d=$("$ctl" step --preset tiny --tokens-per-rank 3 --seed 5 --partial bf16 --kernels v2 --json 2>/dev/null | fnv)
+same "$a" "$d" "step --kernels v2 on the cpu backend"
 
 # --- the daemon-facing subcommands: the shared --socket-dir/--rank/--timeout,
 # and their own values. No daemon runs: the path in the runtime error (exit 1,
@@ -186,6 +190,7 @@ if [ -n "$epmoed" ]; then
   [ -n "$ver" ] || fail "no project version in $src/CMakeLists.txt"
   expect 0 "^epmoed $ver\$" "$epmoed" --version
   expect 0 "^epmoed $ver\$" env EPMOE_MODLE=x "$epmoed" --layers=0 --version
+  expect 64 "bad value for --kernels \(from EPMOE_KERNELS\): 'v9' is not one of v1\|v2" env EPMOE_KERNELS=v9 "$epmoed" --preset tiny
 fi
 ver=${ver:-$(sed -n 's/^project(epmoe VERSION \([0-9.]*\).*/\1/p' "$src/CMakeLists.txt")}
 expect 0 "^epmoectl $ver\$" "$ctl" --version
