@@ -4,6 +4,7 @@
  * payload cap derived from what we asked for. */
 #define _GNU_SOURCE
 #include "epmoe/client.h"
+#include "client_impl.h"
 #include "epmoe/clock.h"
 #include "devmem.h"
 
@@ -20,19 +21,6 @@
 #include <sys/un.h>
 #include <time.h>
 #include <unistd.h>
-
-struct epm_client {
-  int fd;
-  int timeout_ms;
-  pthread_mutex_t mu;
-  uint64_t next_rid;
-  int have_info;
-  epm_client_info_t info;
-  char path[108];
-  void *shm;
-  size_t shm_size;
-  epm_devmem_t *dev;
-};
 
 static epm_status_t wait_fd(epm_client_t *c, short ev, int64_t deadline, const char *what) {
   for (;;) {
@@ -142,9 +130,7 @@ static epm_status_t read_response(epm_client_t *c, uint64_t rid, uint64_t max_pa
   return EPM_OK;
 }
 
-/* Send b (+ extra iovecs) and read the answer, under the connection mutex
- * held by the caller. */
-static epm_status_t roundtrip(epm_client_t *c, epm_buf_t *b, struct iovec *extra, int nextra, int pass_fd,
+epm_status_t epm__client_roundtrip(epm_client_t *c, epm_buf_t *b, struct iovec *extra, int nextra, int pass_fd,
                               uint64_t rid, uint16_t type, uint64_t max_payload, uint8_t **raw, epm_frame_t *f) {
   struct iovec iov[4];
   int64_t deadline = (int64_t)(epm_clock_ns() / 1000000u) + c->timeout_ms;
@@ -206,6 +192,8 @@ epm_status_t epm_client_connect_as(const char *path, int timeout_ms, long expect
   if (!c) return epm_error(EPM_ERR_NOMEM, "client");
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
   c->next_rid = 1;
+  c->fwd_flags = EPM_FWD_F_SHARED_EXPERT; /* the whole layer, as the CPU reference computes it */
+  c->fwd_dtype = EPM_DTYPE_F32;
   snprintf(c->path, sizeof c->path, "%s", path);
   memcpy(a.sun_path, path, strlen(path) + 1);
   c->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -231,12 +219,25 @@ void epm_client_close(epm_client_t *c) {
   if (!c) return;
   if (c->fd >= 0) close(c->fd);
   if (c->shm) munmap(c->shm, c->shm_size);
+  epm__doorbell_free(c->db);
   epm_devmem_free(c->dev);
   pthread_mutex_destroy(&c->mu);
   free(c);
 }
 
 void epm_client_set_timeout(epm_client_t *c, int timeout_ms) { c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000; }
+
+epm_status_t epm_client_set_step_options(epm_client_t *c, uint32_t flags, epm_dtype_t partial_dtype) {
+  if (flags & ~EPM_FWD_F_KNOWN)
+    return epm_error(EPM_ERR_INVALID_ARG, "step flags 0x%x have unknown bits (known 0x%x)", flags, EPM_FWD_F_KNOWN);
+  if (epm_dtype_size(partial_dtype) == 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "partial dtype %d is not a dtype (0 f32, 1 bf16)", (int)partial_dtype);
+  pthread_mutex_lock(&c->mu);
+  c->fwd_flags = flags;
+  c->fwd_dtype = partial_dtype;
+  pthread_mutex_unlock(&c->mu);
+  return EPM_OK;
+}
 
 static void copy_str(char *dst, size_t n, epm_str_t s) {
   size_t k = s.len < n - 1 ? s.len : n - 1;
@@ -255,7 +256,7 @@ epm_status_t epm_client_hello(epm_client_t *c, const char *client_name, epm_clie
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   EPM_TRY_GOTO(epm_hello_req_encode(&b, EPM_MSG_HELLO, rid, &rq), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HELLO, 1 << 20, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HELLO, 1 << 20, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_hello_resp_decode(&f, &rs), st, out);
   memset(&c->info, 0, sizeof c->info);
   c->info.version = rs.version;
@@ -288,7 +289,7 @@ static epm_status_t text_call(epm_client_t *c, uint16_t type, uint32_t fmt, char
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   EPM_TRY_GOTO(epm_fmt_req_encode(&b, type, rid, &rq), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, type, EPM_PROTO_MAX_TEXT, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, -1, rid, type, EPM_PROTO_MAX_TEXT, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_text_resp_decode(&f, &rs), st, out);
   epm_str_t s = rs.text;
   *text = malloc((size_t)s.len + 1);
@@ -322,7 +323,7 @@ epm_status_t epm_client_health(epm_client_t *c, epm_health_t *state, char *reaso
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   EPM_TRY_GOTO(epm_empty_req_encode(&b, EPM_MSG_HEALTH, rid, NULL), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HEALTH, 1 << 20, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_HEALTH, 1 << 20, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_health_resp_decode(&f, &h), st, out);
   *state = (epm_health_t)h.state;
   if (reason && n) copy_str(reason, n, h.reason);
@@ -333,7 +334,7 @@ out:
   return st;
 }
 
-static epm_status_t forward_common(epm_client_t *c, const epm_fwd_req_t *rq, uint16_t *y, uint64_t *step_ns) {
+static epm_status_t forward_common(epm_client_t *c, epm_fwd_req_t *rq, uint16_t *y, uint64_t *step_ns) {
   epm_buf_t b = {0};
   uint8_t *raw = NULL;
   epm_frame_t f;
@@ -344,6 +345,8 @@ static epm_status_t forward_common(epm_client_t *c, const epm_fwd_req_t *rq, uin
   int nextra = 0;
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
+  rq->flags = c->fwd_flags;
+  rq->partial_dtype = (uint32_t)c->fwd_dtype;
   if (!c->have_info) {
     st = epm_error(EPM_ERR_INVALID_ARG, "epm_client_forward before epm_client_hello on %s", c->path);
     goto out;
@@ -355,7 +358,7 @@ static epm_status_t forward_common(epm_client_t *c, const epm_fwd_req_t *rq, uin
     extra[1] = (struct iovec){(void *)rq->logits, lb};
     nextra = 2;
   }
-  EPM_TRY_GOTO(roundtrip(c, &b, extra, nextra, -1, rid, EPM_MSG_FORWARD, EPM_FWD_RESP_FIXED + xb, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, extra, nextra, -1, rid, EPM_MSG_FORWARD, EPM_FWD_RESP_FIXED + xb, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_fwd_resp_decode(&f, &rs), st, out);
   if (rs.m != rq->m || rs.step_id != rq->step_id || rs.data_mode != rq->data_mode) {
     st = epm_error(EPM_ERR_PROTOCOL, "FORWARD response for step %llu m=%lld does not match request step %llu m=%lld",
@@ -410,7 +413,7 @@ epm_status_t epm_client_shm_create(epm_client_t *c, size_t bytes, void **base) {
   uint64_t rid = c->next_rid++;
   epm_shm_attach_t a = {bytes};
   EPM_TRY_GOTO(epm_shm_attach_encode(&b, EPM_MSG_SHM_ATTACH, rid, &a), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_SHM_ATTACH, 0, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_SHM_ATTACH, 0, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
   if (c->shm) munmap(c->shm, c->shm_size);
   c->shm = p;
@@ -467,7 +470,7 @@ static epm_status_t devmem_attach(epm_client_t *c, size_t bytes, int device, int
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   EPM_TRY_GOTO(epm_dev_attach_encode(&b, EPM_MSG_DEV_ATTACH, rid, &a), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_DEV_ATTACH, 0, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, fd, rid, EPM_MSG_DEV_ATTACH, 0, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
   epm_devmem_free(c->dev);
   c->dev = m;
@@ -498,7 +501,7 @@ epm_status_t epm_client_shutdown(epm_client_t *c) {
   pthread_mutex_lock(&c->mu);
   uint64_t rid = c->next_rid++;
   EPM_TRY_GOTO(epm_empty_req_encode(&b, EPM_MSG_SHUTDOWN, rid, NULL), st, out);
-  EPM_TRY_GOTO(roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_SHUTDOWN, 1 << 20, &raw, &f), st, out);
+  EPM_TRY_GOTO(epm__client_roundtrip(c, &b, NULL, 0, -1, rid, EPM_MSG_SHUTDOWN, 1 << 20, &raw, &f), st, out);
   EPM_TRY_GOTO(epm_empty_resp_decode(&f, NULL), st, out);
 out:
   pthread_mutex_unlock(&c->mu);

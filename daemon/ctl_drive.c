@@ -72,6 +72,8 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
   d->region = calloc((size_t)ns, sizeof *d->region);
   if (!d->cl || !d->m || !d->off || !d->step_ns || !d->err || !d->st || !d->region) return 1;
   d->shm = shm;
+  d->step_flags = EPM_FWD_F_SHARED_EXPERT;
+  d->partial_dtype = EPM_DTYPE_F32;
   for (int r = 0; r < ns; r++) {
     epm_client_info_t info;
     if (ctl_connect(o, d->socks[r].path, &d->cl[r]) != EPM_OK ||
@@ -120,6 +122,17 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
       }
     }
   }
+  return 0;
+}
+
+int ctl_drive_set_options(ctl_drive_t *d, uint32_t flags, epm_dtype_t partial_dtype, const char *cmd) {
+  for (int r = 0; r < d->nranks; r++)
+    if (epm_client_set_step_options(d->cl[r], flags, partial_dtype) != EPM_OK) {
+      fprintf(stderr, "epmoectl %s: %s\n", cmd, epm_last_error());
+      return 1;
+    }
+  d->step_flags = flags;
+  d->partial_dtype = partial_dtype;
   return 0;
 }
 
@@ -234,7 +247,7 @@ int ctl_reference(const ctl_drive_t *d, uint32_t layer, uint16_t *y_ref, char *w
   }
   if (st == EPM_OK) {
     epm_moe_ref_opts_t ro = EPM_MOE_REF_OPTS_INIT;
-    ro.include_shared = 1;
+    ro.include_shared = (d->step_flags & EPM_FWD_F_SHARED_EXPERT) != 0;
     ro.threads = epm_moe_ref_threads(0);
     st = epm_moe_ref_layer(&full, d->x, d->logits, d->total, &ro, NULL, NULL, NULL, y_ref, NULL);
   }

@@ -24,6 +24,8 @@ typedef struct {
   float *logits;  /* global fp32 [M, E] */
   uint16_t *y;    /* global bf16 [M, H] results */
   void **region;  /* shm: per rank base; layout x | logits | y */
+  uint32_t step_flags;       /* FORWARD options (ctl_drive_set_options); default: shared expert */
+  epm_dtype_t partial_dtype; /* default f32 */
   uint64_t *step_ns; /* per rank, last step */
   char **err;     /* per rank, last error (malloc'd) */
   epm_status_t *st;
@@ -45,6 +47,9 @@ int ctl_drive_open(ctl_drive_t *d, const ctl_target_opts_t *o, const int64_t *co
  * (epm_tokens_generate for a real model, so `epmoectl step --seed S` sends the
  * same tokens; a simple generator when the model is not readable here). */
 int ctl_drive_fill(ctl_drive_t *d, uint64_t seed, const char *input_file, const char *cmd);
+/* The step options every rank's FORWARDs carry from now on (and that
+ * ctl_reference follows: the shared expert or not). 0 or prints and 1. */
+int ctl_drive_set_options(ctl_drive_t *d, uint32_t flags, epm_dtype_t partial_dtype, const char *cmd);
 /* One collective step: every rank's thread sends its share at once. Returns
  * the number of ranks that failed (messages in d->err). */
 int ctl_drive_step(ctl_drive_t *d, uint32_t layer, uint64_t step_id);

@@ -23,10 +23,12 @@ typedef struct {
   uint64_t seed;
   long long layer, step_id; /* step_id -1: unique per invocation */
   double tol;
-  int random, check, shm;
+  int random, check, shm, no_shared, partial;
 } fwd_opts_t;
 
 #define AT(field) EPM_OPT_AT(fwd_opts_t, field)
+
+static const epm_opt_choice_t partials[] = {{"f32", EPM_DTYPE_F32}, {"bf16", EPM_DTYPE_BF16}, {NULL, 0}};
 
 static const epm_opt_t fwd_opts[] = {
     CTL_TOKENS_OPT(fwd_opts_t, counts),
@@ -43,6 +45,11 @@ static const epm_opt_t fwd_opts[] = {
      .flags = EPM_OPT_KMG, .arg = "L", .help = "MoE layer index"},
     {.name = "step-id", .kind = EPM_OPT_INT64, AT(step_id), .min = 0, .max = INT64_MAX, .flags = EPM_OPT_KMG,
      .help = "the step's key (default: unique per invocation)"},
+    {.name = "no-shared", .kind = EPM_OPT_FLAG, AT(no_shared),
+     .help = "leave the shared expert out of y (what an engine that computes it itself sends;\n"
+             "--check compares with the reference without it)"},
+    {.name = "partial-dtype", .kind = EPM_OPT_ENUM, AT(partial), .def = "f32", .choices = partials,
+     .help = "dtype of the partial sums in the reduce-scatter (a per-request option)"},
     {.name = "shm", .kind = EPM_OPT_SET, AT(shm), .value = 1,
      .help = "pass data through a sealed memfd per connection instead of inline"},
     {.name = "devmem", .kind = EPM_OPT_SET, AT(shm), .value = 2,
@@ -64,7 +71,8 @@ int epm_ctl_forward(int argc, char **argv) {
   epm_opt_cmd_t cmd = {
       .prog = "epmoectl forward",
       .synopsis = "usage: epmoectl forward --tokens-per-rank a,b,... [--random | --input FILE] [--seed S] [--check]\n"
-                  "                        [--tolerance T] [--layer L] [--step-id N] [--shm | --devmem | --devipc]\n"
+                  "                        [--tolerance T] [--layer L] [--step-id N] [--no-shared] [--partial-dtype f32|bf16]\n"
+                  "                        [--shm | --devmem | --devipc]\n"
                   "                        [--rank R | --all] [--socket-dir DIR]",
       .about = "One collective step through every rank's socket at once. The global token set is\n"
                "split over the ranks in rank order by --tokens-per-rank.",
@@ -90,7 +98,8 @@ int epm_ctl_forward(int argc, char **argv) {
     clock_gettime(CLOCK_REALTIME, &ts);
     step_id = (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
   }
-  if (ctl_drive_open(&d, &o, counts, ncounts, shm, "forward") || ctl_drive_fill(&d, seed, input, "forward")) {
+  if (ctl_drive_open(&d, &o, counts, ncounts, shm, "forward") || ctl_drive_fill(&d, seed, input, "forward") ||
+      ctl_drive_set_options(&d, f.no_shared ? 0 : EPM_FWD_F_SHARED_EXPERT, (epm_dtype_t)f.partial, "forward")) {
     ctl_drive_close(&d);
     epm_opt_free(&cmd);
     return 1;
@@ -98,7 +107,8 @@ int epm_ctl_forward(int argc, char **argv) {
   printf("forward: %d ranks, model %s (H %lld, E %lld) on %s, tokens", d.nranks, d.info.model,
          (long long)d.info.hidden, (long long)d.info.num_experts, d.info.backend);
   for (int r = 0; r < d.nranks; r++) printf("%s%lld", r ? "," : " ", (long long)d.m[r]);
-  printf(" (M = %lld), %s data, layer %lld, step %lld\n", (long long)d.total, ctl_drive_mode_name(shm), layer, step_id);
+  printf(" (M = %lld), %s data, layer %lld, step %lld, shared expert %s, partial %s\n", (long long)d.total,
+         ctl_drive_mode_name(shm), layer, step_id, f.no_shared ? "off" : "on", epm_dtype_name((epm_dtype_t)f.partial));
   double t0 = epm_clock_s();
   int failed = ctl_drive_step(&d, (uint32_t)layer, (uint64_t)step_id);
   double wall = epm_clock_s() - t0;

@@ -1,7 +1,11 @@
 /* ctl_ref.c — `epmoectl ref`: one MoE layer on the CPU reference with a
  * seeded random layer and seeded tokens; prints a checksum of the bf16 output
  * and the time of each stage, so machines and backends can be compared.
- * Exit: 0 done, 1 the reference failed (message printed), 64 usage error. */
+ * With --input FILE the tokens and router logits come from the file and
+ * --output FILE receives y: an independent reference for clients of the
+ * daemon (the Python package's tests), computed by the CPU reference rather
+ * than the step engine. Exit: 0 done, 1 the reference failed (message
+ * printed), 64 usage error. */
 #include <inttypes.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -16,7 +20,7 @@
 #include "epmoe/moe_ref.h"
 
 typedef struct {
-  const char *preset;
+  const char *preset, *input, *output;
   long long tokens, seed, local, offset, layer, threads; /* local -1: all; threads 0: default */
   int json, no_shared;
 } opts_t;
@@ -41,6 +45,10 @@ static const epm_opt_t ref_opts[] = {
     {.name = "threads", COUNT(1, 4096), AT(threads), .flags = EPM_OPT_KMG, .arg = "T",
      .help = "CPU threads (default $EPMOE_THREADS, else all cores)"},
     {.name = "no-shared", .kind = EPM_OPT_FLAG, AT(no_shared), .help = "leave out the shared expert"},
+    {.name = "input", .kind = EPM_OPT_STR, AT(input), .arg = "FILE",
+     .help = "read bf16 x [N, H] then fp32 router logits [N, E] (N = --tokens) instead of\n"
+             "generating the tokens; the logits are used as given"},
+    {.name = "output", .kind = EPM_OPT_STR, AT(output), .arg = "FILE", .help = "write y, bf16 [N, H], to FILE"},
     {.name = "json", .kind = EPM_OPT_FLAG, AT(json), .help = "one JSON object instead of text"},
 };
 
@@ -116,6 +124,7 @@ int epm_ctl_ref(int argc, char **argv) {
     return 1;
   }
   double gen_s = epm_clock_s() - g0;
+  float *logits = NULL;
   x = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
   out = malloc((size_t)(m > 0 ? m : 1) * (size_t)H * sizeof(epm_bf16_t));
   ids = malloc((size_t)(m > 0 ? m : 1) * (size_t)k * sizeof(int32_t));
@@ -123,7 +132,18 @@ int epm_ctl_ref(int argc, char **argv) {
     fprintf(stderr, "epmoectl ref: out of memory for %lld tokens x hidden %lld\n", (long long)m, (long long)H);
     goto done;
   }
-  if (epm_layer_random_hidden(H, (uint64_t)o.seed, 0, m, x) != EPM_OK) {
+  if (o.input) {
+    size_t xb = (size_t)m * (size_t)H * sizeof *x, lb = (size_t)m * (size_t)d.num_experts * sizeof(float);
+    FILE *f = fopen(o.input, "rb");
+    logits = malloc(lb ? lb : 1);
+    if (!f || !logits || fread(x, 1, xb, f) != xb || fread(logits, 1, lb, f) != lb) {
+      fprintf(stderr, "epmoectl ref: %s must hold bf16 x [%lld, %lld] then fp32 logits [%lld, %lld] (%zu bytes)\n",
+              o.input, (long long)m, (long long)H, (long long)m, (long long)d.num_experts, xb + lb);
+      if (f) fclose(f);
+      goto done;
+    }
+    fclose(f);
+  } else if (epm_layer_random_hidden(H, (uint64_t)o.seed, 0, m, x) != EPM_OK) {
     fprintf(stderr, "epmoectl ref: tokens: %s\n", epm_last_error());
     goto done;
   }
@@ -132,9 +152,19 @@ int epm_ctl_ref(int argc, char **argv) {
   opts.include_shared = !o.no_shared;
   epm_moe_ref_timing_t t;
   memset(&t, 0, sizeof t);
-  if (epm_moe_ref_layer(&l, x, NULL, m, &opts, ids, NULL, NULL, out, &t) != EPM_OK) {
+  if (epm_moe_ref_layer(&l, x, logits, m, &opts, ids, NULL, NULL, out, &t) != EPM_OK) {
     fprintf(stderr, "epmoectl ref: %s\n", epm_last_error());
     goto done;
+  }
+  if (o.output) {
+    FILE *f = fopen(o.output, "wb");
+    size_t yb = (size_t)m * (size_t)H * sizeof *out;
+    int ok = f && fwrite(out, 1, yb, f) == yb;
+    if (f && fclose(f) != 0) ok = 0;
+    if (!ok) {
+      fprintf(stderr, "epmoectl ref: cannot write %zu bytes of y to %s\n", yb, o.output);
+      goto done;
+    }
   }
   int64_t slots = 0;
   for (int64_t i = 0; i < m * k; i++) slots += ids[i] >= o.offset && ids[i] < o.offset + o.local;
@@ -146,6 +176,7 @@ int epm_ctl_ref(int argc, char **argv) {
     print_text(&o, &l, epm_moe_ref_threads(opts.threads), slots, gen_s, &t, &c);
   ret = 0;
 done:
+  free(logits);
   free(x);
   free(out);
   free(ids);

@@ -72,7 +72,9 @@ epm_status_t epm_frame_decode(const void *buf, size_t len, const epm_proto_limit
   rid = epm__rd64(p + 16);
   plen = epm__rd64(p + 24);
   if (version < EPM_PROTO_MIN_VERSION || version > EPM_PROTO_VERSION)
-    return epm_error(EPM_ERR_PROTOCOL, "frame version %u not supported (this build speaks %u..%u)",
+    return epm_error(EPM_ERR_PROTOCOL,
+                     "protocol version %u is not supported: this side speaks versions %u..%u (upgrade the older peer; "
+                     "docs/PROTOCOL.md)",
                      version, EPM_PROTO_MIN_VERSION, EPM_PROTO_VERSION);
   if (type < 1 || type > EPM_MSG_TYPE_MAX)
     return epm_error(EPM_ERR_PROTOCOL, "unknown frame type %u (known 1..%u)", type,
@@ -98,6 +100,15 @@ epm_status_t epm_frame_decode(const void *buf, size_t len, const epm_proto_limit
   *consumed = EPM_FRAME_HEADER_SIZE + (size_t)plen;
   return EPM_OK;
 }
+
+uint16_t epm_frame_refused_version(const void *buf, size_t len) {
+  const uint8_t *p = buf;
+  if (!p || len < 6 || epm__rd32(p) != EPM_PROTO_MAGIC) return 0;
+  uint16_t v = epm__rd16(p + 4);
+  return v < EPM_PROTO_MIN_VERSION || v > EPM_PROTO_VERSION ? v : 0;
+}
+
+void epm_frame_set_version(uint8_t *frame, uint16_t version) { epm__wr16(frame + 4, version); }
 
 void epm_frame_header_encode(uint8_t out[EPM_FRAME_HEADER_SIZE], uint16_t type, uint32_t flags,
                              uint64_t request_id, uint64_t payload_len) {

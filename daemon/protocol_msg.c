@@ -9,13 +9,14 @@
  * arrived. */
 #include <string.h>
 
+#include "epmoe/doorbell.h"
 #include "epmoe/protocol.h"
 #include "protocol_wire.h"
 
 #define RESP EPM_FRAME_F_RESPONSE
 
 /* docs/PROTOCOL.md and old peers know these sizes; the field lists must keep them. */
-_Static_assert(EPM_FWD_REQ_FIXED == 64, "the FORWARD request's fixed part is 64 bytes on the wire");
+_Static_assert(EPM_FWD_REQ_FIXED == 72, "the FORWARD request's fixed part is 72 bytes on the wire");
 _Static_assert(EPM_FWD_RESP_FIXED == 40, "the FORWARD response's fixed part is 40 bytes on the wire");
 
 static const char *dir_name(uint32_t flags) { return (flags & RESP) ? "response" : "request"; }
@@ -352,6 +353,17 @@ static epm_status_t fwd_req_get_tail(epm__rd_t *r, const epm_frame_t *f, void *v
   return EPM_OK;
 }
 
+static epm_status_t fwd_req_check(const epm_frame_t *f, const void *vm) {
+  const epm_fwd_req_t *m = vm;
+  (void)f;
+  if (m->flags & ~EPM_FWD_F_KNOWN)
+    return epm_error(EPM_ERR_PROTOCOL, "FORWARD flags 0x%x have unknown bits (known 0x%x)", m->flags,
+                     EPM_FWD_F_KNOWN);
+  if (m->partial_dtype >= EPM_DTYPE_COUNT)
+    return epm_error(EPM_ERR_PROTOCOL, "FORWARD partial dtype %u unknown (0 f32, 1 bf16)", m->partial_dtype);
+  return EPM_OK;
+}
+
 /* FORWARD response: inline y follows the fixed part. */
 static epm_status_t fwd_resp_prep(void *vm, size_t *tail, uint32_t *flags) {
   epm_fwd_resp_t *m = vm;
@@ -440,15 +452,29 @@ static epm_status_t dev_attach_check(const epm_frame_t *f, const void *vm) {
   return EPM_OK;
 }
 
+static epm_status_t db_attach_check(const epm_frame_t *f, const void *vm) {
+  const epm_db_attach_t *m = vm;
+  (void)f;
+  if (m->mode > EPM_DB_MODE_DEVICE)
+    return epm_error(EPM_ERR_PROTOCOL, "DOORBELL_ATTACH mode %u unknown (0 host, 1 device)", m->mode);
+  if (m->size < EPM_DB_CTL_BYTES)
+    return epm_error(EPM_ERR_PROTOCOL, "DOORBELL_ATTACH region of %llu bytes is smaller than its %u-byte control block",
+                     (unsigned long long)m->size, EPM_DB_CTL_BYTES);
+  if (m->capacity <= 0)
+    return epm_error(EPM_ERR_PROTOCOL, "DOORBELL_ATTACH capacity %lld tokens must be > 0", (long long)m->capacity);
+  return EPM_OK;
+}
+
 /* Bodies not named here are their field list and nothing more. */
 static const body_hooks_t hooks[EPM_BODY_COUNT] = {
     [EPM_BODY_hello_resp] = {.check = hello_resp_check},
     [EPM_BODY_fmt_req] = {.check = fmt_req_check},
     [EPM_BODY_health_resp] = {.check = health_resp_check},
-    [EPM_BODY_fwd_req] = {fwd_req_prep, fwd_req_put_tail, fwd_req_get_tail, NULL},
+    [EPM_BODY_fwd_req] = {fwd_req_prep, fwd_req_put_tail, fwd_req_get_tail, fwd_req_check},
     [EPM_BODY_fwd_resp] = {fwd_resp_prep, fwd_resp_put_tail, fwd_resp_get_tail, NULL},
     [EPM_BODY_shm_attach] = {.check = shm_attach_check},
     [EPM_BODY_dev_attach] = {dev_attach_prep, dev_attach_put_tail, dev_attach_get_tail, dev_attach_check},
+    [EPM_BODY_db_attach] = {.check = db_attach_check},
 };
 
 /* ---- the one encode and decode path ------------------------------------- */

@@ -223,6 +223,13 @@ struct srv_req {
   uint64_t step_id;
   int64_t m;
   uint32_t data_mode;
+  uint32_t flags;         /* EPM_FWD_F_* */
+  uint32_t partial_dtype; /* epm_dtype_t; part of the rendezvous key */
+  /* Set for doorbell steps (srv_doorbell.c): called on the worker thread
+   * instead of queueing the request for the loop; it answers and frees r. */
+  void (*on_done)(srv_t *s, srv_req_t *r);
+  void *done_ctx;
+  uint64_t db_seq;
   const uint16_t *x;  /* bf16 [m, H]: into `frame` (inline) or the conn's shm */
   const float *logits;
   uint16_t *y;        /* bf16 [m, H]: malloc (inline) or the conn's shm */
@@ -251,6 +258,9 @@ int srv_worker_liveness_on(srv_t *s);
 int srv_worker_group_failed(srv_t *s, char *why, size_t n);
 int srv_worker_finished(srv_t *s); /* the worker left its loop (group drained, or failed) */
 void srv_worker_join(srv_t *s);
+/* The step backend's stream (a cudaStream_t on cuda, NULL on cpu); for
+ * on_done hooks, which run on the worker thread. */
+void *srv_worker_stream(srv_t *s);
 /* > 0: ns the worker has been inside the current collective; 0 if none. */
 uint64_t srv_worker_in_step_ns(srv_t *s, uint64_t *step_id, uint32_t *layer);
 void srv_req_free(srv_req_t *r);
@@ -263,6 +273,16 @@ void srv_net_deliver(srv_t *s, srv_req_t *r); /* answer a completed FORWARD */
 void srv_net_fail_inflight(srv_t *s, epm_status_t st, const char *msg, unsigned budget_ms);
 void srv_net_stop_accepting(srv_t *s);
 void srv_net_close_all(srv_t *s);
+
+/* srv_doorbell.c: DOORBELL_ATTACH (fd: the memfd, always consumed; *dev:
+ * the connection's device region, taken over in device mode). On success
+ * *out is the connection's doorbell; srv_doorbell_close ends it when the
+ * connection closes (a step in flight still completes). On failure err
+ * holds the message for the ERROR answer. Loop thread. */
+typedef struct srv_doorbell srv_doorbell_t;
+epm_status_t srv_doorbell_attach(srv_t *s, const epm_frame_t *f, int fd, uint64_t conn_id,
+                                 struct epm_devmem **dev, srv_doorbell_t **out, char *err, size_t n);
+void srv_doorbell_close(srv_doorbell_t *db); /* NULL ok */
 
 /* srv_stats.c */
 void srv_render_status(srv_t *s, epm_buf_t *b, int json);

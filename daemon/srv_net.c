@@ -90,6 +90,7 @@ struct srv_conn {
   uint8_t *shm;
   size_t shm_size;
   epm_devmem_t *dev; /* DEV_ATTACH region, mapped on dev_device */
+  srv_doorbell_t *db; /* DOORBELL_ATTACH (srv_doorbell.c) */
 };
 
 static uint64_t next_conn_id = 1;
@@ -126,6 +127,8 @@ static void on_poll_closed(uv_handle_t *h) {
   close(c->fd);
   c->fd = -1;
   c->handle_gone = 1;
+  srv_doorbell_close(c->db); /* its step in flight still completes */
+  c->db = NULL;
   if (c->probe) c->s->nprobes--;
   else c->s->nconns--;
   pthread_mutex_lock(&c->s->stats.mu);
@@ -301,6 +304,8 @@ static void handle_forward(srv_conn_t *c, const epm_frame_t *f) {
   r->step_id = rq.step_id;
   r->m = rq.m;
   r->data_mode = rq.data_mode;
+  r->flags = rq.flags;
+  r->partial_dtype = rq.partial_dtype;
   r->t_recv_ns = epm_clock_ns();
   if (rq.data_mode == EPM_DATA_INLINE) {
     /* One aligned copy of x and logits: the frame buffer is reused for the
@@ -515,9 +520,11 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
     send_error(c, f->request_id, EPM_ERR_PROTOCOL, "clients send requests; this frame has the RESPONSE flag");
     return;
   }
-  int takes_fd = f->type == EPM_MSG_SHM_ATTACH || f->type == EPM_MSG_DEV_ATTACH;
+  int takes_fd =
+      f->type == EPM_MSG_SHM_ATTACH || f->type == EPM_MSG_DEV_ATTACH || f->type == EPM_MSG_DOORBELL_ATTACH;
   if ((f->flags & EPM_FRAME_F_HAS_FD) && !takes_fd) {
-    send_error(c, f->request_id, EPM_ERR_PROTOCOL, "only SHM_ATTACH and DEV_ATTACH may carry a file descriptor");
+    send_error(c, f->request_id, EPM_ERR_PROTOCOL,
+               "only SHM_ATTACH, DEV_ATTACH and DOORBELL_ATTACH may carry a file descriptor");
     return;
   }
   if (c->pending_fd >= 0 && !takes_fd) {
@@ -593,6 +600,18 @@ static void handle_frame(srv_conn_t *c, const epm_frame_t *f) {
     case EPM_MSG_DEV_ATTACH:
       handle_dev_attach(c, f);
       return;
+    case EPM_MSG_DOORBELL_ATTACH: {
+      char err[384];
+      int fd = c->pending_fd;
+      c->pending_fd = -1;
+      epm_status_t st = srv_doorbell_attach(s, f, fd, c->id, &c->dev, &c->db, err, sizeof err);
+      if (st != EPM_OK) {
+        send_error(c, f->request_id, st, err);
+        return;
+      }
+      epm_empty_resp_encode(&b, EPM_MSG_DOORBELL_ATTACH, f->request_id, NULL);
+      break;
+    }
     case EPM_MSG_SHUTDOWN:
       if (epm_empty_req_decode(f, NULL) != EPM_OK) { /* a malformed SHUTDOWN must not stop the group */
         send_error(c, f->request_id, EPM_ERR_PROTOCOL, epm_last_error());
@@ -620,13 +639,24 @@ static uint64_t le64(const uint8_t *p) {
   return v;
 }
 
-/* A malformed header: one ERROR (request id 0), then close. */
-static void protocol_error(srv_conn_t *c, epm_status_t st) {
+/* A malformed header: one ERROR (request id 0), then close. A peer of
+ * another protocol version gets the ERROR in its own version, so it can read
+ * why (docs/PROTOCOL.md "Versions"). */
+static void protocol_error(srv_conn_t *c, epm_status_t st, const uint8_t *p, size_t avail) {
   char msg[300];
   snprintf(msg, sizeof msg, "%s", epm_last_error());
   EPM_LOG(EPM_LOG_WARN, "net", "connection %llu: %s; closing", (unsigned long long)c->id, msg);
   c->closing = 1;
-  send_error(c, 0, st, msg);
+  const uint16_t pv = epm_frame_refused_version(p, avail);
+  epm_buf_t b = {0};
+  epm_error_resp_t e = {(uint32_t)st, epm_str_of(msg, strlen(msg))};
+  srv_stats_error(&c->s->stats, st);
+  if (epm_error_resp_encode(&b, EPM_MSG_ERROR, 0, &e) == EPM_OK) {
+    if (pv) epm_frame_set_version(b.data, pv);
+    send_buf(c, &b);
+  } else {
+    epm_buf_free(&b);
+  }
 }
 
 /* A well-formed header announcing more than its type can carry: answer it
@@ -659,7 +689,7 @@ static void process_frames(srv_conn_t *c) {
     epm_status_t st = epm_frame_decode(p, avail < EPM_FRAME_HEADER_SIZE ? avail : EPM_FRAME_HEADER_SIZE, &lim, &f,
                                        &used);
     if (st != EPM_OK && st != EPM_ERR_NOT_READY) {
-      protocol_error(c, st);
+      protocol_error(c, st, p, avail);
       return;
     }
     if (avail < EPM_FRAME_HEADER_SIZE) break;
@@ -684,7 +714,7 @@ static void process_frames(srv_conn_t *c) {
     }
     st = epm_frame_decode(p, avail, &lim, &f, &used);
     if (st != EPM_OK) {
-      protocol_error(c, st);
+      protocol_error(c, st, p, avail);
       return;
     }
     handle_frame(c, &f);

@@ -27,7 +27,12 @@
  * (SIGKILL), stop (SIGSTOP), exit (_exit 0) or abort itself when it reaches
  * PHASE of its first served step: idle (0.5 s after ready), rendezvous (just
  * joined), dispatch, experts or combine. tests/daemon/fault_matrix.sh uses it.
+ *
+ * The rendezvous key is (layer + 2^24 x partial dtype, step id): ranks that
+ * disagree on a step's partial dtype must not meet (their reduce-scatters
+ * would differ in size), so the dtype is part of what they agree on.
  */
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -43,6 +48,9 @@
 #include "epmoe/placement.h"
 #include "epmoe/rendezvous.h"
 #include "srv.h"
+
+#define SRV_KEY_LAYERS (1u << 24) /* layers below this; the dtype above (see top) */
+#define SRV_SPIN_NS 2000000u       /* yield-poll this long after a join before sleeping */
 
 struct srv_worker {
   srv_t *s;
@@ -63,6 +71,7 @@ struct srv_worker {
   epm_rendezvous_t *rdv; /* set/cleared under mu (the watchdog reads its verdict) */
   int liveness;      /* heartbeats on */
   srv_req_t *joined; /* joined, waiting for GO/ABORT (worker only) */
+  uint64_t joined_ns; /* when the last request was joined */
   int shutdown_seen; /* the group's SHUTDOWN arrived */
   uint64_t t_ready;  /* when serving began */
   struct {           /* EPMOE_TEST_FAULT */
@@ -122,6 +131,10 @@ void srv_req_free(srv_req_t *r) {
 }
 
 static void push_done(srv_worker_t *w, srv_req_t *r) {
+  if (r->on_done) { /* a doorbell step answers through shared memory, from here */
+    r->on_done(w->s, r);
+    return;
+  }
   pthread_mutex_lock(&w->mu);
   r->next = NULL;
   if (w->d_tail) w->d_tail->next = r;
@@ -292,7 +305,16 @@ static void on_stage(void *arg, int ended) {
   else if (ended == EPM_STAGE_EXPERTS) fault_point(w, F_COMBINE);
 }
 
-static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_group_io_t *io) {
+void *srv_worker_stream(srv_t *s) {
+  srv_worker_t *w = s->worker;
+  return w && w->group ? epm_backend_stream(epm_group_backend(w->group)) : NULL;
+}
+
+/* The rendezvous key's layer part: the layer, and the partial dtype above. */
+static uint32_t key_layer(const srv_req_t *r) { return r->layer + (uint32_t)r->partial_dtype * SRV_KEY_LAYERS; }
+
+static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, const epm_step_opts_t *opts,
+                             const epm_group_io_t *io) {
   epm_status_t st;
   epm_rendezvous_progress(w->rdv, EPM_RDV_PHASE_COMPUTE);
   pthread_mutex_lock(&w->mu);
@@ -304,7 +326,7 @@ static epm_status_t run_step(srv_worker_t *w, uint32_t layer, uint64_t step_id, 
     struct timespec d = {w->s->cfg.step_delay_ms / 1000, (w->s->cfg.step_delay_ms % 1000) * 1000000L};
     nanosleep(&d, NULL);
   }
-  st = epm_group_step(w->group, layer, io);
+  st = opts ? epm_group_step_opts(w->group, layer, opts, io) : epm_group_step(w->group, layer, io);
   epm_rendezvous_progress(w->rdv, EPM_RDV_PHASE_IDLE);
   pthread_mutex_lock(&w->mu);
   w->in_step_since = 0;
@@ -418,7 +440,7 @@ static int warm_up(srv_worker_t *w) {
   /* The first served layer (layer 0 of a preset; a checkpoint's first MoE layer). */
   const int64_t layer = epm_group_layer_id(w->group, 0);
   epm_group_io_t io = {EPM_MEM_HOST, x, lg, y, m};
-  st = x && y && lg ? run_step(w, (uint32_t)layer, UINT64_MAX, &io) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
+  st = x && y && lg ? run_step(w, (uint32_t)layer, UINT64_MAX, NULL, &io) : epm_error(EPM_ERR_NOMEM, "warm-up buffers");
   free(x), free(y), free(lg);
   if (st != EPM_OK) {
     srv_set_state(s, SRV_ST_FAILED, "warm-up step failed: %s", epm_last_error());
@@ -464,7 +486,8 @@ static void run_request(srv_worker_t *w, srv_req_t *r) {
   epm_status_t ist = request_io(w, r, &io);
   char ierr[256] = "";
   if (ist != EPM_OK) snprintf(ierr, sizeof ierr, "%s", epm_last_error());
-  epm_status_t st = run_step(w, r->layer, r->step_id, &io);
+  epm_step_opts_t opts = {(r->flags & EPM_FWD_F_SHARED_EXPERT) != 0, (epm_dtype_t)r->partial_dtype};
+  epm_status_t st = run_step(w, r->layer, r->step_id, &opts, &io);
   if (st == EPM_OK && ist != EPM_OK) st = epm_error(ist, "%s", ierr);
   r->t_done_ns = epm_clock_ns();
   r->st = st;
@@ -545,7 +568,7 @@ static int shutdown_asked(srv_worker_t *w) {
 static srv_req_t *find_joined(srv_worker_t *w, uint32_t layer, uint64_t step_id, int take) {
   for (srv_req_t **p = &w->joined; *p; p = &(*p)->next) {
     srv_req_t *r = *p;
-    if (r->layer != layer || r->step_id != step_id) continue;
+    if (key_layer(r) != layer || r->step_id != step_id) continue;
     if (take) {
       *p = r->next;
       r->next = NULL;
@@ -573,18 +596,18 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
                (unsigned long long)r->step_id);
       continue;
     }
-    if (!epm_group_has_layer(w->group, r->layer)) {
+    if (r->layer >= SRV_KEY_LAYERS || !epm_group_has_layer(w->group, r->layer)) {
       fail_req(w, r, EPM_ERR_INVALID_ARG, "layer %u is not served by this daemon (model %s, %lld layers)", r->layer,
                s->info.model, (long long)s->info.num_layers);
       continue;
     }
-    if (find_joined(w, r->layer, r->step_id, 0)) {
+    if (find_joined(w, key_layer(r), r->step_id, 0)) {
       fail_req(w, r, EPM_ERR_INVALID_ARG,
                "another FORWARD of step (layer %u, id %llu) already waits on rank %d: step ids must be unique "
                "among the steps in flight", r->layer, (unsigned long long)r->step_id, s->rank);
       continue;
     }
-    epm_status_t st = epm_rendezvous_join(w->rdv, r->layer, r->step_id, r->m);
+    epm_status_t st = epm_rendezvous_join(w->rdv, key_layer(r), r->step_id, r->m);
     if (st == EPM_ERR_INVALID_ARG || st == EPM_ERR_ABORTED) { /* too many waiting here, or shutting down */
       fail_req(w, r, st == EPM_ERR_ABORTED ? EPM_ERR_ABORTED : EPM_ERR_OVERFLOW, "%s", epm_last_error());
       continue;
@@ -592,6 +615,7 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
     EPM_TRY(st);
     r->next = w->joined;
     w->joined = r;
+    w->joined_ns = epm_clock_ns();
     fault_point(w, F_RENDEZVOUS);
   }
   pthread_mutex_lock(&w->mu);
@@ -600,7 +624,7 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
   pthread_mutex_unlock(&w->mu);
   for (r = w->joined; cancels && r; r = r->next)
     if (atomic_load(&r->cancelled) && !r->cancel_sent) {
-      EPM_TRY(epm_rendezvous_cancel(w->rdv, r->layer, r->step_id));
+      EPM_TRY(epm_rendezvous_cancel(w->rdv, key_layer(r), r->step_id));
       r->cancel_sent = 1;
     }
   return EPM_OK;
@@ -609,6 +633,13 @@ static epm_status_t feed(srv_worker_t *w, int draining) {
 /* Back off while idle (to 2 ms) so an idle daemon costs ~no CPU; a joined step
  * polls at <= 0.2 ms so GO is seen quickly. Submit, cancel and shutdown wake it. */
 static void idle_wait(srv_worker_t *w, long *idle_ns, int left) {
+  /* For the first SRV_SPIN_NS after a join it only yields: the other ranks'
+   * joins of a step usually arrive within microseconds, and a sleep there
+   * would add its whole length to every step (the doorbell path's budget). */
+  if (w->joined && epm_clock_ns() - w->joined_ns < SRV_SPIN_NS) {
+    sched_yield();
+    return;
+  }
   long cap = w->joined ? 200000 : 2000000;
   struct timespec until;
   *idle_ns = *idle_ns * 2 > cap ? cap : *idle_ns * 2;

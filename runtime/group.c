@@ -3,7 +3,12 @@
  *
  * The pairing rule lives here and nowhere else: a cuda backend talks NCCL on
  * the backend's own stream (so collectives are ordered with the kernels
- * without host syncs); a cpu backend talks MPI on host memory. */
+ * without host syncs); a cpu backend talks MPI on host memory.
+ *
+ * Step options (shared expert, partial dtype) are engine config, so a step
+ * with options other than the group's runs on a variant engine of its layer,
+ * made on first use and kept; variants of one partial dtype share the step
+ * buffers of the first engine of that dtype. */
 #include "epmoe/group.h"
 
 #include <stdio.h>
@@ -16,6 +21,15 @@
 #include "epmoe/placement.h"
 #include "epmoe/weights.h"
 
+/* An engine of a layer with options other than the config's. */
+typedef struct variant {
+  struct variant *next; /* newest first, so borrowers go before their owner */
+  int64_t idx;          /* index of the layer */
+  int shared_expert;
+  epm_dtype_t partial_dtype;
+  epm_engine_t *eng;
+} variant_t;
+
 struct epm_group {
   const epm_bootstrap_t *boot;
   epm_backend_t *be;
@@ -27,11 +41,19 @@ struct epm_group {
   epm_layer_t *layers;
   epm_engine_t **eng;
   epm_placement_t placement;
-  int64_t last; /* index of the engine of the last step */
+  epm_engine_config_t ec; /* the config's engine options (variants change two) */
+  variant_t *variants;
+  const epm_engine_t *last; /* the engine of the last step */
 };
 
 void epm_group_destroy(epm_group_t *g) {
   if (!g) return;
+  while (g->variants) {
+    variant_t *v = g->variants;
+    g->variants = v->next;
+    epm_engine_destroy(v->eng);
+    free(v);
+  }
   /* Engines that borrow buffers go before the one that owns them (index 0). */
   for (int64_t i = g->nlayers - 1; i >= 0; i--) {
     if (g->eng) epm_engine_destroy(g->eng[i]);
@@ -116,6 +138,20 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
   epm_model_dir_t *md = NULL;
   epm_status_t st = EPM_OK;
   const int r = g->boot->ep_rank;
+  epm_engine_config_t base = EPM_ENGINE_CONFIG_INIT;
+  base.placement = &g->placement;
+  base.max_tokens_per_rank = cfg->max_tokens_per_rank;
+  base.scale_mode = cfg->scale_mode;
+  base.shared_expert = cfg->shared_expert != 0;
+  base.partial_dtype = cfg->partial_dtype;
+  base.dispatch = cfg->dispatch;
+  base.recv_capacity = cfg->recv_capacity;
+  base.dispatch_cost = cfg->dispatch_cost;
+  base.on_stage = cfg->on_stage;
+  base.on_stage_arg = cfg->on_stage_arg;
+  base.workspace_bytes = cfg->workspace_bytes;
+  base.fixed_capacity = cfg->fixed_capacity;
+  g->ec = base;
   EPM_TRY_GOTO(make_backend_and_comm(g, cfg), st, out);
   EPM_TRY_GOTO(pick_layers(g, cfg, &md), st, out);
   EPM_TRY_GOTO(make_placement(g, cfg), st, out);
@@ -136,19 +172,7 @@ static epm_status_t build_local(epm_group_t *g, const epm_group_config_t *cfg) {
     else
       EPM_TRY_GOTO(epm_layer_generate_placed(&g->dims, g->layer_id[i], cfg->seed, &g->placement, r, &g->layers[i]),
                    st, out);
-    epm_engine_config_t ec = EPM_ENGINE_CONFIG_INIT;
-    ec.placement = &g->placement;
-    ec.max_tokens_per_rank = cfg->max_tokens_per_rank;
-    ec.scale_mode = cfg->scale_mode;
-    ec.shared_expert = cfg->shared_expert;
-    ec.partial_dtype = cfg->partial_dtype;
-    ec.dispatch = cfg->dispatch;
-    ec.recv_capacity = cfg->recv_capacity;
-    ec.dispatch_cost = cfg->dispatch_cost;
-    ec.on_stage = cfg->on_stage;
-    ec.on_stage_arg = cfg->on_stage_arg;
-    ec.workspace_bytes = cfg->workspace_bytes;
-    ec.fixed_capacity = cfg->fixed_capacity;
+    epm_engine_config_t ec = g->ec;
     /* Layers step one after another, so one set of step buffers serves all. */
     ec.share_buffers = i > 0 ? g->eng[0] : NULL;
     EPM_TRY_GOTO(epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &g->eng[i]), st, out);
@@ -234,8 +258,22 @@ const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer) {
   return i >= 0 ? &g->layers[i] : NULL;
 }
 
-const epm_engine_t *epm_group_last_engine(const epm_group_t *g) { return g ? g->eng[g->last] : NULL; }
+const epm_engine_t *epm_group_last_engine(const epm_group_t *g) {
+  return !g ? NULL : g->last ? g->last : g->eng[0];
+}
 const epm_placement_t *epm_group_placement(const epm_group_t *g) { return g ? &g->placement : NULL; }
+
+/* Add one engine's per-expert load (t, l: scratch of n) to the sums. */
+static epm_status_t add_load(const epm_group_t *g, const epm_engine_t *e, uint64_t *t, uint64_t *l, int64_t n,
+                             uint64_t *total, uint64_t *last) {
+  EPM_TRY(epm_engine_expert_load(e, t, l, n));
+  const int is_last = e == epm_group_last_engine(g);
+  for (int64_t k = 0; k < n; k++) {
+    if (total) total[k] += t[k];
+    if (last && is_last) last[k] = l[k];
+  }
+  return EPM_OK;
+}
 
 epm_status_t epm_group_expert_load(const epm_group_t *g, uint64_t *total, uint64_t *last, int64_t n) {
   if (!g) return epm_error(EPM_ERR_INVALID_ARG, "group_expert_load: NULL group");
@@ -246,13 +284,9 @@ epm_status_t epm_group_expert_load(const epm_group_t *g, uint64_t *total, uint64
   epm_status_t st = t && l ? EPM_OK : epm_error(EPM_ERR_NOMEM, "load counters of %lld experts", (long long)n);
   if (total) memset(total, 0, (size_t)n * sizeof *total);
   if (last) memset(last, 0, (size_t)n * sizeof *last);
-  for (int64_t i = 0; st == EPM_OK && i < g->nlayers; i++) {
-    st = epm_engine_expert_load(g->eng[i], t, l, n);
-    for (int64_t e = 0; st == EPM_OK && e < n; e++) {
-      if (total) total[e] += t[e];
-      if (last && i == g->last) last[e] = l[e];
-    }
-  }
+  /* every engine that stepped: each layer's, and its variants for other step options */
+  for (int64_t i = 0; st == EPM_OK && i < g->nlayers; i++) st = add_load(g, g->eng[i], t, l, n, total, last);
+  for (const variant_t *v = g->variants; st == EPM_OK && v; v = v->next) st = add_load(g, v->eng, t, l, n, total, last);
   free(t);
   free(l);
   return st;
@@ -261,20 +295,80 @@ epm_status_t epm_group_expert_load(const epm_group_t *g, uint64_t *total, uint64
 epm_backend_t *epm_group_backend(epm_group_t *g) { return g ? g->be : NULL; }
 epm_comm_t *epm_group_comm(epm_group_t *g) { return g ? g->comm : NULL; }
 
-epm_status_t epm_group_step(epm_group_t *g, int64_t layer, const epm_group_io_t *io) {
+/* The engine of layer index i for these options: the layer's own when they
+ * are the config's, else its variant, made now if it is new. */
+static epm_status_t engine_for(epm_group_t *g, int64_t i, const epm_step_opts_t *o, epm_engine_t **out) {
+  const int shared = o->shared_expert != 0;
+  const epm_engine_t *owner = NULL;
+  *out = NULL;
+  if (o->partial_dtype == g->ec.partial_dtype && shared == g->ec.shared_expert) {
+    *out = g->eng[i];
+    return EPM_OK;
+  }
+  if (epm_dtype_size(o->partial_dtype) == 0)
+    return epm_error(EPM_ERR_INVALID_ARG, "partial dtype %d is not a dtype", (int)o->partial_dtype);
+  for (variant_t *v = g->variants; v; v = v->next) {
+    if (v->idx == i && v->shared_expert == shared && v->partial_dtype == o->partial_dtype) {
+      *out = v->eng;
+      return EPM_OK;
+    }
+    if (v->partial_dtype == o->partial_dtype) owner = v->eng; /* ends at the oldest: the owner */
+  }
+  if (o->partial_dtype == g->ec.partial_dtype) owner = g->eng[0];
+  variant_t *v = calloc(1, sizeof *v);
+  if (!v) return epm_error(EPM_ERR_NOMEM, "engine variant of layer %lld", (long long)g->layer_id[i]);
+  epm_engine_config_t ec = g->ec;
+  ec.shared_expert = shared;
+  ec.partial_dtype = o->partial_dtype;
+  ec.share_buffers = owner;
+  epm_status_t st = epm_engine_create(&ec, &g->layers[i], g->comm, g->be, &v->eng);
+  if (st != EPM_OK) {
+    free(v);
+    return epm_error(st, "engine of layer %lld for shared expert %s, partial dtype %s: %s", (long long)g->layer_id[i],
+                     shared ? "on" : "off", epm_dtype_name(o->partial_dtype), epm_last_error());
+  }
+  v->idx = i;
+  v->shared_expert = shared;
+  v->partial_dtype = o->partial_dtype;
+  v->next = g->variants;
+  g->variants = v;
+  EPM_LOG(EPM_LOG_INFO, "group", "layer %lld: engine for shared expert %s, partial dtype %s made on first use",
+          (long long)g->layer_id[i], shared ? "on" : "off", epm_dtype_name(o->partial_dtype));
+  *out = v->eng;
+  return EPM_OK;
+}
+
+epm_status_t epm_group_step_opts(epm_group_t *g, int64_t layer, const epm_step_opts_t *opts,
+                                 const epm_group_io_t *io) {
   if (!g || !io) return epm_error(EPM_ERR_INVALID_ARG, "epm_group_step: NULL argument");
   int64_t i = index_of(g, layer);
   if (i < 0)
     return epm_error(EPM_ERR_INVALID_ARG, "layer %lld is not served (model %s, %lld layers from layer %lld)",
                      (long long)layer, g->model, (long long)g->nlayers, (long long)g->layer_id[0]);
-  g->last = i;
+  epm_step_opts_t base = {g->ec.shared_expert, g->ec.partial_dtype};
+  epm_engine_t *e = NULL;
+  epm_status_t st = engine_for(g, i, opts ? opts : &base, &e);
+  if (st != EPM_OK) {
+    /* The other ranks are about to enter the step: join it with a token
+     * count the engine refuses, so its sizes exchange fails the step on
+     * every rank instead of leaving them in the collective. */
+    char why[512];
+    snprintf(why, sizeof why, "%s", epm_last_error());
+    (void)epm_engine_step(g->eng[i], NULL, NULL, -1, NULL);
+    return epm_error(st, "%s", why);
+  }
+  g->last = e;
   if (io->mem == EPM_MEM_DEVICE) {
     if (!epm_backend_is_device(g->be))
       return epm_error(EPM_ERR_INVALID_ARG, "device memory for layer %lld, but this rank runs the %s backend",
                        (long long)layer, epm_backend_name(g->be));
-    return epm_engine_step_backend_mem(g->eng[i], io->x, io->logits, io->m, io->y);
+    return epm_engine_step_backend_mem(e, io->x, io->logits, io->m, io->y);
   }
-  return epm_engine_step(g->eng[i], io->x, io->logits, io->m, io->y);
+  return epm_engine_step(e, io->x, io->logits, io->m, io->y);
+}
+
+epm_status_t epm_group_step(epm_group_t *g, int64_t layer, const epm_group_io_t *io) {
+  return epm_group_step_opts(g, layer, NULL, io);
 }
 
 void epm_group_info(const epm_group_t *g, epm_group_info_t *o) {
@@ -298,4 +392,5 @@ void epm_group_info(const epm_group_t *g, epm_group_info_t *o) {
                        (uint64_t)(g->dims.num_experts * g->dims.hidden) * sizeof(float);
     o->buffer_bytes += epm_engine_buffer_bytes(g->eng[i]);
   }
+  for (const variant_t *v = g->variants; v; v = v->next) o->buffer_bytes += epm_engine_buffer_bytes(v->eng);
 }

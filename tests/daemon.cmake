@@ -70,6 +70,14 @@ if(EPMOE_HAVE_CUDA)
                                    $<TARGET_FILE_DIR:epmoed>)
   set_tests_properties(daemon_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
                        ENVIRONMENT "${EPMOE_MPI_ENV}")
+  # The device-mode doorbell: ring / wait as stream operations inside a
+  # captured CUDA graph, replayed with new tokens (tests/gpu/doorbell_gpu.c).
+  add_executable(doorbell_gpu gpu/doorbell_gpu.c)
+  target_link_libraries(doorbell_gpu PRIVATE epmoe_client_static epmoe CUDA::cudart)
+  add_test(NAME daemon_doorbell_gpu COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/doorbell_gpu.sh ${MPIEXEC_EXECUTABLE}
+                                            $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:doorbell_gpu>)
+  set_tests_properties(daemon_doorbell_gpu PROPERTIES LABELS gpu TIMEOUT 300 SKIP_RETURN_CODE 77 RESOURCE_LOCK gpu
+                       ENVIRONMENT "${EPMOE_MPI_ENV}")
   # Fault rows on GPUs: a rank hung (SIGSTOP) or killed (SIGKILL) mid-step
   # while the others sit in NCCL (needs 2+ GPUs; see tests/gpu/fault_gpu.sh).
   add_test(NAME daemon_gpu_fault COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/gpu/fault_gpu.sh ${MPIEXEC_EXECUTABLE}
@@ -84,3 +92,14 @@ target_link_libraries(client_so_probe PRIVATE epmoe_client)
 add_test(NAME client_so COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/unit/client_so.sh $<TARGET_FILE:epmoe_client>
                                 $<TARGET_FILE:client_so_probe>)
 set_tests_properties(client_so PROPERTIES LABELS cpu TIMEOUT 60)
+
+# The doorbell data plane on the host (label mpi): doorbell steps against the
+# CPU reference, sequence errors, bench --doorbell, clients dying mid-step
+# (tests/daemon/doorbell_it.sh with tests/daemon/doorbell_check.c).
+add_executable(doorbell_check daemon/doorbell_check.c)
+target_link_libraries(doorbell_check PRIVATE epmoe_client_static epmoe)
+add_test(NAME daemon_doorbell_np2
+         COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/daemon/doorbell_it.sh ${MPIEXEC_EXECUTABLE}
+                 $<TARGET_FILE_DIR:epmoed> $<TARGET_FILE:doorbell_check>)
+set_tests_properties(daemon_doorbell_np2 PROPERTIES LABELS mpi TIMEOUT 300 PROCESSORS 2
+                     ENVIRONMENT "${EPMOE_MPI_ENV}")

@@ -16,6 +16,11 @@
  * not started cancels those steps on every rank.
  * The daemon closes a connection with nothing in flight after --idle-timeout
  * (default 300 s): a long-lived client reconnects on EPM_ERR_IO.
+ *
+ * The doorbell (epm_client_doorbell_*) is the fast path for a client that
+ * steps many times: buffers and a control block registered once, then a
+ * step is a few stores and a futex wake, with no socket message
+ * (docs/PROTOCOL.md "Doorbell"; docs/INTEGRATION.md).
  */
 #ifndef EPMOE_CLIENT_H
 #define EPMOE_CLIENT_H
@@ -23,6 +28,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epmoe/bf16.h"
+#include "epmoe/dtype.h"
 #include "epmoe/protocol.h"
 #include "epmoe/status.h"
 
@@ -53,6 +60,13 @@ epm_status_t epm_client_connect(const char *path, int timeout_ms, epm_client_t *
 epm_status_t epm_client_connect_as(const char *path, int timeout_ms, long expect_uid, epm_client_t **out);
 void epm_client_close(epm_client_t *c); /* NULL ok; unmaps a shm region */
 void epm_client_set_timeout(epm_client_t *c, int timeout_ms);
+
+/* The options FORWARDs of this connection carry (docs/PROTOCOL.md
+ * "FORWARD"): flags EPM_FWD_F_SHARED_EXPERT or 0, and the partial dtype of
+ * the reduce-scatter. Default: the shared expert, f32 (the whole layer, as
+ * the CPU reference computes it). An engine that computes the shared expert
+ * itself passes 0. EPM_ERR_INVALID_ARG for unknown bits or dtype. */
+epm_status_t epm_client_set_step_options(epm_client_t *c, uint32_t flags, epm_dtype_t partial_dtype);
 
 /* Version negotiation + server info; required before forward calls.
  * EPM_ERR_NOT_READY while the daemon is loading its model. */
@@ -100,6 +114,65 @@ epm_status_t epm_client_devmem_read(epm_client_t *c, uint64_t off, void *dst, si
  * host buffers) and writes y back into the region before answering. */
 epm_status_t epm_client_forward_dev(epm_client_t *c, uint32_t layer, uint64_t step_id, int64_t m,
                                     uint64_t x_off, uint64_t logits_off, uint64_t y_off, uint64_t *step_ns);
+
+/* ---- the doorbell ------------------------------------------------------- */
+typedef struct epm_doorbell epm_doorbell_t;
+
+/* Register a host-mode doorbell on this connection (after HELLO): one
+ * sealed memfd holding the control block and x / logits / y for `capacity`
+ * tokens (at most the daemon's --max-tokens-per-rank), sent once with
+ * DOORBELL_ATTACH. Step ids are step_base + 1, + 2, ...: every rank's client
+ * must use the same base and ring the same steps in the same order.
+ * [out] *out: owned by the connection, valid until epm_client_close. */
+epm_status_t epm_client_doorbell_create(epm_client_t *c, int64_t capacity, uint64_t step_base,
+                                        epm_doorbell_t **out);
+/* The registered buffers: bf16 x [capacity, H], fp32 logits [capacity, E],
+ * bf16 y [capacity, H] (host mode; NULL in device mode). */
+epm_bf16_t *epm_doorbell_x(epm_doorbell_t *db);
+float *epm_doorbell_logits(epm_doorbell_t *db);
+epm_bf16_t *epm_doorbell_y(epm_doorbell_t *db);
+int64_t epm_doorbell_capacity(const epm_doorbell_t *db);
+
+/* Host mode: ask for the next step: layer, m tokens of x / logits (written
+ * before), flags EPM_FWD_F_*, partial dtype. Does not wait. */
+epm_status_t epm_doorbell_ring(epm_doorbell_t *db, uint32_t layer, int64_t m, uint32_t flags,
+                               epm_dtype_t partial_dtype);
+/* As ring, with an explicit sequence number instead of the next one (for
+ * tests of the daemon's checks: one that is not the next fails that step,
+ * naming both numbers). Later rings continue from seq. */
+epm_status_t epm_doorbell_ring_seq(epm_doorbell_t *db, uint64_t seq, uint32_t layer, int64_t m, uint32_t flags,
+                                   epm_dtype_t partial_dtype);
+/* Wait for the answer to the last ring (timeout_ms <= 0: the connection's
+ * timeout). The daemon's error comes back as its status with its message in
+ * epm_last_error(); EPM_ERR_IO when the daemon closed the connection.
+ * [out] step_ns (may be NULL): time inside the collective on the daemon. */
+epm_status_t epm_doorbell_wait(epm_doorbell_t *db, int timeout_ms, uint64_t *step_ns);
+/* ring + wait: y holds the step's output when it returns EPM_OK. */
+epm_status_t epm_doorbell_step(epm_doorbell_t *db, uint32_t layer, int64_t m, uint32_t flags,
+                               epm_dtype_t partial_dtype, uint64_t *step_ns);
+
+/* Device mode (CUDA builds): a device region of `capacity` tokens on
+ * `device` (cuMemCreate, fd over SCM_RIGHTS, as epm_client_devmem_create)
+ * plus the control block, registered for device access. The data never
+ * leaves the GPU and the ring and the wait are stream operations, so the
+ * calls can sit inside a captured CUDA graph that is replayed step after
+ * step. The connection's earlier device region (if any) is replaced.
+ * EPM_ERR_NOT_SUPPORTED in builds without CUDA. */
+epm_status_t epm_client_doorbell_create_dev(epm_client_t *c, int device, int64_t capacity, uint64_t step_base,
+                                            epm_doorbell_t **out);
+/* Device addresses (CUdeviceptr) of x, logits, y in device mode. */
+uint64_t epm_doorbell_dev_x(const epm_doorbell_t *db);
+uint64_t epm_doorbell_dev_logits(const epm_doorbell_t *db);
+uint64_t epm_doorbell_dev_y(const epm_doorbell_t *db);
+/* On `stream` (a cudaStream_t): write the step's layer / m / options and
+ * ring; then wait for the answer (work queued after the wait sees y). */
+epm_status_t epm_doorbell_ring_stream(epm_doorbell_t *db, void *stream, uint32_t layer, int64_t m, uint32_t flags,
+                                      epm_dtype_t partial_dtype);
+epm_status_t epm_doorbell_wait_stream(epm_doorbell_t *db, void *stream);
+/* After the stream passed its waits (e.g. a stream synchronize): the
+ * answer to the last step, as epm_doorbell_wait reports it (no waiting).
+ * [out] steps (may be NULL): steps the daemon answered so far. */
+epm_status_t epm_doorbell_status(epm_doorbell_t *db, uint64_t *steps, uint64_t *step_ns);
 
 /* Ask the daemon (and with it the whole group) to drain and exit. */
 epm_status_t epm_client_shutdown(epm_client_t *c);

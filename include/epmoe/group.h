@@ -5,7 +5,8 @@
  *     -> comm paired with it (cpu: MPI on host memory; cuda: NCCL on the
  *        backend's stream, so collectives are ordered with the kernels)
  *     -> layers (preset + seed, or this rank's slice of a checkpoint)
- *     -> one engine per served layer (all sharing one set of step buffers)
+ *     -> one engine per served layer (all sharing one set of step buffers),
+ *        and per (layer, step options) on first use (epm_group_step_opts)
  *
  * The daemon, `epmoectl step` and the MPI tests all build their ranks with
  * epm_group_create; nothing else restates the pairing rules above.
@@ -49,7 +50,8 @@ typedef struct {
   /* Backend: cuda when the bootstrap picked a GPU, cpu otherwise. */
   int threads;                 /* cpu reference threads; 0 = cores / ranks on this node */
   double comm_timeout_s;       /* NCCL init and wait limit; <= 0 -> the comm's default */
-  /* Engine options, the same for every layer. */
+  /* Engine options, the same for every layer; the defaults of
+   * epm_group_step (epm_group_step_opts picks others per step). */
   int64_t max_tokens_per_rank; /* capacity of one rank's step (> 0) */
   epm_scale_mode_t scale_mode;
   int shared_expert;           /* 1: add the layer's shared expert when it has one */
@@ -121,6 +123,25 @@ void epm_group_destroy(epm_group_t *g); /* NULL ok */
  * served, device memory on the cpu backend, or m out of range. */
 epm_status_t epm_group_step(epm_group_t *g, int64_t layer, const epm_group_io_t *io);
 
+/* The options one step may choose (the daemon's FORWARD flags and partial
+ * dtype). An engine that computes the shared expert itself sets
+ * shared_expert = 0, or the shared expert is added twice. */
+typedef struct {
+  int shared_expert;         /* 1: add the layer's shared expert (when it has one) */
+  epm_dtype_t partial_dtype; /* dtype of the reduce-scatter; every rank must pass the same */
+} epm_step_opts_t;
+
+/* As epm_group_step, with this step's options instead of the config's
+ * (opts NULL = the config's). The group keeps one engine per (layer,
+ * options) it has stepped, made on first use; making one allocates but does
+ * not communicate, and the engines of one partial dtype share one set of
+ * step buffers. COLLECTIVE like epm_group_step: every rank passes the same
+ * partial_dtype (shared_expert may differ, it only touches this rank's
+ * rows). A rank that cannot make the engine still joins the step, which
+ * then fails on every rank. */
+epm_status_t epm_group_step_opts(epm_group_t *g, int64_t layer, const epm_step_opts_t *opts,
+                                 const epm_group_io_t *io);
+
 void epm_group_info(const epm_group_t *g, epm_group_info_t *out);
 /* 1 when `layer` is served. */
 int epm_group_has_layer(const epm_group_t *g, int64_t layer);
@@ -130,7 +151,8 @@ int64_t epm_group_layer_id(const epm_group_t *g, int64_t i);
 epm_engine_t *epm_group_engine(epm_group_t *g, int64_t layer);
 /* The weights of a served layer (this rank's slice), NULL when not served. */
 const epm_layer_t *epm_group_layer(const epm_group_t *g, int64_t layer);
-/* The engine that ran the last step (its stage timings), or the first. */
+/* The engine that ran the last step (its stage timings), or the first
+ * layer's engine before any step. */
 const epm_engine_t *epm_group_last_engine(const epm_group_t *g);
 /* The group's expert placement (owned by the group). */
 const epm_placement_t *epm_group_placement(const epm_group_t *g);

@@ -5,7 +5,7 @@
  *
  *   off size field
  *     0    4 magic        "EPMO" (0x4F4D5045 read as LE u32)
- *     4    2 version      protocol version of this frame (1)
+ *     4    2 version      protocol version of this frame (2)
  *     6    2 type         epm_msg_type_t
  *     8    4 flags        EPM_FRAME_F_* bits; unknown bits are an error
  *    12    4 reserved     must be 0
@@ -33,6 +33,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "epmoe/doorbell.h"
+#include "epmoe/dtype.h"
 #include "epmoe/status.h"
 
 #ifdef __cplusplus
@@ -40,8 +42,10 @@ extern "C" {
 #endif
 
 #define EPM_PROTO_MAGIC 0x4F4D5045u /* bytes 'E' 'P' 'M' 'O' */
-#define EPM_PROTO_VERSION 1u        /* the newest version this build speaks */
-#define EPM_PROTO_MIN_VERSION 1u    /* the oldest version this build accepts */
+/* Version 2 added the FORWARD request's step options (flags, partial dtype)
+ * and DOORBELL_ATTACH; version-1 peers are refused (docs/PROTOCOL.md). */
+#define EPM_PROTO_VERSION 2u        /* the newest version this build speaks */
+#define EPM_PROTO_MIN_VERSION 2u    /* the oldest version this build accepts */
 #define EPM_FRAME_HEADER_SIZE 32u
 /* Default cap on payload_len: big enough for 64Ki tokens of DeepSeek-R1
  * inline (64Ki x 7168 x 2 + logits); bulk traffic should use shared memory. */
@@ -62,7 +66,8 @@ extern "C" {
   X(SHM_ATTACH, 6, shm_attach, empty_resp, "register a memfd as this connection's data region") \
   X(SHUTDOWN, 7, empty_req, empty_resp, "drain and exit (the whole group)")                     \
   X(ERROR, 8, none, error_resp, "response only: status code + message")                         \
-  X(DEV_ATTACH, 9, dev_attach, empty_resp, "register CUDA device memory (fd or IPC handle)")
+  X(DEV_ATTACH, 9, dev_attach, empty_resp, "register CUDA device memory (fd or IPC handle)")       \
+  X(DOORBELL_ATTACH, 10, db_attach, empty_resp, "register a doorbell: steps without a message each")
 
 #define EPM__MSG_ENUM(name, val, req, resp, desc) EPM_MSG_##name = val,
 #define EPM__MSG_ONE(name, val, req, resp, desc) +1
@@ -104,6 +109,15 @@ const char *epm_msg_type_name(uint16_t type); /* "FORWARD"; "UNKNOWN" otherwise 
  * Thread-safe; no allocation. */
 epm_status_t epm_frame_decode(const void *buf, size_t len, const epm_proto_limits_t *lim,
                               epm_frame_t *out, size_t *consumed);
+
+/* The version of a frame that epm_frame_decode refuses for its version
+ * alone (magic right, version outside [MIN, VERSION]); 0 otherwise or when
+ * fewer than 6 bytes are given. The daemon answers such a peer with an ERROR
+ * frame re-labelled with the peer's version (epm_frame_set_version): the
+ * ERROR body is the same in every version, so an old client can read why it
+ * was refused. */
+uint16_t epm_frame_refused_version(const void *buf, size_t len);
+void epm_frame_set_version(uint8_t *frame, uint16_t version);
 
 /* Write the 32-byte header for a frame. */
 void epm_frame_header_encode(uint8_t out[EPM_FRAME_HEADER_SIZE], uint16_t type, uint32_t flags,
@@ -232,10 +246,16 @@ EPM_PROTO_STRUCT(epm_health_resp_t, EPM_HEALTH_RESP_FIELDS);
 
 typedef enum { EPM_DATA_INLINE = 0, EPM_DATA_SHM = 1, EPM_DATA_DEVICE = 2 } epm_data_mode_t;
 
+/* Step options (FORWARD flags, the doorbell's request flags). */
+#define EPM_FWD_F_SHARED_EXPERT 0x1u /* add the layer's shared expert to y (when it has one) */
+#define EPM_FWD_F_KNOWN EPM_FWD_F_SHARED_EXPERT
+
 /* FORWARD request. Inline: the payload carries x then logits after the
  * fixed part. Shm / device: the data lives in the connection's attached
  * memfd / device region at the given byte offsets; the daemon writes y at
- * y_offset before it answers. */
+ * y_offset before it answers. flags and partial_dtype are the step's
+ * options: every rank of one step must send the same partial_dtype (it is
+ * part of the step's key); the shared expert only touches this rank's rows. */
 #define EPM_FWD_REQ_FIELDS(F)                                                              \
   F(U32, layer)                                                                            \
   F(U32, data_mode)   /* epm_data_mode_t */                                                \
@@ -246,6 +266,8 @@ typedef enum { EPM_DATA_INLINE = 0, EPM_DATA_SHM = 1, EPM_DATA_DEVICE = 2 } epm_
   F(U64, x_offset)    /* shm / device only (the encoder writes 0 inline) */                \
   F(U64, logits_offset)                                                                    \
   F(U64, y_offset)                                                                         \
+  F(U32, flags)       /* EPM_FWD_F_*; unknown bits are an error */                         \
+  F(U32, partial_dtype) /* epm_dtype_t of the reduce-scatter: 0 f32, 1 bf16 */             \
   F(VIEW, x)          /* inline: bf16 [m, H] view (unaligned) */                           \
   F(VIEW, logits)     /* inline: fp32 [m, E] view (unaligned) */
 EPM_PROTO_STRUCT(epm_fwd_req_t, EPM_FWD_REQ_FIELDS);
@@ -278,12 +300,31 @@ EPM_PROTO_STRUCT(epm_shm_attach_t, EPM_SHM_ATTACH_FIELDS);
   F(HANDLE, ipc_handle) /* kind IPC only */
 EPM_PROTO_STRUCT(epm_dev_attach_t, EPM_DEV_ATTACH_FIELDS);
 
+/* DOORBELL_ATTACH request: a sealed memfd (HAS_FD) whose first
+ * EPM_DB_CTL_BYTES are the control block (epmoe/doorbell.h), and where the
+ * step data lives: host mode, x / logits / y at the offsets into that memfd;
+ * device mode, at the offsets into the connection's DEV_ATTACH region (which
+ * the doorbell takes over). Step ids of the doorbell are step_base + the
+ * step's sequence number, so every rank's client must pass the same base. */
+#define EPM_DB_MODE_HOST 0u
+#define EPM_DB_MODE_DEVICE 1u
+#define EPM_DB_ATTACH_FIELDS(F)                                       \
+  F(U64, size)     /* bytes of the memfd sent with this frame */     \
+  F(U32, mode)     /* EPM_DB_MODE_HOST or _DEVICE */                  \
+  F(PAD32, pad0)                                                      \
+  F(I64, capacity) /* tokens of one step at most, > 0 */              \
+  F(U64, x_offset)                                                    \
+  F(U64, logits_offset)                                               \
+  F(U64, y_offset)                                                    \
+  F(U64, step_base)
+EPM_PROTO_STRUCT(epm_db_attach_t, EPM_DB_ATTACH_FIELDS);
+
 #define EPM_ERROR_RESP_FIELDS(F) \
   F(U32, code) /* epm_status_t */ \
   F(STR, message)
 EPM_PROTO_STRUCT(epm_error_resp_t, EPM_ERROR_RESP_FIELDS);
 
-/* Sizes of the fixed FORWARD parts (64 and 40), and the data bytes for m
+/* Sizes of the fixed FORWARD parts (72 and 40), and the data bytes for m
  * tokens; EPM_ERR_OVERFLOW names the values when m * H * 2 + m * E * 4 does
  * not fit. */
 #define EPM_FWD_REQ_FIXED EPM_PROTO_FIXED_BYTES(EPM_FWD_REQ_FIELDS)
@@ -308,6 +349,7 @@ epm_status_t epm_fwd_data_bytes(int64_t m, int64_t hidden, int64_t num_experts, 
   X(fwd_resp, epm_fwd_resp_t, RESP, NOFD, EPM_FWD_RESP_FIELDS)               \
   X(shm_attach, epm_shm_attach_t, REQ, FD, EPM_SHM_ATTACH_FIELDS)            \
   X(dev_attach, epm_dev_attach_t, REQ, KIND, EPM_DEV_ATTACH_FIELDS)          \
+  X(db_attach, epm_db_attach_t, REQ, FD, EPM_DB_ATTACH_FIELDS)               \
   X(error_resp, epm_error_resp_t, RESP, NOFD, EPM_ERROR_RESP_FIELDS)
 
 #define EPM__BODY_ENUM(body, T, dir, fd, FIELDS) EPM_BODY_##body,

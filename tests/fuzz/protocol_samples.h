@@ -2,8 +2,9 @@
  * the table-driven loops of tests/unit/test_protocol.c and the seeds of
  * tests/fuzz/fuzz_frame.c. A body added to EPM_BODY_MAP without a sample
  * here fails test_protocol (epm_sample_body returns 0 for its variant 0).
- * Variants cover each body's shapes: FORWARD inline / shm / device, the
- * DEV_ATTACH fd and IPC kinds, both text formats. */
+ * Variants cover each body's shapes: FORWARD inline / shm / device (with
+ * and without the shared expert, both partial dtypes), the DEV_ATTACH fd and
+ * IPC kinds, the DOORBELL_ATTACH host and device modes, both text formats. */
 #ifndef EPMOE_TESTS_PROTOCOL_SAMPLES_H
 #define EPMOE_TESTS_PROTOCOL_SAMPLES_H
 
@@ -57,15 +58,18 @@ static int epm_sample_body(epm_body_t body, int v, epm_msg_body_t *m) {
     case EPM_BODY_fwd_req:
       if (v == 0)
         m->fwd_req = (epm_fwd_req_t){.layer = 5, .data_mode = EPM_DATA_INLINE, .step_id = 42, .m = EPM_SAMPLE_M,
-                                     .hidden = EPM_SAMPLE_H, .num_experts = EPM_SAMPLE_E, .x = epm_sample_x,
-                                     .logits = epm_sample_logits};
+                                     .hidden = EPM_SAMPLE_H, .num_experts = EPM_SAMPLE_E,
+                                     .flags = EPM_FWD_F_SHARED_EXPERT, .partial_dtype = EPM_DTYPE_F32,
+                                     .x = epm_sample_x, .logits = epm_sample_logits};
       else if (v == 1)
         m->fwd_req = (epm_fwd_req_t){.layer = 1, .data_mode = EPM_DATA_SHM, .step_id = 9, .m = 3, .hidden = 32,
-                                     .num_experts = 8, .x_offset = 0, .logits_offset = 4096, .y_offset = 8192};
+                                     .num_experts = 8, .x_offset = 0, .logits_offset = 4096, .y_offset = 8192,
+                                     .flags = 0, .partial_dtype = EPM_DTYPE_BF16};
       else if (v == 2)
         m->fwd_req = (epm_fwd_req_t){.layer = 60, .data_mode = EPM_DATA_DEVICE, .step_id = 1ull << 40, .m = 0,
                                      .hidden = 7168, .num_experts = 256, .x_offset = 64, .logits_offset = 128,
-                                     .y_offset = 256};
+                                     .y_offset = 256, .flags = EPM_FWD_F_SHARED_EXPERT,
+                                     .partial_dtype = EPM_DTYPE_BF16};
       else
         return 0;
       return 1;
@@ -91,6 +95,18 @@ static int epm_sample_body(epm_body_t body, int v, epm_msg_body_t *m) {
       } else {
         return 0;
       }
+      return 1;
+    case EPM_BODY_db_attach:
+      if (v == 0)
+        m->db_attach = (epm_db_attach_t){.size = 4096 + 3 * 65536, .mode = EPM_DB_MODE_HOST, .capacity = 256,
+                                         .x_offset = 4096, .logits_offset = 4096 + 65536,
+                                         .y_offset = 4096 + 2 * 65536, .step_base = 1ull << 52};
+      else if (v == 1)
+        m->db_attach = (epm_db_attach_t){.size = 4096, .mode = EPM_DB_MODE_DEVICE, .capacity = 8192,
+                                         .x_offset = 0, .logits_offset = 1u << 27, .y_offset = 3u << 27,
+                                         .step_base = 77};
+      else
+        return 0;
       return 1;
     case EPM_BODY_error_resp:
       if (v > 0) return 0;
