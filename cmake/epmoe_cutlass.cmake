@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The optional sm_100a path of the fast expert kernels: one CUTLASS 4.2
 # translation unit (kernels/moe2_sm100_cutlass.cu). OFF by default: that TU
 # alone takes about 70 s and 5 GB of compiler memory.

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Dependencies: MPI, libuv, jansson, cmocka (pkg-config), OpenMP (optional),
 # CUDA toolkit + NCCL (optional, EPMOE_CUDA).
 find_package(Threads REQUIRED)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # `cmake --install build --prefix P` (docs/DEPLOY.md "Install"):
 #   P/bin/epmoed, P/bin/epmoectl                      the programs
 #   P/LIBDIR/libepmoe_client.so.X.Y (+ .so link)      the client library (SONAME)

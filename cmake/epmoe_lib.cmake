@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Helpers shared by the per-part CMakeLists.txt files (runtime/base, kernels,
 # comm, runtime, daemon). Each part is one target with an explicit source list
 # and its own folder as its only private include dir; the allowed edges between

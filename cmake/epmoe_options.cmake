@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Compiler flags shared by every target: warnings, asserts kept, sanitizers.
 add_compile_options(
   "$<$<COMPILE_LANGUAGE:C>:-Wall;-Wextra;-Wshadow;-Wno-unused-parameter;-Wvla;-Wno-format-truncation;-Wconversion;-Wsign-conversion>"

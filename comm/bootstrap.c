@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bootstrap.c — MPI start-up, rank layout, launch check and GPU pick. */
 #include "epmoe/bootstrap.h"
 

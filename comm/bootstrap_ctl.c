@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bootstrap_ctl.c — host control collectives on the bootstrap's EP
  * communicator (include/epmoe/bootstrap.h): set-up agreement and the small
  * gathers tools need, so nothing outside comm/ calls MPI. Sizes are size_t;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm.c — the public comm entry points: argument checks, then the backend.
  *
  * Checks live here once so both backends see the same contract and a bad

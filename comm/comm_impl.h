@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm_impl.h — private: the backend vtable behind epmoe/comm.h.
  *
  * comm/comm.c validates arguments once (counts non-negative, byte sizes that

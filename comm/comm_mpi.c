@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm_mpi.c — the host-memory MPI backend of epmoe/comm.h.
  *
  * Sizes above INT_MAX are split (mpi_chunk.c decides how). The reduce-scatter

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm_mpi_a2a.c — the MPI backend's rows exchange and all-to-all-v.
  *
  * The path is chosen from the whole count matrix, which every rank holds, so

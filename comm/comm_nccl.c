@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm_nccl.c — the device-memory NCCL backend of epmoe/comm.h (CUDA builds).
  *
  * The communicator is non-blocking (config.blocking = 0) so that no call can

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* gpu_probe_cuda.c — GPU count and pick for the bootstrap (CUDA builds). */
 #include <cuda_runtime_api.h>
 

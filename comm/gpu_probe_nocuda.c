@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* gpu_probe_nocuda.c — builds without CUDA see no GPU. */
 #include "epmoe/bootstrap.h"
 

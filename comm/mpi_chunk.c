@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* mpi_chunk.c — chunk limits and the allgather-v path choice for MPI.
  * Compiled with -Wconversion: every narrowing to int is explicit and checked
  * against the limit first.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* mpi_chunk.h — private: how the MPI backend fits 64-bit sizes into MPI's int
  * counts and displacements (Open MPI 4.1 has no MPI_*_c large-count calls).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* mpi_status.c — MPI return code -> epm_status_t (mpi_status.h). */
 #include "mpi_status.h"
 

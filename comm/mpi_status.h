@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* mpi_status.h — private to comm/: the one MPI return code -> epm_status_t
  * translation, for every file of comm/ that calls MPI (bootstrap, the MPI
  * and NCCL backends). Communicators here use MPI_ERRORS_RETURN, so every

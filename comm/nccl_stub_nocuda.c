@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nccl_stub_nocuda.c — the NCCL backend in a build without CUDA. */
 #include "comm_impl.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* rendezvous.c — the MPI driver of epmoe/rendezvous.h: carries joins, cancels,
  * leaves and heartbeats to the coordinator (rendezvous_coord.c, on rank 0) and
  * its answers back, with point-to-point messages that are only ever probed

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* rendezvous_coord.c — the coordinator state machine (rules in
  * rendezvous_coord.h). Pure: inputs in, messages out, time passed in. */
 #include "rendezvous_coord.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* rendezvous_coord.h — private: the rendezvous coordinator as a pure state
  * machine (comm/rendezvous_coord.c), driven by comm/rendezvous.c over MPI and
  * by tests/unit/test_rendezvous_coord.c directly.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench.c — `epmoe-bench`: one EP rank's MoE layer measured in one process,
  * nccl-tests style flags, medians of -n timed runs after -w warm-up runs.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench.h — private to epmoe-bench: one rank's MoE layer problem and the
  * result rows, shared by bench.c (flags, CPU rows, printing) and
  * bench_gpu_cuda.c / bench_gpu_nocuda.c (the GPU rows). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench_gpu_cuda.c — epmoe-bench's GPU rows (CUDA builds).
  *
  *   copy          cudaMemcpyAsync device to device of max(weight bytes, 256 MiB):

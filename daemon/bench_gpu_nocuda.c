@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench_gpu_nocuda.c — epmoe-bench built without CUDA: no GPU rows. */
 #include <stdio.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* cli_opt.c — see cli_opt.h. */
 #include "cli_opt.h"
 

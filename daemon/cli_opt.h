@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* cli_opt.h — the one command-line parser of epmoed and of every epmoectl
  * subcommand. A command declares its options in a table (name, kind, where the
  * value goes, default, bounds, help, environment variable); epm_opt_parse()

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client.c — libepmoe_client: blocking request/response over one Unix
  * socket, every wait bounded by poll() against a deadline, one mutex per
  * connection. Responses are decoded with the same codec as the server, with a

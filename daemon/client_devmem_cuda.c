@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_devmem_cuda.c — cuMemCreate + POSIX-fd export/import, and the
  * legacy cudaMalloc + cudaIpcMemHandle_t fallback (see devmem.h).
  * Driver entry points come from cudaGetDriverEntryPointByVersion, so the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_devmem_nocuda.c — device-memory sharing in a build without CUDA. */
 #include "devmem.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_doorbell.c — the client side of the doorbell (epmoe/client.h,
  * docs/PROTOCOL.md "Doorbell"): one sealed memfd with the control block
  * (and, in host mode, x / logits / y), registered once with

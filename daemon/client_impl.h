@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_impl.h — what the files of libepmoe_client share: the connection
  * and its one request/response helper (client.c), used by the doorbell
  * (client_doorbell.c). Private header of the daemon folder. */

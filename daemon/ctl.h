@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl.h — epmoectl subcommands. Each lives in daemon/ctl_<name>.c and has the
  * signature int epm_ctl_<name>(int argc, char **argv), argv[0] being the
  * subcommand name; epmoectl.c lists them in one table.

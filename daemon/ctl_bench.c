@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl bench — drive FORWARD steps from every rank's client for a
  * duration; print steps, tokens/s and p50/p99 step latency (wall time of one
  * collective step as seen by the driver, from the first send to the last

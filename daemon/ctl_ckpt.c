@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_ckpt.c — `epmoectl ckpt make|inspect|load`: write a synthetic
  * ModelOpt NVFP4 checkpoint, validate one (exit 1 on any problem), or time
  * loading one rank's expert slice. Exit 64 on a bad command line. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_common.c — socket selection and input generation shared by the
  * daemon-facing epmoectl subcommands (status, stats, health, forward, bench,
  * shutdown). */

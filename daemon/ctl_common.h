@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_common.h — what the daemon-facing epmoectl subcommands share: picking
  * sockets (--rank R | --all, --socket-dir), timeouts, the token list, and the
  * deterministic global token set that `forward` and `bench` send. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_drive.c — see ctl_drive.h. */
 #include "ctl_drive.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_drive.h — driving collective steps through every rank's socket at once
  * (epmoectl forward and bench): one client connection and one thread per
  * rank, the global token set split over the ranks in rank order. */

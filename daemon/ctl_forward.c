@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl forward — one collective step through every rank's socket at once
  * (one thread per rank). The global token set (random from --seed, or read
  * from --input) is split over the ranks in rank order by --tokens-per-rank;

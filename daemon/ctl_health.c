@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl health — a probe: exit 0 when every selected daemon is healthy,
  * 1 when one is not ready yet (loading, warming up, draining), 2 when one has
  * failed or cannot be reached, 64 on a bad command line. Fast by default (2 s

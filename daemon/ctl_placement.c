@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_placement.c — `epmoectl placement`: a balanced expert placement map
  * from observed per-expert loads (epmoe/placement.h, docs/PLACEMENT.md).
  *

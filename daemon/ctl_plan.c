@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_plan.c — `epmoectl plan`: per-rank buffer sizes, totals and CUDA launch
  * limits of one EP step, computed offline from a model preset (epmoe/plan.h).
  * Exit: 0 plan printed (violations are reported in the output), 1 the sizes

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_ref.c — `epmoectl ref`: one MoE layer on the CPU reference with a
  * seeded random layer and seeded tokens; prints a checksum of the bf16 output
  * and the time of each stage, so machines and backends can be compared.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl shutdown — ask the selected daemons to drain and exit. One rank's
  * SHUTDOWN drains the whole group (the step coordinator tells every rank), so
  * --rank 0 is enough; --all (default) asks every rank. --json prints

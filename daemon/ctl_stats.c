@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl stats — each selected daemon's counters: INFO text (default),
  * --json ({"ranks":[{"rank":R,...}]}, ctl_common.h), or --prometheus (text
  * exposition 0.0.4, every series labelled with its rank, the families of

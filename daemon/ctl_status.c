@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl status — each selected daemon's STATUS: Redis-INFO-style text, or
  * with --json {"ranks":[{"rank":R,...STATUS...},...]} (ctl_common.h). */
 #include <jansson.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ctl_step.c — `epmoectl step`: one EP step across the ranks of an mpirun
  * job, in-process (no daemon), with the EP=1 reference check.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* devmem.h — CUDA device memory shared between a client and epmoed as a
  * cuMemCreate allocation exported to a POSIX file descriptor (passed over
  * SCM_RIGHTS: the fd is the capability, only the connected peer receives it),

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* doorbell_gpu.h — the CUDA side of a doorbell in device mode
  * (docs/PROTOCOL.md "Doorbell"): the control page, registered for device
  * access, and the stream operations that ring it and wait for the answer.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* doorbell_gpu_cuda.c — device-mode doorbells (see doorbell_gpu.h): the
  * control page registered with cudaHostRegister (mapped, portable), and the
  * stream memory operations cuStreamWriteValue32/64 and cuStreamWaitValue32,

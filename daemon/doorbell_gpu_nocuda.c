@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* doorbell_gpu_nocuda.c — device-mode doorbells in a build without CUDA. */
 #include "doorbell_gpu.h"
 

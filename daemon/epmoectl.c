@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoectl — the operator's and developer's command line. Dispatches to one
  * file per subcommand (daemon/ctl_<name>.c) through a plain table, and owns
  * the exit-code policy of a bad command line (ctl.h). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoed — the per-rank daemon. main() decides policy (daemon/README.md):
  * configuration and start-up errors are fatal with one precise line; errors
  * of one request fail that request; a failed group — a rank dead or stopped,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* futex.h — the two futex calls of the doorbell (client and daemon), on
  * 32-bit words in MAP_SHARED memory. Shared futexes (no FUTEX_PRIVATE_FLAG):
  * the waiter and the waker are different processes mapping one memfd.

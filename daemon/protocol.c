@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* protocol.c — frame codec: header decode/encode, the growable buffer, and
  * the message-table lookups (type name, which body a frame carries). Bodies
  * live in protocol_msg.c. Invariant: nothing here reads a byte at or past

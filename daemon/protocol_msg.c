@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* protocol_msg.c — message bodies of the epmoe wire protocol (layouts in
  * docs/PROTOCOL.md). The fixed part of every body is written and read by
  * code generated from its field list in EPM_BODY_MAP; what a field list

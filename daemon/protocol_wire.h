@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* protocol_wire.h — private little-endian helpers and a bounded reader for
  * the protocol codec (protocol.c, protocol_msg.c). Not installed. */
 #ifndef EPMOE_PROTOCOL_WIRE_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv.h — epmoed internals shared by epmoed.c and daemon/srv_*.c.
  *
  * Threads: the main thread runs the libuv loop (sockets, signals, timers,

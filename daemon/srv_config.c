@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_config.c — epmoed's settings: ONE declarative table (daemon/cli_opt.h)
  * drives defaults, EPMOE_* environment variables, --flags (flag wins over
  * env), range checks, --help and the config section of STATUS. A bad value is

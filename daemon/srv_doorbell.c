@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_doorbell.c — the daemon side of the doorbell (docs/PROTOCOL.md
  * "Doorbell"): steps asked for through a page of shared memory instead of
  * FORWARD frames.

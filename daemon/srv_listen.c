@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_listen.c — a listening socket on the loop that accepts in a loop and
  * survives running out of descriptors.
  *

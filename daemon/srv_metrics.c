@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_metrics.c — the HTTP listener of --metrics-port: GET /metrics
  * (Prometheus text), /health (liveness), /ready (readiness).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_net.c — the Unix-socket side of epmoed, on the libuv loop: accepting,
  * reading and checking frames, answering, and the limits that keep one
  * client from starving the others.

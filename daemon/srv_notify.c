@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_notify.c — sd_notify(3) over $NOTIFY_SOCKET (see srv_notify.h). */
 #include "srv_notify.h"
 

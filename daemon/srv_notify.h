@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_notify.h — systemd's readiness protocol (sd_notify(3)) without
  * libsystemd: one AF_UNIX datagram of "KEY=VALUE\n" lines sent to the socket
  * named by $NOTIFY_SOCKET (a path, or "@name" for the abstract namespace).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_process.c — see srv_process.h. Linux only, like the rest of the
  * daemon (SO_PEERCRED, memfd); a field whose source is missing stays < 0 and
  * its series is left out rather than reported as 0. */

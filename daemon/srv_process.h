@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_process.h — the daemon process's own resources, for the standard
  * Prometheus process_* series (resident memory, open fds, CPU seconds,
  * start time), read from /proc and getrusage on every scrape. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_sockdir.c — where epmoed's socket lives, and who may reach it
  * (docs/RELIABILITY.md "Socket directory" is the policy in words).
  *

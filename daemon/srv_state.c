@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_state.c — the daemon's state machine and model info (srv.h), shared by
  * the loop thread, the worker and the renderers under state_mu. */
 #include <stdarg.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_stats.c — counters and what the daemon says about itself: STATUS
  * (Redis-INFO-style "# Section\r\nkey:value\r\n" text, or JSON), STATS (INFO
  * text, JSON, or Prometheus text exposition 0.0.4), and the optional

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* srv_step.c — the worker thread: it makes every MPI call after start-up
  * (through the step backend and the rendezvous), runs the warm-up and every
  * collective step, and agrees with the other ranks on which step to run next.

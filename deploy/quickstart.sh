@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/quickstart.sh — the first command on a fresh machine:
 #   installs missing packages (Debian/Ubuntu, when run as root), builds epmoed
 #   and epmoectl, starts `mpirun -np 2 epmoed --preset tiny` (cuda backend when

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* inproc_step — the in-process mode: an engine that links libepmoe and runs
  * its MoE layers through include/epmoe/group.h, with no daemon and no socket.
  * One process per EP rank, started by the launcher the engine already uses:

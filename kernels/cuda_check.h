@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/cuda_check.h — launcher helpers. CUDA errors go through the one
  * translation of epmoe/cuda_status.h (EPM_CUDA_TRY, epm_cuda_status). */
 #ifndef EPMOE_KERNELS_CUDA_CHECK_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/elementwise.cu — the elementwise ops on a rank's own rows (bf16 <->
  * fp32 and the shared-expert combine) on the device.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/kernels_nocuda.c — the kernel launchers in a build without CUDA:
  * the plans still work (kernels/<op>_plan.c); launching says why it cannot. */
 #include "epmoe/kernels.h"

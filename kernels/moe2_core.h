@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_core.h — the scalar, layout and schedule math of the fast (v2)
  * expert GEMMs, shared by the CUDA kernels (moe2_gemm.cu, moe2_permute.cu),
  * their pure-C plan and prepack (moe2_plan.c, moe2_prepack.c) and the CPU

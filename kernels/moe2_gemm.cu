@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_gemm.cu — the fast (v2) grouped NVFP4 expert GEMMs for sm_90a.
  *
  * Orientation (swap-AB): out^T[weight rows, tokens] = W[rows, K] . X^T, so

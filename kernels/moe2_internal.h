@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_internal.h — private glue between the v2 expert kernel files
  * (moe2_gemm.cu, moe2_permute.cu, moe2_sm100.cu). */
 #ifndef EPMOE_KERNELS_MOE2_INTERNAL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_permute.cu — the v2 permute + gather pass, finalize and the
  * whole v2 expert pipeline in order.
  *

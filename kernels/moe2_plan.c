@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_plan.c — sizes, tile shape, shared memory, workspace layout
  * and grids of the fast (v2) expert kernels (include/epmoe/kernels.h). Pure C:
  * the tile constants come from kernels/moe2_core.h, the same header the

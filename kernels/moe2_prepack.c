@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_prepack.c — one expert's weights from the canonical ModelOpt
  * form (include/epmoe/kernels.h) into what the fast kernels read. Host C, run
  * once at load.

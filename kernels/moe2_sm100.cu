@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_sm100.cu — the sm_100a path of the v2 expert kernels
  * (moe2_internal.h): Blackwell has native block-scaled NVFP4 MMA, so no
  * dequant; CUTLASS's grouped GEMM (moe2_sm100_cutlass.cu, EPMOE_CUTLASS=ON)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_sm100_cutlass.cu — the block-scaled NVFP4 grouped GEMM of the
  * sm_100a path (moe2_sm100_cutlass.h), from CUTLASS 4.2's pointer-array
  * kernel for Blackwell (the configuration of its example 75: 1-SM tcgen05

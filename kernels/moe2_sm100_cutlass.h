@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe2_sm100_cutlass.h — the C face of the one translation unit that
  * includes CUTLASS (moe2_sm100_cutlass.cu, built only with EPMOE_CUTLASS=ON,
  * only for sm_100a): a grouped block-scaled NVFP4 x NVFP4 GEMM, one group per

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe_finalize.cu — weighted sum over each token's top-k slots, and
  * the whole expert pipeline in order.
  *

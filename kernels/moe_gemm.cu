@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe_gemm.cu — grouped NVFP4 x NVFP4 expert GEMMs on tensor cores.
  *
  * Both operands are E2M1 with E4M3 block scales. Each product e2m1 * e4m3 is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe_permute.cu — device-side permutation of (token, slot) pairs
  * into per-local-expert row ranges, padded to EPM_MOE_TILE_M.
  *

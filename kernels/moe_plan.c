@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/moe_plan.c — sizes, workspace layout and grids of the MoE expert
  * kernels (permute, GEMM1, GEMM2, finalize).
  *

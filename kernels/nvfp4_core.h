@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/nvfp4_core.h — NVFP4 scalar math shared by the CUDA kernels and
  * their host tests (private to kernels/ and tests/).
  *

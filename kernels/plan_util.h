@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/plan_util.h — helpers shared by the kernels' pure-C plans. */
 #ifndef EPMOE_KERNELS_PLAN_UTIL_H
 #define EPMOE_KERNELS_PLAN_UTIL_H

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/quantize.cu — NVFP4 quantize of bf16 rows on the device.
  *
  * One thread per 16-element block: it loads 32 bytes of bf16, runs the same

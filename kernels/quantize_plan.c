@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/quantize_plan.c — sizes and grid of the NVFP4 quantize kernel. */
 #include <string.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing.cu — top-k routing on the device, one thread per token,
  * running kernels/routing_core.h (the CPU reference's algorithm). Tokens are
  * grid-strided with 64-bit offsets (M * E may pass 2^31). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_core.h — routing of one token, shared by the CUDA routing
  * kernel and its host test (private to kernels/ and tests/).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_plan.c — validation, sizes and grid of the routing kernel. */
 #include <string.h>
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_warp.cu — top-k routing, one warp per token
  * (kernels/routing_warp_body.h compiled with one CUDA thread per lane; the
  * CPU emulation in routing_warp_emu.c compiles the same text). Tokens are

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_warp_body.h — ONE token routed by one warp, written once for
  * the GPU (routing_warp.cu) and its lane-by-lane CPU emulation
  * (routing_warp_emu.c); see routing_warp_core.h. No include guard: each

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_warp_core.h — warp-per-token routing: configuration and the
  * per-lane helpers of kernels/routing_warp_body.h (private to kernels/ and
  * tests/).

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* kernels/routing_warp_emu.c — the warp routing kernel's body
  * (routing_warp_body.h) emulated on the CPU: every lane-private variable is an
  * array over the 32 lanes, every lane block a loop over them, and a shuffle

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* backend.c — the backend seam: argument checks in one place, then the
  * implementation's op (backend_cpu.c, backend_cuda.c). Shapes are checked
  * against the layer's dims here so each implementation can trust them. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* backend_cpu.c — the `cpu` backend: host memory, every stage computed by the
  * reference (routing.h, moe_ref.h, nvfp4.h). It is the oracle the cuda backend
  * is compared with and the backend of the MPI path, so it does nothing clever:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* backend_cuda.c — the `cuda` backend: device memory on one GPU, every op
  * ordered on the backend's one stream (epm_backend_stream), which the NCCL
  * comm of the same step must also use. CUDA errors go through

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* backend_cuda_nocuda.c — the cuda backend in a build without CUDA. */
 #include "backend_impl.h"
 

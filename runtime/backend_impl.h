@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* backend_impl.h — private: the vtable behind epm_backend_t (ggml_backend_i
  * style). Each backend file fills one epm__backend_ops_t; backend.c checks
  * arguments once and forwards, so the implementations only do the work. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* ckpt_write.c — synthetic ModelOpt NVFP4 checkpoint directories.
  *
  * The weights come from epm_layer_generate (expert e depends only on seed,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* dispatch.c — the dispatch modes' names, byte counts, cost model and its
  * calibration (epmoe/dispatch.h). The engine asks here which mode a step
  * runs; the numbers are host arithmetic on the step's count matrix, the same

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* engine.c — the EP step (epmoe/engine.h): stages on the backend, collectives
  * on the comm, all buffers allocated once at create time. The allgather mode
  * is here; the alltoall mode and the per-step choice are in engine_a2a.c.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* engine_a2a.c — the alltoall dispatch mode of the step engine and the
  * per-step mode choice (epmoe/engine.h, epmoe/dispatch.h).
  *

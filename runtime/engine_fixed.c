@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* engine_fixed.c — the fixed-capacity step (epm_engine_config_t
  * fixed_capacity): one packed record per token, every rank's segment of the
  * same size, so the dispatch is ONE allgather of equal counts and no host

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* engine_graph.c — the fixed-capacity step on a device backend as ONE CUDA
  * graph: route, quantize (static scale, from device memory), pack, the one
  * NCCL allgather, unpack, experts, the equal-segment reduce-scatter, the

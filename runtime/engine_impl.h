@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* engine_impl.h — private: the engine object shared by engine.c (create,
  * buffers, the step and the allgather mode) and engine_a2a.c (the alltoall
  * mode and the per-step mode choice). */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* group.c — the composition root (include/epmoe/group.h): one rank's backend,
  * the comm paired with it, its layers and one engine per served layer.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* layer.c — one MoE layer's weights in host memory (include/epmoe/layer.h):
  * allocation with checked sizes, and the seeded generator that quantizes
  * Gaussian fp32 weights with ModelOpt's NVFP4 formulas.

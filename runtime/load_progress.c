@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* load_progress.c — progress of long checkpoint loads and writes (see
  * epmoe/weights.h). A load of hundreds of GB takes minutes; an operator
  * reading the journal or a Kubernetes log (not a terminal) must see it move,

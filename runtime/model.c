@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* model.c — named model presets and routing method names (epmoe/model.h).
  *
  * Preset sources (see spec/nvfp4-moe.md §6.3, which cites the configs):

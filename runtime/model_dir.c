@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* model_dir.c — config.json / hf_quant_config.json / index parsing for a
  * ModelOpt NVFP4 checkpoint directory (see include/epmoe/model_dir.h). */
 #define _GNU_SOURCE

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* moe_ref.c — routed experts of the CPU reference MoE (include/epmoe/moe_ref.h).
  *
  * Structure: (token, slot) pairs whose expert is local are grouped by expert

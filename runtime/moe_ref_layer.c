@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* moe_ref_layer.c — the whole-layer convenience path of the CPU reference
  * (router logits, routing, input quantization, routed experts, shared expert)
  * and the output checksum. See include/epmoe/moe_ref.h for the numerics. */

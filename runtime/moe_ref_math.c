@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* moe_ref_math.c — the inner loops of the CPU reference: exact NVFP4 decode
  * through a byte table, and dot products with a fixed summation order.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* moe_ref_math.h — private building blocks of the CPU reference (moe_ref*.c):
  * exact NVFP4 row decode and the fixed-order fp32 dot products whose order
  * include/epmoe/moe_ref.h documents. Not a public header. */

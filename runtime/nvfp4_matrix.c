@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nvfp4_matrix.c — row-block quantize/dequantize of [rows, cols] matrices and
  * the linear <-> 128x4 swizzled scale layouts (spec/nvfp4-moe.md §1.4, §2).
  *

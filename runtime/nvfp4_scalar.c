@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* nvfp4_scalar.c — E2M1 and E4M3 (fn) conversions and the global scale
  * (spec/nvfp4-moe.md §1).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* placement.c — the expert placement map (epmoe/placement.h): building and
  * validating it, the default contiguous split, the per-rank lookup table the
  * kernels read, comparison and hashing. Balancing is placement_balance.c,

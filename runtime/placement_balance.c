@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* placement_balance.c — per-rank load of a placement and the balanced map
  * computed from observed expert loads (epmoe/placement.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* placement_json.c — placement maps as JSON files (epmoe/placement.h,
  * docs/PLACEMENT.md). Reading validates everything a hand-edited file can get
  * wrong and names the entry; writing puts one rank per line so a diff of two

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* plan.c — sizes of one EP step per rank (epmoe/plan.h).
  *
  * Every product goes through the overflow-checked helpers of checked.h and a

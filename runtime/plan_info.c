@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* plan_info.c — describe a plan's buffers (name, dtype, role) and check the
  * sizes of tensors handed to launchers against it (epmoe/plan.h).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* regular_file.c — see regular_file.h. */
 #define _GNU_SOURCE
 #include "regular_file.h"

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* regular_file.h — open a checkpoint file for reading, refusing anything but
  * a regular file before a single byte is read (runtime-internal). */
 #ifndef EPMOE_RUNTIME_REGULAR_FILE_H

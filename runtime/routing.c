@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* routing.c — reference top-k routing (see include/epmoe/routing.h for the
  * math, the tie rule and the output order). One token at a time, in a fixed
  * order, with per-call scratch; no global state. */

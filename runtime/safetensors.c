@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* safetensors.c — validating reader (see include/epmoe/safetensors.h).
  *
  * Order of checks follows the reference (safetensors/src/tensor.rs) so our

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* safetensors_write.c — streaming safetensors writer: the header (all
  * offsets known up front) then the tensors' bytes in order, so a checkpoint
  * of many GB is written without holding it in memory. The header is padded

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* tokens.c — seeded synthetic layer inputs (epmoe/tokens.h). Counter-based,
  * so any row range is generated without generating the rows before it. */
 #include "epmoe/tokens.h"

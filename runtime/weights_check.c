@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* weights_check.c — value checks on checkpoint tensors (epmoe/weights.h):
  * E4M3 block scales, decode scales, finite router weights. One place, so the
  * loader and `epmoectl ckpt inspect` agree on what a good checkpoint is. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* weights_load.c — one MoE layer's EP slice from a ModelOpt NVFP4
  * checkpoint into an epm_layer_t (host memory), every tensor checked. */
 #define _GNU_SOURCE

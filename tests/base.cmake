@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The one-of-each primitives: bf16 (epmoe/bf16.h), clock, dtype, the CUDA
 # error translation (epmoe/cuda_status.h) and comm/'s MPI translation.
 

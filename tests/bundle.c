@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bundle.c — reader of the FlashInfer-format reference bundle (see bundle.h). */
 #include "bundle.h"
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The reference bundle (tests/data, read through tests/bundle.c): the tests that
 # read it, run a second time on another bundle of the same format that
 # tests/py/bundle_check.py cuts from tests/data (other shapes, offsets, files,

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bundle.h — the FlashInfer-format reference vector bundle (tests/data/README.md):
  * manifest.json plus raw .bin files.
  *

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The one command-line parser (daemon/cli_opt.c) and the command lines of
 # epmoectl and epmoed built on it.
 #   test_cli_opt   the parser on a table of every kind (cpu)

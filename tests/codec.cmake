@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # NVFP4 codec tests (runtime/nvfp4*.c).
 
 # Against NVIDIA's host conversion routines: needs only the toolkit headers.

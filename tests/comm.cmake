@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Comm layer: bootstrap launch checks (cpu), MPI backend (mpi, NP 1..8),
 # NCCL vs MPI (gpu; exits 77 on every rank without GPUs).
 epm_add_test(test_bootstrap SOURCES unit/test_bootstrap.c LABELS cpu)

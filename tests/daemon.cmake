@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Daemon, protocol and client tests.
 #   test_protocol   codec round-trips and malformed input for every message of
 #                   the table, golden frames, and docs/PROTOCOL.md's list (cpu)

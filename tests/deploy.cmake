@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Deployment: systemd readiness, the recipes in deploy/, and the scripts.
 #   test_srv_notify   sd_notify over a datagram socket (cpu)
 epm_add_test(test_srv_notify SOURCES unit/test_srv_notify.c LABELS cpu LIBS epmoe_srv TIMEOUT 30)

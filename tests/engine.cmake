@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Step engine: `epmoectl step` under mpirun against the EP=1 reference
 # (--check, tolerance 2^-6 = max|y-ref|/max|ref|, see docs/ARCHITECTURE.md
 # "Engine"), bit-identical repeats (--repeat inside a job; step_runs.sh across

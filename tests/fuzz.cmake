@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Fuzz targets (tests/fuzz/README.md): the frame decoder, the safetensors
 # reader, the checkpoint directory parser (config.json, quant config, index,
 # files).

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # GPU tests: label gpu, exit 77 (skipped) without a CUDA device;
 # `large` ones need the seed's sizes (~55 GB of GPU memory).
 if(EPMOE_HAVE_CUDA)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # install (cpu): `cmake --install` into a temporary prefix, then a tiny client
 # and a one-rank step program built against it with pkg-config and with
 # find_package(epmoe), and run (tests/install/install_test.sh). Sanitizer

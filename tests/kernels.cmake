@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # GPU kernels: pure-C plans and the host-compiled kernel cores run
 # everywhere; the GPU tests are in tests/gpu.cmake.
 epm_add_test(test_kernel_plan SOURCES unit/test_kernel_plan.c LABELS cpu TIMEOUT 30)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # The parts and their allowed edges (docs/ARCHITECTURE.md "Parts"), checked on
 # the built archives' symbols, with a self-check that a forbidden edge fails.
 find_package(Python3 REQUIRED COMPONENTS Interpreter)

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Expert placement (epmoe/placement.h): any expert count on any EP size,
 # redundant experts, per-expert load and the balanced map.
 #   test_placement    the map, its JSON files, the replica rule, the balancer

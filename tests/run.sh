@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # tests/run.sh — the test command: installs what is missing (Debian/Ubuntu, as
 # root), configures, builds and runs ctest. Used by .ci/run and by developers.
 #

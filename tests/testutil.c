@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* testutil.c — the test RNG (see testutil.h; the bundle reader is bundle.c). */
 #include "testutil.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* testutil.h — shared helpers for tests: the FlashInfer reference bundle
  * (bundle.h), seeded RNG, captured stderr. */
 #ifndef EPMOE_TESTUTIL_H

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 # Weights: safetensors reader/writer, checkpoint directories,
 # ModelOpt NVFP4 loading with EP sharding, and interop with the reference
 # Python implementation.

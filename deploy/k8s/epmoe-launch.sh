@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # deploy/k8s/epmoe-launch.sh — the MPIJob launcher's command (deploy/k8s/mpijob.yaml),
 # installed as $PREFIX/share/epmoe/deploy/k8s/epmoe-launch.sh.
 #   epmoe-launch.sh [epmoed flags...]

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/backend.h — where the MoE stage math runs: `cpu` (the reference
  * implementation, host memory) or `cuda` (the kernels, device memory).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/bf16.h — the one bfloat16 <-> binary32 conversion of epmoe.
  *
  * Header-only so the host code (C11), the CUDA kernels (__host__ __device__

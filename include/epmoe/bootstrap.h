@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/bootstrap.h — process start-up for an EP job: MPI, ranks, GPU pick.
  *
  * One call per process, before any comm is created:

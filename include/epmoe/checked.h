@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/checked.h — overflow-checked 64-bit size arithmetic.
  *
  * Every product of dimensions in epmoe goes through these helpers (or is

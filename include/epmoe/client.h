@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/client.h — the client library of epmoed (libepmoe_client).
  *
  * Blocking calls over one Unix-socket connection to one rank's daemon. Every

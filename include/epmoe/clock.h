@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/clock.h — the one monotonic clock of epmoe (CLOCK_MONOTONIC).
  *
  * For durations, deadlines and stage timings: it never jumps with NTP or a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/comm.h — the collectives of one EP step, behind one small interface.
  *
  * A comm (opaque epm_comm_t) spans the EP group of a bootstrap. Two backends:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/cuda_status.h — the one cudaError_t -> epm_status_t translation.
  *
  * For CUDA builds only (EPMOE_HAVE_CUDA: *_cuda.c, *_nccl.c, .cu files and

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/dispatch.h — how a step moves tokens to the expert owners and the
  * partial outputs back: the two dispatch modes, the bytes each moves, and
  * the small cost model that `auto` picks with.

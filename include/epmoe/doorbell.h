@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/doorbell.h — the doorbell's control block: the page of shared
  * memory through which a client asks its rank's daemon for a step without
  * sending a socket message (docs/PROTOCOL.md "Doorbell").

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/dtype.h — the element types of float buffers handed between stages,
  * backends and collectives (one enum for all of them, so a partial result's
  * type passes from the engine to the comm without a translation table).

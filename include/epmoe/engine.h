@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/engine.h — the EP step engine: one MoE layer forward across the EP
  * group, one object per layer per rank.
  *

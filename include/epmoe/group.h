@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/group.h — the composition root: everything one rank needs to run
  * MoE steps, assembled in one place.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/kernels.h — the CUDA kernels of one MoE step, as plain-C launchers.
  *
  * Every launcher has two halves:

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/layer.h — one MoE layer's weights in host memory, ModelOpt NVFP4 form.
  *
  * Canonical form, as in a ModelOpt checkpoint (no shuffling, no interleave):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/log.h — one line per event on stderr, in one of two formats:
  *   text  2026-11-26T04:50:01.123Z r3/8 INFO  comm   bootstrap.c:88: message
  *   json  {"time":"2026-11-26T04:50:01.123Z","level":"info","priority":6,

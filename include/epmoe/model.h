@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/model.h — model dimensions of one MoE layer and the named presets.
  *
  * Presets are the shapes users run (deepseek-r1, qwen3-235b, llama4-maverick)

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/model_dir.h — a Hugging Face checkpoint directory as exported by
  * NVIDIA ModelOpt for NVFP4 (e.g. nvidia/DeepSeek-R1-FP4):
  *

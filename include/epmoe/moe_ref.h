@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/moe_ref.h — the CPU reference MoE layer (the oracle; spec/nvfp4-moe.md §3.3–§3.4).
  *
  * Every fast path (CUDA kernels, the EP step over N ranks, the daemon) is

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/nvfp4.h — the NVFP4 number format on the host (spec/nvfp4-moe.md §1–§2).
  *
  * An NVFP4 tensor [rows, cols] (cols % 16 == 0) is

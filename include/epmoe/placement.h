@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/placement.h — where the experts of a layer live: logical expert ->
  * one or more physical slots on the ranks of the EP group.
  *

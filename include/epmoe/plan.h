@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/plan.h — shape planning of one EP step: every buffer size per rank,
  * CUDA grid limits and the chunking they need, and size checks for launchers.
  *

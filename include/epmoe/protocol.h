@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/protocol.h — the wire protocol between epmoed and its clients.
  *
  * Every message is one frame: a fixed 32-byte little-endian header followed by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/rendezvous.h — the control plane of an EP group: agree on the next
  * step before any rank enters its collective, and tell a slow group from a
  * dead one.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/routing.h — top-k expert selection from router logits (spec/nvfp4-moe.md §4).
  *
  * Methods are chosen by name (epm_routing_method_t in model.h), never by the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/safetensors.h — a hardened reader and a streaming writer for the
  * safetensors format (huggingface/safetensors README):
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/status.h — the one status enum of epmoe and the per-thread error text.
  *
  * Every fallible function returns epm_status_t. On failure it also records a

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/tokens.h — seeded synthetic inputs of one MoE layer: hidden states and
  * router logits for a GLOBAL token set.
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* epmoe/weights.h — ModelOpt NVFP4 tensor names, loading one MoE layer's
  * expert-parallel slice from a checkpoint directory, and writing synthetic
  * checkpoints.

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Writes kernels/wgmma_rs.h: one inline-asm wrapper per wgmma N used by the
 fast GEMMs (wgmma.mma_async m64nNk16, fp32 += f16 x f16, A from registers, B a
 K-major shared-memory descriptor). Run from the repository root:

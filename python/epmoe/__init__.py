@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """epmoe — Python client of the epmoe daemons (expert-parallel NVFP4 MoE).
 
     import epmoe

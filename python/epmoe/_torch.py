@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """PyTorch tensors in Layer.forward (imported only when one is passed).
 
 CPU tensors go through numpy. CUDA tensors stay on the GPU: each connection

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The epmoe wire protocol, version 2, written from docs/PROTOCOL.md.
 
 Frames are a 32-byte little-endian header and a payload; every body is a

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """bfloat16 as numpy uint16 bits (numpy has no bf16 dtype): conversions."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """One connection to one rank's daemon: HELLO, STATUS, STATS, HEALTH,
 FORWARD (inline or through a sealed memfd), SHUTDOWN and the attach
 messages, as docs/PROTOCOL.md describes them. Blocking; one request at a time

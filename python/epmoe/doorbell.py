@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The host doorbell (docs/PROTOCOL.md "Doorbell"): x, logits and y for a
 capacity of tokens and the control block in one sealed memfd, registered
 once; then a step is a few stores into the control block and a futex wake,

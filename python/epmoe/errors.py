@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Errors of the epmoe client: the daemon's status code and its own message."""
 from __future__ import annotations
 

@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The daemons of one EP group, as an engine (or a test) sees them.
 
 ``epmoe.connect(socket_dir)`` opens a connection to every rank's daemon and

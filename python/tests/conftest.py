@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """Fixtures: a real 2-rank daemon group on the CPU backend (tiny preset, 2
 layers) in a temporary socket dir, and the independent reference: the CPU
 reference of `epmoectl ref --input/--output` (the whole layer at EP = 1,

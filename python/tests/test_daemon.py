@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The socket client against a real 2-rank daemon group on the CPU backend:
 HELLO / STATUS / STATS / HEALTH, FORWARD inline and through a memfd against
 the CPU reference, the per-request options, and errors carrying the daemon's

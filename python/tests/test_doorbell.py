@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The host doorbell (memfd + futex, no socket message per step) against a
 real 2-rank daemon group: results against the CPU reference and equal to the
 socket path's, the options, sequence errors naming both numbers, and the

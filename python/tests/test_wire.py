@@ -1,3 +1,4 @@
+# SPDX-License-Identifier: Apache-2.0
 """The codec against the byte layouts of docs/PROTOCOL.md (no daemon)."""
 import struct
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* clock.c — CLOCK_MONOTONIC for epmoe/clock.h. */
 #include "epmoe/clock.h"
 

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* dtype.c — sizes and names of epm_dtype_t (epmoe/dtype.h). */
 #include "epmoe/dtype.h"
 

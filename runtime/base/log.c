@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* log.c — the one-line-per-event logger behind EPM_LOG (epmoe/log.h): text or
  * JSON lines on stderr, with the journal's "<N>" priority prefix when stderr
  * is the systemd journal. Each line is built in full and written with one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench_moe: per-stage GPU times of one expert step (quantize, routing,
  * permute, GEMM1+SwiGLU+requant, GEMM2, finalize) at DeepSeek-R1 dims with a
  * local slice of experts, and, measured in the same run on the same GPU, a

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # daemon_gpu.sh — epmoed on the cuda backend (label gpu; exit 77 without a GPU).
 #   daemon_gpu.sh MPIEXEC BINDIR
 # One daemon per GPU (at most 2): readiness, FORWARD inline / memfd / CUDA

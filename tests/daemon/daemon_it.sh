@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # daemon_it.sh — integration test of epmoed + epmoectl on the CPU (label mpi).
 #   daemon_it.sh MPIEXEC NP BINDIR [MODE [PROBE]]
 # PROBE: tests/daemon/daemon_probe (hostile clients: garbage, oversize header,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # daemon_placement.sh — epmoed on expert placements (label mpi).
 #   daemon_placement.sh MPIEXEC NP BINDIR
 # NP daemons of the tiny preset (16 experts; run at NP 3 and 5, which do not

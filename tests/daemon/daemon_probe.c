@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* daemon_probe — hostile and odd clients against a running epmoed, for
  * tests/daemon/daemon_it.sh. Exit 0 = the daemon behaved, 1 = it did not,
  * 77 = skipped.

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* doorbell_check — the host doorbell against running daemons (every rank's
  * socket in DIR), driven by tests/daemon/doorbell_it.sh.
  *

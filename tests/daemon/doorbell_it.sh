@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # doorbell_it.sh — the host doorbell against 2 daemons on the CPU (label mpi).
 #   doorbell_it.sh MPIEXEC BINDIR CHECK
 # CHECK: tests/daemon/doorbell_check. Starts the tiny preset (2 layers) on 2

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # fault_matrix.sh — the rank-death matrix (label fault): a daemon rank is
 # killed (SIGKILL), stopped (SIGSTOP), exits (_exit 0) or aborts (abort()) in
 # each phase of its life — idle, rendezvous (joined, before GO), dispatch,

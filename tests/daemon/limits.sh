@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # limits.sh — the listeners under floods (label fault), one daemon started
 # with a low descriptor limit (ulimit -n 64) and the metrics port on:
 #  1 200 Unix connections past the descriptors: accept fails with EMFILE; the

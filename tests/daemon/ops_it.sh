@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # ops_it.sh — the daemon as an operator runs it (label mpi), checking the
 # conventions that are not about steps:
 #   - `ckpt make` prints progress lines when stderr is not a terminal (a log);

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # soak.sh — a long run of checked steps (label large): NP daemons on the cpu
 # backend take FORWARDs back to back for DURATION seconds, with random token
 # counts per rank (zeros and all-zero steps included), inline and memfd data,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # sockdir_perm.sh — the socket-directory policy and the client's server check,
 # as root with two users this script creates (label fault; exit 77 when not
 # root or without useradd). docs/RELIABILITY.md "Socket directory" is the

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # k8s_launch_it.sh — deploy/k8s/epmoe-launch.sh (the MPIJob launcher's
 # command) run for real on this host, standing in for one worker pod with two
 # slots (mpirun without the operator's hostfile starts the ranks locally

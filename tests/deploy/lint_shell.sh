@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # lint_shell.sh SOURCE_DIR — runs shellcheck (default severity: style and up)
 # on every shell script of the repository: *.sh, *.sbatch and files whose
 # first line names bash or sh. Exit 77 when shellcheck is not installed

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # notify_it.sh — epmoed speaks systemd's notify protocol as the unit in
 # deploy/systemd expects (Type=notify, NotifyAccess=all, WatchdogSec=), checked
 # against a stand-in notification socket (notify_recv.py), the way systemd

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """notify_recv.py SOCKET OUT SECONDS -- stand in for systemd's notification
 socket: bind a datagram socket at SOCKET with SO_PASSCRED (as systemd does),
 and append one line per datagram to OUT: "<sender pid>\t<seconds since start>\t<text>"

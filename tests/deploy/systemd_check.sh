@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # systemd_check.sh — the systemd recipe in deploy/systemd, checked with
 # systemd's own tools (no running systemd needed):
 #   1. `systemd-analyze verify` on the unit prints nothing and exits 0

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_frame — libFuzzer target for the wire codec: decodes frames back to
  * back from the input exactly as the daemon's read callback does (decode,
  * consume, repeat) and runs every body decoder of EPM_BODY_MAP, plus the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_model_config — libFuzzer target for the checkpoint directory parser:
  * config.json, hf_quant_config.json, the index, and the safetensors files it
  * names (fuzz_model_dir.h says how one input becomes those files). The files

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_model_dir.h — how fuzz_model_config splits one input into the files
  * of a checkpoint directory (shared with the corpus generator). Sections are
  * separated by EPM_FUZZ_FILE_MARK and become the files below in order; an

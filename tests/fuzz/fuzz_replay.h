@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_replay.h — the main() a fuzz target gets without libFuzzer
  * (EPM_FUZZ_MAIN): each file named on the command line is read into a buffer
  * of exactly its size (so ASan sees any over-read) and passed to

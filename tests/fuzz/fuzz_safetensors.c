@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* fuzz_safetensors — libFuzzer target for the safetensors reader: the input
  * is a whole file image, validated by epm_st_open_mem (the checks epm_st_open
  * makes after mapping). When it is accepted, every tensor is looked up by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* make_corpus — writes the seed corpora of the three fuzz targets under
  * OUTDIR/{frame,safetensors,model_config}/: small valid inputs built with the
  * library's own writers and encoders, and near-valid ones that each break one

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* protocol_samples.h — one or more valid values of every protocol body, for
  * the table-driven loops of tests/unit/test_protocol.c and the seeds of
  * tests/fuzz/fuzz_frame.c. A body added to EPM_BODY_MAP without a sample

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # replay.sh CORPUS_DIR MAKE_CORPUS TARGET=BIN... — run each fuzz target once
 # over every file of its committed corpus (CORPUS_DIR/TARGET/) and over a
 # corpus generated now by MAKE_CORPUS (so the generator and the committed

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # run_fuzz.sh [SECONDS] — build the three libFuzzer targets (frame decoder,
 # safetensors reader, checkpoint directory parser) with clang and
 # -fsanitize=fuzzer,address,undefined into build-fuzz/ (a separate configure

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* doorbell_gpu — the device-mode doorbell inside a CUDA graph (label gpu;
  * exit 77 without a GPU). Run by tests/gpu/doorbell_gpu.sh against one
  * daemon on the cuda backend (tiny preset, 2 layers):

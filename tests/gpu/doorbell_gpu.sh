@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # doorbell_gpu.sh — the device-mode doorbell in a CUDA graph (label gpu; exit
 # 77 without a GPU): one daemon on the cuda backend (tiny preset, 2 layers),
 # tests/gpu/doorbell_gpu.c as its client, clean shutdown.

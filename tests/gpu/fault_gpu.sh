@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # fault_gpu.sh — the fault matrix's GPU rows: daemons on the cuda
 # backend + NCCL, one GPU per rank, and one rank failing inside a step.
 #   fault_gpu.sh MPIEXEC BINDIR [NP]

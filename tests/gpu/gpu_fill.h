@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* tests/gpu/gpu_fill.h — counter-based test data, identical on host and
  * device: element i of a tensor is a pure function of (seed, i), so a test
  * can fill gigabytes on the GPU and recompute only the rows it checks on the

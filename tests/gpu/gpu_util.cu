@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* tests/gpu/gpu_util.cu — see gpu_util.h. */
 #include "gpu_fill.h"
 #include "gpu_util.h"

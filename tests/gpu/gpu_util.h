@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* tests/gpu/gpu_util.h — helpers of the GPU tests: skip without a GPU,
  * checked CUDA calls, poisoned device buffers, device-side fills. */
 #ifndef EPMOE_TESTS_GPU_UTIL_H

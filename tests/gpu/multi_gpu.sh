@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # multi_gpu.sh — the checks and benchmarks that need several GPUs on one host.
 # Run on a GPU node after building into BUILD:
 #

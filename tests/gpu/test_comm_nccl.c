@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_comm_nccl.c — NCCL backend against the MPI backend on the same inputs.
  *
  * Run under mpirun with one GPU per rank (NP 2 in CI). Without a GPU on any

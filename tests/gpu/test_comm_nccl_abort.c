@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_comm_nccl_abort.c — a collective that a peer never joins ends in
  * EPM_ERR_TIMEOUT (communicator aborted), not a hang; a requested abort ends
  * the next call with EPM_ERR_ABORTED. NP 2, one GPU per rank; exits 77 on

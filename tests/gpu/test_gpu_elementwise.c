@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_elementwise: the bf16 <-> fp32 and shared-combine kernels are
  * bit-identical to the host codec (epm_bf16_from_f32 / epm_bf16_to_f32) on
  * random fp32 bit patterns (every class: NaN, Inf, subnormals, -0, RNE

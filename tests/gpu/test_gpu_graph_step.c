@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_graph_step.c — the fixed-capacity step as one CUDA graph on the
  * cuda backend with the NCCL comm (label gpu; every rank exits 77 without a
  * GPU). Oracle: the variable-size step of a second cuda group over the same

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_moe: the expert pipeline on the GPU (permute -> GEMM1 + SwiGLU +
  * NVFP4 re-quantization -> GEMM2 -> finalize) against the CPU reference
  * epm_moe_ref_experts on the same NVFP4 tokens, ids and weights: random

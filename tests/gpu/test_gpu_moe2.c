@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_moe2: the fast (v2) expert pipeline on the GPU (permute + FP16
  * gather -> wgmma GEMM1 + SwiGLU + NVFP4 requant -> GEMM2 -> finalize)
  * against the CPU reference epm_moe_ref_experts and the v1 kernels, on the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_quantize: the NVFP4 quantize kernel is bit-identical to the host
  * codec (epm_nvfp4_quantize_bf16) on fresh random inputs with zero blocks,
  * -0, NaN, Inf, scale underflow and saturation, in the linear and 128x4

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_quantize_4g: quantize past M*H = 2^32 elements (600,000 x 7168 =
  * 4,300,800,000): rows on both sides of the 2^32 element boundary and the
  * last rows are bit-identical to the host codec, and every scale byte was

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_routing: the routing kernel against the CPU reference
  * (epm_route_f32) for every method, with grouped and ungrouped deepseek-v3,
  * k = 1, k at the device limit, and heavy ties (coarsely rounded logits):

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_routing_warp: the warp-per-token routing kernel against the CPU
  * reference (epm_route_f32 / epm_route_bf16) and against its own CPU
  * emulation (epm_routing_warp_emulate, bit-identical to the reference by

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_gpu_seed: the seed's size on one GPU. M = 327,680 gathered tokens
  * (EP32 x 10,240), H = 7168, DeepSeek-R1 routing (E = 256, top-8, groups
  * 8/4, routed scaling 2.5) with this rank's slice of 8 experts: the full

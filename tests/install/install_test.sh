@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # install_test.sh — `cmake --install` gives an operator and an engine author
 # what docs/DEPLOY.md promises. Installs the build into a temporary prefix and:
 #   1. checks the installed files (programs, libepmoe_client.so with its

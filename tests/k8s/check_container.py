@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """check_container.py SOURCE_DIR -- the container recipe agrees with the
 manifests and the unit that use its image (no image is built here):
 

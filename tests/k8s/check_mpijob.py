@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """check_mpijob.py SCHEMA MANIFEST... -- validate epmoe's Kubernetes manifests.
 
 Each MPIJob document is checked against SCHEMA (mpijob_v2beta1.schema.json:

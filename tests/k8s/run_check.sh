@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # run_check.sh PYTHON SOURCE_DIR — the Kubernetes manifest and container
 # recipe checks, with the first of PYTHON, python3, /usr/bin/python3 that has
 # PyYAML and jsonschema: every MPIJob in deploy/k8s against the schema and the

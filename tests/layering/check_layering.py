@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """check_layering.py — the parts' allowed edges, read from the built archives.
 
 Each part is one static archive (see docs/ARCHITECTURE.md "Parts"). A part

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* probe_forbidden.c — a deliberate layering violation for the `layering`
  * test's self-check: handed to the checker as part of comm/, it calls into
  * runtime/ (the engine), an edge the rules forbid. Never linked into a program. */

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # run_layering.sh — the `layering` test: the real archives must pass the
 # checker, and the checker must fail on a forbidden edge (a probe archive that
 # pretends to be part of comm/ and calls the engine), naming the edge.

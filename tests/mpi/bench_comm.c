@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* bench_comm.c — time the step's collectives on the MPI or the NCCL backend.
  *
  *   mpirun -np P bench_comm [--nccl] [tokens_per_rank [hidden [top_k [iters]]]]

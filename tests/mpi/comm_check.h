@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* comm_check.h — shared helpers of the comm tests: per-rank data that any
  * rank can regenerate, and the expected results written naively (one loop,
  * no messaging), independent of the backend code under test. */

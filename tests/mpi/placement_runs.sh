@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # placement_runs.sh — expert placement from the command line.
 # Usage: placement_runs.sh CASE MPIEXEC EPMOECTL
 #   tools   `epmoectl placement --from-stats` on a skewed load (a few hot

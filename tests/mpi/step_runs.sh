@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # shellcheck disable=SC2086  # $common and $split hold several words on purpose
 # step_runs.sh — checks of `epmoectl step` that need more than one mpirun or
 # an exit-code/message check. Usage: step_runs.sh CASE MPIEXEC EPMOECTL

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_bootstrap_mpi.c — epm_bootstrap_init under mpirun: the rank layout,
  * a refused launch returns (never exits) on every rank, and one rank's
  * failure is reported on all ranks. */

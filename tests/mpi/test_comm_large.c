@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_comm_large.c — a real allgather-v past INT_MAX bytes (label large).
  *
  * No test hook: rank 0 contributes 2^28 + 1 rows of 8 bytes (2 GiB + 8), the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_comm_mpi.c — the MPI comm backend against naive expectations.
  *
  * Run under mpirun with any P. Every rank builds its inputs from (rank, tag,

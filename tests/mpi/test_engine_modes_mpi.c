@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_engine_modes_mpi.c — engine variants that must not change a bit:
  * the expert stage in chunks under a workspace budget, in both dispatch
  * modes, against the same engine without a budget (any P dividing 16).

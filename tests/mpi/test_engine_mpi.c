@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_engine_mpi.c — the step engine under mpirun (any P dividing 16).
  *
  * Oracle: epm_moe_ref_layer (the CPU reference full layer, EP = 1) on the

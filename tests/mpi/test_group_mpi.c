@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_group_mpi.c — the composition root (epmoe/group.h) under mpirun.
  *
  * Oracle: the CPU reference full layer (EP = 1) on the global token set,

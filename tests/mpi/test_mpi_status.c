@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_mpi_status.c — the one MPI return code translation of comm/
  * (mpi_status.h), on real MPI return codes. Under mpirun: MPI_Error_string
  * may not be called before MPI_Init. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_placement_mpi.c — groups on expert placements under mpirun (run at
  * P = 3 and 5: the tiny preset's 16 experts do not divide).
  *

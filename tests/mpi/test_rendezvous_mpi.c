@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_rendezvous_mpi.c — the rendezvous' MPI driver (comm/rendezvous.c) on a
  * real group (np >= 2): steps agreed with GO and the right token total; keys
  * joined in a different order on every rank all GO, in one order everywhere;

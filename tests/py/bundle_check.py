@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """bundle_check.py SRC WORK EXE... -- the bundle-reading tests on another bundle.
 
 Writes WORK/derived, a second bundle of the flashinfer-ref v1 format cut from

@@ -1,4 +1,5 @@
 #!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
 """Interop of epmoe's safetensors reader/writer with the reference
 implementation (huggingface safetensors, Rust core via its Python binding).
 

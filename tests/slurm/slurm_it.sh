@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # slurm_it.sh — deploy/slurm/epmoed.sbatch on a real single-node Slurm
 # (label slurm). As root: installs slurm-wlm + munge when missing (apt-get),
 # starts a private munged/slurmctld/slurmd (tests/slurm/slurm_local.sh), then

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # slurm_local.sh up|down STATE_DIR — a private single-node Slurm for tests:
 # munged + slurmctld + slurmd started by hand (no systemd), as root, with
 # every file under STATE_DIR (config, munge key and socket, spool, logs, pid

@@ -1,4 +1,5 @@
 #!/bin/sh
+# SPDX-License-Identifier: Apache-2.0
 # ckpt_ctl.sh EPMOECTL — `epmoectl ckpt` as a user runs it: make, inspect
 # (exit 0 on a good checkpoint, 1 on each kind of damage: truncation, index,
 # bad scale and router values, config.json bounds, special files), load,

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # cli_test.sh EPMOECTL [EPMOED] — the real binaries' command lines, all parsed
 # by daemon/cli_opt.c: `SUB --help` exits 0 with the help on stdout for every
 # subcommand; an unknown option exits 64 naming it, with the usage on stderr;

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # client_so.sh — the client shared library is what its documentation says:
 # a SONAME from the project version, and no dependency on MPI, jansson,
 # OpenMP or libuv (engines link it without the runtime). Then runs a program

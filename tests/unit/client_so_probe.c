@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_so_probe.c — a program an engine would write, linked against the
  * client shared library only: connecting to a socket that does not exist must
  * fail with EPM_ERR_IO/SYSTEM and a message naming the path (base's error text

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # ctl_error_paths.sh EPMOECTL PROBE — every epmoectl error path we could
 # think of that needs no daemon group: bad flags and values, missing or
 # unreachable sockets, a stale socket, a peer that answers nonsense, and

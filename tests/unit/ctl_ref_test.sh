@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
 # ctl_ref_test.sh EPMOECTL — `epmoectl ref`: help and usage errors, a checksum
 # that does not depend on the thread count but does on the seed, 0 tokens.
 set -u

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* moe_naive.h — a deliberately plain float64 evaluation of one MoE expert
  * slot, written for the tests only. It shares no code with runtime/: its own
  * E2M1/E4M3/bf16 decoders and rounding (by search and nearbyint, not bit

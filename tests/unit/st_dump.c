@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* st_dump — what epmoe reads, as JSON lines, for the Python interop test
  * (tests/py/st_interop.py compares it with the reference implementation).
  *

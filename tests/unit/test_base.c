@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_base: the monotonic clock (epmoe/clock.h) against CLOCK_MONOTONIC
  * read directly around it, and the dtype table (epmoe/dtype.h) against the C
  * types it describes. */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_bf16_nvidia: epmoe/bf16.h against NVIDIA's own host conversions in
  * cuda_bf16.h (__float2bfloat16_rn, __bfloat162float), which run without a
  * GPU. C++ because cuda_bf16.h declares its types and functions for C++ only;

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_bootstrap.c — the launch check refuses mis-launches with one line. */
 #include <setjmp.h>
 #include <stdarg.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_cli_opt: the one command-line parser (daemon/cli_opt.c) on a table
  * that has every kind: both spellings, short options, "--", every class of
  * error with the option, the value and the limit in its message, bounds at

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_cuda_status: the one CUDA error translation (epmoe/cuda_status.h).
  * Links only cudart: error names and strings need no driver or device, so
  * this runs on CPU machines. The reset of CUDA's last error needs a working

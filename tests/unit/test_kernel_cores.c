@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_kernel_cores: the scalar NVFP4 and routing code that the CUDA kernels
  * run (kernels/nvfp4_core.h, kernels/routing_core.h), compiled for the host
  * and compared with the independent host codec (runtime/nvfp4*.c) and the

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_kernel_plan: the pure-C plans of the CUDA kernels (kernels/<op>_plan.c)
  * at the seed's size (M = 327,680 gathered tokens, H = 7168), past 2^31 and
  * 2^32 elements, and their errors. Expected sizes are typed from hand

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_load_progress: progress of long loads when stderr is not a terminal
  * (a log file here, as under journald or kubectl logs): a line at each
  * further 10 % and after interval_s of silence, never a line per call, the

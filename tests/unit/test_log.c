@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_log: the logger (runtime/base/log.c) as a log collector sees it, with
  * stderr redirected to a file: JSON lines that jansson (a strict parser:
  * valid UTF-8 only) accepts, with every field and the message byte for byte

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_model: presets carry the published config values, validate, and the
  * routing names round-trip. Expected numbers are typed from the model configs
  * (spec/nvfp4-moe.md §6.3), not read back from model.c. */

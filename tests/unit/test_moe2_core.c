@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_moe2_core: the CPU-testable parts of the fast (v2) expert GEMMs —
  * the in-register FP16 dequant (kernels/moe2_core.h, the same bit
  * manipulation the sm_90a kernel runs) against the codec for every code x

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_moe2_model: a CPU model of the fast (v2) expert pipeline that walks
  * the kernels' data flow with the kernels' own layout and index functions
  * (kernels/moe2_core.h): prepacked weights, permute + FP16 gather into the

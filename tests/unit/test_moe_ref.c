@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_moe_ref: the CPU reference MoE against FlashInfer's moe_* vectors (dims,
  * EP slices and routing method from the bundle's manifest), against a
  * separate float64 evaluation (tests/unit/moe_naive.h), and its invariants

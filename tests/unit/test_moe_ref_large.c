@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_moe_ref_large: DeepSeek-R1 dims (H 7168, I 2048, E 256, top-8,
  * deepseek-v3 routing, one shared expert) with 8 local experts and 256 tokens:
  * the whole layer runs, stays finite and routes to the slice, and sampled

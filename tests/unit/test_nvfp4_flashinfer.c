@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_nvfp4_flashinfer: quantize / dequantize / swizzle against FlashInfer's
  * reference vectors in the bundle (tests/data/README.md §1 and §3), shapes from
  * its manifest. Exact: codes bit-for-bit (0x0 == 0x8), scale bytes,

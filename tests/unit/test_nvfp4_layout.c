@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_nvfp4_layout: the 128x4 swizzled scale layout against a brute-force
  * construction, padding, odd row counts, byte sizes and argument errors. */
 #include <setjmp.h>

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_nvfp4_nvidia: our E2M1 / E4M3 conversions against NVIDIA's own host
  * routines in cuda_fp8.h / cuda_fp4.h (the __host__ paths run without a GPU).
  *

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_nvfp4_quant: block quantization by hand-computed vectors and edge cases
  * (zero blocks, scale underflow, saturation above the calibrated amax, -0,
  * Inf/NaN rows) and a round-trip error bound on Gaussian data. */

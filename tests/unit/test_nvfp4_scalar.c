@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_nvfp4_scalar: bf16 rounding against a nearest-value search in double,
  * the global/decode scale conventions and amax. (E2M1/E4M3 are checked
  * against NVIDIA's routines in test_nvfp4_nvidia.) */

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_placement: the expert placement map (epmoe/placement.h) and the code
  * that follows it, on the CPU.
  *  - the default split: the first E mod P ranks hold one slot more, slot s

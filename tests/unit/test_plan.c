@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_plan: shape planning (epmoe/plan.h) at the sizes that broke FlashInfer.
  *
  * Expected numbers are independent of plan.c: literals worked out by hand

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_plan_cli: runs the epmoectl binary (path in argv[1]) and checks
  * `epmoectl plan ... --json` with jansson, plus usage errors -> exit 64 (EX_USAGE).
  * The expected numbers are the issue's "done when" numbers, worked by hand:

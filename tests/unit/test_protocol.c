@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_protocol: the wire codec, driven by the message and body tables of
  * include/epmoe/protocol.h. For every message type and direction in
  * EPM_MSG_MAP and every sample of its body (tests/fuzz/protocol_samples.h):

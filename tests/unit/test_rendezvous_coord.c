@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_rendezvous_coord.c — the rendezvous coordinator (comm/rendezvous_coord.c)
  * driven input by input with made-up clocks: every rule of
  * comm/rendezvous_coord.h (several open keys per rank, cancel, limits,

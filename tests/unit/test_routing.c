@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_routing: reference routing against FlashInfer's vectors (every routing_*
  * case of the bundle, with the shapes and parameters of its manifest) and
  * hand-written cases per method: ties, negative biased scores, sigmoid

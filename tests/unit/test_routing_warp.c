@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_routing_warp: the warp-per-token routing kernel's body
  * (kernels/routing_warp_body.h) run by its CPU emulation — the 32 lanes one
  * after another, every shuffle, ballot and reduction step as on the GPU —

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_safetensors: the reader against hand-built files — valid ones (bytes
  * read back exactly, views, metadata, writer round trip) and an attack corpus
  * where each malformed file must fail with its own status and message. Files

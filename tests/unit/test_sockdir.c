@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_sockdir.c — the socket directory policy (daemon/srv_sockdir.c) as any
  * user, in a scratch directory: a missing directory is made 0750 and removed
  * again; a directory of ours keeps its mode; a shared 1777 parent keeps its

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_srv_notify: daemon/srv_notify.c against a datagram socket standing in
  * for systemd's notification socket. What systemd needs, checked from the
  * receiving side: the exact datagram text, one datagram per notification,

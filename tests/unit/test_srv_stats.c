@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_srv_stats: what the daemon exports about itself (daemon/srv_stats.c),
  * rendered from counters set here by hand, against values measured here
  * independently:

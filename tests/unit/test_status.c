@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_status: status names, strerror and the per-thread error text. */
 #include <setjmp.h>
 #include <stdarg.h>

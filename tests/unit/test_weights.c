@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* test_weights: checkpoint directories end to end.
  *  - a checkpoint written by epm_ckpt_make loads back bit-identical to the
  *    in-memory generator (epm_layer_generate), for EP = 1, 2, 4, 8, and the EP

@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* client_app.c — what an inference engine builds against an installed epmoe:
  * the client library alone. Connecting to a socket that does not exist must
  * fail with a status (not crash, not exit) and a message naming the path. */

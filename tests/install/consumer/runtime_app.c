@@ -1,3 +1,4 @@
+/* SPDX-License-Identifier: Apache-2.0 */
 /* runtime_app.c — a program that runs MoE steps itself, built against an
  * installed epmoe runtime (static parts + MPI): one rank (an MPI singleton),
  * the `tiny` preset, one step of 12 tokens through the composition root
