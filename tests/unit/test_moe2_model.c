@@ -159,7 +159,7 @@ static void model_gemm(model_t *md, int epi, const uint8_t *w, size_t w_bytes, c
                 for (int q = 0; q < 16; q++) v[q] = epm_bf16_to_f32(epist[col][jb * 16 + q]);
                 uint8_t pk[8];
                 const uint8_t sf = epm_core_quantize_block(v, md->g_mid, pk);
-                for (int q = 0; q < 16; q++) h[q] = epm_core_x16_value((pk[q / 2] >> (4 * (q % 2))) & 15u, sf, md->normal);
+                for (int q = 0; q < 16; q++) h[q] = epm_core_x16_value((unsigned)(pk[q / 2] >> (4 * (q % 2))) & 15u, sf, md->normal);
               }
               for (int q = 0; q < 16; q++)
                 memcpy(md->inter16 + epm_core_x16_offset(prow, j0 + q, p->max_rows), &h[q], 2);
@@ -232,7 +232,7 @@ static void model_forward(const epm_layer_t *l, int64_t m, const uint8_t *xq, co
     pair_row[i] = row;
     for (int64_t kk = 0; kk < p.hidden_pad; kk++) {
       uint16_t h = 0;
-      if (kk < H) h = epm_core_x16_value((xq[t * H / 2 + kk / 2] >> ((kk % 2) * 4)) & 15u, xsf[t * H / 16 + kk / 16], normal);
+      if (kk < H) h = epm_core_x16_value((unsigned)(xq[t * H / 2 + kk / 2] >> ((kk % 2) * 4)) & 15u, xsf[t * H / 16 + kk / 16], normal);
       memcpy(x16 + epm_core_x16_offset(row, kk, p.max_rows), &h, 2);
     }
   }
