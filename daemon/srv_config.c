@@ -121,6 +121,7 @@ static const char *const known_env[] = {
     /* the tests' and test tools' (tests/) */
     "EPMOE_TEST_DATA", "EPMOE_BF16_STRIDE", "EPMOE_FUZZ_SECONDS", "EPMOE_FUZZ_TARGETS", "EPMOE_FUZZ_BUILD",
     "EPMOE_TEST_FAULT", /* daemon/srv_step.c: the fault suite's hook (tests/daemon/fault_matrix.sh) */
+    "EPMOE_BUILD_DIR",  /* python/tests: where the Python package's tests find the built binaries */
     NULL};
 
 /* c is only read by --help (no option shows its initial value). */
