@@ -59,7 +59,7 @@ static int fits_one_call(const int64_t *counts, int P, size_t row, int64_t lim) 
 static epm_status_t a2a_collective(epm_comm_t *c, const char *send, char *recv, const int64_t *counts,
                                    size_t row, int *ints) {
   const int P = c->size, me = c->rank;
-  int *scnt = ints, *sdsp = ints + P, *rcnt = ints + 2 * P, *rdsp = ints + 3 * P;
+  int *scnt = ints, *sdsp = ints + (size_t)P, *rcnt = ints + 2 * (size_t)P, *rdsp = ints + 3 * (size_t)P;
   int64_t so = 0, ro = 0; /* fit the limit (fits_one_call), hence int */
   for (int r = 0; r < P; r++) {
     int64_t sb = at(counts, P, me, r) * (int64_t)row, rb = at(counts, P, r, me) * (int64_t)row;

@@ -26,6 +26,7 @@
  * stop when this rank starts that barrier; what arrived after is discarded by
  * destroy.
  */
+#include <limits.h>
 #include <math.h>
 #include <mpi.h>
 #include <pthread.h>
@@ -141,6 +142,10 @@ static void set_failed(epm_rendezvous_t *r, const char *fmt, ...) {
 static epm_status_t send_async(epm_rendezvous_t *r, int64_t *buf, int n, int dst, int tag, MPI_Comm comm,
                                const char *what) {
   if (r->nsends == r->sends_cap) {
+    if (r->sends_cap > INT_MAX / 2) {
+      free(buf);
+      return epm_error(EPM_ERR_OVERFLOW, "rendezvous: %d sends in flight cannot double", r->sends_cap);
+    }
     int cap = r->sends_cap ? 2 * r->sends_cap : 8;
     send_t *p = realloc(r->sends, (size_t)cap * sizeof *p);
     if (!p) {
@@ -262,6 +267,7 @@ static int find_open(const epm_rendezvous_t *r, uint32_t layer, uint64_t step_id
 
 static epm_status_t enqueue(epm_rendezvous_t *r, const epm_rendezvous_event_t *ev) {
   if (r->nq == r->q_cap) {
+    if (r->q_cap > INT_MAX / 2) return epm_error(EPM_ERR_OVERFLOW, "rendezvous: %d queued events cannot double", r->q_cap);
     int cap = r->q_cap ? 2 * r->q_cap : 16;
     queued_t *p = realloc(r->q, (size_t)cap * sizeof *p);
     if (!p) return epm_error(EPM_ERR_NOMEM, "rendezvous: %d queued events", cap);

@@ -3,6 +3,7 @@
  * rendezvous_coord.h). Pure: inputs in, messages out, time passed in. */
 #include "rendezvous_coord.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -114,6 +115,8 @@ static uint64_t elapsed(uint64_t now, uint64_t then) { return now > then ? now -
 static epm_status_t push(epm__rdv_coord_t *c, int to, int kind, epm_rendezvous_abort_t reason, uint32_t layer,
                          uint64_t step_id) {
   if (c->nout == c->out_cap) {
+    if (c->out_cap > INT_MAX / 2)
+      return epm_error(EPM_ERR_OVERFLOW, "rendezvous coordinator: outbox of %d messages cannot double", c->out_cap);
     int cap = 2 * c->out_cap;
     size_t b1, b2;
     if (epm_mul_size((size_t)cap, sizeof *c->out, &b1) || epm_mul_size((size_t)cap, sizeof *c->out_miss_off, &b2))
@@ -150,6 +153,8 @@ static int find_key(const epm__rdv_coord_t *c, uint32_t layer, uint64_t step_id)
 
 static epm_status_t open_key(epm__rdv_coord_t *c, uint32_t layer, uint64_t step_id, uint64_t now, int *idx) {
   if (c->nkeys == c->keys_cap) {
+    if (c->keys_cap > INT_MAX / 2)
+      return epm_error(EPM_ERR_OVERFLOW, "rendezvous coordinator: %d open keys cannot double", c->keys_cap);
     int cap = c->keys_cap ? 2 * c->keys_cap : 8;
     size_t bytes;
     if (epm_mul_size((size_t)cap, sizeof *c->keys, &bytes))
